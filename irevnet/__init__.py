@@ -1,0 +1,28 @@
+"""irevnet: i-RevNets (Jacobsen et al., ICLR 2018) from training to TensorRT engines.
+
+Importing the package does not import torch: `irevnet.runtime` runs on deployment machines that
+have only numpy and ONNX Runtime or TensorRT. The model API is loaded on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .config import ConfigError, IRevNetConfig, get_config, list_presets
+
+__version__ = "0.1.0"
+
+__all__ = ["ConfigError", "IRevNet", "IRevNetConfig", "create_model", "get_config", "list_presets", "__version__"]
+
+if TYPE_CHECKING:
+    from .model import IRevNet, create_model
+
+_LAZY = {"IRevNet": "model", "create_model": "model"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'irevnet' has no attribute {name!r}")

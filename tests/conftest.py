@@ -1,0 +1,47 @@
+"""Shared fixtures: seeded RNGs, models with non-trivial BatchNorm statistics."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import irevnet
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    yield
+
+
+def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Gives every BatchNorm non-trivial running statistics and affine parameters, as training
+    would, so that an inverse that ignores them cannot pass."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) * 1.5 + 0.5)
+            if m.affine:
+                m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.data.copy_(torch.rand(m.bias.shape, generator=g) * 0.2 - 0.1)
+    return model
+
+
+# Small members of every preset family: what the tests build instead of the full-size presets.
+SMALL_FAMILIES = {
+    "irevnet-tiny": {},
+    "irevnet-tiny-bijective": {},
+    "irevnet-cifar": {"blocks": (2, 2, 2)},
+    "irevnet-301": {"blocks": (1, 1, 1, 1), "in_shape": (3, 64, 64)},
+}
+
+
+def small_model(family: str, seed: int = 0) -> irevnet.IRevNet:
+    torch.manual_seed(seed)
+    return randomize_batchnorm(irevnet.create_model(family, **SMALL_FAMILIES[family]), seed).eval()
