@@ -7,10 +7,13 @@ stderr, no traceback), 130 interrupted.
 from __future__ import annotations
 
 import functools
+import logging
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -78,6 +81,18 @@ ImageSizeOpt = Annotated[
     typer.Option("--image-size", help="Input height = width (reference ImageNet files do not store it; default 224)."),
 ]
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Also write the results to this JSON file.")]
+DatasetOpt = Annotated[
+    str, typer.Option("--dataset", "-d", help="digits | cifar10:PATH | cifar100:PATH | imagefolder:PATH | synthetic.")
+]
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+DeviceOpt = Annotated[Device, typer.Option("--device", help="auto picks cuda when torch sees a GPU.")]
 
 
 def _write_json(path: Path | None, data: Any) -> None:
@@ -145,6 +160,166 @@ def info(checkpoint: CheckpointOpt, image_size: ImageSizeOpt = None, json: JsonO
     }
     console.print(_key_value_table(str(checkpoint), summary))
     _write_json(json, {"checkpoint": str(checkpoint), **summary, "config": cfg.to_dict()})
+
+
+class _ProgressBar:
+    """Training progress on the console: a bar per epoch, a summary line after it."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[stats]}"), console=console, transient=True,
+        )
+        self.task = None
+
+    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=steps, epoch=f"{epoch}/{epochs}", stats="")
+
+    def step(self, loss: float, top1: float, images_per_s: float) -> None:
+        self.progress.update(self.task, advance=1, stats=f"loss {loss:.4f}  top-1 {top1:5.1f}%  {images_per_s:,.0f} img/s")
+
+    def epoch_end(self, m: dict[str, Any]) -> None:
+        self.progress.stop()
+        self.progress.remove_task(self.task)
+        console.print(
+            f"epoch {m['epoch']:>3}  lr {m['lr']:.4g}  loss {m['train_loss']:.4f}  train {m['train_top1']:5.1f}%  "
+            f"test top-1 {m['test_top1']:5.2f}%  top-5 {m['test_top5']:6.2f}%  {m['images_per_s']:,.0f} img/s",
+            soft_wrap=True,
+        )
+
+
+@command
+def train(
+    model: Annotated[str, typer.Option("--model", "-m", help="Preset to train (irevnet presets).")] = "irevnet-tiny",
+    dataset: DatasetOpt = "digits",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: last.pt, best.pt, metrics.jsonl, run.json.")] = Path(
+        "runs/irevnet"
+    ),
+    recipe: Annotated[
+        Optional[str], typer.Option(help="cifar | imagenet | digits (default: by dataset; the paper's SGD schedules).")
+    ] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Override the recipe's epochs.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Override the global batch size.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Override the initial learning rate.")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="Override the weight decay.")] = None,
+    seed: int = 0,
+    device: DeviceOpt = Device.auto,
+    amp: Annotated[bool, typer.Option(help="fp16 autocast with gradient scaling (CUDA).")] = False,
+    channels_last: Annotated[Optional[bool], typer.Option(help="NHWC memory format (default: with CUDA + AMP).")] = None,
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from last.pt.")] = False,
+    download: Annotated[bool, typer.Option(help="Download CIFAR if the folder lacks it.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="One log line per epoch, no progress bar.")] = False,
+) -> None:
+    """Train an i-RevNet; resumable, and multi-GPU under torchrun.
+
+    Example: `irevnet train -m irevnet-tiny -d digits -o runs/digits`
+
+    Multi-GPU: `torchrun --nproc-per-node 8 -m irevnet train -m irevnet-301 -d imagefolder:/data/imagenet`
+    """
+    from .train import TrainOptions, train as run_training
+
+    opts = TrainOptions(
+        model=model, dataset=dataset, out=str(out), recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr,
+        weight_decay=weight_decay, seed=seed, device=device.value, amp=amp, channels_last=channels_last,
+        workers=workers, resume=resume, download=download,
+    )
+    if quiet:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    result = run_training(opts, None if quiet else _ProgressBar())
+    if result["world_size"] == 1 or _is_rank0():
+        console.print(f"best test top-1 {result['best_top1']:.2f}% after {result['epochs']} epochs; files in {out}/")
+
+
+def _is_rank0() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+@command
+def evaluate(
+    checkpoint: CheckpointOpt,
+    dataset: DatasetOpt = "digits",
+    image_size: ImageSizeOpt = None,
+    batch_size: int = 256,
+    workers: int = 0,
+    device: DeviceOpt = Device.auto,
+    json: JsonOpt = None,
+) -> None:
+    """Loss, top-1 and top-5 of a checkpoint on a dataset's test split.
+
+    Example: `irevnet evaluate -c ILSVRC_trained_irevnet.pth.tar -d imagefolder:/data/imagenet`
+    """
+    from .checkpoint import load_checkpoint
+    from .data import load_datasets
+    from .errors import IRevNetError
+    from .train import evaluate as run_eval, resolve_device
+
+    ckpt = load_checkpoint(checkpoint, image_size=image_size)
+    data = load_datasets(dataset, ckpt.config.in_shape, augment=False)
+    if data.num_classes != ckpt.config.num_classes:
+        raise IRevNetError(
+            f"{checkpoint} has {ckpt.config.num_classes} classes but {dataset} has {data.num_classes}; "
+            f"evaluate on the dataset it was trained on"
+        )
+    dev = resolve_device(device.value)
+    metrics = run_eval(ckpt.model.to(dev), data.test, dev, batch_size=batch_size, workers=workers)
+    console.print(_key_value_table(f"{checkpoint} on {dataset}", {
+        "images": metrics["images"], "loss": f"{metrics['loss']:.4f}",
+        "top-1": f"{metrics['top1']:.3f}%", "top-5": f"{metrics['top5']:.3f}%",
+    }))
+    _write_json(json, {"checkpoint": str(checkpoint), "dataset": dataset, **metrics})
+
+
+@command
+def invert(
+    checkpoint: CheckpointOpt,
+    dataset: DatasetOpt = "digits",
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG: originals on top, reconstructions from z below.")] = Path(
+        "inversion.png"
+    ),
+    samples: Annotated[int, typer.Option(help="Test images to invert.")] = 8,
+    image_size: ImageSizeOpt = None,
+    projection: Annotated[
+        bool, typer.Option(help="Range projection for injective models (on by default; off to compare).")
+    ] = True,
+    device: DeviceOpt = Device.auto,
+    json: JsonOpt = None,
+) -> None:
+    """Reconstruct test images from their final representation z, like the paper's figure.
+
+    Example: `irevnet invert -c runs/digits/best.pt -d digits -o inversion.png`
+    """
+    from .checkpoint import load_checkpoint
+    from .data import load_datasets
+    from .errors import IRevNetError
+    from .images import denormalize, save_grid
+    from .invert import first_images, invert as run_invert
+    from .train import resolve_device
+
+    if samples < 1:
+        raise IRevNetError(f"--samples must be at least 1, got {samples}")
+    ckpt = load_checkpoint(checkpoint, image_size=image_size)
+    data = load_datasets(dataset, ckpt.config.in_shape, augment=False)
+    model = ckpt.model.to(resolve_device(device.value))
+    result = run_invert(model, first_images(data.test, samples), data.mean, data.std, project=projection)
+    save_grid([np.clip(denormalize(a, data.mean, data.std), 0, 1) for a in (result.originals, result.reconstructions)], out)
+    m = result.metrics
+    table = Table("image", "PSNR (dB)", "max abs error (pixels, 0-1)", title=f"inverse(forward(x)) on {dataset}")
+    for i, row in enumerate(m["per_image"]):
+        table.add_row(str(i), _db(row["psnr_db"]), f"{row['max_abs']:.2e}")
+    table.add_row("all", _db(m["psnr_db"]), f"{m['max_abs']:.2e}", style="bold")
+    console.print(table)
+    console.print(f"relative L2 error {m['rel_l2']:.2e}; grid written to {out}")
+    _write_json(json, {"checkpoint": str(checkpoint), "dataset": dataset, "projection": projection, **m})
+
+
+def _db(value: float | None) -> str:
+    return "exact" if value is None else f"{value:.1f}"
 
 
 def main() -> None:

@@ -42,3 +42,30 @@ def test_info_on_a_corrupt_file_is_one_line(tmp_path):
     path.write_bytes(b"\x80\x02not really")
     line = _one_line_error(runner.invoke(app, ["info", "-c", str(path)]))
     assert "bad.pt" in line
+
+
+def test_train_evaluate_invert_happy_paths(tmp_path, trained_tiny):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "-d", "digits", "-o", str(out), "--epochs", "1", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert (out / "last.pt").is_file() and "best test top-1" in result.output
+
+    result = runner.invoke(app, ["evaluate", "-c", str(trained_tiny / "best.pt"), "--json", str(tmp_path / "e.json")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "e.json").read_text())["top1"] >= 90.0
+
+    png = tmp_path / "inv.png"
+    result = runner.invoke(app, ["invert", "-c", str(trained_tiny / "best.pt"), "-o", str(png), "--samples", "4"])
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_evaluate_invert_bad_inputs(tmp_path, trained_tiny):
+    line = _one_line_error(runner.invoke(app, ["train", "-d", "mnist", "-o", str(tmp_path / "r")]))
+    assert "unknown dataset 'mnist'" in line
+    line = _one_line_error(runner.invoke(app, ["evaluate", "-c", str(trained_tiny / "best.pt"), "-d", "cifar10:/nowhere"]))
+    assert "cifar10" in line
+    line = _one_line_error(runner.invoke(app, ["invert", "-c", str(trained_tiny / "best.pt"), "--samples", "0"]))
+    assert "--samples" in line
+    line = _one_line_error(runner.invoke(app, ["train", "-o", str(tmp_path / "r"), "--epochs", "0"]))
+    assert "--epochs must be positive" in line

@@ -1,0 +1,300 @@
+"""Datasets named by a spec string: digits, cifar10:PATH, cifar100:PATH, imagefolder:PATH, synthetic.
+
+Every dataset yields (image, label) with the image normalised by the dataset's (mean, std) and
+shaped like the model's input; `Datasets.mean`/`std` travel into checkpoints and bundle manifests
+so that exported inverses can turn z back into pixels.
+"""
+
+from __future__ import annotations
+
+import _codecs
+import pickle
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .errors import DatasetError
+
+CIFAR_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+}
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+DIGITS_TEST_SIZE = 360  # of 1,797: a fixed permutation (numpy seed 0) puts 1,437 in train
+SPEC_HELP = "digits, cifar10:PATH, cifar100:PATH, imagefolder:PATH or synthetic"
+
+
+@dataclass
+class Datasets:
+    """Train and test splits of one dataset, with what is needed to undo its normalisation."""
+
+    name: str
+    train: Dataset
+    test: Dataset
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def normalization(self) -> dict[str, Any]:
+        return {"dataset": self.name, "mean": list(self.mean), "std": list(self.std)}
+
+
+class TensorImages(Dataset):
+    """Images held in memory as uint8 (N, C, H, W) or float [0, 1], transformed per sample."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor]):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.images[i]), int(self.labels[i])
+
+
+def parse_spec(spec: str) -> tuple[str, Path | None]:
+    kind, _, path = spec.partition(":")
+    kind = kind.lower()
+    if kind in ("digits", "synthetic"):
+        if path:
+            raise DatasetError(f"dataset {kind!r} takes no path, got {spec!r}")
+        return kind, None
+    if kind in ("cifar10", "cifar100", "imagefolder"):
+        if not path:
+            raise DatasetError(f"dataset {kind!r} needs a folder: --dataset {kind}:PATH")
+        return kind, Path(path).expanduser()
+    raise DatasetError(f"unknown dataset {spec!r}; use {SPEC_HELP}")
+
+
+def load_datasets(
+    spec: str, in_shape: tuple[int, int, int], *, augment: bool = True, download: bool = False
+) -> Datasets:
+    """Train/test datasets for a spec, producing images of shape `in_shape` (C, H, W).
+
+    Args:
+        spec: see SPEC_HELP.
+        augment: apply the recipe's training augmentation (random crops, flips, jitter).
+        download: fetch CIFAR archives when the folder lacks them.
+    """
+    kind, path = parse_spec(spec)
+    if kind == "digits":
+        return _digits(in_shape)
+    if kind == "synthetic":
+        return _synthetic(in_shape)
+    if kind in CIFAR_STATS:
+        return _cifar(kind, path, in_shape, augment, download)
+    return _imagefolder(path, in_shape, augment)
+
+
+def _v2():
+    from torchvision.transforms import v2
+
+    return v2
+
+
+def _channels(images: torch.Tensor, channels: int, name: str) -> torch.Tensor:
+    """Matches the image channels to the model's: grayscale is replicated to 3 channels."""
+    have = images.shape[1]
+    if have == channels:
+        return images
+    if have == 1:
+        return images.expand(-1, channels, -1, -1).contiguous()
+    raise DatasetError(f"{name} has {have}-channel images but the model takes {channels}; pick a matching model")
+
+
+def _digits(in_shape: tuple[int, int, int]) -> Datasets:
+    """scikit-learn's 8x8 handwritten digits (1,797 real images), resized to the model's input."""
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    images = torch.from_numpy(raw.images.astype(np.float32) / 16.0)[:, None]  # (1797, 1, 8, 8) in [0, 1]
+    labels = torch.from_numpy(raw.target.astype(np.int64))
+    order = torch.from_numpy(np.random.RandomState(0).permutation(len(labels)))
+    test_idx, train_idx = order[:DIGITS_TEST_SIZE], order[DIGITS_TEST_SIZE:]
+    c, h, w = in_shape
+    if (h, w) != (8, 8):
+        images = torch.nn.functional.interpolate(images, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
+    # statistics of the train split at the model's resolution (upsampling smooths, lowering std)
+    mean = float(images[train_idx].mean())
+    std = float(images[train_idx].std())
+    images = _channels(images, c, "digits")
+    norm = _v2().Normalize([mean] * c, [std] * c)
+    return Datasets(
+        "digits",
+        TensorImages(images[train_idx], labels[train_idx], norm),
+        TensorImages(images[test_idx], labels[test_idx], norm),
+        10, (mean,) * c, (std,) * c,
+    )
+
+
+def _synthetic(in_shape: tuple[int, int, int], n_train: int = 512, n_test: int = 128, classes: int = 10) -> Datasets:
+    """Seeded random images and labels: smoke tests and benchmarks, nothing to learn."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(n_train + n_test, *in_shape, generator=g)
+    labels = torch.randint(0, classes, (n_train + n_test,), generator=g)
+    c = in_shape[0]
+    identity = lambda x: x  # noqa: E731 (already standard normal)
+    return Datasets(
+        "synthetic",
+        TensorImages(images[:n_train], labels[:n_train], identity),
+        TensorImages(images[n_train:], labels[n_train:], identity),
+        classes, (0.0,) * c, (1.0,) * c,
+    )
+
+
+# -- CIFAR ------------------------------------------------------------------------------------
+
+_CIFAR_FILES = {
+    # python pickle layout (torchvision's download) and the binary layout
+    "cifar10": {
+        "py": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"]),
+        "bin": ("cifar-10-batches-bin", [f"data_batch_{i}.bin" for i in range(1, 6)], ["test_batch.bin"]),
+    },
+    "cifar100": {
+        "py": ("cifar-100-python", ["train"], ["test"]),
+        "bin": ("cifar-100-binary", ["train.bin"], ["test.bin"]),
+    },
+}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR batch files (dicts of numpy arrays, lists, strings) and nothing else."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"CIFAR batch files hold arrays only, this one names {module}.{name}")
+        if module == "_codecs":
+            return _codecs.encode
+        if module == "numpy":
+            return getattr(np, name)
+        try:  # numpy >= 2 moved numpy.core to numpy._core
+            from numpy._core.multiarray import _reconstruct
+        except ImportError:
+            from numpy.core.multiarray import _reconstruct
+        return _reconstruct
+
+
+def _read_cifar_py(file: Path, fine: bool) -> tuple[np.ndarray, np.ndarray]:
+    with open(file, "rb") as f:
+        entry = _ArrayUnpickler(f, encoding="latin1").load()
+    entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
+    data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    labels = np.asarray(entry["fine_labels" if fine else "labels"], dtype=np.int64)
+    return data, labels
+
+
+def _read_cifar_bin(file: Path, fine: bool) -> tuple[np.ndarray, np.ndarray]:
+    label_bytes = 2 if fine else 1  # CIFAR-100 records: coarse label, fine label, 3072 pixels
+    raw = np.fromfile(file, dtype=np.uint8)
+    record = label_bytes + 3072
+    if raw.size % record:
+        raise DatasetError(f"{file}: size {raw.size} is not a multiple of the {record}-byte CIFAR record")
+    raw = raw.reshape(-1, record)
+    return raw[:, label_bytes:].reshape(-1, 3, 32, 32), raw[:, label_bytes - 1].astype(np.int64)
+
+
+def _find_cifar(kind: str, root: Path) -> tuple[str, Path] | None:
+    for layout, (folder, train_files, test_files) in _CIFAR_FILES[kind].items():
+        for base in (root / folder, root):
+            if all((base / f).is_file() for f in train_files + test_files):
+                return layout, base
+    return None
+
+
+def _download_cifar(kind: str, root: Path) -> None:
+    from torchvision.datasets import CIFAR10, CIFAR100
+    from torchvision.datasets.utils import download_url
+
+    cls = CIFAR10 if kind == "cifar10" else CIFAR100
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        download_url(cls.url, str(root), cls.filename, cls.tgz_md5)
+    except Exception as e:  # network errors come in many types
+        raise DatasetError(f"could not download {cls.url} ({type(e).__name__}); place the data under {root} by hand") from None
+    with tarfile.open(root / cls.filename) as tar:
+        tar.extractall(root, filter="data")
+
+
+def _cifar(kind: str, root: Path, in_shape, augment: bool, download: bool) -> Datasets:
+    found = _find_cifar(kind, root)
+    if found is None and download:
+        _download_cifar(kind, root)
+        found = _find_cifar(kind, root)
+    if found is None:
+        folder, train_files, test_files = _CIFAR_FILES[kind]["py"]
+        raise DatasetError(
+            f"no {kind} data under {root}: expected {root / folder}/{{{','.join(train_files + test_files)}}} "
+            f"(or the binary layout); pass --download to fetch it"
+        )
+    layout, base = found
+    _, train_files, test_files = _CIFAR_FILES[kind][layout]
+    read = _read_cifar_py if layout == "py" else _read_cifar_bin
+    fine = kind == "cifar100"
+    try:
+        train = [read(base / f, fine) for f in train_files]
+        test = [read(base / f, fine) for f in test_files]
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as e:
+        raise DatasetError(f"{base}: unreadable {kind} batch file ({e}); re-download it") from None
+    mean, std = CIFAR_STATS[kind]
+    c, h, w = in_shape
+    if c != 3:
+        raise DatasetError(f"{kind} has RGB images but the model takes {c} channels; pick a 3-channel model")
+    v2 = _v2()
+    tail = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    resize = [] if (h, w) == (32, 32) else [v2.Resize((h, w), antialias=True)]
+    train_tf = resize + ([v2.RandomCrop((h, w), padding=4), v2.RandomHorizontalFlip()] if augment else []) + tail
+    to_tensors = lambda parts: (  # noqa: E731
+        torch.from_numpy(np.concatenate([p[0] for p in parts])),
+        torch.from_numpy(np.concatenate([p[1] for p in parts])),
+    )
+    (xtr, ytr), (xte, yte) = to_tensors(train), to_tensors(test)
+    return Datasets(
+        kind,
+        TensorImages(xtr, ytr, v2.Compose(train_tf)),
+        TensorImages(xte, yte, v2.Compose(resize + tail)),
+        100 if fine else 10, mean, std,
+    )
+
+
+# -- ImageNet-style folders -------------------------------------------------------------------
+
+
+def _imagefolder(root: Path, in_shape, augment: bool) -> Datasets:
+    from torchvision.datasets import ImageFolder
+
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise DatasetError(f"imagefolder:{root} needs {root / split}/ with one sub-folder per class")
+    c, h, w = in_shape
+    if c != 3:
+        raise DatasetError(f"imagefolder images are RGB but the model takes {c} channels; pick a 3-channel model")
+    mean, std = IMAGENET_STATS
+    v2 = _v2()
+    tail = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    train_tf = (
+        [v2.RandomResizedCrop((h, w)), v2.RandomHorizontalFlip(), v2.ColorJitter(0.87, 0.5, 0.5, 0.2)]
+        if augment
+        else [v2.Resize(round(h * 256 / 224)), v2.CenterCrop((h, w))]
+    )
+    val_tf = [v2.Resize(round(h * 256 / 224)), v2.CenterCrop((h, w))]  # 256 -> 224 for ImageNet
+    try:
+        train = ImageFolder(str(root / "train"), v2.Compose(train_tf + tail))
+        val = ImageFolder(str(root / "val"), v2.Compose(val_tf + tail))
+    except (FileNotFoundError, RuntimeError) as e:
+        raise DatasetError(f"imagefolder:{root}: {e}") from None
+    if train.classes != val.classes:
+        raise DatasetError(f"imagefolder:{root}: train/ and val/ have different class folders")
+    return Datasets("imagefolder", train, val, len(train.classes), mean, std)

@@ -1,0 +1,380 @@
+"""Training and evaluation: the paper's SGD recipes, resumable, single- or multi-process.
+
+Multi-GPU / multi-node: `torchrun --nproc-per-node N -m irevnet train ...` starts N processes;
+each reads RANK / WORLD_SIZE / LOCAL_RANK from the environment, wraps the model in
+DistributedDataParallel and trains on its DistributedSampler shard; rank 0 writes the files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import get_config
+from .data import Datasets, load_datasets, parse_spec
+from .errors import IRevNetError
+from .files import atomic_output, write_json
+from .model import IRevNet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """An optimisation schedule: SGD with momentum, lr multiplied by `gamma` at each milestone."""
+
+    epochs: int
+    batch_size: int  # global: split evenly across processes
+    lr: float
+    momentum: float
+    weight_decay: float
+    milestones: tuple[int, ...]  # epochs after which the lr drops
+    gamma: float
+    dropout: float | None  # F's dropout the recipe trains with; None keeps the preset's
+
+
+RECIPES = {
+    # CIFAR_main.py: lr x0.2 after epochs 60/120/160, dropout 0.1, crop+flip (in the data module)
+    "cifar": Recipe(200, 128, 0.1, 0.9, 5e-4, (60, 120, 160), 0.2, 0.1),
+    # ILSVRC_main.py: lr x0.1 every 32 epochs, batch 256
+    "imagenet": Recipe(128, 256, 0.1, 0.9, 1e-4, (32, 64, 96), 0.1, 0.0),
+    # the bundled digits: a short run that reaches ~95% in seconds on a CPU (see README)
+    "digits": Recipe(10, 64, 0.05, 0.9, 5e-4, (7,), 0.2, None),
+}
+DEFAULT_RECIPE = {"digits": "digits", "synthetic": "digits", "cifar10": "cifar", "cifar100": "cifar", "imagefolder": "imagenet"}
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Everything a training run depends on; written to run.json beside the checkpoints."""
+
+    model: str = "irevnet-tiny"  # preset name
+    dataset: str = "digits"  # spec, see irevnet.data
+    out: str = "runs/irevnet"
+    recipe: str | None = None  # default by dataset (DEFAULT_RECIPE)
+    epochs: int | None = None  # overrides of the recipe
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = False  # fp16 autocast + grad scaling, CUDA only
+    channels_last: bool | None = None  # default: on with CUDA + AMP, where tensor cores want NHWC
+    workers: int = 0  # DataLoader worker processes
+    resume: bool = False  # continue from OUT/last.pt
+    download: bool = False  # fetch CIFAR when missing
+    memory_efficient: bool = False  # backprop through block inverses (irevnet.memory)
+
+    def resolved_recipe(self) -> Recipe:
+        name = self.recipe or DEFAULT_RECIPE[parse_spec(self.dataset)[0]]
+        if name not in RECIPES:
+            raise IRevNetError(f"unknown recipe {name!r}; choose one of {', '.join(sorted(RECIPES))}")
+        r = RECIPES[name]
+        overrides = {
+            k: v for k, v in (("epochs", self.epochs), ("batch_size", self.batch_size), ("lr", self.lr),
+                              ("weight_decay", self.weight_decay)) if v is not None
+        }
+        for key, value in overrides.items():
+            if value < 0 or (value == 0 and key != "weight_decay"):
+                raise IRevNetError(f"--{key.replace('_', '-')} must be positive, got {value}")
+        return dataclasses.replace(r, **overrides)
+
+
+class TrainObserver(Protocol):
+    """Receives progress; the CLI shows a progress bar, the default logs one line per epoch."""
+
+    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None: ...
+    def step(self, loss: float, top1: float, images_per_s: float) -> None: ...
+    def epoch_end(self, metrics: dict[str, Any]) -> None: ...
+
+
+class LogObserver:
+    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
+        pass
+
+    def step(self, loss: float, top1: float, images_per_s: float) -> None:
+        pass
+
+    def epoch_end(self, m: dict[str, Any]) -> None:
+        log.info(
+            "epoch %d: loss %.4f, test top-1 %.2f%%, top-5 %.2f%%, %.0f img/s",
+            m["epoch"], m["train_loss"], m["test_top1"], m["test_top5"], m["images_per_s"],
+        )
+
+
+# -- distributed helpers -----------------------------------------------------------------------
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def sum(self, values: list[float], device: torch.device) -> list[float]:
+        if self.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(t)
+        return t.tolist()
+
+
+def _init_distributed(device: torch.device) -> Dist:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Dist()
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    torch.distributed.init_process_group(backend)
+    return Dist(torch.distributed.get_rank(), torch.distributed.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise IRevNetError("--device cuda but torch sees no GPU; use --device cpu (or auto)")
+        return torch.device("cuda", local_rank)
+    if name != "cpu":
+        raise IRevNetError(f"unknown device {name!r}; use auto, cpu or cuda")
+    return torch.device("cpu")
+
+
+class _Shard(Sampler[int]):
+    """Indices rank, rank + world, ...: every test image evaluated exactly once across processes."""
+
+    def __init__(self, n: int, dist: Dist):
+        self.indices = range(dist.rank, n, dist.world)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+# -- evaluation --------------------------------------------------------------------------------
+
+
+def _topk_correct(logits: torch.Tensor, target: torch.Tensor, k: int) -> float:
+    k = min(k, logits.shape[1])
+    return float((logits.topk(k, dim=1).indices == target[:, None]).any(dim=1).sum())
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, dataset: Dataset, device: torch.device, *, batch_size: int = 256, workers: int = 0,
+    dist: Dist | None = None, amp: bool = False,
+) -> dict[str, float]:
+    """Loss, top-1 and top-5 (percent) of `model` over `dataset`, sharded across processes."""
+    dist = dist or Dist()
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=_Shard(len(dataset), dist), num_workers=workers)
+    model.eval()
+    loss = top1 = top5 = n = 0.0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            logits = model(x)[0].float()
+        loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+        top1 += _topk_correct(logits, y, 1)
+        top5 += _topk_correct(logits, y, 5)
+        n += len(y)
+    loss, top1, top5, n = dist.sum([loss, top1, top5, n], device)
+    return {"loss": loss / n, "top1": 100 * top1 / n, "top5": 100 * top5 / n, "images": int(n)}
+
+
+# -- training ----------------------------------------------------------------------------------
+
+
+def _seed(opts: TrainOptions, epoch: int) -> None:
+    # Reseeding per epoch makes a resumed run draw the same shuffles, crops and dropout masks as
+    # an uninterrupted one.
+    torch.manual_seed(opts.seed * 100_003 + epoch)
+
+
+def _train_loader(data: Datasets, opts: TrainOptions, recipe: Recipe, dist: Dist, epoch: int) -> DataLoader:
+    if recipe.batch_size % dist.world:
+        raise IRevNetError(f"--batch-size {recipe.batch_size} is not divisible by the {dist.world} processes")
+    if dist.world > 1:
+        sampler = torch.utils.data.DistributedSampler(data.train, dist.world, dist.rank, shuffle=True, seed=opts.seed)
+        sampler.set_epoch(epoch)
+    else:
+        sampler = RandomSampler(data.train, generator=torch.Generator().manual_seed(opts.seed * 100_003 + epoch))
+    return DataLoader(
+        data.train, batch_size=recipe.batch_size // dist.world, sampler=sampler, num_workers=opts.workers,
+        drop_last=True, pin_memory=torch.cuda.is_available(), persistent_workers=False,
+    )
+
+
+def train(opts: TrainOptions, observer: TrainObserver | None = None) -> dict[str, Any]:
+    """Trains (or resumes) a run into `opts.out`; returns the final metrics and file paths.
+
+    Files: last.pt (every epoch, atomic, with optimizer and scheduler state), best.pt (best test
+    top-1), metrics.jsonl (one line per epoch), run.json (options, recipe, config, command).
+    """
+    observer = observer or LogObserver()
+    out = Path(opts.out)
+    recipe = opts.resolved_recipe()
+    device = resolve_device(opts.device, int(os.environ.get("LOCAL_RANK", 0)))
+    if opts.amp and device.type != "cuda":
+        raise IRevNetError("--amp needs a CUDA device (fp16 autocast); drop --amp on CPU")
+    last = out / "last.pt"
+    resumed = None
+    if opts.resume:
+        if not last.is_file():
+            raise IRevNetError(f"--resume but {last} does not exist; start the run without --resume")
+        resumed = load_checkpoint(last)
+        if resumed.training is None:
+            raise IRevNetError(f"{last} has no training state to resume from")
+        config = resumed.config
+    else:
+        if last.exists():
+            raise IRevNetError(f"{out} already holds a run (last.pt); pass --resume to continue it or choose another --out")
+        overrides = {"dropout": recipe.dropout} if recipe.dropout is not None else {}
+        config = get_config(opts.model, **overrides)
+
+    dist = _init_distributed(device)
+    try:
+        return _run(opts, recipe, config, device, dist, resumed, observer)
+    finally:
+        if dist.world > 1:
+            torch.distributed.destroy_process_group()
+
+
+def _run(opts, recipe, config, device, dist, resumed, observer) -> dict[str, Any]:
+    out = Path(opts.out)
+    if dist.main and opts.download:
+        load_datasets(opts.dataset, config.in_shape, download=True)  # fetch once, before the others read
+    dist.barrier()
+    data = load_datasets(opts.dataset, config.in_shape, augment=True)
+    if data.num_classes != config.num_classes:
+        config = config.replace(num_classes=data.num_classes)
+    _seed(opts, -1)
+    model = IRevNet(config).to(device)
+    if resumed is not None:
+        model.load_state_dict(resumed.model.state_dict())
+    channels_last = opts.channels_last if opts.channels_last is not None else (device.type == "cuda" and opts.amp)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if opts.memory_efficient:
+        from .memory import check_supported
+
+        check_supported(model, amp=opts.amp, distributed=dist.world > 1)
+    net: nn.Module = model
+    if dist.world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(recipe.milestones), recipe.gamma)
+    scaler = torch.amp.GradScaler(device.type, enabled=opts.amp)
+    history: list[dict[str, Any]] = []
+    best = -1.0
+    start = 0
+    if resumed is not None:
+        state = resumed.training
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if opts.amp and "grad_scaler" in state:
+            scaler.load_state_dict(state["grad_scaler"])
+        history, best, start = list(state["history"]), float(state["best_top1"]), int(state["epoch"])
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "run.json", {
+            "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "options": dataclasses.asdict(opts),
+            "recipe": dataclasses.asdict(recipe),
+            "config": config.to_dict(),
+            "world_size": dist.world,
+            "device": str(device),
+            "torch": torch.__version__,
+        })
+    meta = {**data.normalization(), "preset": opts.model}
+
+    for epoch in range(start, recipe.epochs):
+        _seed(opts, epoch)
+        loader = _train_loader(data, opts, recipe, dist, epoch)
+        observer_active = observer if dist.main else None
+        train_stats = _train_epoch(net, model, loader, optimizer, scaler, device, opts, channels_last, observer_active,
+                                   epoch, recipe.epochs, dist)
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        test = evaluate(net, data.test, device, workers=opts.workers, dist=dist, amp=opts.amp)
+        metrics = {"epoch": epoch + 1, "lr": lr, **train_stats, **{f"test_{k}": v for k, v in test.items()}}
+        history.append(metrics)
+        improved = metrics["test_top1"] > best
+        best = max(best, metrics["test_top1"])
+        if dist.main:
+            training = {
+                "epoch": epoch + 1, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "grad_scaler": scaler.state_dict(), "history": history, "best_top1": best,
+                "options": dataclasses.asdict(opts),
+            }
+            epoch_meta = {**meta, "epoch": epoch + 1, "top1": metrics["test_top1"], "top5": metrics["test_top5"]}
+            save_checkpoint(out / "last.pt", model, training=training, meta=epoch_meta)
+            if improved:
+                save_checkpoint(out / "best.pt", model, meta=epoch_meta)
+            _write_metrics(out / "metrics.jsonl", history)
+            observer.epoch_end(metrics)
+        dist.barrier()
+    final = history[-1] if history else {}
+    return {"out": str(out), "best_top1": best, "final": final, "epochs": len(history), "world_size": dist.world}
+
+
+def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
+    import json
+
+    with atomic_output(path) as tmp:
+        tmp.write_text("".join(json.dumps(m) + "\n" for m in history))
+
+
+def _train_epoch(net, model, loader, optimizer, scaler, device, opts, channels_last, observer, epoch, epochs, dist) -> dict:
+    net.train()
+    if observer:
+        observer.epoch_start(epoch + 1, epochs, len(loader))
+    loss_sum = correct = seen = 0.0
+    start = time.perf_counter()
+    memory_efficient = opts.memory_efficient
+    if memory_efficient:
+        from .memory import memory_efficient_forward
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=opts.amp):
+            logits = memory_efficient_forward(net, model, x) if memory_efficient else net(x)[0]
+            loss = nn.functional.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        loss_sum += float(loss.detach()) * len(y)
+        correct += _topk_correct(logits.detach(), y, 1)
+        seen += len(y)
+        if observer:
+            observer.step(loss_sum / seen, 100 * correct / seen, seen / (time.perf_counter() - start))
+    elapsed = time.perf_counter() - start
+    loss_sum, correct, seen = dist.sum([loss_sum, correct, seen], device)  # over all processes
+    return {
+        "train_loss": loss_sum / max(seen, 1),
+        "train_top1": 100 * correct / max(seen, 1),
+        "images_per_s": seen / elapsed if elapsed > 0 else 0.0,
+        "epoch_seconds": elapsed,
+    }
