@@ -318,6 +318,70 @@ def invert(
     _write_json(json, {"checkpoint": str(checkpoint), "dataset": dataset, "projection": projection, **m})
 
 
+class PrecisionChoice(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    mixed = "mixed"
+
+
+@command
+def export(
+    checkpoint: CheckpointOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle folder to write (replaced whole on success).")],
+    precision: Annotated[
+        PrecisionChoice, typer.Option(help="fp32 | fp16 | mixed (F in fp16, coupling stream in fp32).")
+    ] = PrecisionChoice.fp32,
+    image_size: ImageSizeOpt = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset (18-20).")] = 18,
+    max_batch: Annotated[int, typer.Option(help="Largest batch of the dynamic batch dimension N.")] = 32,
+    dataset: Annotated[
+        Optional[str], typer.Option("--dataset", "-d", help="Verify on real test images (default: seeded random).")
+    ] = None,
+    samples: Annotated[int, typer.Option(help="Images in the verification batch.")] = 8,
+    projection: Annotated[bool, typer.Option(help="Range projection in the inverse (injective models).")] = True,
+    debug: Annotated[bool, typer.Option(help="Also write per-block debug graphs (used by `irevnet verify`).")] = True,
+    allow_mismatch: Annotated[bool, typer.Option(help="Keep the bundle even if it misses its tolerances.")] = False,
+) -> None:
+    """Export forward (image -> logits, z) and inverse (z -> image) ONNX graphs, verified against PyTorch.
+
+    Example: `irevnet export -c runs/digits/best.pt -o bundles/digits -d digits --precision mixed`
+    """
+    from .export.bundle import ExportOptions, export_bundle
+
+    opts = ExportOptions(
+        checkpoint=str(checkpoint), out=str(out), precision=precision.value, image_size=image_size, opset=opset,
+        max_batch=max_batch, dataset=dataset, samples=samples, projection=projection, debug_graphs=debug,
+        allow_mismatch=allow_mismatch,
+    )
+    with console.status("exporting") as status:
+        manifest = export_bundle(opts, log=lambda msg: status.update(msg))
+    _print_export(manifest, out)
+
+
+def _print_export(manifest: dict[str, Any], out: Path) -> None:
+    v = manifest["verification"]
+    graphs = Table("graph", "nodes", "ops", "export s", title=f"{out} ({manifest['precision']})")
+    for name, g in manifest["graphs"].items():
+        graphs.add_row(name, str(g["nodes"]), ", ".join(f"{k} {n}" for k, n in g["ops"].items()), f"{g['export_seconds']:.1f}")
+    console.print(graphs)
+    table = Table("check (vs PyTorch fp32)", "max abs", "rel. L2", "tolerance", "", title=f"verification: {v['samples']} {v['inputs']} samples, {v['backend']}")
+    for c in v["checks"]:
+        if "rel_l2" in c:
+            table.add_row(c["name"], f"{c['max_abs']:.2e}", f"{c['rel_l2']:.2e}", f"{c['tolerance']:.0e}", _verdict(c["passed"]))
+        else:
+            table.add_row(c["name"], "", f"{c['value']:.3f}", f">= {c['min']}", _verdict(c["passed"]))
+    console.print(table)
+    extra = f"round trip PSNR {_db(v['round_trip_psnr_db'])} dB"
+    if "top1_pytorch" in v:
+        extra += f"; top-1 PyTorch {v['top1_pytorch']:.1f}% vs ONNX {v['top1_onnx']:.1f}%"
+    console.print(extra)
+    console.print(f"bundle written to {out}" if v["passed"] else f"bundle written to {out} despite failed checks (--allow-mismatch)")
+
+
+def _verdict(passed: bool) -> str:
+    return "[green]pass[/]" if passed else "[red]FAIL[/]"
+
+
 def _db(value: float | None) -> str:
     return "exact" if value is None else f"{value:.1f}"
 

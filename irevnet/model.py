@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -53,11 +54,25 @@ class IRevNet(nn.Module):
         x = merge(*pair)
         return self.init_psi.inverse(x) if self.init_psi is not None else x
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Image -> z, the last block's output pair merged: (N, *config.z_shape)."""
+    def forward_pairs(self, x: torch.Tensor) -> Iterator[Pair]:
+        """Image -> block 0's input pair, then every block's output pair, in order."""
         pair = self.embed(x)
+        yield pair
         for block in self.stack:
             pair = block(pair)
+            yield pair
+
+    def inverse_pairs(self, z: torch.Tensor, project: bool = True) -> Iterator[Pair]:
+        """z -> its pair, then the recovered input pair of every block, last block first."""
+        pair = split(z)
+        yield pair
+        for block in reversed(self.stack):
+            pair = block.inverse(pair, project=project)
+            yield pair
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Image -> z, the last block's output pair merged: (N, *config.z_shape)."""
+        *_, pair = self.forward_pairs(x)
         return merge(*pair)
 
     def head(self, z: torch.Tensor) -> torch.Tensor:
@@ -85,21 +100,10 @@ class IRevNet(nn.Module):
                 "IRevNet.inverse needs eval mode: BatchNorm must use its running statistics, "
                 "not the batch's; call model.eval() first"
             )
-        pair = split(z)
-        for block in reversed(self.stack):
-            pair = block.inverse(pair, project=project)
+        *_, pair = self.inverse_pairs(z, project)
         return self.unembed(pair)
 
     # -- helpers -----------------------------------------------------------------------------
-
-    def block_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The merged input pair of block 0 followed by every block's merged output pair."""
-        pair = self.embed(x)
-        outs = [merge(*pair)]
-        for block in self.stack:
-            pair = block(pair)
-            outs.append(merge(*pair))
-        return outs
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

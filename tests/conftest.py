@@ -68,3 +68,22 @@ def trained_tiny(tmp_path_factory):
 def trained_tiny_bijective(tmp_path_factory):
     """irevnet-tiny-bijective trained 10 epochs on the real digits (32x32): the run folder."""
     return _train_digits(tmp_path_factory.mktemp("runs"), "irevnet-tiny-bijective")
+
+
+def export_tiny(run, out, precision="fp32", **kw):
+    from irevnet.export.bundle import ExportOptions, export_bundle
+
+    export_bundle(ExportOptions(checkpoint=str(run / "best.pt"), out=str(out), precision=precision, dataset="digits",
+                                max_batch=8, **kw))
+    return out
+
+
+@pytest.fixture(scope="session")
+def bundles(trained_tiny, tmp_path_factory):
+    """fp32, mixed and fp16 bundles of the trained irevnet-tiny, debug graphs included (fp32, mixed)."""
+    root = tmp_path_factory.mktemp("bundles")
+    return {
+        "fp32": export_tiny(trained_tiny, root / "fp32"),
+        "mixed": export_tiny(trained_tiny, root / "mixed", "mixed"),
+        "fp16": export_tiny(trained_tiny, root / "fp16", "fp16", debug_graphs=False),
+    }

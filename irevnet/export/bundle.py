@@ -1,0 +1,268 @@
+"""`irevnet export`: a checkpoint -> a verified bundle of forward and inverse ONNX graphs.
+
+The bundle is assembled in a temporary folder beside the target and renamed into place only after
+every graph passed its checks and the verification against PyTorch met the precision's
+tolerances; a failed or interrupted export leaves any previous bundle untouched.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import math
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..checkpoint import Checkpoint, load_checkpoint
+from ..data import CIFAR_STATS, IMAGENET_STATS, load_datasets
+from ..errors import CheckFailed, IRevNetError
+from ..files import atomic_directory, sha256_file, write_json
+from ..images import reconstruction_metrics
+from ..invert import first_images
+from ..runtime.backends.ort_backend import OrtBackend
+from ..runtime.bundle import (
+    FORWARD, FORWARD_BLOCKS, INVERSE, INVERSE_BLOCKS, MANIFEST, REFERENCE, SCHEMA_VERSION,
+)
+from ..runtime.compare import TOLERANCES, compare, top1_agreement
+from .graphs import ForwardBlocksGraph, ForwardGraph, InverseBlocksGraph, InverseGraph, Precision, prepare
+from .onnx_export import DEFAULT_OPSET, branch_signatures, check_graph, export_graph, graph_summary, save_model
+
+BLOCK_REFERENCE_BYTES = 64 << 20  # per-block reference activations kept in reference.npz, at most
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    checkpoint: str
+    out: str
+    precision: Precision = Precision.fp32
+    image_size: int | None = None  # for reference files that do not store it
+    opset: int = DEFAULT_OPSET
+    max_batch: int = 32  # dynamic batch range 1..max_batch
+    dataset: str | None = None  # real images for the verification (and the normalisation)
+    samples: int = 8  # verification batch
+    projection: bool = True  # range projection in the inverse (injective models)
+    debug_graphs: bool = True  # per-block debug graphs for `irevnet verify`
+    allow_mismatch: bool = False  # keep a bundle that misses its tolerances
+
+
+def export_bundle(opts: ExportOptions, log=lambda msg: None) -> dict[str, Any]:
+    """Exports, verifies and writes a bundle; returns its manifest.
+
+    Raises:
+        CheckFailed: the verification missed a tolerance (and allow_mismatch is off); no bundle
+            is written.
+    """
+    if opts.max_batch < 1 or opts.samples < 1:
+        raise IRevNetError("--max-batch and --samples must be at least 1")
+    if not 18 <= opts.opset <= 20:
+        raise IRevNetError(f"--opset {opts.opset} is outside 18..20 (the exporter needs 18, TensorRT 10 parses up to 20)")
+    ckpt = load_checkpoint(opts.checkpoint, image_size=opts.image_size)
+    model, cfg = ckpt.model, ckpt.config
+    precision = Precision(opts.precision)
+    samples = min(opts.samples, opts.max_batch)
+    images, labels, normalization = _samples(ckpt, opts.dataset, samples)
+    net = prepare(model, precision)
+
+    out = Path(opts.out)
+    with atomic_directory(out) as tmp:
+        graphs: dict[str, dict[str, Any]] = {}
+        protos = {}
+        plan = [
+            (FORWARD, ForwardGraph(net), cfg.in_shape, True),
+            (INVERSE, InverseGraph(net, opts.projection), cfg.z_shape, True),
+        ]
+        if opts.debug_graphs:
+            plan += [
+                (FORWARD_BLOCKS, ForwardBlocksGraph(prepare(model, precision)), cfg.in_shape, False),
+                (INVERSE_BLOCKS, InverseBlocksGraph(prepare(model, precision), opts.projection), cfg.z_shape, False),
+            ]
+        for name, module, shape, strict in plan:
+            log(f"exporting {name} graph")
+            start = time.perf_counter()
+            example = torch.zeros(min(2, opts.max_batch), *shape)
+            proto = export_graph(module, example, max_batch=opts.max_batch, opset=opts.opset)
+            check_graph(proto, f"{name}.onnx", strict=strict)
+            rel = f"{name}.onnx" if strict else f"debug/{name}.onnx"
+            (tmp / rel).parent.mkdir(exist_ok=True)
+            written = save_model(proto, tmp / rel)
+            signatures = branch_signatures(proto)
+            graphs[name] = {
+                "file": rel,
+                **graph_summary(proto),
+                "branches_sha256": hashlib.sha256("".join(signatures.values()).encode()).hexdigest(),
+                "export_seconds": round(time.perf_counter() - start, 2),
+                "files": [str(p.relative_to(tmp)) for p in written],
+            }
+            protos[name] = proto
+
+        log("verifying with ONNX Runtime (CPU)")
+        verification, reference = _verify(tmp, graphs, model, images, labels, normalization, precision, opts)
+        np.savez(tmp / REFERENCE, **reference)
+        z0 = reference["z"][:1]
+        np.save(tmp / "sample_z.npy", z0)  # a z for the C++ example to invert
+
+        identical = graphs[FORWARD]["branches_sha256"] == graphs[INVERSE]["branches_sha256"]
+        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "irevnet_version": __version__,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "precision": precision.value,
+            "opset": opts.opset,
+            "model": {
+                "config": cfg.to_dict(),
+                "type": "injective" if cfg.injective else "bijective",
+                "depth": cfg.depth,
+                "parameters": model.num_parameters(),
+            },
+            "checkpoint": {"path": str(opts.checkpoint), "sha256": sha256_file(opts.checkpoint), "format": ckpt.format},
+            "weights_sha256": _weights_sha256(net),
+            "normalization": normalization,
+            "layout": "NCHW",
+            "batch": {"dim": "N", "min": 1, "max": opts.max_batch},
+            "range_projection": bool(opts.projection and cfg.injective),
+            "branches": {
+                "identical_in_forward_and_inverse": identical,
+                "note": "F subgraphs (names, types, attributes, weights) are identical in both graphs, so F is "
+                "expected to evaluate to the same bits when both run on the same kernels; `irevnet verify` measures it",
+            },
+            "graphs": graphs,
+            "versions": _versions(),
+            "tolerances": TOLERANCES[precision.value].to_dict(),
+            "verification": verification,
+            "files": {f: sha256_file(tmp / f) for f in files},
+        }
+        if not identical:
+            raise IRevNetError("the forward and inverse graphs carry different F subgraphs; this is an export bug")
+        if not verification["passed"] and not opts.allow_mismatch:
+            failed = ", ".join(c["name"] for c in verification["checks"] if not c["passed"])
+            raise CheckFailed(
+                f"export verification failed ({failed}) against the {precision.value} tolerances; "
+                f"no bundle written (--allow-mismatch keeps it anyway)"
+            )
+        write_json(tmp / MANIFEST, manifest)
+    return manifest
+
+
+# -- inputs for the verification ----------------------------------------------------------------
+
+
+def _samples(ckpt: Checkpoint, dataset: str | None, n: int):
+    cfg = ckpt.config
+    if dataset:
+        data = load_datasets(dataset, cfg.in_shape, augment=False)
+        x = first_images(data.test, n)
+        y = np.array([data.test[i][1] for i in range(len(x))], dtype=np.int64)
+        return x, y, {**data.normalization(), "source": f"dataset {dataset}", **_pixels()}
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, *cfg.in_shape, generator=g)  # normalised inputs are ~N(0, 1)
+    return x, None, {**_normalization_for(ckpt), **_pixels()}
+
+
+def _pixels() -> dict[str, Any]:
+    return {"pixel_range": [0.0, 1.0], "formula": "pixel = image * std + mean (per channel)"}
+
+
+def _normalization_for(ckpt: Checkpoint) -> dict[str, Any]:
+    """Mean/std from the checkpoint's training data, else the paper's for its class count."""
+    meta = ckpt.meta
+    if "mean" in meta and "std" in meta:
+        return {"dataset": meta.get("dataset"), "mean": list(meta["mean"]), "std": list(meta["std"]), "source": "checkpoint"}
+    c, classes = ckpt.config.in_shape[0], ckpt.config.num_classes
+    known = {1000: ("imagenet", IMAGENET_STATS), 10: ("cifar10", CIFAR_STATS["cifar10"]), 100: ("cifar100", CIFAR_STATS["cifar100"])}
+    if c == 3 and classes in known:
+        name, (mean, std) = known[classes]
+        return {"dataset": name, "mean": list(mean), "std": list(std), "source": f"default for {classes} classes"}
+    return {"dataset": None, "mean": [0.0] * c, "std": [1.0] * c, "source": "unknown: identity"}
+
+
+# -- verification --------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def _verify(tmp: Path, graphs, model, images, labels, normalization, precision: Precision, opts: ExportOptions):
+    tol = TOLERANCES[precision.value]
+    x = images.float()
+    logits_ref, z_ref = model(x)
+    rec_ref = model.inverse(z_ref, project=opts.projection)
+    x_np = x.numpy()
+    with OrtBackend(tmp / graphs[FORWARD]["file"], providers=["cpu"]) as fwd, \
+            OrtBackend(tmp / graphs[INVERSE]["file"], providers=["cpu"]) as inv:
+        out = fwd.infer({"image": x_np})
+        x_hat = inv.infer({"z": out["z"]})["image"]
+        # the dynamic batch: one image alone gives what it gave inside the batch
+        single = fwd.infer({"image": x_np[:1]})["z"]
+        single_inv = inv.infer({"z": out["z"][:1]})["image"]
+    mean, std = normalization["mean"], normalization["std"]
+    rt = reconstruction_metrics(x_np, x_hat, mean, std)
+    checks = [
+        compare("logits", out["logits"], logits_ref.numpy(), tol.logits),
+        compare("z", out["z"], z_ref.numpy(), tol.z),
+        compare("round trip", x_hat, x_np, tol.round_trip),
+        compare("batch 1 vs batched (forward)", single, out["z"][:1], tol.z),
+        compare("batch 1 vs batched (inverse)", single_inv, x_hat[:1], tol.round_trip),
+    ]
+    agreement = top1_agreement(out["logits"], logits_ref.numpy())
+    result = {
+        "backend": "onnxruntime-cpu",
+        "samples": len(x_np),
+        "inputs": "dataset" if labels is not None else "seeded random N(0, 1)",
+        "checks": [c.to_dict() for c in checks],
+        "top1_agreement": agreement,
+        "top1_agreement_min": tol.top1,
+        "round_trip_psnr_db": rt["psnr_db"],
+        "round_trip_max_abs_pixels": rt["max_abs"],
+    }
+    if labels is not None:
+        result["top1_pytorch"] = float(np.mean(np.argmax(logits_ref.numpy(), 1) == labels) * 100)
+        result["top1_onnx"] = float(np.mean(np.argmax(out["logits"], 1) == labels) * 100)
+    result["checks"].append({"name": "top-1 agreement", "value": agreement, "min": tol.top1, "passed": agreement >= tol.top1})
+    result["passed"] = all(c["passed"] for c in result["checks"])
+
+    reference = {"images": x_np, "logits": logits_ref.numpy(), "z": z_ref.numpy(), "reconstruction": rec_ref.numpy()}
+    if labels is not None:
+        reference["labels"] = labels
+    reference |= _block_reference(model, x)
+    return result, reference
+
+
+def _block_reference(model, x: torch.Tensor) -> dict[str, np.ndarray]:
+    """h0..hB of the PyTorch fp32 forward for as many samples as fit BLOCK_REFERENCE_BYTES."""
+    from ..layers import merge
+
+    pairs = [merge(*p) for p in model.forward_pairs(x[:1])]
+    per_sample = sum(p.numel() * 4 for p in pairs)
+    n = min(len(x), BLOCK_REFERENCE_BYTES // max(per_sample, 1))
+    if n < 1:
+        return {}
+    pairs = [merge(*p).numpy() for p in model.forward_pairs(x[:n])]
+    return {f"h{i}": h for i, h in enumerate(pairs)}
+
+
+def _weights_sha256(net: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for key, value in sorted(net.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import onnxscript
+
+    return {
+        "irevnet": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__, "onnxscript": onnxscript.__version__,
+        "numpy": np.__version__, "python": platform.python_version(),
+    }
+
+

@@ -1,0 +1,190 @@
+"""torch -> ONNX for i-RevNet graphs, and the checks that make them fit for TensorRT.
+
+The dynamo exporter (torch 2.9+) does the tracing, decomposition and optimisation (constant
+folding, dead code removal). On top of it:
+- psi / psi^-1 become single SpaceToDepth / DepthToSpace(DCR) nodes (custom translations);
+- nodes inside a block's bottleneck F get canonical names `block{i}/F/...`, identical in the
+  forward and inverse graphs, so that F can be compared node for node and engines built from
+  both graphs share timing-cache entries;
+- every op is checked against what TensorRT's ONNX parser supports, and nothing that a static
+  graph should not have (Identity, Shape/Gather chains) may remain.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import re
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from onnx import numpy_helper
+
+from ..errors import IRevNetError
+
+DEFAULT_OPSET = 18  # the dynamo exporter's floor; TensorRT 10 parses opsets 9-20
+BATCH_DIM = "N"
+INLINE_LIMIT = 1_800_000_000  # bytes; protobuf's 2 GiB cap, with margin, before external data
+
+# Ops that TensorRT's ONNX parser supports (onnx-tensorrt docs/operators.md, TensorRT 10),
+# restricted to those an i-RevNet graph can plausibly contain.
+TRT_SUPPORTED_OPS = frozenset({
+    "Add", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Constant", "Conv", "DepthToSpace",
+    "Div", "Flatten", "Gemm", "GlobalAveragePool", "Identity", "MatMul", "Mul", "Neg", "Pad", "ReduceMean", "Relu",
+    "Reshape", "Slice", "SpaceToDepth", "Split", "Squeeze", "Sub", "Transpose", "Unsqueeze",
+})
+# Nodes that a static-shape, eval-mode graph has no reason to contain.
+FORBIDDEN_OPS = frozenset({"Identity", "Shape", "Gather", "Dropout", "ConstantOfShape"})
+
+
+def _translations() -> dict:
+    from onnxscript import opset18 as op
+
+    def space_to_depth(x, block_size: int):
+        return op.SpaceToDepth(x, blocksize=block_size)
+
+    def depth_to_space(x, block_size: int):
+        return op.DepthToSpace(x, blocksize=block_size, mode="DCR")
+
+    import irevnet.layers  # noqa: F401 (registers the custom ops)
+
+    return {
+        torch.ops.irevnet.space_to_depth.default: space_to_depth,
+        torch.ops.irevnet.depth_to_space.default: depth_to_space,
+    }
+
+
+def export_graph(
+    module: torch.nn.Module, example: torch.Tensor, *, max_batch: int, opset: int = DEFAULT_OPSET
+) -> onnx.ModelProto:
+    """Exports `module(example)` with a dynamic batch dimension N in [1, max_batch].
+
+    The module declares `input_names` and `output_names`.
+    """
+    batch = torch.export.Dim(BATCH_DIM, min=1, max=max_batch)
+    sink = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module, (example,), dynamo=True, custom_translation_table=_translations(),
+            dynamic_shapes=({0: batch},), input_names=list(module.input_names),
+            output_names=list(module.output_names), opset_version=opset, optimize=True, verbose=False,
+        )
+    model = program.model_proto
+    _canonical_names(model)
+    model.producer_name = "irevnet"
+    return model
+
+
+_F_SCOPE = re.compile(r"(?:^|\.)stack\.(\d+)\.bottleneck_block(?:\.(.+))?$")
+
+
+def _scopes(node: onnx.NodeProto) -> list[str]:
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            return [s.strip(" '\"") for s in prop.value.strip("[]").split(",")]
+    return []
+
+
+def _canonical_names(model: onnx.ModelProto) -> None:
+    """Names every node inside a bottleneck F `block{i}/F/{layer path}/{OpType}[_{k}]`.
+
+    The path comes from the exporter's module scopes, which are the same in forward and inverse
+    graphs; the trailing counter disambiguates several nodes of one layer.
+    """
+    seen: Counter[str] = Counter()
+    for node in model.graph.node:
+        block, rest = None, ""
+        for scope in _scopes(node):
+            m = _F_SCOPE.search(scope)
+            if m:
+                block, rest = m.group(1), m.group(2) or rest
+        if block is None:
+            continue
+        base = f"block{block}/F/{rest.replace('.', '/') + '/' if rest else ''}{node.op_type}"
+        node.name = base if not seen[base] else f"{base}_{seen[base]}"
+        seen[base] += 1
+
+
+def check_graph(model: onnx.ModelProto, what: str, strict: bool = True) -> None:
+    """Full ONNX check (with shape inference) and TensorRT op support.
+
+    Args:
+        strict: also refuse nodes a clean static graph has no use for (FORBIDDEN_OPS). Debug
+            graphs are not strict: they return some tensors under two names, via Identity.
+    """
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise IRevNetError(f"{what}: ONNX checker failed: {str(e).splitlines()[0]}") from None
+    ops = Counter(n.op_type for n in model.graph.node)
+    unsupported = sorted(set(ops) - TRT_SUPPORTED_OPS)
+    if unsupported:
+        raise IRevNetError(f"{what}: ops {unsupported} are not in TensorRT's supported set; this is an export bug")
+    leftover = sorted(set(ops) & FORBIDDEN_OPS)
+    if strict and leftover:
+        raise IRevNetError(f"{what}: graph still contains {leftover}; this is an export bug")
+
+
+def save_model(model: onnx.ModelProto, path: Path) -> list[Path]:
+    """Writes the graph; weights go inline unless they exceed protobuf's 2 GiB limit.
+
+    Returns the files written (the .onnx, plus `<name>.data` for external weights).
+    """
+    size = sum(len(t.raw_data) for t in model.graph.initializer)
+    if size < INLINE_LIMIT:
+        onnx.save_model(model, str(path))
+        return [path]
+    data = path.with_name(path.name + ".data")
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name)
+    return [path, data]
+
+
+def graph_summary(model: onnx.ModelProto) -> dict[str, Any]:
+    """Node counts and the I/O contract (names, shapes with the named batch dim, dtypes)."""
+
+    def io(values) -> list[dict[str, Any]]:
+        out = []
+        for v in values:
+            t = v.type.tensor_type
+            shape = [d.dim_param or d.dim_value for d in t.shape.dim]
+            out.append({"name": v.name, "shape": shape, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name})
+        return out
+
+    ops = Counter(n.op_type for n in model.graph.node)
+    return {
+        "nodes": len(model.graph.node),
+        "ops": dict(sorted(ops.items())),
+        "inputs": io(model.graph.input),
+        "outputs": io(model.graph.output),
+        "opset": next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+    }
+
+
+def branch_signatures(model: onnx.ModelProto) -> dict[int, str]:
+    """sha256 per block of its F subgraph: node names, types, attributes and weights, in order.
+
+    Equal signatures in the forward and inverse graphs mean F is the same computation on the
+    same weights in both; an engine builder given the same input then has no reason to differ.
+    """
+    weights = {t.name: t for t in model.graph.initializer}
+    digests: dict[int, Any] = {}
+    for node in model.graph.node:
+        m = re.match(r"block(\d+)/F/", node.name)
+        if not m:
+            continue
+        h = digests.setdefault(int(m.group(1)), hashlib.sha256())
+        h.update(f"{node.name}|{node.op_type}|".encode())
+        for attr in sorted(node.attribute, key=lambda a: a.name):
+            h.update(attr.SerializeToString())
+        for name in node.input:
+            if name in weights:
+                h.update(numpy_helper.to_array(weights[name]).tobytes())
+            else:
+                h.update(b"<activation>")
+    return {i: d.hexdigest() for i, d in sorted(digests.items())}

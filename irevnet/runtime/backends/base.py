@@ -1,0 +1,73 @@
+"""What every backend is: open an artifact, run a feed of named arrays, return named arrays."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+from ...errors import IRevNetError
+
+
+class InputError(IRevNetError):
+    """A feed that does not fit the graph: wrong name, dtype, shape or non-finite values."""
+
+
+class Backend(ABC):
+    """One graph on one runtime (Polygraphy's runner shape: activate, infer, deactivate).
+
+    Subclasses set `inputs`/`outputs` (name, shape with "N" for the batch, dtype) and implement
+    `_infer` and `close`. `infer` validates the feed first, so every runtime refuses bad input
+    with the same one-line messages.
+    """
+
+    name = "backend"
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    max_batch: int | None = None
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def infer(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Runs the graph.
+
+        Args:
+            feeds: input name -> float32 array of the graph's shape (any batch size in range).
+            outputs: names to return (default all).
+        Returns:
+            output name -> array.
+        """
+        self._check(feeds)
+        return self._infer(feeds, outputs)
+
+    @abstractmethod
+    def _infer(self, feeds: dict[str, np.ndarray], outputs: list[str] | None) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None:
+        pass
+
+    def _check(self, feeds: dict[str, np.ndarray]) -> None:
+        expected = {i["name"]: i for i in self.inputs}
+        if set(feeds) != set(expected):
+            raise InputError(f"{self.name}: inputs {sorted(feeds)} given, the graph takes {sorted(expected)}")
+        for name, array in feeds.items():
+            spec = expected[name]
+            if not isinstance(array, np.ndarray) or array.dtype != np.dtype(spec["dtype"]):
+                got = array.dtype if isinstance(array, np.ndarray) else type(array).__name__
+                raise InputError(f"{self.name}: input {name!r} must be {spec['dtype']}, got {got}; convert it first")
+            shape = spec["shape"]
+            if array.ndim != len(shape) or any(isinstance(d, int) and d != s for d, s in zip(shape, array.shape)):
+                raise InputError(
+                    f"{self.name}: input {name!r} has shape {list(array.shape)}, the graph takes "
+                    f"{['N' if isinstance(d, str) else d for d in shape]}"
+                )
+            n = array.shape[0]
+            if n < 1 or (self.max_batch is not None and n > self.max_batch):
+                raise InputError(f"{self.name}: batch {n} is outside the exported range 1..{self.max_batch}")
+            if not np.all(np.isfinite(array)):
+                raise InputError(f"{self.name}: input {name!r} contains NaN or Inf; check the data feeding it")

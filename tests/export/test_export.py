@@ -1,0 +1,136 @@
+import json
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from irevnet.checkpoint import load_checkpoint
+from irevnet.errors import CheckFailed
+from irevnet.export.bundle import ExportOptions, export_bundle
+from irevnet.export.onnx_export import FORBIDDEN_OPS, TRT_SUPPORTED_OPS
+from irevnet.files import sha256_file
+from irevnet.runtime.backends.ort_backend import OrtBackend
+from irevnet.runtime.compare import TOLERANCES
+from tests.conftest import export_tiny, small_model
+from tests.reference import reference_state_dict, write_reference_t7
+
+
+def _ops(path):
+    return Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+
+
+def test_bundle_contents_and_tensor_names(bundles):
+    b = bundles["fp32"]
+    names = sorted(p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file())
+    assert names == ["debug/forward_blocks.onnx", "debug/inverse_blocks.onnx", "forward.onnx", "inverse.onnx",
+                     "manifest.json", "reference.npz", "sample_z.npy"]
+    m = json.loads((b / "manifest.json").read_text())
+    fwd, inv = m["graphs"]["forward"], m["graphs"]["inverse"]
+    assert [i["name"] for i in fwd["inputs"]] == ["image"] and [o["name"] for o in fwd["outputs"]] == ["logits", "z"]
+    assert fwd["inputs"][0]["shape"] == ["N", 1, 16, 16] and fwd["inputs"][0]["dtype"] == "float32"
+    assert inv["inputs"][0]["shape"] == ["N", 256, 4, 4] and [o["name"] for o in inv["outputs"]] == ["image"]
+    assert m["normalization"]["dataset"] == "digits" and len(m["normalization"]["mean"]) == 1
+    assert m["range_projection"] is True and m["model"]["type"] == "injective"
+    assert set(m["versions"]) >= {"torch", "onnx", "onnxruntime"}
+
+
+def test_manifest_hashes_every_file(bundles):
+    for b in bundles.values():
+        m = json.loads((b / "manifest.json").read_text())
+        on_disk = {p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file()} - {"manifest.json"}
+        assert set(m["files"]) == on_disk
+        assert all(sha256_file(b / f) == digest for f, digest in m["files"].items())
+
+
+def test_graphs_use_single_psi_nodes_and_fold_batchnorm(bundles, trained_tiny_bijective, tmp_path):
+    fwd, inv = _ops(bundles["fp32"] / "forward.onnx"), _ops(bundles["fp32"] / "inverse.onnx")
+    # irevnet-tiny: 6 blocks, 2 of stride 2 -> psi on both halves: 4 SpaceToDepth / 4 DepthToSpace
+    assert fwd["SpaceToDepth"] == 4 and inv["DepthToSpace"] == 4
+    assert fwd["Pad"] == 1 and fwd["Slice"] >= 2, "injective padding is one Pad, the split Slices"
+    assert "Transpose" not in fwd and "Reshape" not in inv, "no 6-D reshape/transpose chains"
+    # BN after a conv is folded; what remains is F's leading BN (5 non-first blocks) and the head's
+    assert fwd["BatchNormalization"] == 6 and inv["BatchNormalization"] == 5
+    assert fwd["Conv"] == inv["Conv"] == 18
+    for ops in (fwd, inv):
+        assert set(ops) <= TRT_SUPPORTED_OPS and not set(ops) & FORBIDDEN_OPS
+    depth_to_space = [n for n in onnx.load(str(bundles["fp32"] / "inverse.onnx")).graph.node if n.op_type == "DepthToSpace"]
+    assert all(a.s == b"DCR" for n in depth_to_space for a in n.attribute if a.name == "mode")
+
+
+def test_full_onnx_check_and_shape_inference_pass(bundles):
+    for name in ("forward.onnx", "inverse.onnx"):
+        model = onnx.load(str(bundles["mixed"] / name))
+        onnx.checker.check_model(model, full_check=True)
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        assert inferred.graph.output[0].type.tensor_type.shape.dim[0].dim_param == "N"
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_dynamic_batch(bundles, batch):
+    ref = np.load(bundles["fp32"] / "reference.npz")
+    x = np.concatenate([ref["images"]] * 2)[:batch]
+    with OrtBackend(bundles["fp32"] / "forward.onnx") as fwd, OrtBackend(bundles["fp32"] / "inverse.onnx") as inv:
+        out = fwd.infer({"image": x})
+        assert out["logits"].shape == (batch, 10) and out["z"].shape == (batch, 256, 4, 4)
+        assert inv.infer({"z": out["z"]})["image"].shape == x.shape
+
+
+@pytest.mark.parametrize("precision", ["fp32", "mixed", "fp16"])
+def test_precisions_meet_their_tolerances(bundles, precision):
+    m = json.loads((bundles[precision] / "manifest.json").read_text())
+    v = m["verification"]
+    assert v["passed"] and m["tolerances"] == TOLERANCES[precision].to_dict()
+    checks = {c["name"]: c for c in v["checks"]}
+    # measured on this trained model: fp32 ~1e-7 everywhere; mixed keeps the fp32 round trip on
+    # ONNX Runtime CPU (F is evaluated the same in both graphs); fp16 ~4e-4
+    if precision == "fp32":
+        assert checks["round trip"]["rel_l2"] <= 1e-6 and checks["logits"]["rel_l2"] <= 1e-5
+    else:
+        assert checks["logits"]["rel_l2"] <= 5e-3
+    assert v["top1_onnx"] == pytest.approx(v["top1_pytorch"], abs=12.5)
+
+
+def test_f_subgraphs_are_identical_and_the_weights_shared(bundles):
+    m = json.loads((bundles["mixed"] / "manifest.json").read_text())
+    assert m["branches"]["identical_in_forward_and_inverse"] is True
+    assert m["graphs"]["forward"]["branches_sha256"] == m["graphs"]["inverse"]["branches_sha256"]
+    fwd = {n.name for n in onnx.load(str(bundles["mixed"] / "forward.onnx")).graph.node if "/F/" in n.name}
+    inv = {n.name for n in onnx.load(str(bundles["mixed"] / "inverse.onnx")).graph.node if "/F/" in n.name}
+    # first block: 2 casts, Conv-ReLU-Conv-ReLU-Conv; the 5 others: 2 casts, BN, 3 x (ReLU, Conv)
+    assert fwd == inv and len(fwd) == 7 + 5 * 9
+
+
+def test_failed_verification_leaves_no_bundle_and_keeps_the_old_one(trained_tiny, tmp_path, monkeypatch):
+    out = export_tiny(trained_tiny, tmp_path / "bundle", debug_graphs=False)
+    before = (out / "manifest.json").read_bytes()
+    from irevnet.runtime import compare
+
+    strict = compare.Tolerance(logits=0.0, z=0.0, round_trip=0.0, top1=1.0, reason="impossible")
+    monkeypatch.setitem(compare.TOLERANCES, "fp32", strict)
+    with pytest.raises(CheckFailed, match="no bundle written"):
+        export_tiny(trained_tiny, out, debug_graphs=False)
+    assert (out / "manifest.json").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"], "no temporary folder left behind"
+    with pytest.raises(CheckFailed):
+        export_tiny(trained_tiny, tmp_path / "new", debug_graphs=False)
+    assert not (tmp_path / "new").exists()
+
+
+def test_reference_format_checkpoints_export(tmp_path):
+    model = small_model("irevnet-301")
+    path = tmp_path / "ILSVRC_trained_irevnet.pth.tar"
+    torch.save({"epoch": 1, "state_dict": reference_state_dict(model), "best_prec1": 1.0}, path)
+    m = export_bundle(ExportOptions(checkpoint=str(path), out=str(tmp_path / "b301"), image_size=64,
+                                    max_batch=2, samples=2, debug_graphs=False))
+    assert m["checkpoint"]["format"] == "reference-imagenet" and m["verification"]["passed"]
+    assert m["normalization"]["dataset"] == "imagenet", "1000 classes: ImageNet mean/std by default"
+    assert _ops(tmp_path / "b301" / "forward.onnx")["SpaceToDepth"] == 1 + 2 * 4, "init psi + 2 per stride-2 block"
+
+    cifar = small_model("irevnet-cifar")
+    t7 = tmp_path / "i-revnet-7.t7"
+    write_reference_t7(t7, cifar.config, reference_state_dict(cifar), legacy=True)
+    m = export_bundle(ExportOptions(checkpoint=str(t7), out=str(tmp_path / "bcifar"), max_batch=2, samples=2,
+                                    debug_graphs=False))
+    assert m["checkpoint"]["format"] == "reference-cifar" and m["verification"]["passed"]
