@@ -141,7 +141,7 @@ class IRevNetConfig:
         """Per-block layout, derived exactly as the reference `iRevNet.irevnet_stack` does."""
         specs = []
         in_ch = self.in_channels
-        for stage, (depth, stride, out_ch) in enumerate(zip(self.blocks, self.strides, self.channels)):
+        for depth, stride, out_ch in zip(self.blocks, self.strides, self.channels):
             for j in range(depth):
                 s = stride if j == 0 else 1
                 pad = 2 * out_ch - in_ch if s == 1 else 0

@@ -160,7 +160,7 @@ def write_reference_t7(path: Path, config: IRevNetConfig, state_dict: dict, lega
             config.init_ds, config.dropout, config.affine_bn, list(config.in_shape), config.mult,
         )
         sd = {k.removeprefix("module."): v for k, v in state_dict.items()}
-        net.load_state_dict(sd, strict=False)
+        net.load_state_dict(sd)
         wrapped = torch.nn.DataParallel(net)
         torch.save({"model": wrapped, "acc": torch.tensor(91.25), "epoch": 7}, path,
                    _use_new_zipfile_serialization=not legacy)

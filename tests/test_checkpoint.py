@@ -8,7 +8,7 @@ import torch
 from irevnet import checkpoint as ckpt
 from irevnet.checkpoint import infer_config, load_checkpoint, save_checkpoint
 from irevnet.errors import CheckpointError
-from tests.conftest import SMALL_FAMILIES, small_model
+from tests.conftest import small_model
 from tests.reference import reference_forward, reference_state_dict, write_reference_t7
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import math
 import platform
 import time
 from dataclasses import dataclass

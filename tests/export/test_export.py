@@ -6,7 +6,6 @@ import onnx
 import pytest
 import torch
 
-from irevnet.checkpoint import load_checkpoint
 from irevnet.errors import CheckFailed
 from irevnet.export.bundle import ExportOptions, export_bundle
 from irevnet.export.onnx_export import FORBIDDEN_OPS, TRT_SUPPORTED_OPS

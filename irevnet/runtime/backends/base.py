@@ -48,8 +48,8 @@ class Backend(ABC):
     @abstractmethod
     def _infer(self, feeds: dict[str, np.ndarray], outputs: list[str] | None) -> dict[str, np.ndarray]: ...
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027 (optional hook, not abstract)
+        """Releases the runtime's resources; the default holds none."""
 
     def _check(self, feeds: dict[str, np.ndarray]) -> None:
         expected = {i["name"]: i for i in self.inputs}
