@@ -16,6 +16,7 @@ from typing import Annotated, Any, Callable, Optional
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -30,6 +31,8 @@ app = typer.Typer(
     rich_markup_mode="markdown",
 )
 console = Console(highlight=False)
+if not console.is_terminal:  # logs and pipes: room for the wide tables instead of 80 columns
+    console.width = 140
 
 
 def _fail(message: str, code: int) -> None:
@@ -376,6 +379,153 @@ def _print_export(manifest: dict[str, Any], out: Path) -> None:
         extra += f"; top-1 PyTorch {v['top1_pytorch']:.1f}% vs ONNX {v['top1_onnx']:.1f}%"
     console.print(extra)
     console.print(f"bundle written to {out}" if v["passed"] else f"bundle written to {out} despite failed checks (--allow-mismatch)")
+
+
+BackendOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--backend", "-b", help="onnxruntime | tensorrt | torch; repeat for several (default: onnxruntime)."),
+]
+ProviderOpt = Annotated[
+    Optional[list[str]], typer.Option("--provider", help="ONNX Runtime providers in order: tensorrt, cuda, cpu (default: all available).")
+]
+ThreadsOpt = Annotated[Optional[int], typer.Option(help="Intra-op threads (ONNX Runtime, torch).")]
+
+
+@command
+def verify(
+    bundles: Annotated[list[Path], typer.Argument(help="Bundle folder(s); several precisions of one model compare side by side.")],
+    backend: BackendOpt = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Real test images (needs torch); default: the bundle's reference samples.")] = None,
+    samples: Annotated[int, typer.Option(help="Images to check.")] = 8,
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", "-c", help="Live PyTorch reference (default: the manifest's, when torch is installed).")] = None,
+    provider: ProviderOpt = None,
+    threads: ThreadsOpt = None,
+    device: DeviceOpt = Device.auto,
+    blocks: Annotated[bool, typer.Option(help="Error per block from the debug graphs.")] = True,
+    plot: Annotated[Optional[Path], typer.Option(help="Write the error-vs-depth plot (PNG) here.")] = None,
+    json: JsonOpt = None,
+) -> None:
+    """Check exported bundles: round trip, cross round trips, parity with PyTorch, error per block.
+
+    Exits 1 when a check misses the bundle's tolerance. Runs without torch, against the
+    reference samples stored in the bundle.
+
+    Example: `irevnet verify bundles/fp32 bundles/mixed bundles/fp16 --plot blocks.png`
+    """
+    from .errors import CheckFailed
+    from .runtime.verify import VerifyOptions, verify as run_verify
+
+    opts = VerifyOptions(
+        bundles=[str(b) for b in bundles], backends=backend or ["onnxruntime"], dataset=dataset, samples=samples,
+        checkpoint=str(checkpoint) if checkpoint else None, providers=provider, threads=threads, device=device.value,
+        blocks=blocks, plot=str(plot) if plot else None,
+    )
+    with console.status("verifying") as status:
+        result = run_verify(opts, log=lambda msg: status.update(msg))
+    _print_verify(result)
+    _write_json(json, result)
+    if not result["passed"]:
+        raise CheckFailed("verify failed: see the FAIL rows above")
+    console.print("[green]verify passed[/]")
+
+
+def _print_verify(r: dict[str, Any]) -> None:
+    console.print(f"{r['samples']} {r['inputs']}; reference: {r['reference']}")
+    t = Table("precision", "z from", "inverted by", "rel. L2", "max abs (px)", "PSNR dB", "worst", "tol.", "",
+              title="round trip inverse(forward(x)) vs x")
+    for e in r["round_trip"] + r["cross_round_trip"]:
+        t.add_row(e["precision"], escape(e["forward"]), escape(e["inverse"]), f"{e['rel_l2']:.2e}", f"{e['max_abs_pixels']:.2e}",
+                  _db(e["psnr_db"]), str(e["worst_sample"]), f"{e['tolerance']:.0e}", _verdict(e["passed"]))
+    console.print(t)
+    if r["parity"]:
+        t = Table("precision", "backend", "logits rel.", "logits max abs", "z rel.", "top-1 agree", "top-1 vs PyTorch", "",
+                  title="parity with PyTorch fp32")
+        for e in r["parity"]:
+            acc = f"{e['top1_backend']:.2f}% vs {e['top1_pytorch']:.2f}%" if "top1_backend" in e else "(no labels)"
+            t.add_row(e["precision"], escape(e["backend"]), f"{e['logits']['rel_l2']:.2e}", f"{e['logits']['max_abs']:.2e}",
+                      f"{e['z']['rel_l2']:.2e}", f"{e['top1_agreement']:.3f}", acc, _verdict(e["passed"]))
+        console.print(t)
+    for e in r["blocks"]:
+        title = f"error per block: {e['precision']} on {escape(e['backend'])} (row i: input of block i; last row: z)"
+        if "skipped" in e:
+            console.print(f"{title}: skipped, {e['skipped']}")
+            continue
+        t = Table("i", "block i inverse gain", "fwd drift", "inverse error", "F bits equal", title=title)
+        n = len(e["round_trip"])
+        rows = range(n) if n <= 32 else sorted(set(range(4)) | set(range(n - 4, n)) | set(
+            sorted(range(n), key=lambda i: -e["round_trip"][i])[:6]))
+        for i in rows:
+            gain = e["gain"][i] if e.get("gain") and i < len(e["gain"]) else None
+            drift = e["forward_drift"][i] if "forward_drift" in e else None
+            same = e["f_identical_fraction"][i] if i < len(e["f_identical_fraction"]) else None
+            t.add_row(str(i), "" if gain is None else f"{gain:.3g}", "" if drift is None else f"{drift:.1e}",
+                      f"{e['round_trip'][i]:.1e}", "" if same is None else f"{same:.0%}")
+        console.print(t)
+        if n > 32:
+            console.print(f"({n} block boundaries; showing the first, last and worst; all in --json)")
+        for w in e["warnings"]:
+            console.print(f"[yellow]warning[/]: {w}")
+    if any("round_trip" in e for e in r["blocks"]):
+        console.print("fwd drift: block input vs PyTorch fp32; inverse error: recovered block input vs this backend's "
+                      "forward; F bits equal: share of F outputs identical in both graphs (only the last block sees "
+                      "the same input in both; earlier ones inherit the recovered input's rounding).")
+    if r.get("plot"):
+        console.print(f"plot written to {r['plot']}")
+
+
+@command
+def bench(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
+    backend: BackendOpt = None,
+    direction: Annotated[str, typer.Option(help="forward | inverse | both.")] = "both",
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8,32",
+    warmup_s: Annotated[float, typer.Option(help="Warm-up seconds per measurement.")] = 1.0,
+    duration_s: Annotated[float, typer.Option(help="Measured seconds per measurement.")] = 3.0,
+    iterations: Annotated[Optional[int], typer.Option(help="Measure this many runs instead of --duration-s.")] = None,
+    provider: ProviderOpt = None,
+    threads: ThreadsOpt = None,
+    device: DeviceOpt = Device.auto,
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", "-c", help="For --backend torch (default: the manifest's).")] = None,
+    json: JsonOpt = None,
+) -> None:
+    """Latency percentiles and throughput of the bundle's graphs, side by side per backend.
+
+    Example: `irevnet bench bundles/fp32 -b onnxruntime -b torch --batch-sizes 1,32`
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .errors import IRevNetError
+    from .runtime.bench import BenchOptions, bench as run_bench
+
+    try:
+        sizes = [int(s) for s in batch_sizes.split(",") if s.strip()]
+    except ValueError:
+        raise IRevNetError(f"--batch-sizes must be integers separated by commas, got {batch_sizes!r}") from None
+    opts = BenchOptions(
+        bundle=str(bundle), backends=backend or ["onnxruntime"], direction=direction, batch_sizes=sizes,
+        warmup_s=warmup_s, duration_s=duration_s, iterations=iterations, providers=provider, threads=threads,
+        device=device.value, checkpoint=str(checkpoint) if checkpoint else None,
+    )
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console, transient=True) as p:
+        task = p.add_task("bench", total=1.0)
+        result = run_bench(opts, progress=lambda what, frac: p.update(task, description=what, completed=frac))
+    _print_bench(result)
+    _write_json(json, result)
+
+
+def _print_bench(r: dict[str, Any]) -> None:
+    m = r["machine"]
+    t = Table("backend", "dir", "batch", "median ms", "p90", "p99", "images/s", "GFLOP/s", "speedup",
+              title=f"{r['bundle']} ({r['precision']}), {r['model']['gflop_per_image']:.2f} GFLOP/image; "
+              f"min/mean/p95/max in --json")
+    for e in r["results"]:
+        t.add_row(escape(e["backend"]), e["direction"][:3].replace("for", "fwd"), str(e["batch"]), f"{e['median_ms']:.2f}",
+                  f"{e['p90_ms']:.2f}", f"{e['p99_ms']:.2f}", f"{e['images_per_s']:,.1f}",
+                  f"{e['gflops']:.1f}", "" if e["speedup"] is None else f"{e['speedup']:.2f}x")
+    console.print(t)
+    gpus = ", ".join(m["gpus"]) or "none"
+    console.print(f"{m['cpu']} ({m['cpu_count']} logical CPUs), GPU: {gpus}; numpy fp32 matmul {m['fp32_matmul_gflops']:.1f} GFLOP/s; "
+                  f"speedup = baseline mean latency / mean latency (baseline: {r['results'][0]['baseline']})", soft_wrap=True)
 
 
 def _verdict(passed: bool) -> str:

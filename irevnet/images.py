@@ -87,27 +87,33 @@ def save_grid(rows: Sequence[np.ndarray], path: str | Path, gap: int = 2) -> Pat
     return path
 
 
-def plot_error_vs_depth(series: dict[str, Sequence[float | None]], path: str | Path, title: str) -> Path:
-    """Line plot, log y: one line per label (e.g. precision), x = block index.
+def plot_error_vs_depth(panels: dict[str, dict[str, Sequence[float | None]]], path: str | Path, title: str) -> Path:
+    """Error-vs-depth line plots, log y, side by side: one panel per direction, one line per label.
 
     Args:
-        series: label -> relative error after each block (None where not measured).
+        panels: panel title -> (label, e.g. "fp16 onnxruntime" -> relative error at block 0..B;
+            None where not measured).
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    for label, values in series.items():
-        xs = [i for i, v in enumerate(values) if v is not None and v > 0]
-        ax.plot(xs, [values[i] for i in xs], marker="o", markersize=3, label=label)
-    ax.set_yscale("log")
-    ax.set_xlabel("block (0 = input of the first block)")
-    ax.set_ylabel("relative L2 error")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), dpi=110, squeeze=False)
+    for ax, (panel, series) in zip(axes[0], panels.items()):
+        for label, values in series.items():
+            xs = [i for i, v in enumerate(values) if v is not None and v > 0]
+            ax.plot(xs, [values[i] for i in xs], marker="o", markersize=3, label=label)
+        ax.set_yscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_xlabel("block boundary (0 = input of the first block, B = z)")
+        ax.set_ylabel("relative L2 error")
+        ax.set_title(panel, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        if series:
+            ax.legend(fontsize=8)
+    fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
     with atomic_output(path) as tmp:

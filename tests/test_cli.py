@@ -69,3 +69,45 @@ def test_train_evaluate_invert_bad_inputs(tmp_path, trained_tiny):
     assert "--samples" in line
     line = _one_line_error(runner.invoke(app, ["train", "-o", str(tmp_path / "r"), "--epochs", "0"]))
     assert "--epochs must be positive" in line
+
+
+def test_export_verify_bench_happy_paths(tmp_path, trained_tiny, bundles):
+    out = tmp_path / "bundle"
+    result = runner.invoke(app, ["export", "-c", str(trained_tiny / "best.pt"), "-o", str(out), "--max-batch", "4",
+                                 "--no-debug", "--precision", "fp16"])
+    assert result.exit_code == 0, result.output
+    assert (out / "manifest.json").is_file() and "bundle written to" in result.output
+
+    result = runner.invoke(app, ["verify", str(bundles["fp32"]), "--json", str(tmp_path / "v.json"), "--plot", str(tmp_path / "p.png")])
+    assert result.exit_code == 0, result.output
+    assert "verify passed" in result.output and json.loads((tmp_path / "v.json").read_text())["passed"]
+    assert "onnxruntime[cpu]" in result.output, "backend names are printed, not eaten as markup"
+
+    result = runner.invoke(app, ["bench", str(bundles["fp32"]), "--batch-sizes", "1,2", "--iterations", "3",
+                                 "--warmup-s", "0", "--json", str(tmp_path / "b.json")])
+    assert result.exit_code == 0, result.output
+    assert len(json.loads((tmp_path / "b.json").read_text())["results"]) == 4
+
+
+def test_verify_failure_exits_1_with_the_table(tmp_path, bundles):
+    import shutil
+
+    strict = shutil.copytree(bundles["fp16"], tmp_path / "strict")
+    manifest = json.loads((strict / "manifest.json").read_text())
+    manifest["tolerances"]["round_trip"] = 1e-9
+    (strict / "manifest.json").write_text(json.dumps(manifest))
+    result = runner.invoke(app, ["verify", str(strict), "--no-blocks"])
+    assert result.exit_code == 1
+    assert "FAIL" in result.output and result.output.rstrip().endswith("error: verify failed: see the FAIL rows above")
+
+
+def test_export_verify_bench_bad_inputs(tmp_path, trained_tiny, bundles):
+    line = _one_line_error(runner.invoke(app, ["export", "-c", str(tmp_path / "none.pt"), "-o", str(tmp_path / "b")]))
+    assert "checkpoint not found" in line
+    assert not (tmp_path / "b").exists()
+    line = _one_line_error(runner.invoke(app, ["verify", str(tmp_path)]))
+    assert "manifest.json is missing" in line
+    line = _one_line_error(runner.invoke(app, ["bench", str(bundles["fp32"]), "--batch-sizes", "1,x"]))
+    assert "--batch-sizes" in line
+    line = _one_line_error(runner.invoke(app, ["bench", str(bundles["fp32"]), "-b", "tflite"]))
+    assert "unknown backend 'tflite'" in line

@@ -22,6 +22,7 @@ from .. import __version__
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..data import CIFAR_STATS, IMAGENET_STATS, load_datasets
 from ..errors import CheckFailed, IRevNetError
+from ..fidelity import diagnose
 from ..files import atomic_directory, sha256_file, write_json
 from ..images import reconstruction_metrics
 from ..invert import first_images
@@ -107,6 +108,8 @@ def export_bundle(opts: ExportOptions, log=lambda msg: None) -> dict[str, Any]:
         z0 = reference["z"][:1]
         np.save(tmp / "sample_z.npy", z0)  # a z for the C++ example to invert
 
+        log("estimating the inverse's per-block error gain (fp64)")
+        fidelity = diagnose(model, images.float(), project=opts.projection)
         identical = graphs[FORWARD]["branches_sha256"] == graphs[INVERSE]["branches_sha256"]
         files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
         manifest = {
@@ -133,6 +136,7 @@ def export_bundle(opts: ExportOptions, log=lambda msg: None) -> dict[str, Any]:
                 "expected to evaluate to the same bits when both run on the same kernels; `irevnet verify` measures it",
             },
             "graphs": graphs,
+            "fidelity": fidelity,
             "versions": _versions(),
             "tolerances": TOLERANCES[precision.value].to_dict(),
             "verification": verification,

@@ -57,12 +57,18 @@ def fold_batchnorm(branch: nn.Sequential) -> nn.Sequential:
     return nn.Sequential(*folded)
 
 
-def prepare(model: IRevNet, precision: Precision | str) -> IRevNet:
-    """An eval-mode copy of `model` for export: BatchNorm folded, no dropout, precision applied."""
+def prepare(model: IRevNet, precision: Precision | str, fold_bn: bool = True) -> IRevNet:
+    """An eval-mode copy of `model` with the precision applied (and, for export, BatchNorm folded).
+
+    Args:
+        fold_bn: fold BatchNorm into the preceding convolutions and drop dropout (export); off,
+            the copy computes exactly what the trained model does (PyTorch eager baseline).
+    """
     precision = Precision(precision)
     net = copy.deepcopy(model).float().eval()
-    for block in net.stack:
-        block.bottleneck_block = fold_batchnorm(block.bottleneck_block)
+    if fold_bn:
+        for block in net.stack:
+            block.bottleneck_block = fold_batchnorm(block.bottleneck_block)
     if precision is Precision.fp16:
         net = net.half()
     elif precision is Precision.mixed:

@@ -1,0 +1,17 @@
+"""Running and judging exported bundles: numpy and ONNX Runtime or TensorRT, never torch.
+
+    from irevnet.runtime import Bundle, open_backend
+
+    bundle = Bundle.open("bundles/digits")            # checks the schema and every file's sha256
+    with open_backend("onnxruntime", bundle, "inverse") as inverse:
+        image = inverse.infer({"z": z})["image"]      # (N, C, H, W) float32, normalised
+
+`verify` and `bench` (the CLI's commands) live in irevnet.runtime.verify / .bench. Only the torch
+backend imports torch, when it is opened.
+"""
+
+from .backends import BACKENDS, Backend, InputError, open_backend
+from .bundle import Bundle
+from .compare import TOLERANCES, Comparison, Tolerance, compare
+
+__all__ = ["BACKENDS", "TOLERANCES", "Backend", "Bundle", "Comparison", "InputError", "Tolerance", "compare", "open_backend"]

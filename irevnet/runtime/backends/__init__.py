@@ -1,0 +1,55 @@
+"""Backends share one shape (see base.Backend); `open_backend` builds one for a bundle's graph."""
+
+from __future__ import annotations
+
+from ...errors import IRevNetError
+from ..bundle import Bundle
+from .base import Backend, InputError
+
+BACKENDS = ("onnxruntime", "tensorrt", "torch")
+ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch"}
+
+__all__ = ["BACKENDS", "Backend", "InputError", "open_backend", "resolve_backend"]
+
+
+def resolve_backend(name: str) -> str:
+    name = ALIASES.get(name.lower(), name.lower())
+    if name not in BACKENDS:
+        raise IRevNetError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+    return name
+
+
+def open_backend(
+    kind: str,
+    bundle: Bundle,
+    graph: str,
+    *,
+    providers: list[str] | None = None,
+    threads: int | None = None,
+    device: str = "auto",
+    checkpoint: str | None = None,
+) -> Backend:
+    """Opens `graph` (forward, inverse, forward_blocks, inverse_blocks) of a bundle on a backend."""
+    kind = resolve_backend(kind)
+    if kind == "onnxruntime":
+        from .ort_backend import OrtBackend
+
+        return OrtBackend(
+            bundle.onnx_path(graph), providers=providers, threads=threads, cache_dir=bundle.path / "ort_trt_cache",
+            max_batch=bundle.max_batch,
+        )
+    if kind == "tensorrt":
+        from .trt_backend import TrtBackend
+
+        engine = bundle.engine_path(graph)
+        if engine is None:
+            raise IRevNetError(f"{bundle.path} has no TensorRT engine for {graph}; build them with `irevnet build {bundle.path}`")
+        return TrtBackend(engine, bundle=bundle, graph=graph)
+    from .torch_backend import TorchBackend
+
+    ckpt = checkpoint or bundle.manifest["checkpoint"]["path"]
+    cfg = bundle.config
+    return TorchBackend(
+        ckpt, graph, precision=bundle.precision, projection=bundle.manifest["range_projection"],
+        image_size=cfg["in_shape"][1], device=device, threads=threads, max_batch=bundle.max_batch,
+    )

@@ -1,0 +1,97 @@
+"""PyTorch backend: the model itself, eager, as the reference side of every comparison.
+
+The only backend that needs torch; it is imported when this backend is opened, never by
+`irevnet.runtime` itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...errors import IRevNetError
+from .base import Backend
+
+
+class TorchBackend(Backend):
+    """Runs one of a bundle's graphs with the PyTorch model from its checkpoint.
+
+    The model computes as trained (BatchNorm unfolded) in the bundle's precision: fp32 is the
+    plain model, fp16 the model in half, mixed the F branches in half.
+
+    Args:
+        checkpoint: the checkpoint file (default: the one the manifest names).
+        graph: forward | inverse | forward_blocks | inverse_blocks.
+        precision, projection, image_size: as the bundle was exported.
+        device: cpu | cuda | auto.
+        threads: torch intra-op threads.
+    """
+
+    name = "torch"
+
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        graph: str,
+        *,
+        precision: str = "fp32",
+        projection: bool = True,
+        image_size: int | None = None,
+        device: str = "auto",
+        threads: int | None = None,
+        max_batch: int | None = None,
+    ):
+        try:
+            import torch
+        except ImportError:
+            raise IRevNetError("the torch backend needs PyTorch; pip install 'irevnet[torch]'") from None
+        from ...checkpoint import load_checkpoint
+        from ...export import graphs as g
+        from ...train import resolve_device
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.torch = torch
+        self.device = resolve_device(device)
+        model = load_checkpoint(checkpoint, image_size=image_size).model
+        net = g.prepare(model, precision, fold_bn=False)
+        module = {
+            "forward": lambda: g.ForwardGraph(net),
+            "inverse": lambda: g.InverseGraph(net, projection),
+            "forward_blocks": lambda: g.ForwardBlocksGraph(net),
+            "inverse_blocks": lambda: g.InverseBlocksGraph(net, projection),
+        }[graph]()
+        self.module = module.to(self.device).eval()
+        cfg = model.config
+        shape = ["N", *(cfg.in_shape if graph.startswith("forward") else cfg.z_shape)]
+        self.inputs = [{"name": module.input_names[0], "shape": shape, "dtype": "float32"}]
+        self.outputs = [{"name": n} for n in module.output_names]
+        self.max_batch = max_batch
+        self.name = f"torch[{self.device.type}]"
+        self.last_device_ms: float | None = None
+
+    def _infer(self, feeds: dict[str, np.ndarray], outputs: list[str] | None) -> dict[str, np.ndarray]:
+        torch = self.torch
+        (x,) = feeds.values()
+        cuda = self.device.type == "cuda"
+        with torch.inference_mode():
+            t = torch.from_numpy(x).to(self.device)
+            if cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+            result = self.module(t)
+            if cuda:
+                end.record()
+                end.synchronize()
+                self.last_device_ms = start.elapsed_time(end)
+            result = result if isinstance(result, tuple) else (result,)
+            named: dict[str, Any] = dict(zip(self.module.output_names, result))
+            wanted = outputs or list(named)
+            return {k: named[k].float().cpu().numpy() for k in wanted}
+
+    def close(self) -> None:
+        self.module = None
+
+

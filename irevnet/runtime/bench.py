@@ -1,0 +1,181 @@
+"""`irevnet bench`: latency percentiles and throughput per backend, direction and batch size.
+
+Like trtexec's summary: min / median / mean / p90 / p95 / p99 / max of the host-side latency of
+one `infer` call (inputs on the host, outputs back on the host), and images/s. GPU backends also
+report device time from CUDA events. Achieved GFLOP/s come from the architecture's convolution
+count, next to the machine's fp32 matmul rate measured with numpy.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import IRevNetError
+from .backends import open_backend, resolve_backend
+from .bundle import FORWARD, INVERSE, Bundle
+
+
+@dataclass
+class BenchOptions:
+    bundle: str
+    backends: list[str] = field(default_factory=lambda: ["onnxruntime"])
+    direction: str = "both"  # forward | inverse | both
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
+    warmup_s: float = 1.0
+    duration_s: float = 3.0
+    iterations: int | None = None  # fixed count instead of duration_s
+    threads: int | None = None
+    providers: list[str] | None = None
+    device: str = "auto"
+    checkpoint: str | None = None
+
+
+def conv_flops(config: dict[str, Any]) -> int:
+    """Multiply-adds x 2 of the convolutions of one image's pass (forward and inverse are equal:
+    each evaluates every F once). The head (BN, pooling, linear) is < 0.1% and left out."""
+    c, h, w = config["in_shape"]
+    init_ds = config["init_ds"]
+    mult = config["mult"]
+    in_ch = c * (init_ds**2 if init_ds else 1)
+    h, w = (h // init_ds, w // init_ds) if init_ds else (h, w)
+    total = 0
+    for depth, stride, out_ch in zip(config["blocks"], config["strides"], config["channels"]):
+        for j in range(depth):
+            s = stride if j == 0 else 1
+            f_in = out_ch if s == 1 else in_ch // 2  # stride 1: bijective or padded, F sees out_ch
+            inner = out_ch // mult
+            ho, wo = h // s, w // s
+            total += 2 * 9 * ho * wo * (f_in * inner + inner * inner + inner * out_ch)
+            h, w, in_ch = ho, wo, 2 * out_ch
+    return total
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
+    """The machine's fp32 matrix-multiply rate through numpy's BLAS (best of `repeats`)."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def machine_info() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info: dict[str, Any] = {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform()}
+    try:
+        gpus = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+        info["gpus"] = [g.strip() for g in gpus.splitlines() if g.strip()]
+    except (OSError, subprocess.SubprocessError):
+        info["gpus"] = []
+    versions = {}
+    for module in ("onnxruntime", "tensorrt", "torch", "numpy"):
+        try:
+            versions[module] = __import__(module).__version__
+        except ImportError:
+            pass
+    info["versions"] = versions
+    return info
+
+
+def _stats(latencies_s: list[float], batch: int) -> dict[str, float]:
+    ms = np.array(latencies_s) * 1e3
+    return {
+        "iterations": len(ms),
+        "min_ms": float(ms.min()),
+        "median_ms": float(np.median(ms)),
+        "mean_ms": float(ms.mean()),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "max_ms": float(ms.max()),
+        "images_per_s": float(batch * len(ms) / ms.sum() * 1e3),
+    }
+
+
+def bench(opts: BenchOptions, progress: Callable[[str, float], None] = lambda what, frac: None) -> dict[str, Any]:
+    """Measures every (backend, direction, batch size); see the module docstring."""
+    bundle = Bundle.open(opts.bundle)
+    if opts.direction not in ("forward", "inverse", "both"):
+        raise IRevNetError(f"--direction must be forward, inverse or both, got {opts.direction!r}")
+    directions = [FORWARD, INVERSE] if opts.direction == "both" else [opts.direction]
+    backends = [resolve_backend(b) for b in opts.backends]
+    for n in opts.batch_sizes:
+        if not 1 <= n <= bundle.max_batch:
+            raise IRevNetError(f"batch size {n} is outside the bundle's range 1..{bundle.max_batch}; re-export with --max-batch")
+    if opts.iterations is not None and opts.iterations < 1:
+        raise IRevNetError("--iterations must be at least 1")
+    cfg = bundle.config
+    flops = conv_flops(cfg)
+    reference = bundle.reference()  # real inputs and the z PyTorch made of them, tiled to each batch
+    results = []
+    jobs = [(k, d, n) for k in backends for d in directions for n in opts.batch_sizes]
+    for j, (kind, direction, n) in enumerate(jobs):
+        feed_name = "image" if direction == FORWARD else "z"
+        source = reference["images" if direction == FORWARD else "z"]
+        x = np.ascontiguousarray(np.resize(source, (n, *source.shape[1:])))
+        with open_backend(kind, bundle, direction, providers=opts.providers, threads=opts.threads,
+                          device=opts.device, checkpoint=opts.checkpoint) as backend:
+            name = backend.name
+            label = f"{name} {direction} batch {n}"
+            feeds = {feed_name: x}
+            deadline = time.perf_counter() + opts.warmup_s
+            backend.infer(feeds)
+            while time.perf_counter() < deadline:
+                backend.infer(feeds)
+            latencies, device_ms = [], []
+            start = time.perf_counter()
+            while True:
+                latencies.append(_timed(lambda: backend.infer(feeds)))
+                if getattr(backend, "last_device_ms", None) is not None:
+                    device_ms.append(backend.last_device_ms)
+                done = len(latencies) / opts.iterations if opts.iterations else (time.perf_counter() - start) / opts.duration_s
+                progress(label, (j + min(done, 1.0)) / len(jobs))
+                if done >= 1.0:
+                    break
+        entry = {"backend": name, "kind": kind, "direction": direction, "batch": n, **_stats(latencies, n)}
+        entry["gflops"] = flops * n / (entry["mean_ms"] / 1e3) / 1e9
+        if device_ms:
+            entry["device_median_ms"] = float(np.median(device_ms))
+        results.append(entry)
+    _ratios(results, backends)
+    return {
+        "bundle": str(bundle.path),
+        "precision": bundle.precision,
+        "model": {"config": cfg, "gflop_per_image": flops / 1e9},
+        "machine": machine_info() | {"fp32_matmul_gflops": matmul_gflops()},
+        "threads": opts.threads,
+        "settings": {"warmup_s": opts.warmup_s, "duration_s": opts.duration_s, "iterations": opts.iterations},
+        "results": results,
+    }
+
+
+def _ratios(results: list[dict[str, Any]], backends: list[str]) -> None:
+    """speedup = baseline mean latency / this mean latency; baseline torch if present, else the first."""
+    base = "torch" if "torch" in backends else backends[0]
+    by_key = {(r["direction"], r["batch"]): r for r in results if r["kind"] == base}
+    for r in results:
+        ref = by_key.get((r["direction"], r["batch"]))
+        r["baseline"] = ref["backend"] if ref else None
+        r["speedup"] = ref["mean_ms"] / r["mean_ms"] if ref else None

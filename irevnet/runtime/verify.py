@@ -1,0 +1,256 @@
+"""`irevnet verify`: how far each exported artifact is from the PyTorch model, and where.
+
+Checks, per bundle and backend, against the bundle's tolerances:
+- round trip x -> forward -> z -> inverse -> x_hat;
+- cross round trips (z from one backend, or from PyTorch, inverted on another);
+- parity with PyTorch fp32: logits, z, top-1 agreement, accuracy on labelled data. The reference
+  is the live checkpoint when torch is installed, else the samples stored in the bundle;
+- error per block from the debug graphs: forward drift from PyTorch, the inverse's round trip
+  error at every block boundary, F's bit mismatch between the two graphs, and the inverse's
+  error gain recorded at export.
+numpy only, unless the torch backend or a live reference is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import IRevNetError
+from ..images import plot_error_vs_depth, reconstruction_metrics
+from .backends import open_backend, resolve_backend
+from .bundle import FORWARD, FORWARD_BLOCKS, INVERSE, INVERSE_BLOCKS, Bundle
+from .compare import TOLERANCES, Tolerance, compare, top1_agreement
+
+
+@dataclass
+class VerifyOptions:
+    bundles: list[str]
+    backends: list[str] = field(default_factory=lambda: ["onnxruntime"])
+    dataset: str | None = None  # real images (needs torch); default: the bundle's reference samples
+    samples: int = 8
+    checkpoint: str | None = None  # live PyTorch reference; default: the manifest's, when torch is there
+    providers: list[str] | None = None  # ONNX Runtime providers
+    threads: int | None = None
+    device: str = "auto"  # torch backend
+    blocks: bool = True  # per-block analysis (needs the debug graphs)
+    plot: str | None = None  # error-vs-depth PNG
+
+
+def verify(opts: VerifyOptions, log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    """Runs every check; `result["passed"]` is False when any judged check failed."""
+    if not opts.bundles:
+        raise IRevNetError("give at least one bundle folder")
+    if opts.samples < 1:
+        raise IRevNetError(f"--samples must be at least 1, got {opts.samples}")
+    bundles = [Bundle.open(b) for b in opts.bundles]
+    configs = {str(b.config) for b in bundles}
+    if len(configs) > 1:
+        raise IRevNetError("the bundles come from different models; verify them one at a time")
+    backends = [resolve_backend(b) for b in opts.backends]
+    x, labels, source = _inputs(bundles[0], opts)
+    reference = _reference(bundles[0], x, opts, log)
+
+    result: dict[str, Any] = {
+        "bundles": [{"path": str(b.path), "precision": b.precision} for b in bundles],
+        "backends": backends,
+        "samples": len(x),
+        "inputs": source,
+        "reference": reference["source"],
+        "round_trip": [],
+        "cross_round_trip": [],
+        "parity": [],
+        "blocks": [],
+    }
+    for bundle in bundles:
+        tol = tolerances(bundle)
+        norm = bundle.normalization
+        outputs = {}
+        for kind in backends:
+            log(f"{bundle.precision}: running {kind}")
+            with _open(kind, bundle, FORWARD, opts) as fwd, _open(kind, bundle, INVERSE, opts) as inv:
+                out = fwd.infer({"image": x})
+                x_hat = inv.infer({"z": out["z"]})["image"]
+                name = fwd.name
+                if reference["z"] is not None:  # PyTorch's z, inverted here: z made elsewhere
+                    x_from_ref = inv.infer({"z": reference["z"]})["image"]
+                    result["cross_round_trip"].append(
+                        _round_trip(bundle, "PyTorch fp32", name, x_from_ref, x, norm, tol.round_trip)
+                    )
+            result["round_trip"].append(_round_trip(bundle, name, name, x_hat, x, norm, tol.round_trip))
+            if reference["logits"] is not None:
+                result["parity"].append(_parity(bundle, name, out, reference, labels, tol))
+            outputs[name] = out
+        names = list(outputs)
+        for a in names:  # z from one backend, inverted on another
+            for b_kind, b_name in zip(backends, names):
+                if b_name == a:
+                    continue
+                with _open(b_kind, bundle, INVERSE, opts) as inv:
+                    x_cross = inv.infer({"z": outputs[a]["z"]})["image"]
+                result["cross_round_trip"].append(_round_trip(bundle, a, b_name, x_cross, x, norm, tol.round_trip))
+        if opts.blocks:
+            for kind in backends:
+                result["blocks"].append(_blocks(bundle, kind, x, reference, opts, log))
+
+    judged = result["round_trip"] + result["cross_round_trip"] + result["parity"]
+    result["passed"] = all(entry["passed"] for entry in judged)
+    if opts.plot and any(b.get("round_trip") for b in result["blocks"]):
+        _plot(result, opts.plot)
+        result["plot"] = opts.plot
+    return result
+
+
+# -- inputs and the PyTorch reference --------------------------------------------------------------
+
+
+def tolerances(bundle: Bundle) -> Tolerance:
+    """The tolerances the bundle was exported under (its manifest), else the current table's."""
+    recorded = bundle.manifest.get("tolerances")
+    return Tolerance(**recorded) if recorded else TOLERANCES[bundle.precision]
+
+
+def _has_torch() -> bool:
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # blocked, or a broken installation
+        return False
+
+
+def _inputs(bundle: Bundle, opts: VerifyOptions) -> tuple[np.ndarray, np.ndarray | None, str]:
+    if opts.dataset:
+        if not _has_torch():
+            raise IRevNetError("--dataset needs torch to read the data; without it verify uses the bundle's reference samples")
+        from ..data import load_datasets
+        from ..invert import first_images
+
+        cfg = bundle.config
+        data = load_datasets(opts.dataset, tuple(cfg["in_shape"]), augment=False)
+        x = first_images(data.test, min(opts.samples, bundle.max_batch)).numpy()
+        labels = np.array([data.test[i][1] for i in range(len(x))])
+        return x, labels, f"dataset {opts.dataset}"
+    ref = bundle.reference()
+    n = min(opts.samples, len(ref["images"]))
+    return ref["images"][:n], ref["labels"][:n] if "labels" in ref else None, "reference samples stored at export"
+
+
+def _reference(bundle: Bundle, x: np.ndarray, opts: VerifyOptions, log) -> dict[str, Any]:
+    """PyTorch fp32 logits, z and block activations for x: live if possible, else stored."""
+    ckpt = opts.checkpoint or bundle.manifest["checkpoint"]["path"]
+    if _has_torch() and Path(ckpt).is_file():
+        log("computing the PyTorch fp32 reference")
+        from .backends.torch_backend import TorchBackend
+
+        kw = {"precision": "fp32", "image_size": bundle.config["in_shape"][1], "device": "cpu"}
+        graph = FORWARD_BLOCKS if opts.blocks else FORWARD
+        with TorchBackend(ckpt, graph, **kw) as torch_fwd:
+            out = torch_fwd.infer({"image": x})
+        blocks = [out[f"h{i}"] for i in range(bundle.num_blocks + 1)] if opts.blocks else None
+        return {"source": f"PyTorch fp32, live from {ckpt}", "logits": out["logits"], "z": out["z"], "h": blocks}
+    if opts.checkpoint and not Path(opts.checkpoint).is_file():
+        raise IRevNetError(f"checkpoint not found: {opts.checkpoint}")
+    stored = bundle.reference()
+    if opts.dataset or not np.array_equal(stored["images"][: len(x)], x):
+        return {"source": "none (no torch, and the inputs are not the stored samples)", "logits": None, "z": None, "h": None}
+    n = len(x)
+    blocks = [stored[f"h{i}"] for i in range(bundle.num_blocks + 1)] if "h0" in stored else None
+    return {
+        "source": "PyTorch fp32 outputs stored in the bundle at export",
+        "logits": stored["logits"][:n], "z": stored["z"][:n], "h": blocks,
+    }
+
+
+def _open(kind: str, bundle: Bundle, graph: str, opts: VerifyOptions):
+    return open_backend(
+        kind, bundle, graph, providers=opts.providers, threads=opts.threads, device=opts.device, checkpoint=opts.checkpoint
+    )
+
+
+# -- checks ----------------------------------------------------------------------------------------
+
+
+def _round_trip(bundle, fwd_name, inv_name, x_hat, x, norm, tolerance) -> dict[str, Any]:
+    m = reconstruction_metrics(x, x_hat, norm["mean"], norm["std"])
+    per_sample = np.linalg.norm((x_hat - x).reshape(len(x), -1), axis=1) / np.maximum(
+        np.linalg.norm(x.reshape(len(x), -1), axis=1), 1e-30
+    )
+    rel = m["rel_l2"]
+    return {
+        "precision": bundle.precision,
+        "forward": fwd_name,
+        "inverse": inv_name,
+        "rel_l2": rel,
+        "max_abs_pixels": m["max_abs"],
+        "psnr_db": m["psnr_db"],
+        "worst_sample": int(np.argmax(per_sample)),
+        "tolerance": tolerance,
+        "passed": bool(np.isfinite(rel) and rel <= tolerance),
+    }
+
+
+def _parity(bundle, name, out, reference, labels, tol) -> dict[str, Any]:
+    logits = compare("logits", out["logits"], reference["logits"], tol.logits)
+    z = compare("z", out["z"], reference["z"], tol.z)
+    agreement = top1_agreement(out["logits"], reference["logits"])
+    entry = {
+        "precision": bundle.precision,
+        "backend": name,
+        "logits": logits.to_dict(),
+        "z": z.to_dict(),
+        "top1_agreement": agreement,
+        "top1_agreement_min": tol.top1,
+        "passed": bool(logits) and bool(z) and agreement >= tol.top1,
+    }
+    if labels is not None:
+        ours = float(np.mean(np.argmax(out["logits"], 1) == labels) * 100)
+        theirs = float(np.mean(np.argmax(reference["logits"], 1) == labels) * 100)
+        entry |= {"top1_backend": ours, "top1_pytorch": theirs, "top1_difference": ours - theirs}
+    return entry
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm((a - b).astype(np.float64)) / max(float(np.linalg.norm(b.astype(np.float64))), 1e-30))
+
+
+def _blocks(bundle: Bundle, kind: str, x: np.ndarray, reference, opts: VerifyOptions, log) -> dict[str, Any]:
+    fidelity = bundle.manifest.get("fidelity", {})
+    entry: dict[str, Any] = {"precision": bundle.precision, "backend": kind, "gain": fidelity.get("inverse_gain"),
+                             "warnings": fidelity.get("warnings", [])}
+    if not (bundle.has(FORWARD_BLOCKS) and bundle.has(INVERSE_BLOCKS)):
+        entry["skipped"] = "the bundle has no debug graphs (exported with --no-debug)"
+        return entry
+    if kind == "tensorrt" and bundle.engine_path(FORWARD_BLOCKS) is None:
+        entry["skipped"] = "no debug engines (build them with `irevnet build --debug`)"
+        return entry
+    log(f"{bundle.precision}: per-block analysis on {kind}")
+    b = bundle.num_blocks
+    with _open(kind, bundle, FORWARD_BLOCKS, opts) as fwd, _open(kind, bundle, INVERSE_BLOCKS, opts) as inv:
+        f_out = fwd.infer({"image": x})
+        i_out = inv.infer({"z": f_out["z"]})
+        entry["backend"] = fwd.name
+    entry["round_trip"] = [_rel(i_out[f"h{i}"], f_out[f"h{i}"]) for i in range(b + 1)]
+    if reference["h"] is not None:
+        n = len(reference["h"][0])
+        entry["forward_drift"] = [_rel(f_out[f"h{i}"][:n], reference["h"][i]) for i in range(b + 1)]
+        entry["forward_drift_samples"] = n
+    entry["f_identical_fraction"] = [float(np.mean(f_out[f"f{i}"] == i_out[f"f{i}"])) for i in range(b)]
+    entry["f_max_abs_difference"] = [float(np.max(np.abs(f_out[f"f{i}"] - i_out[f"f{i}"]))) for i in range(b)]
+    return entry
+
+
+def _plot(result: dict[str, Any], path: str) -> None:
+    inverse, forward = {}, {}
+    for entry in result["blocks"]:
+        label = f"{entry['precision']} {entry['backend']}"
+        if entry.get("round_trip"):
+            inverse[label] = entry["round_trip"]
+        if entry.get("forward_drift"):
+            forward[label] = entry["forward_drift"]
+    panels = {"inverse: recovered block inputs vs this backend's forward": inverse}
+    if forward:
+        panels["forward: block outputs vs PyTorch fp32"] = forward
+    plot_error_vs_depth(panels, path, "error per block")

@@ -1,0 +1,128 @@
+"""The torch-free runtime: bundles, backends, bad input, verify and bench."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from irevnet.errors import BundleError, IRevNetError
+from irevnet.runtime import Bundle, InputError, open_backend
+from irevnet.runtime.bench import BenchOptions, bench
+from irevnet.runtime.verify import VerifyOptions, verify
+
+
+def _copy(bundle, tmp_path):
+    return shutil.copytree(bundle, tmp_path / bundle.name)
+
+
+def test_runtime_runs_where_torch_cannot_be_imported(bundles):
+    """verify on the stored reference samples, with `import torch` made to fail."""
+    code = textwrap.dedent(f"""
+        import json, sys
+        sys.modules["torch"] = None  # any `import torch` now raises ImportError
+        from irevnet.runtime.verify import VerifyOptions, verify
+        from irevnet.runtime.bench import BenchOptions, bench
+        r = verify(VerifyOptions(bundles=[{str(bundles["fp32"])!r}]))
+        b = bench(BenchOptions(bundle={str(bundles["fp32"])!r}, batch_sizes=[1], warmup_s=0, iterations=2))
+        print(json.dumps({{"passed": r["passed"], "reference": r["reference"], "bench": len(b["results"])}}))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["passed"] and result["bench"] == 2
+    assert result["reference"] == "PyTorch fp32 outputs stored in the bundle at export"
+
+
+@pytest.mark.parametrize(
+    "feed, message",
+    [
+        ({"image": np.zeros((2, 1, 15, 16), np.float32)}, r"shape \[2, 1, 15, 16\], the graph takes \['N', 1, 16, 16\]"),
+        ({"image": np.zeros((2, 1, 16, 16), np.float64)}, "must be float32, got float64"),
+        ({"image": np.full((2, 1, 16, 16), np.nan, np.float32)}, "NaN or Inf"),
+        ({"image": np.zeros((9, 1, 16, 16), np.float32)}, r"batch 9 is outside the exported range 1..8"),
+        ({"x": np.zeros((1, 1, 16, 16), np.float32)}, r"the graph takes \['image'\]"),
+    ],
+)
+def test_bad_feeds_are_refused_in_one_line(bundles, feed, message):
+    with open_backend("onnxruntime", Bundle.open(bundles["fp32"]), "forward") as fwd:
+        with pytest.raises(InputError, match=message) as err:
+            fwd.infer(feed)
+    assert "\n" not in str(err.value)
+
+
+def test_tampered_incomplete_and_future_bundles_are_refused(bundles, tmp_path):
+    tampered = _copy(bundles["fp32"], tmp_path / "a")
+    data = bytearray((tampered / "inverse.onnx").read_bytes())
+    data[-100] ^= 0xFF  # one flipped byte in the weights
+    (tampered / "inverse.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="inverse.onnx does not match its sha256"):
+        Bundle.open(tampered)
+
+    incomplete = _copy(bundles["fp32"], tmp_path / "b")
+    (incomplete / "forward.onnx").unlink()
+    with pytest.raises(BundleError, match="forward.onnx is missing"):
+        Bundle.open(incomplete)
+
+    future = _copy(bundles["fp32"], tmp_path / "c")
+    manifest = json.loads((future / "manifest.json").read_text())
+    manifest["schema_version"] += 1
+    (future / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="newer than this irevnet reads"):
+        Bundle.open(future)
+    with pytest.raises(BundleError, match="manifest.json is missing"):
+        Bundle.open(tmp_path)
+
+
+def test_verify_reports_round_trips_parity_and_blocks(bundles, tmp_path):
+    plot = tmp_path / "blocks.png"
+    r = verify(VerifyOptions(bundles=[str(bundles["fp32"]), str(bundles["mixed"])], backends=["onnxruntime", "torch"],
+                             plot=str(plot)))
+    assert r["passed"] and r["reference"].startswith("PyTorch fp32, live")
+    assert len(r["round_trip"]) == 4  # 2 precisions x 2 backends
+    # cross: PyTorch's z into each backend, and each backend's z into the other
+    assert len(r["cross_round_trip"]) == 2 * (2 + 2)
+    fp32 = [e for e in r["round_trip"] if e["precision"] == "fp32"]
+    # trained injective model with the range projection: ~1e-7 (measured 1.2e-7 ORT, 1.8e-7 torch)
+    assert all(e["rel_l2"] <= 1e-6 and e["psnr_db"] > 120 for e in fp32)
+    parity = {(e["precision"], e["backend"]): e for e in r["parity"]}
+    assert parity[("fp32", "onnxruntime[cpu]")]["logits"]["rel_l2"] <= 1e-5
+    assert parity[("fp32", "onnxruntime[cpu]")]["top1_difference"] == 0.0
+    blocks = {(e["precision"], e["backend"]): e for e in r["blocks"]}
+    torch_mixed = blocks[("mixed", "torch[cpu]")]
+    assert len(torch_mixed["round_trip"]) == 7 and len(torch_mixed["f_identical_fraction"]) == 6
+    # PyTorch evaluates the fp16 F to the same bits in both directions: every block matches
+    assert torch_mixed["f_identical_fraction"] == [1.0] * 6
+    # the last block's F sees z itself in both graphs: identical bits on ONNX Runtime too
+    assert blocks[("fp32", "onnxruntime[cpu]")]["f_identical_fraction"][-1] == 1.0
+    assert blocks[("fp32", "onnxruntime[cpu]")]["gain"][0] < 1.0, "block 0 with projection: gain ~0.25"
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_verify_fails_against_a_tighter_tolerance(bundles, tmp_path):
+    strict = _copy(bundles["fp16"], tmp_path)
+    manifest = json.loads((strict / "manifest.json").read_text())
+    manifest["tolerances"]["round_trip"] = 1e-9  # fp16 round trips are ~4e-4
+    (strict / "manifest.json").write_text(json.dumps(manifest))
+    r = verify(VerifyOptions(bundles=[str(strict)], blocks=False))
+    assert not r["passed"]
+    assert [e["passed"] for e in r["round_trip"]] == [False]
+
+
+def test_bench_reports_percentiles_and_ratios(bundles):
+    r = bench(BenchOptions(bundle=str(bundles["fp32"]), backends=["onnxruntime", "torch"], batch_sizes=[1, 4],
+                           warmup_s=0, iterations=5))
+    assert len(r["results"]) == 2 * 2 * 2
+    for e in r["results"]:
+        assert e["iterations"] == 5
+        assert e["min_ms"] <= e["median_ms"] <= e["p90_ms"] <= e["p95_ms"] <= e["p99_ms"] <= e["max_ms"]
+        assert e["images_per_s"] > 0 and e["gflops"] > 0 and e["baseline"] == "torch[cpu]"
+    assert all(e["speedup"] == 1.0 for e in r["results"] if e["kind"] == "torch")
+    assert r["machine"]["cpu_count"] >= 1 and r["machine"]["fp32_matmul_gflops"] > 0
+    with pytest.raises(IRevNetError, match="outside the bundle's range 1..8"):
+        bench(BenchOptions(bundle=str(bundles["fp32"]), batch_sizes=[64]))
