@@ -344,6 +344,7 @@ def export(
     projection: Annotated[bool, typer.Option(help="Range projection in the inverse (injective models).")] = True,
     debug: Annotated[bool, typer.Option(help="Also write per-block debug graphs (used by `irevnet verify`).")] = True,
     allow_mismatch: Annotated[bool, typer.Option(help="Keep the bundle even if it misses its tolerances.")] = False,
+    engine: Annotated[bool, typer.Option(help="Also build TensorRT engines (as `irevnet build` with its defaults).")] = False,
 ) -> None:
     """Export forward (image -> logits, z) and inverse (z -> image) ONNX graphs, verified against PyTorch.
 
@@ -359,6 +360,9 @@ def export(
     with console.status("exporting") as status:
         manifest = export_bundle(opts, log=lambda msg: status.update(msg))
     _print_export(manifest, out)
+    if engine:
+        _build(out, max_batch=None, opt_batch=None, workspace_mb=None, timing_cache=None, opt_level=3, tf32=False,
+               hardware_compat=HardwareCompat.none, version_compat=False, debug=False)
 
 
 def _print_export(manifest: dict[str, Any], out: Path) -> None:
@@ -389,6 +393,52 @@ ProviderOpt = Annotated[
     Optional[list[str]], typer.Option("--provider", help="ONNX Runtime providers in order: tensorrt, cuda, cpu (default: all available).")
 ]
 ThreadsOpt = Annotated[Optional[int], typer.Option(help="Intra-op threads (ONNX Runtime, torch).")]
+RebuildOpt = Annotated[bool, typer.Option(help="Rebuild TensorRT engines made for another GPU or TensorRT version.")]
+
+
+class HardwareCompat(str, Enum):
+    none = "none"
+    ampere_plus = "ampere_plus"
+    same_compute_capability = "same_compute_capability"
+
+
+def _build(bundle: Path, *, max_batch, opt_batch, workspace_mb, timing_cache, opt_level, tf32, hardware_compat,
+           version_compat, debug) -> None:
+    from .export.trt_build import BuildOptions, build_engines
+
+    opts = BuildOptions(
+        bundle=str(bundle), max_batch=max_batch, opt_batch=opt_batch, workspace_mb=workspace_mb,
+        timing_cache=str(timing_cache) if timing_cache else None, opt_level=opt_level, tf32=tf32,
+        hardware_compat=hardware_compat.value, version_compat=version_compat, debug=debug,
+    )
+    with console.status("building engines") as status:
+        section = build_engines(opts, log=lambda msg: status.update(msg))
+    t = Table("engine", "size MB", "build s", title=f"TensorRT {section['version']} on {section['gpu']['name']} "
+              f"(sm_{''.join(map(str, section['gpu']['compute_capability']))}), batch {section['profile']}")
+    for name, e in section["engines"].items():
+        t.add_row(e["file"], f"{e['bytes'] / 1e6:.1f}", f"{e['build_seconds']:.1f}")
+    console.print(t)
+
+
+@command
+def build(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder from `irevnet export`.")],
+    max_batch: Annotated[Optional[int], typer.Option(help="Largest batch of the profile (default: the bundle's).")] = None,
+    opt_batch: Annotated[Optional[int], typer.Option(help="Batch the kernels are tuned for (default: max).")] = None,
+    workspace_mb: Annotated[Optional[int], typer.Option(help="Builder workspace limit in MiB.")] = None,
+    timing_cache: Annotated[Optional[Path], typer.Option(help="Timing cache file (default: BUNDLE/timing.cache).")] = None,
+    opt_level: Annotated[int, typer.Option(help="Builder optimization level 0-5.")] = 3,
+    tf32: Annotated[bool, typer.Option(help="Allow TF32 in fp32 convolutions (spoils the fp32 round trip).")] = False,
+    hardware_compat: Annotated[HardwareCompat, typer.Option(help="Let the engines run on other GPUs.")] = HardwareCompat.none,
+    version_compat: Annotated[bool, typer.Option(help="Let the engines run on later TensorRT releases.")] = False,
+    debug: Annotated[bool, typer.Option(help="Also build the per-block debug engines for `irevnet verify`.")] = False,
+) -> None:
+    """Compile a bundle's forward and inverse graphs into TensorRT engines (strongly typed).
+
+    Example: `irevnet build bundles/digits --opt-batch 8`
+    """
+    _build(bundle, max_batch=max_batch, opt_batch=opt_batch, workspace_mb=workspace_mb, timing_cache=timing_cache,
+           opt_level=opt_level, tf32=tf32, hardware_compat=hardware_compat, version_compat=version_compat, debug=debug)
 
 
 @command
@@ -403,6 +453,7 @@ def verify(
     device: DeviceOpt = Device.auto,
     blocks: Annotated[bool, typer.Option(help="Error per block from the debug graphs.")] = True,
     plot: Annotated[Optional[Path], typer.Option(help="Write the error-vs-depth plot (PNG) here.")] = None,
+    rebuild: RebuildOpt = False,
     json: JsonOpt = None,
 ) -> None:
     """Check exported bundles: round trip, cross round trips, parity with PyTorch, error per block.
@@ -418,7 +469,7 @@ def verify(
     opts = VerifyOptions(
         bundles=[str(b) for b in bundles], backends=backend or ["onnxruntime"], dataset=dataset, samples=samples,
         checkpoint=str(checkpoint) if checkpoint else None, providers=provider, threads=threads, device=device.value,
-        blocks=blocks, plot=str(plot) if plot else None,
+        blocks=blocks, plot=str(plot) if plot else None, rebuild=rebuild,
     )
     with console.status("verifying") as status:
         result = run_verify(opts, log=lambda msg: status.update(msg))
@@ -486,6 +537,7 @@ def bench(
     threads: ThreadsOpt = None,
     device: DeviceOpt = Device.auto,
     checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", "-c", help="For --backend torch (default: the manifest's).")] = None,
+    rebuild: RebuildOpt = False,
     json: JsonOpt = None,
 ) -> None:
     """Latency percentiles and throughput of the bundle's graphs, side by side per backend.
@@ -504,7 +556,7 @@ def bench(
     opts = BenchOptions(
         bundle=str(bundle), backends=backend or ["onnxruntime"], direction=direction, batch_sizes=sizes,
         warmup_s=warmup_s, duration_s=duration_s, iterations=iterations, providers=provider, threads=threads,
-        device=device.value, checkpoint=str(checkpoint) if checkpoint else None,
+        device=device.value, checkpoint=str(checkpoint) if checkpoint else None, rebuild=rebuild,
     )
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console, transient=True) as p:
         task = p.add_task("bench", total=1.0)

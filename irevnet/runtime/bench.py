@@ -35,6 +35,7 @@ class BenchOptions:
     providers: list[str] | None = None
     device: str = "auto"
     checkpoint: str | None = None
+    rebuild: bool = False  # rebuild TensorRT engines made for another GPU or TensorRT version
 
 
 def conv_flops(config: dict[str, Any]) -> int:
@@ -136,7 +137,7 @@ def bench(opts: BenchOptions, progress: Callable[[str, float], None] = lambda wh
         source = reference["images" if direction == FORWARD else "z"]
         x = np.ascontiguousarray(np.resize(source, (n, *source.shape[1:])))
         with open_backend(kind, bundle, direction, providers=opts.providers, threads=opts.threads,
-                          device=opts.device, checkpoint=opts.checkpoint) as backend:
+                          device=opts.device, checkpoint=opts.checkpoint, rebuild=opts.rebuild) as backend:
             name = backend.name
             label = f"{name} {direction} batch {n}"
             feeds = {feed_name: x}

@@ -39,6 +39,7 @@ class VerifyOptions:
     device: str = "auto"  # torch backend
     blocks: bool = True  # per-block analysis (needs the debug graphs)
     plot: str | None = None  # error-vs-depth PNG
+    rebuild: bool = False  # rebuild TensorRT engines made for another GPU or TensorRT version
 
 
 def verify(opts: VerifyOptions, log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
@@ -166,7 +167,8 @@ def _reference(bundle: Bundle, x: np.ndarray, opts: VerifyOptions, log) -> dict[
 
 def _open(kind: str, bundle: Bundle, graph: str, opts: VerifyOptions):
     return open_backend(
-        kind, bundle, graph, providers=opts.providers, threads=opts.threads, device=opts.device, checkpoint=opts.checkpoint
+        kind, bundle, graph, providers=opts.providers, threads=opts.threads, device=opts.device,
+        checkpoint=opts.checkpoint, rebuild=opts.rebuild,
     )
 
 

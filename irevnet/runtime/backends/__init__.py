@@ -28,8 +28,14 @@ def open_backend(
     threads: int | None = None,
     device: str = "auto",
     checkpoint: str | None = None,
+    rebuild: bool = False,
 ) -> Backend:
-    """Opens `graph` (forward, inverse, forward_blocks, inverse_blocks) of a bundle on a backend."""
+    """Opens `graph` (forward, inverse, forward_blocks, inverse_blocks) of a bundle on a backend.
+
+    Args:
+        rebuild: for tensorrt, rebuild engines made for another GPU or TensorRT version instead
+            of refusing them.
+    """
     kind = resolve_backend(kind)
     if kind == "onnxruntime":
         from .ort_backend import OrtBackend
@@ -39,12 +45,26 @@ def open_backend(
             max_batch=bundle.max_batch,
         )
     if kind == "tensorrt":
+        from ..engines import EngineMismatch
         from .trt_backend import TrtBackend
 
         engine = bundle.engine_path(graph)
         if engine is None:
             raise IRevNetError(f"{bundle.path} has no TensorRT engine for {graph}; build them with `irevnet build {bundle.path}`")
-        return TrtBackend(engine, bundle=bundle, graph=graph)
+        try:
+            return TrtBackend(engine, bundle=bundle, graph=graph)
+        except EngineMismatch:
+            if not rebuild:
+                raise
+            from ...export.trt_build import BuildOptions, build_engines
+
+            previous = bundle.manifest["tensorrt"]
+            build_engines(BuildOptions(
+                bundle=str(bundle.path), max_batch=previous["profile"]["max"], opt_batch=previous["profile"]["opt"],
+                debug="forward_blocks" in previous["engines"], tf32=previous.get("tf32", False),
+            ))
+            fresh = Bundle.open(bundle.path)
+            return TrtBackend(fresh.engine_path(graph), bundle=fresh, graph=graph)
     from .torch_backend import TorchBackend
 
     ckpt = checkpoint or bundle.manifest["checkpoint"]["path"]

@@ -1,0 +1,99 @@
+#include "irevnet/inverse_engine.h"
+
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <stdexcept>
+
+namespace irevnet {
+
+namespace {
+
+void check(cudaError_t status, const char* what) {
+    if (status != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(status));
+}
+
+std::vector<char> read_bytes(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw std::runtime_error("cannot open " + path);
+    return std::vector<char>(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+size_t volume(const nvinfer1::Dims& dims) {
+    size_t n = 1;
+    for (int32_t i = 0; i < dims.nbDims; ++i) n *= static_cast<size_t>(dims.d[i]);
+    return n;
+}
+
+}  // namespace
+
+void InverseEngine::Logger::log(Severity severity, const char* msg) noexcept {
+    if (severity <= Severity::kWARNING) std::cerr << "[TensorRT] " << msg << "\n";
+}
+
+InverseEngine::InverseEngine(const std::string& engine_path) {
+    std::vector<char> blob = read_bytes(engine_path);
+    runtime_.reset(nvinfer1::createInferRuntime(logger_));
+    if (!runtime_) throw std::runtime_error("could not create the TensorRT runtime");
+    engine_.reset(runtime_->deserializeCudaEngine(blob.data(), blob.size()));
+    if (!engine_)
+        throw std::runtime_error(engine_path + ": TensorRT could not deserialize it (built for another TensorRT "
+                                               "version or GPU? rebuild with `irevnet build`)");
+    context_.reset(engine_->createExecutionContext());
+    if (!context_) throw std::runtime_error("could not create an execution context");
+    for (int32_t i = 0; i < engine_->getNbIOTensors(); ++i) {
+        const char* name = engine_->getIOTensorName(i);
+        if (engine_->getTensorDataType(name) != nvinfer1::DataType::kFLOAT)
+            throw std::runtime_error(std::string("tensor ") + name + " is not float32; irevnet bundles keep fp32 I/O");
+        (engine_->getTensorIOMode(name) == nvinfer1::TensorIOMode::kINPUT ? input_name_ : output_name_) = name;
+    }
+    if (input_name_.empty() || output_name_.empty()) throw std::runtime_error("engine must have one input and one output");
+    max_batch_ = engine_->getProfileShape(input_name_.c_str(), 0, nvinfer1::OptProfileSelector::kMAX).d[0];
+    check(cudaStreamCreate(&stream_), "cudaStreamCreate");
+}
+
+InverseEngine::~InverseEngine() {
+    if (d_input_) cudaFree(d_input_);
+    if (d_output_) cudaFree(d_output_);
+    if (stream_) cudaStreamDestroy(stream_);
+}
+
+void InverseEngine::reserve(size_t input_bytes, size_t output_bytes) {
+    if (input_bytes > input_capacity_) {
+        if (d_input_) check(cudaFree(d_input_), "cudaFree");
+        check(cudaMalloc(&d_input_, input_bytes), "cudaMalloc");
+        input_capacity_ = input_bytes;
+    }
+    if (output_bytes > output_capacity_) {
+        if (d_output_) check(cudaFree(d_output_), "cudaFree");
+        check(cudaMalloc(&d_output_, output_bytes), "cudaMalloc");
+        output_capacity_ = output_bytes;
+    }
+}
+
+Tensor InverseEngine::run(const Tensor& z) {
+    if (z.shape.size() != 4) throw std::runtime_error("z must be (N, C, H, W)");
+    if (z.shape[0] < 1 || z.shape[0] > max_batch_)
+        throw std::runtime_error("batch " + std::to_string(z.shape[0]) + " is outside the engine's 1.." + std::to_string(max_batch_));
+    nvinfer1::Dims in_dims{};
+    in_dims.nbDims = 4;
+    for (int i = 0; i < 4; ++i) in_dims.d[i] = z.shape[static_cast<size_t>(i)];
+    if (!context_->setInputShape(input_name_.c_str(), in_dims))
+        throw std::runtime_error("the engine does not accept this z shape (check the bundle's z shape)");
+    nvinfer1::Dims out_dims = context_->getTensorShape(output_name_.c_str());
+    Tensor image;
+    for (int32_t i = 0; i < out_dims.nbDims; ++i) image.shape.push_back(out_dims.d[i]);
+    image.data.resize(volume(out_dims));
+
+    const size_t in_bytes = z.data.size() * sizeof(float), out_bytes = image.data.size() * sizeof(float);
+    reserve(in_bytes, out_bytes);
+    check(cudaMemcpyAsync(d_input_, z.data.data(), in_bytes, cudaMemcpyHostToDevice, stream_), "copy z to the GPU");
+    context_->setTensorAddress(input_name_.c_str(), d_input_);
+    context_->setTensorAddress(output_name_.c_str(), d_output_);
+    if (!context_->enqueueV3(stream_)) throw std::runtime_error("TensorRT enqueueV3 failed");
+    check(cudaMemcpyAsync(image.data.data(), d_output_, out_bytes, cudaMemcpyDeviceToHost, stream_), "copy the image back");
+    check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+    return image;
+}
+
+}  // namespace irevnet

@@ -1,0 +1,168 @@
+"""`irevnet build`: a bundle's ONNX graphs -> TensorRT engines, recorded in its manifest.
+
+Written against the TensorRT 10.x and 11.x Python API; needs only `tensorrt` and a GPU (no torch):
+- strongly typed networks: precision is what the ONNX graph says (fp32, fp16 or mixed casts).
+  The STRONGLY_TYPED creation flag is computed from the enum (its value differs between 10.x,
+  where it is required, and 11.x, where it is deprecated and every network is strongly typed);
+- TF32 is cleared unless asked for: it rounds fp32 convolution inputs to 10 mantissa bits, which
+  would cost the fp32 round trip three orders of magnitude;
+- one optimization profile over the dynamic batch (min 1, opt, max);
+- one timing cache shared by all graphs and persisted, so that the identical F subgraphs of the
+  forward and inverse graphs are tuned once and get the same tactics;
+- parser errors name the ONNX node.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import IRevNetError
+from ..files import atomic_output, sha256_file, write_json
+from ..runtime.backends.trt_backend import import_tensorrt, make_logger
+from ..runtime.bundle import FORWARD, FORWARD_BLOCKS, INVERSE, INVERSE_BLOCKS, MANIFEST, Bundle
+from ..runtime.cuda import cuda_api
+from ..runtime.engines import HARDWARE_COMPAT, Profile, make_profile
+
+TIMING_CACHE = "timing.cache"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    bundle: str
+    max_batch: int | None = None  # default: the bundle's exported maximum
+    opt_batch: int | None = None  # default: max_batch
+    workspace_mb: int | None = None  # default: TensorRT's (all device memory)
+    timing_cache: str | None = None  # default: BUNDLE/timing.cache
+    opt_level: int = 3  # builder optimization level 0-5 (TensorRT's default 3)
+    tf32: bool = False  # allow TF32 for fp32 convolutions
+    hardware_compat: str = "none"  # none | ampere_plus | same_compute_capability
+    version_compat: bool = False  # run on later TensorRT releases of the same major version
+    debug: bool = False  # also build the per-block debug graphs
+
+
+def _network_flags(trt) -> int:
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)
+
+
+def _hardware_level(trt, name: str):
+    return {
+        "none": trt.HardwareCompatibilityLevel.NONE,
+        "ampere_plus": trt.HardwareCompatibilityLevel.AMPERE_PLUS,
+        "same_compute_capability": trt.HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY,
+    }[name]
+
+
+def validate(opts: BuildOptions, bundle: Bundle) -> Profile:
+    """Checks the options before TensorRT is touched; returns the profile."""
+    if opts.hardware_compat not in HARDWARE_COMPAT:
+        raise IRevNetError(f"--hardware-compat must be one of {', '.join(HARDWARE_COMPAT)}, got {opts.hardware_compat!r}")
+    if not 0 <= opts.opt_level <= 5:
+        raise IRevNetError(f"--opt-level must be 0..5, got {opts.opt_level}")
+    if opts.workspace_mb is not None and opts.workspace_mb < 1:
+        raise IRevNetError(f"--workspace-mb must be positive, got {opts.workspace_mb}")
+    return make_profile(bundle.max_batch, opts.max_batch, opts.opt_batch)
+
+
+def build_engines(opts: BuildOptions, log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    """Builds forward.engine and inverse.engine (and debug engines), updates the manifest.
+
+    Returns:
+        The manifest's new "tensorrt" section.
+    """
+    bundle = Bundle.open(opts.bundle)
+    profile = validate(opts, bundle)
+    trt = import_tensorrt()
+    gpu_name, cc = cuda_api().device()
+    logger = make_logger(trt)
+    builder = trt.Builder(logger)
+    cache_path = Path(opts.timing_cache) if opts.timing_cache else bundle.path / TIMING_CACHE
+    graphs = [FORWARD, INVERSE] + ([FORWARD_BLOCKS, INVERSE_BLOCKS] if opts.debug else [])
+    cache = None
+    engines = {}
+    for graph in graphs:
+        log(f"building {graph}.engine")
+        config = builder.create_builder_config()
+        if cache is None:  # one cache for every graph: identical F layers are timed once
+            cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+        config.set_timing_cache(cache, False)
+        _configure(trt, config, opts)
+        network, parser = _parse(trt, builder, logger, bundle.onnx_path(graph))
+        (name,) = [network.get_input(i).name for i in range(network.num_inputs)]
+        feature_shape = list(network.get_input(0).shape)[1:]
+        optimization = builder.create_optimization_profile()
+        optimization.set_shape(name, *profile.shapes(feature_shape))
+        config.add_optimization_profile(optimization)
+        start = time.perf_counter()
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise IRevNetError(f"TensorRT could not build {graph}.engine: {logger.errors()}")
+        file = f"{graph}.engine" if graph in (FORWARD, INVERSE) else f"debug/{graph}.engine"
+        with atomic_output(bundle.path / file) as tmp:
+            tmp.write_bytes(bytes(serialized))
+        engines[graph] = {
+            "file": file,
+            "bytes": (bundle.path / file).stat().st_size,
+            "build_seconds": round(time.perf_counter() - start, 2),
+        }
+        del parser
+    with atomic_output(cache_path) as tmp:
+        tmp.write_bytes(bytes(cache.serialize()))
+    section = {
+        "version": trt.__version__,
+        "built": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "gpu": {"name": gpu_name, "compute_capability": list(cc)},
+        "strongly_typed": True,
+        "precision": bundle.precision,
+        "tf32": opts.tf32,
+        "profile": {"min": profile.min, "opt": profile.opt, "max": profile.max},
+        "builder_optimization_level": opts.opt_level,
+        "workspace_mb": opts.workspace_mb,
+        "hardware_compatibility": opts.hardware_compat,
+        "version_compatible": opts.version_compat,
+        "timing_cache": str(cache_path),
+        "engines": engines,
+    }
+    _record(bundle, section, cache_path)
+    return section
+
+
+def _configure(trt, config, opts: BuildOptions) -> None:
+    if not opts.tf32 and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)
+    if opts.workspace_mb:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace_mb << 20)
+    config.builder_optimization_level = opts.opt_level
+    if opts.hardware_compat != "none":
+        config.hardware_compatibility_level = _hardware_level(trt, opts.hardware_compat)
+    if opts.version_compat:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+
+
+def _parse(trt, builder, logger, path: Path):
+    network = builder.create_network(_network_flags(trt))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(path)):  # resolves external weights beside the file
+        errors = []
+        for i in range(parser.num_errors):
+            e = parser.get_error(i)
+            errors.append(f"node {e.node_name() or e.node()} ({e.node_operator()}): {e.desc()}")
+        raise IRevNetError(f"TensorRT could not parse {path.name}: {'; '.join(errors) or logger.errors()}")
+    return network, parser
+
+
+def _record(bundle: Bundle, section: dict[str, Any], cache_path: Path) -> None:
+    """Writes the TensorRT section and the new files' hashes into the manifest (atomically)."""
+    manifest = dict(bundle.manifest)
+    manifest["tensorrt"] = section
+    files = dict(manifest["files"])
+    for engine in section["engines"].values():
+        files[engine["file"]] = sha256_file(bundle.path / engine["file"])
+    if cache_path.parent.resolve() == bundle.path.resolve():
+        files[cache_path.name] = sha256_file(cache_path)
+    manifest["files"] = dict(sorted(files.items()))
+    write_json(bundle.path / MANIFEST, manifest)

@@ -1,0 +1,137 @@
+"""TensorRT backend: a serialized engine, one execution context, device buffers, one stream.
+
+Written against the TensorRT 10.x / 11.x Python API (tensor-name I/O: set_input_shape,
+set_tensor_address, execute_async_v3). Needs the `tensorrt` package and a CUDA GPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...errors import BundleError, IRevNetError
+from ..bundle import Bundle
+from ..cuda import cuda_api
+from ..engines import check_compatible
+from .base import Backend
+
+
+def import_tensorrt():
+    try:
+        import tensorrt
+    except ImportError:
+        raise IRevNetError(
+            "TensorRT is not installed: pip install 'irevnet[tensorrt]' (wheels from NVIDIA's index), "
+            "or use --backend onnxruntime"
+        ) from None
+    return tensorrt
+
+
+def make_logger(trt) -> Any:
+    """A TensorRT logger that keeps warnings and errors so failures can be reported in one line."""
+
+    class Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.messages: list[tuple[Any, str]] = []
+
+        def log(self, severity, msg) -> None:
+            # pybind11 enums compare reliably as ints: INTERNAL_ERROR 0, ERROR 1, WARNING 2, ...
+            if int(severity) <= int(trt.ILogger.Severity.WARNING):
+                self.messages.append((int(severity), msg))
+
+        def errors(self) -> str:
+            text = [m for s, m in self.messages if s <= int(trt.ILogger.Severity.ERROR)]
+            return "; ".join(text[-3:]) or "no error message"
+
+    return Logger()
+
+
+class TrtBackend(Backend):
+    """Runs one engine of a bundle.
+
+    Args:
+        engine: the .engine file.
+        bundle, graph: when given, the engine's build record in the manifest is checked against
+            this TensorRT version and GPU first (EngineMismatch says to rebuild).
+    """
+
+    name = "tensorrt"
+
+    def __init__(self, engine: str | Path, *, bundle: Bundle | None = None, graph: str | None = None):
+        trt = import_tensorrt()
+        self.trt = trt
+        self.cuda = cuda_api()
+        gpu_name, cc = self.cuda.device()
+        self.notes: list[str] = []
+        if bundle is not None and "tensorrt" in bundle.manifest:
+            self.notes = check_compatible(bundle.manifest["tensorrt"], trt.__version__, gpu_name, cc)
+        self.logger = make_logger(trt)
+        self.runtime = trt.Runtime(self.logger)
+        path = Path(engine)
+        if not path.is_file():
+            raise BundleError(f"engine not found: {path}; build it with `irevnet build`")
+        self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise BundleError(f"{path}: TensorRT could not deserialize it ({self.logger.errors()}); rebuild with `irevnet build`")
+        self.context = self.engine.create_execution_context()
+        self.stream = self.cuda.stream()
+        self.start, self.end = self.cuda.event(), self.cuda.event()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
+        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        self.inputs = [self._spec(n) for n in names if is_input[n]]
+        self.outputs = [self._spec(n) for n in names if not is_input[n]]
+        first = self.inputs[0]["name"]
+        self.max_batch = int(self.engine.get_tensor_profile_shape(first, 0)[2][0])  # (min, opt, max)
+        self.buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
+        self.last_device_ms: float | None = None
+        self.name = f"tensorrt[{trt.__version__}]"
+        self.graph = graph
+
+    def _spec(self, name: str) -> dict[str, Any]:
+        shape = [d if d >= 0 else "N" for d in self.engine.get_tensor_shape(name)]
+        return {"name": name, "shape": shape, "dtype": self.dtypes[name].name}
+
+    def _buffer(self, name: str, nbytes: int) -> int:
+        ptr, size = self.buffers.get(name, (0, 0))
+        if size < nbytes:  # grow to the largest batch seen; re-used afterwards
+            if ptr:
+                self.cuda.free(ptr)
+            ptr = self.cuda.malloc(nbytes)
+            self.buffers[name] = (ptr, nbytes)
+        return ptr
+
+    def _infer(self, feeds: dict[str, np.ndarray], outputs: list[str] | None) -> dict[str, np.ndarray]:
+        cuda, ctx, stream = self.cuda, self.context, self.stream
+        for name, array in feeds.items():
+            array = np.ascontiguousarray(array, dtype=self.dtypes[name])
+            if not ctx.set_input_shape(name, array.shape):
+                raise IRevNetError(f"TensorRT refused input shape {array.shape} for {name!r} (profile 1..{self.max_batch})")
+            ptr = self._buffer(name, array.nbytes)
+            cuda.to_device(ptr, array, stream)
+            ctx.set_tensor_address(name, ptr)
+        results = {}
+        for spec in self.outputs:
+            name = spec["name"]
+            host = np.empty(tuple(ctx.get_tensor_shape(name)), dtype=self.dtypes[name])
+            ctx.set_tensor_address(name, self._buffer(name, max(host.nbytes, 1)))
+            results[name] = host
+        cuda.record(self.start, stream)
+        if not ctx.execute_async_v3(cuda.handle(stream)):
+            raise IRevNetError(f"TensorRT execution failed ({self.logger.errors()})")
+        cuda.record(self.end, stream)
+        wanted = outputs or list(results)
+        for name in wanted:
+            cuda.to_host(results[name], self.buffers[name][0], stream)
+        cuda.synchronize(stream)
+        self.last_device_ms = cuda.elapsed_ms(self.start, self.end)
+        return {n: results[n] for n in wanted}
+
+    def close(self) -> None:
+        for ptr, _ in getattr(self, "buffers", {}).values():
+            self.cuda.free(ptr)
+        self.buffers = {}
+        self.context = self.engine = None

@@ -1,0 +1,99 @@
+"""TensorRT engine metadata: the optimization profile, and whether an engine may run here.
+
+Pure Python, no TensorRT: the rules are tested on machines without a GPU.
+
+A serialized engine is specific to the TensorRT version and the GPU it was built for. Two build
+options relax that (both recorded in the manifest): VERSION_COMPATIBLE engines run on the same
+or a later TensorRT release of the same major version, and a hardware compatibility level lets
+an engine run on other GPUs (AMPERE_PLUS: any compute capability >= 8.0; SAME_COMPUTE_CAPABILITY:
+any GPU of the compute capability it was built on).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import BundleError
+
+HARDWARE_COMPAT = ("none", "ampere_plus", "same_compute_capability")
+
+
+class EngineMismatch(BundleError):
+    """An engine built for another TensorRT version or GPU."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The batch range of the one optimization profile: kernels are tuned for `opt`."""
+
+    min: int
+    opt: int
+    max: int
+
+    def shapes(self, feature_shape: list[int]) -> tuple[tuple[int, ...], ...]:
+        """(min, opt, max) full input shapes for an input of shape (N, *feature_shape)."""
+        return tuple((n, *feature_shape) for n in (self.min, self.opt, self.max))
+
+
+def make_profile(bundle_max: int, max_batch: int | None = None, opt_batch: int | None = None) -> Profile:
+    """min 1; max the requested batch (at most what the ONNX graph was exported for); opt
+    defaults to max, where throughput matters most.
+
+    Raises:
+        BundleError: a batch range that the bundle cannot serve.
+    """
+    top = bundle_max if max_batch is None else max_batch
+    if not 1 <= top <= bundle_max:
+        raise BundleError(f"--max-batch {top} is outside 1..{bundle_max} (the bundle's exported range); re-export for more")
+    opt = top if opt_batch is None else opt_batch
+    if not 1 <= opt <= top:
+        raise BundleError(f"--opt-batch {opt} must lie in 1..{top}")
+    return Profile(1, opt, top)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    parts = []
+    for p in text.split("."):
+        digits = "".join(ch for ch in p if ch.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def check_compatible(meta: dict[str, Any], trt_version: str, gpu_name: str, compute_capability: tuple[int, int]) -> list[str]:
+    """Refuses an engine that cannot run on this TensorRT version and GPU.
+
+    Args:
+        meta: the manifest's "tensorrt" section.
+    Returns:
+        Notes about tolerated differences (another GPU model of the same compute capability).
+    Raises:
+        EngineMismatch: naming both sides and saying to rebuild.
+    """
+    built, here = _version(meta["version"]), _version(trt_version)
+    rebuild = "rebuild the engines here with `irevnet build BUNDLE` (or pass --rebuild)"
+    if meta.get("version_compatible"):
+        if here[:1] != built[:1] or here[:3] < built[:3]:
+            raise EngineMismatch(
+                f"engines were built with TensorRT {meta['version']} (version-compatible within {built[0]}.x, same or "
+                f"newer), this is TensorRT {trt_version}; {rebuild}"
+            )
+    elif here[:3] != built[:3]:
+        raise EngineMismatch(f"engines were built with TensorRT {meta['version']}, this is TensorRT {trt_version}; {rebuild}")
+    gpu = meta["gpu"]
+    built_cc = tuple(gpu["compute_capability"])
+    level = meta.get("hardware_compatibility", "none")
+    where = f"{gpu['name']} (sm_{built_cc[0]}{built_cc[1]})"
+    this = f"{gpu_name} (sm_{compute_capability[0]}{compute_capability[1]})"
+    if level == "ampere_plus":
+        if compute_capability < (8, 0):
+            raise EngineMismatch(f"engines are Ampere-or-newer compatible, this GPU is {this}; {rebuild}")
+        return []
+    if tuple(compute_capability) != built_cc:
+        raise EngineMismatch(f"engines were built for {where}, this GPU is {this}; {rebuild}")
+    if level == "none" and gpu_name != gpu["name"]:
+        return [f"engines were built on {gpu['name']}, running on {gpu_name} (same compute capability); "
+                f"rebuild for best performance"]
+    return []

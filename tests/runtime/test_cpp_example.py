@@ -1,0 +1,82 @@
+"""The C++ example's host side (no TensorRT needed): .npy I/O, manifest parsing, de-normalisation.
+
+Built with CMake and -DIREVNET_WITH_TENSORRT=OFF; the TensorRT part is checked on GPU machines
+(README, "C++").
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from irevnet.images import denormalize
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cpp"
+needs_toolchain = pytest.mark.skipif(
+    shutil.which("cmake") is None or (shutil.which("c++") or shutil.which("g++")) is None,
+    reason="needs cmake and a C++17 compiler to build examples/cpp",
+)
+
+
+@pytest.fixture(scope="module")
+def io_check(tmp_path_factory):
+    build = tmp_path_factory.mktemp("cpp-build")
+    for cmd in (
+        ["cmake", "-S", str(EXAMPLE), "-B", str(build), "-DIREVNET_WITH_TENSORRT=OFF"],
+        ["cmake", "--build", str(build), "-j", "2"],
+    ):
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    return build / "io_check"
+
+
+def _read_pnm(path: Path) -> np.ndarray:
+    data = path.read_bytes()
+    magic, dims, maxval, rest = data.split(b"\n", 3)
+    w, h = map(int, dims.split())
+    channels = 3 if magic == b"P6" else 1
+    assert maxval == b"255"
+    return np.frombuffer(rest, dtype=np.uint8).reshape(h, w, channels)
+
+
+@needs_toolchain
+def test_cpp_reads_npy_and_manifest_and_denormalizes_like_python(io_check, bundles, tmp_path):
+    bundle = bundles["fp32"]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    images = np.load(bundle / "reference.npz")["reconstruction"][:3]  # what an inverse returns
+    np.save(tmp_path / "image.npy", images)
+    out = subprocess.run([str(io_check), str(bundle), str(tmp_path / "image.npy"), str(tmp_path / "px")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["fp32", "8", "256x4x4"], "precision, batch max and z shape from the manifest"
+
+    pixels = np.load(tmp_path / "px.npy")  # written by C++, read by numpy
+    expected = denormalize(images, manifest["normalization"]["mean"], manifest["normalization"]["std"])
+    assert pixels.dtype == np.float32 and pixels.shape == images.shape
+    # C++ computes in double and stores float32: agreement to float32 rounding (~6e-8 relative)
+    np.testing.assert_allclose(pixels, expected, rtol=2e-7, atol=1e-7)
+
+    pgm = _read_pnm(tmp_path / "px_0.pgm")
+    expected_u8 = np.clip(np.round(expected[0].transpose(1, 2, 0) * 255.0), 0, 255).astype(np.uint8)
+    assert pgm.shape == (16, 16, 1) and np.array_equal(pgm, expected_u8), "same rounding (half to even) as numpy"
+
+
+@needs_toolchain
+def test_cpp_reads_the_sample_z_and_refuses_bad_files(io_check, bundles, tmp_path):
+    bundle = bundles["fp32"]
+    np.save(tmp_path / "f64.npy", np.zeros((1, 1, 16, 16)))  # float64
+    out = subprocess.run([str(io_check), str(bundle), str(tmp_path / "f64.npy"), str(tmp_path / "x")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "expected float32" in out.stderr
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "manifest.json").write_text('{"schema_version": 1, "precision": ')
+    out = subprocess.run([str(io_check), str(tmp_path / "broken"), str(bundle / "sample_z.npy"), str(tmp_path / "x")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "manifest JSON" in out.stderr
+    z = np.load(bundle / "sample_z.npy")
+    assert z.shape == (1, 256, 4, 4) and z.dtype == np.float32, "the export writes a z for the C++ app"
