@@ -25,7 +25,10 @@ def space_to_depth(x: torch.Tensor, block_size: int) -> torch.Tensor:
     bs = block_size
     x = x.reshape(n, c, h // bs, bs, w // bs, bs)  # (N, C, H/bs, bh, W/bs, bw)
     x = x.permute(0, 3, 5, 1, 2, 4)  # (N, bh, bw, C, H/bs, W/bs)
-    return x.reshape(n, bs * bs * c, h // bs, w // bs)  # channel = (bh * bs + bw) * C + c
+    # one copy, always: a custom op's output must not alias its input (reshape alone can return
+    # a view, e.g. for 2x2 -> 1x1)
+    x = x.clone(memory_format=torch.contiguous_format)
+    return x.view(n, bs * bs * c, h // bs, w // bs)  # channel = (bh * bs + bw) * C + c
 
 
 @torch.library.custom_op("irevnet::depth_to_space", mutates_args=())
@@ -36,7 +39,8 @@ def depth_to_space(x: torch.Tensor, block_size: int) -> torch.Tensor:
     c = cbb // (bs * bs)
     x = x.reshape(n, bs, bs, c, h, w)  # (N, bh, bw, C, H, W)
     x = x.permute(0, 3, 4, 1, 5, 2)  # (N, C, H, bh, W, bw)
-    return x.reshape(n, c, h * bs, w * bs)
+    x = x.clone(memory_format=torch.contiguous_format)  # never alias the input (see space_to_depth)
+    return x.view(n, c, h * bs, w * bs)
 
 
 @space_to_depth.register_fake

@@ -41,6 +41,9 @@ class IRevNet(nn.Module):
         # batches closely); kept so that training matches it.
         self.bn1 = nn.BatchNorm2d(z_channels, momentum=0.9)
         self.linear = nn.Linear(z_channels, config.num_classes)
+        # Train by backpropagating through the block inverses instead of stored activations
+        # (irevnet.memory): activation memory stops growing with depth.
+        self.memory_efficient = False
 
     # -- the invertible part -----------------------------------------------------------------
 
@@ -72,6 +75,14 @@ class IRevNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Image -> z, the last block's output pair merged: (N, *config.z_shape)."""
+        if self.memory_efficient and self.training and torch.is_grad_enabled():
+            from .memory import first_recomputed_block, invertible_stack
+
+            k = first_recomputed_block(self.config)
+            pair = self.embed(x)
+            for block in self.stack[:k]:  # ill-conditioned to recompute: keep their activations
+                pair = block(pair)
+            return merge(*invertible_stack(self.stack[k:], pair))
         *_, pair = self.forward_pairs(x)
         return merge(*pair)
 

@@ -278,7 +278,8 @@ def _run(opts, recipe, config, device, dist, resumed, observer) -> dict[str, Any
     if opts.memory_efficient:
         from .memory import check_supported
 
-        check_supported(model, amp=opts.amp, distributed=dist.world > 1)
+        check_supported(model, amp=opts.amp)
+        model.memory_efficient = True
     net: nn.Module = model
     if dist.world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -312,7 +313,7 @@ def _run(opts, recipe, config, device, dist, resumed, observer) -> dict[str, Any
         _seed(opts, epoch)
         loader = _train_loader(data, opts, recipe, dist, epoch)
         observer_active = observer if dist.main else None
-        train_stats = _train_epoch(net, model, loader, optimizer, scaler, device, opts, channels_last, observer_active,
+        train_stats = _train_epoch(net, loader, optimizer, scaler, device, opts, channels_last, observer_active,
                                    epoch, recipe.epochs, dist)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
@@ -345,21 +346,18 @@ def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
         tmp.write_text("".join(json.dumps(m) + "\n" for m in history))
 
 
-def _train_epoch(net, model, loader, optimizer, scaler, device, opts, channels_last, observer, epoch, epochs, dist) -> dict:
+def _train_epoch(net, loader, optimizer, scaler, device, opts, channels_last, observer, epoch, epochs, dist) -> dict:
     net.train()
     if observer:
         observer.epoch_start(epoch + 1, epochs, len(loader))
     loss_sum = correct = seen = 0.0
     start = time.perf_counter()
-    memory_efficient = opts.memory_efficient
-    if memory_efficient:
-        from .memory import memory_efficient_forward
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.float16, enabled=opts.amp):
-            logits = memory_efficient_forward(net, model, x) if memory_efficient else net(x)[0]
+            logits = net(x)[0]
             loss = nn.functional.cross_entropy(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()

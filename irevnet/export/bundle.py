@@ -30,7 +30,7 @@ from ..runtime.backends.ort_backend import OrtBackend
 from ..runtime.bundle import (
     FORWARD, FORWARD_BLOCKS, INVERSE, INVERSE_BLOCKS, MANIFEST, REFERENCE, SCHEMA_VERSION,
 )
-from ..runtime.compare import TOLERANCES, compare, top1_agreement
+from ..runtime.comparison import TOLERANCES, compare, top1_agreement
 from .graphs import ForwardBlocksGraph, ForwardGraph, InverseBlocksGraph, InverseGraph, Precision, prepare
 from .onnx_export import DEFAULT_OPSET, branch_signatures, check_graph, export_graph, graph_summary, save_model
 

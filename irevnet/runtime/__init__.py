@@ -12,6 +12,6 @@ backend imports torch, when it is opened.
 
 from .backends import BACKENDS, Backend, InputError, open_backend
 from .bundle import Bundle
-from .compare import TOLERANCES, Comparison, Tolerance, compare
+from .comparison import TOLERANCES, Comparison, Tolerance, compare
 
 __all__ = ["BACKENDS", "TOLERANCES", "Backend", "Bundle", "Comparison", "InputError", "Tolerance", "compare", "open_backend"]

@@ -24,7 +24,7 @@ from ..errors import IRevNetError
 from ..images import plot_error_vs_depth, reconstruction_metrics
 from .backends import open_backend, resolve_backend
 from .bundle import FORWARD, FORWARD_BLOCKS, INVERSE, INVERSE_BLOCKS, Bundle
-from .compare import TOLERANCES, Tolerance, compare, top1_agreement
+from .comparison import TOLERANCES, Tolerance, compare, top1_agreement
 
 
 @dataclass

@@ -11,7 +11,7 @@ from irevnet.export.bundle import ExportOptions, export_bundle
 from irevnet.export.onnx_export import FORBIDDEN_OPS, TRT_SUPPORTED_OPS
 from irevnet.files import sha256_file
 from irevnet.runtime.backends.ort_backend import OrtBackend
-from irevnet.runtime.compare import TOLERANCES
+from irevnet.runtime.comparison import TOLERANCES
 from tests.conftest import export_tiny, small_model
 from tests.reference import reference_state_dict, write_reference_t7
 
@@ -104,7 +104,7 @@ def test_f_subgraphs_are_identical_and_the_weights_shared(bundles):
 def test_failed_verification_leaves_no_bundle_and_keeps_the_old_one(trained_tiny, tmp_path, monkeypatch):
     out = export_tiny(trained_tiny, tmp_path / "bundle", debug_graphs=False)
     before = (out / "manifest.json").read_bytes()
-    from irevnet.runtime import compare
+    from irevnet.runtime import comparison as compare
 
     strict = compare.Tolerance(logits=0.0, z=0.0, round_trip=0.0, top1=1.0, reason="impossible")
     monkeypatch.setitem(compare.TOLERANCES, "fp32", strict)

@@ -23,8 +23,8 @@ def import_tensorrt():
         import tensorrt
     except ImportError:
         raise IRevNetError(
-            "TensorRT is not installed: pip install 'irevnet[tensorrt]' (wheels from NVIDIA's index), "
-            "or use --backend onnxruntime"
+            "TensorRT is not installed (pip install 'irevnet[tensorrt]', wheels from NVIDIA's index); "
+            "the bundle's ONNX graphs run on ONNX Runtime meanwhile (--backend onnxruntime)"
         ) from None
     return tensorrt
 
