@@ -418,7 +418,7 @@ def _build(bundle: Path, *, max_batch, opt_batch, workspace_mb, timing_cache, op
         section = build_engines(opts, log=lambda msg: status.update(msg))
     t = Table("engine", "size MB", "build s", title=f"TensorRT {section['version']} on {section['gpu']['name']} "
               f"(sm_{''.join(map(str, section['gpu']['compute_capability']))}), batch {section['profile']}")
-    for name, e in section["engines"].items():
+    for e in section["engines"].values():
         t.add_row(e["file"], f"{e['bytes'] / 1e6:.1f}", f"{e['build_seconds']:.1f}")
     console.print(t)
 

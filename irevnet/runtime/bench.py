@@ -8,6 +8,7 @@ count, next to the machine's fp32 matmul rate measured with numpy.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -140,15 +141,15 @@ def bench(opts: BenchOptions, progress: Callable[[str, float], None] = lambda wh
                           device=opts.device, checkpoint=opts.checkpoint, rebuild=opts.rebuild) as backend:
             name = backend.name
             label = f"{name} {direction} batch {n}"
-            feeds = {feed_name: x}
+            run = functools.partial(backend.infer, {feed_name: x})
             deadline = time.perf_counter() + opts.warmup_s
-            backend.infer(feeds)
+            run()
             while time.perf_counter() < deadline:
-                backend.infer(feeds)
+                run()
             latencies, device_ms = [], []
             start = time.perf_counter()
             while True:
-                latencies.append(_timed(lambda: backend.infer(feeds)))
+                latencies.append(_timed(run))
                 if getattr(backend, "last_device_ms", None) is not None:
                     device_ms.append(backend.last_device_ms)
                 done = len(latencies) / opts.iterations if opts.iterations else (time.perf_counter() - start) / opts.duration_s
