@@ -629,6 +629,54 @@ def memory(
     _write_json(json, {"results": rows})
 
 
+@command
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the run, bundles and pictures.")] = Path("demo-out"),
+    fast: Annotated[bool, typer.Option(help="Under a minute: 4 epochs, fp32 only, a shorter bench.")] = False,
+) -> None:
+    """The whole pipeline on the bundled real digits, no download: train, evaluate, export,
+    verify, invert, bench.
+
+    Example: `irevnet demo --out demo-out`
+    """
+    from .demo import DemoOptions, run_demo
+
+    def report(step: str, result: Any) -> None:
+        console.rule(f"[bold]{step}")
+        if step == "train":
+            console.print(f"trained irevnet-tiny on digits: best held-out top-1 {result['best_top1']:.2f}%")
+        elif step.startswith("export"):
+            _print_export(*result)
+        elif step == "evaluate":
+            console.print(f"test split ({result['images']} images): top-1 PyTorch {result['top1_pytorch']:.2f}%, "
+                          f"ONNX Runtime fp32 {result['top1_onnx']:.2f}%")
+        elif step == "verify":
+            _print_verify(result)
+        elif step == "invert":
+            console.print(f"originals (top) and reconstructions from z by the exported graphs (bottom): {result}")
+        elif step == "bench":
+            _print_bench(result)
+
+    summary = run_demo(DemoOptions(out=str(out), fast=fast), report, _ProgressBar())
+    console.rule("[bold]summary")
+    acc = summary["accuracy"]
+    t = Table("", "PyTorch", "ONNX Runtime", title="irevnet demo: irevnet-tiny on the scikit-learn digits")
+    t.add_row("test top-1", f"{acc['top1_pytorch']:.2f}%", f"{acc['top1_onnx']:.2f}% (fp32)")
+    for row in summary["round_trip"]:
+        cells = [f"{row[side]['rel_l2']:.1e}, {_db(row[side]['psnr_db'])} dB" if side in row else ""
+                 for side in ("pytorch", "onnxruntime")]
+        t.add_row(f"round trip {row['precision']} (rel. L2, PSNR)", *cells)
+    speed = summary["speedup_vs_pytorch"]
+    t.add_row("speed, batch 32", "1.00x", f"forward {speed.get('forward', 0):.2f}x, inverse {speed.get('inverse', 0):.2f}x")
+    console.print(t)
+    for what, where in summary["files"].items():
+        console.print(f"{what}: {', '.join(where) if isinstance(where, list) else where}")
+    if not summary["verify_passed"]:
+        from .errors import CheckFailed
+
+        raise CheckFailed("the demo's verification failed; see the tables above")
+
+
 def _verdict(passed: bool) -> str:
     return "[green]pass[/]" if passed else "[red]FAIL[/]"
 

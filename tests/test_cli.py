@@ -111,3 +111,21 @@ def test_export_verify_bench_bad_inputs(tmp_path, trained_tiny, bundles):
     assert "--batch-sizes" in line
     line = _one_line_error(runner.invoke(app, ["bench", str(bundles["fp32"]), "-b", "tflite"]))
     assert "unknown backend 'tflite'" in line
+
+
+def test_demo_fast_runs_the_whole_pipeline(tmp_path):
+    out = tmp_path / "demo"
+    result = runner.invoke(app, ["demo", "--fast", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for name in ("run/best.pt", "bundle-fp32/manifest.json", "inversion.png", "error_vs_depth.png"):
+        assert (out / name).is_file(), name
+    assert "summary" in result.output and "test top-1" in result.output
+    # a rerun replaces the previous demo's outputs instead of refusing the existing run
+    assert runner.invoke(app, ["demo", "--fast", "--out", str(out)]).exit_code == 0
+
+
+def test_demo_refuses_a_file_as_out(tmp_path):
+    target = tmp_path / "file.txt"
+    target.write_text("keep me")
+    line = _one_line_error(runner.invoke(app, ["demo", "--fast", "--out", str(target)]))
+    assert "is a file" in line and target.read_text() == "keep me"

@@ -1,0 +1,134 @@
+"""`irevnet demo`: the whole product on the bundled digits, in a minute or two on a laptop CPU.
+
+train -> evaluate -> export (fp32, mixed, fp16) -> verify with ONNX Runtime and PyTorch ->
+invert from z with the exported graphs -> bench against PyTorch eager -> summary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import IRevNetError
+from .files import atomic_directory
+
+PRESET = "irevnet-tiny"
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    out: str = "demo-out"
+    fast: bool = False  # fewer epochs, one precision, shorter bench: under a minute
+
+    @property
+    def epochs(self) -> int:
+        return 4 if self.fast else 10
+
+    @property
+    def precisions(self) -> list[str]:
+        return ["fp32"] if self.fast else ["fp32", "mixed", "fp16"]
+
+
+Report = Callable[[str, Any], None]
+
+
+def run_demo(opts: DemoOptions, report: Report = lambda step, result: None, observer=None) -> dict[str, Any]:
+    """Runs every stage into `opts.out`; `report(step, result)` is called as each one finishes."""
+    from .export.bundle import ExportOptions, export_bundle
+    from .images import denormalize, save_grid
+    from .runtime.bench import BenchOptions, bench
+    from .runtime.verify import VerifyOptions, verify
+    from .train import TrainOptions, train
+
+    out = Path(opts.out)
+    if out.exists() and not out.is_dir():
+        raise IRevNetError(f"--out {out} is a file; give a folder for the demo's outputs")
+    out.mkdir(parents=True, exist_ok=True)
+    # A rerun replaces the previous demo's run whole; an interrupted one leaves it untouched.
+    with atomic_directory(out / "run") as tmp:
+        trained = train(TrainOptions(model=PRESET, dataset="digits", out=str(tmp), epochs=opts.epochs, device="cpu"),
+                        observer)
+    report("train", trained)
+    checkpoint = out / "run" / "best.pt"
+
+    bundles = {}
+    for precision in opts.precisions:
+        path = out / f"bundle-{precision}"
+        bundles[precision] = export_bundle(ExportOptions(
+            checkpoint=str(checkpoint), out=str(path), precision=precision, dataset="digits", max_batch=32,
+        ))
+        report(f"export {precision}", (bundles[precision], path))
+
+    accuracy = _accuracy(checkpoint, out / "bundle-fp32")
+    report("evaluate", accuracy)
+
+    plot = out / "error_vs_depth.png"
+    verified = verify(VerifyOptions(bundles=[str(out / f"bundle-{p}") for p in opts.precisions],
+                                    backends=["onnxruntime", "torch"], plot=str(plot)))
+    report("verify", verified)
+
+    grid = out / "inversion.png"
+    rec = _onnx_round_trip(out / "bundle-fp32")
+    norm = bundles["fp32"]["normalization"]
+    save_grid([np.clip(denormalize(a, norm["mean"], norm["std"]), 0, 1) for a in rec], grid)
+    report("invert", grid)
+
+    speed = bench(BenchOptions(bundle=str(out / "bundle-fp32"), backends=["onnxruntime", "torch"], batch_sizes=[32],
+                               warmup_s=0.3, duration_s=0.5 if opts.fast else 1.5))
+    report("bench", speed)
+
+    summary = _summary(accuracy, verified, speed)
+    summary["files"] = {
+        "run": str(out / "run"), "bundles": [str(out / f"bundle-{p}") for p in opts.precisions],
+        "inversion grid": str(grid), "error vs depth": str(plot),
+    }
+    return summary
+
+
+def _accuracy(checkpoint: Path, bundle_path: Path) -> dict[str, float]:
+    """Top-1 on the whole digits test split: the PyTorch checkpoint and the exported fp32 graph."""
+    from .checkpoint import load_checkpoint
+    from .data import load_datasets
+    from .runtime import Bundle, open_backend
+    from .train import evaluate, resolve_device
+
+    ckpt = load_checkpoint(checkpoint)
+    data = load_datasets("digits", ckpt.config.in_shape, augment=False)
+    torch_top1 = evaluate(ckpt.model, data.test, resolve_device("cpu"))["top1"]
+    bundle = Bundle.open(bundle_path)
+    correct = 0
+    with open_backend("onnxruntime", bundle, "forward") as fwd:
+        for start in range(0, len(data.test), bundle.max_batch):
+            items = [data.test[i] for i in range(start, min(start + bundle.max_batch, len(data.test)))]
+            x = np.stack([img.numpy() for img, _ in items])
+            labels = np.array([label for _, label in items])
+            correct += int((fwd.infer({"image": x})["logits"].argmax(1) == labels).sum())
+    return {"images": len(data.test), "top1_pytorch": torch_top1, "top1_onnx": 100 * correct / len(data.test)}
+
+
+def _onnx_round_trip(bundle_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The reference images and their reconstruction by the exported forward and inverse graphs."""
+    from .runtime import Bundle, open_backend
+
+    bundle = Bundle.open(bundle_path)
+    x = bundle.reference()["images"]
+    with open_backend("onnxruntime", bundle, "forward") as fwd, open_backend("onnxruntime", bundle, "inverse") as inv:
+        return x, inv.infer({"z": fwd.infer({"image": x})["z"]})["image"]
+
+
+def _summary(accuracy: dict, verified: dict, speed: dict) -> dict[str, Any]:
+    rows: dict[str, dict[str, Any]] = {}
+    for entry in verified["round_trip"]:
+        side = "onnxruntime" if entry["forward"].startswith("onnxruntime") else "pytorch"
+        rows.setdefault(entry["precision"], {"precision": entry["precision"]})[side] = {
+            "rel_l2": entry["rel_l2"], "psnr_db": entry["psnr_db"]}
+    ratios = {r["direction"]: r["speedup"] for r in speed["results"] if r["kind"] == "onnxruntime"}
+    return {
+        "accuracy": accuracy,
+        "round_trip": list(rows.values()),
+        "speedup_vs_pytorch": ratios,
+        "verify_passed": verified["passed"],
+    }
