@@ -110,13 +110,14 @@ def _shape(shape: Any) -> str:
     return "x".join(map(str, shape))
 
 
-def _key_value_table(title: str, rows: dict[str, Any]) -> Table:
-    table = Table(title=title, show_header=False, title_justify="left")
+def _print_key_values(title: str, rows: dict[str, Any]) -> None:
+    console.print(f"[bold]{escape(title)}[/]", soft_wrap=True)
+    table = Table(show_header=False)
     table.add_column(style="bold")
     table.add_column()
     for key, value in rows.items():
-        table.add_row(key, str(value))
-    return table
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    console.print(table)
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -161,7 +162,7 @@ def info(checkpoint: CheckpointOpt, image_size: ImageSizeOpt = None, json: JsonO
         "classes": cfg.num_classes,
         **{f"meta.{k}": v for k, v in ckpt.meta.items() if isinstance(v, (int, float, str))},
     }
-    console.print(_key_value_table(str(checkpoint), summary))
+    _print_key_values(str(checkpoint), summary)
     _write_json(json, {"checkpoint": str(checkpoint), **summary, "config": cfg.to_dict()})
 
 
@@ -178,15 +179,19 @@ class _ProgressBar:
         self.task = None
 
     def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
-        self.progress.start()
-        self.task = self.progress.add_task("train", total=steps, epoch=f"{epoch}/{epochs}", stats="")
+        if console.is_terminal:  # logs and pipes get the epoch lines only
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=steps, epoch=f"{epoch}/{epochs}", stats="")
 
     def step(self, loss: float, top1: float, images_per_s: float) -> None:
-        self.progress.update(self.task, advance=1, stats=f"loss {loss:.4f}  top-1 {top1:5.1f}%  {images_per_s:,.0f} img/s")
+        if self.task is not None:
+            self.progress.update(self.task, advance=1, stats=f"loss {loss:.4f}  top-1 {top1:5.1f}%  {images_per_s:,.0f} img/s")
 
     def epoch_end(self, m: dict[str, Any]) -> None:
-        self.progress.stop()
-        self.progress.remove_task(self.task)
+        if self.task is not None:
+            self.progress.stop()
+            self.progress.remove_task(self.task)
+            self.task = None
         console.print(
             f"epoch {m['epoch']:>3}  lr {m['lr']:.4g}  loss {m['train_loss']:.4f}  train {m['train_top1']:5.1f}%  "
             f"test top-1 {m['test_top1']:5.2f}%  top-5 {m['test_top5']:6.2f}%  {m['images_per_s']:,.0f} img/s",
@@ -274,10 +279,10 @@ def evaluate(
         )
     dev = resolve_device(device.value)
     metrics = run_eval(ckpt.model.to(dev), data.test, dev, batch_size=batch_size, workers=workers)
-    console.print(_key_value_table(f"{checkpoint} on {dataset}", {
+    _print_key_values(f"{checkpoint} on {dataset}", {
         "images": metrics["images"], "loss": f"{metrics['loss']:.4f}",
         "top-1": f"{metrics['top1']:.3f}%", "top-5": f"{metrics['top5']:.3f}%",
-    }))
+    })
     _write_json(json, {"checkpoint": str(checkpoint), "dataset": dataset, **metrics})
 
 
