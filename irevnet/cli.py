@@ -637,7 +637,7 @@ def memory(
 @command
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the run, bundles and pictures.")] = Path("demo-out"),
-    fast: Annotated[bool, typer.Option(help="Under a minute: 4 epochs, fp32 only, a shorter bench.")] = False,
+    fast: Annotated[bool, typer.Option(help="Under a minute: 6 epochs, fp32 only, a shorter bench.")] = False,
 ) -> None:
     """The whole pipeline on the bundled real digits, no download: train, evaluate, export,
     verify, invert, bench.

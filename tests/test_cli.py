@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from irevnet import __version__
@@ -129,3 +130,25 @@ def test_demo_refuses_a_file_as_out(tmp_path):
     target.write_text("keep me")
     line = _one_line_error(runner.invoke(app, ["demo", "--fast", "--out", str(target)]))
     assert "is a file" in line and target.read_text() == "keep me"
+
+
+def test_memory_happy_path_and_bad_preset(tmp_path):
+    result = runner.invoke(app, ["memory", "-m", "irevnet-tiny", "--batch-size", "8", "--json", str(tmp_path / "m.json")])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads((tmp_path / "m.json").read_text())["results"]
+    assert row["standard"]["activation_bytes"] > 0 and row["memory_efficient"]["memory_efficient"] is True
+    line = _one_line_error(runner.invoke(app, ["memory", "-m", "resnet50"]))
+    assert "unknown preset 'resnet50'" in line
+
+
+def test_export_with_engine_keeps_the_onnx_bundle_without_tensorrt(tmp_path, trained_tiny):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here; this checks the machines without it")
+    out = tmp_path / "b"
+    result = runner.invoke(app, ["export", "-c", str(trained_tiny / "best.pt"), "-o", str(out), "--no-debug",
+                                 "--max-batch", "2", "--engine"])
+    assert result.exit_code == 2
+    assert result.output.rstrip().splitlines()[-1].startswith("error: TensorRT is not installed")
+    assert (out / "forward.onnx").is_file() and (out / "manifest.json").is_file(), "the ONNX export still happened"

@@ -174,3 +174,18 @@ def test_backend_plumbing_verify_and_rebuild(fake_trt, bundles, tmp_path):
     with open_backend("tensorrt", Bundle.open(bundle), "inverse", rebuild=True) as inv:
         assert inv.infer({"z": ref["z"][:2]})["image"].shape == (2, 1, 16, 16)
     assert Bundle.open(bundle).manifest["tensorrt"]["version"] == "10.14.1.0"
+
+
+def test_build_command_prints_the_engines(fake_trt, bundles, tmp_path):
+    from typer.testing import CliRunner
+
+    from irevnet.cli import app
+
+    fake_trt("11.1.0.106")
+    bundle = shutil.copytree(bundles["fp32"], tmp_path / "b")
+    result = CliRunner().invoke(app, ["build", str(bundle), "--opt-batch", "4", "--hardware-compat", "ampere_plus"])
+    assert result.exit_code == 0, result.output
+    assert "forward.engine" in result.output and "inverse.engine" in result.output
+    assert Bundle.open(bundle).manifest["tensorrt"]["hardware_compatibility"] == "ampere_plus"
+    result = CliRunner().invoke(app, ["build", str(bundle), "--opt-level", "9"])
+    assert result.exit_code == 2 and "--opt-level must be 0..5" in result.output
