@@ -67,8 +67,8 @@ def _version(value: bool) -> None:
 @app.callback()
 def _main(
     version: Annotated[
-        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
-    ] = None,
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """i-RevNets (Jacobsen, Smeulders, Oyallon, ICLR 2018): deep networks invertible up to the
     final linear classifier. `irevnet demo` runs the whole pipeline on bundled digits."""
@@ -369,8 +369,9 @@ def export(
         manifest = export_bundle(opts, log=lambda msg: status.update(msg))
     _print_export(manifest, out)
     if engine:
-        _build(out, max_batch=None, opt_batch=None, workspace_mb=None, timing_cache=None, opt_level=3, tf32=False,
-               hardware_compat=HardwareCompat.none, version_compat=False, debug=False)
+        from .export.trt_build import BuildOptions
+
+        _build(BuildOptions(bundle=str(out)))
 
 
 def _print_export(manifest: dict[str, Any], out: Path) -> None:
@@ -410,15 +411,10 @@ class HardwareCompat(str, Enum):
     same_compute_capability = "same_compute_capability"
 
 
-def _build(bundle: Path, *, max_batch, opt_batch, workspace_mb, timing_cache, opt_level, tf32, hardware_compat,
-           version_compat, debug) -> None:
-    from .export.trt_build import BuildOptions, build_engines
+def _build(opts) -> None:
+    """Builds the engines of `opts.bundle` (a trt_build.BuildOptions) and prints them."""
+    from .export.trt_build import build_engines
 
-    opts = BuildOptions(
-        bundle=str(bundle), max_batch=max_batch, opt_batch=opt_batch, workspace_mb=workspace_mb,
-        timing_cache=str(timing_cache) if timing_cache else None, opt_level=opt_level, tf32=tf32,
-        hardware_compat=hardware_compat.value, version_compat=version_compat, debug=debug,
-    )
     with console.status("building engines") as status:
         section = build_engines(opts, log=lambda msg: status.update(msg))
     t = Table("engine", "size MB", "build s", title=f"TensorRT {section['version']} on {section['gpu']['name']} "
@@ -445,8 +441,13 @@ def build(
 
     Example: `irevnet build bundles/digits --opt-batch 8`
     """
-    _build(bundle, max_batch=max_batch, opt_batch=opt_batch, workspace_mb=workspace_mb, timing_cache=timing_cache,
-           opt_level=opt_level, tf32=tf32, hardware_compat=hardware_compat, version_compat=version_compat, debug=debug)
+    from .export.trt_build import BuildOptions
+
+    _build(BuildOptions(
+        bundle=str(bundle), max_batch=max_batch, opt_batch=opt_batch, workspace_mb=workspace_mb,
+        timing_cache=str(timing_cache) if timing_cache else None, opt_level=opt_level, tf32=tf32,
+        hardware_compat=hardware_compat.value, version_compat=version_compat, debug=debug,
+    ))
 
 
 @command

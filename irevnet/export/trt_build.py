@@ -24,7 +24,7 @@ from ..errors import IRevNetError
 from ..files import atomic_output, sha256_file, write_json
 from ..runtime.backends.trt_backend import import_tensorrt, make_logger
 from ..runtime.bundle import FORWARD, FORWARD_BLOCKS, INVERSE, INVERSE_BLOCKS, MANIFEST, Bundle
-from ..runtime.cuda import cuda_api
+from ..runtime.gpu import cuda_api
 from ..runtime.engines import HARDWARE_COMPAT, Profile, make_profile
 
 TIMING_CACHE = "timing.cache"

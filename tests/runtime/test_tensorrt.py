@@ -15,7 +15,7 @@ trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (pip ins
 @pytest.fixture(scope="module", autouse=True)
 def _gpu():
     from irevnet.errors import IRevNetError
-    from irevnet.runtime.cuda import cuda_api
+    from irevnet.runtime.gpu import cuda_api
 
     try:
         cuda_api().device()

@@ -260,7 +260,7 @@ MEMORY = _Memory()
 
 
 class FakeCuda:
-    """irevnet.runtime.cuda's interface over _Memory; one fake GPU of compute capability 8.9."""
+    """irevnet.runtime.gpu's interface over _Memory; one fake GPU of compute capability 8.9."""
 
     def __init__(self, name="Fake GPU", cc=(8, 9)):
         self.gpu = (name, cc)

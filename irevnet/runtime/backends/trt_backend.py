@@ -13,7 +13,7 @@ import numpy as np
 
 from ...errors import BundleError, IRevNetError
 from ..bundle import Bundle
-from ..cuda import cuda_api
+from ..gpu import cuda_api
 from ..engines import check_compatible
 from .base import Backend
 

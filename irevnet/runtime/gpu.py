@@ -1,5 +1,7 @@
 """Just enough CUDA for the TensorRT backend: a stream, device buffers, copies and events.
 
+(Named gpu.py: the name `cuda` belongs to cuda-python, which this module wraps.)
+
 Through cuda-python (`pip install cuda-python`) when installed, else through torch. Device
 memory is plain cudaMalloc memory (never managed memory).
 """
