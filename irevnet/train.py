@@ -205,10 +205,14 @@ def evaluate(
 # -- training ----------------------------------------------------------------------------------
 
 
+def _epoch_seed(opts: TrainOptions, epoch: int) -> int:
+    # Seeding per epoch makes a resumed run draw the same shuffles, crops and dropout masks as an
+    # uninterrupted one.
+    return opts.seed * 100_003 + epoch
+
+
 def _seed(opts: TrainOptions, epoch: int) -> None:
-    # Reseeding per epoch makes a resumed run draw the same shuffles, crops and dropout masks as
-    # an uninterrupted one.
-    torch.manual_seed(opts.seed * 100_003 + epoch)
+    torch.manual_seed(_epoch_seed(opts, epoch))
 
 
 def _train_loader(data: Datasets, opts: TrainOptions, recipe: Recipe, dist: Dist, epoch: int) -> DataLoader:
@@ -218,7 +222,7 @@ def _train_loader(data: Datasets, opts: TrainOptions, recipe: Recipe, dist: Dist
         sampler = torch.utils.data.DistributedSampler(data.train, dist.world, dist.rank, shuffle=True, seed=opts.seed)
         sampler.set_epoch(epoch)
     else:
-        sampler = RandomSampler(data.train, generator=torch.Generator().manual_seed(opts.seed * 100_003 + epoch))
+        sampler = RandomSampler(data.train, generator=torch.Generator().manual_seed(_epoch_seed(opts, epoch)))
     return DataLoader(
         data.train, batch_size=recipe.batch_size // dist.world, sampler=sampler, num_workers=opts.workers,
         drop_last=True, pin_memory=torch.cuda.is_available(), persistent_workers=False,
