@@ -13,6 +13,7 @@ numpy only, unless the torch backend or a live reference is asked for.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,30 +71,30 @@ def verify(opts: VerifyOptions, log: Callable[[str], None] = lambda m: None) -> 
     for bundle in bundles:
         tol = tolerances(bundle)
         norm = bundle.normalization
-        outputs = {}
-        for kind in backends:
-            log(f"{bundle.precision}: running {kind}")
-            with _open(kind, bundle, FORWARD, opts) as fwd, _open(kind, bundle, INVERSE, opts) as inv:
+        with contextlib.ExitStack() as opened:  # each session opened once, reused for the cross checks
+            inverses, outputs = {}, {}
+            for kind in backends:
+                log(f"{bundle.precision}: running {kind}")
+                fwd = opened.enter_context(_open(kind, bundle, FORWARD, opts))
+                inv = opened.enter_context(_open(kind, bundle, INVERSE, opts))
                 out = fwd.infer({"image": x})
                 x_hat = inv.infer({"z": out["z"]})["image"]
-                name = fwd.name
+                inverses[fwd.name], outputs[fwd.name] = inv, out
+                result["round_trip"].append(_round_trip(bundle, fwd.name, fwd.name, x_hat, x, norm, tol.round_trip))
                 if reference["z"] is not None:  # PyTorch's z, inverted here: z made elsewhere
                     x_from_ref = inv.infer({"z": reference["z"]})["image"]
                     result["cross_round_trip"].append(
-                        _round_trip(bundle, "PyTorch fp32", name, x_from_ref, x, norm, tol.round_trip)
+                        _round_trip(bundle, "PyTorch fp32", fwd.name, x_from_ref, x, norm, tol.round_trip)
                     )
-            result["round_trip"].append(_round_trip(bundle, name, name, x_hat, x, norm, tol.round_trip))
-            if reference["logits"] is not None:
-                result["parity"].append(_parity(bundle, name, out, reference, labels, tol))
-            outputs[name] = out
-        names = list(outputs)
-        for a in names:  # z from one backend, inverted on another
-            for b_kind, b_name in zip(backends, names):
-                if b_name == a:
-                    continue
-                with _open(b_kind, bundle, INVERSE, opts) as inv:
-                    x_cross = inv.infer({"z": outputs[a]["z"]})["image"]
-                result["cross_round_trip"].append(_round_trip(bundle, a, b_name, x_cross, x, norm, tol.round_trip))
+                if reference["logits"] is not None:
+                    result["parity"].append(_parity(bundle, fwd.name, out, reference, labels, tol))
+            for a_name, out in outputs.items():  # z from one backend, inverted on another
+                for b_name, inv in inverses.items():
+                    if b_name != a_name:
+                        x_cross = inv.infer({"z": out["z"]})["image"]
+                        result["cross_round_trip"].append(
+                            _round_trip(bundle, a_name, b_name, x_cross, x, norm, tol.round_trip)
+                        )
         if opts.blocks:
             for kind in backends:
                 result["blocks"].append(_blocks(bundle, kind, x, reference, opts, log))
