@@ -38,15 +38,6 @@ from .errors import IRevNetError
 from .layers import IRevNetBlock, Pair, merge, split
 
 
-def check_supported(model: nn.Module, *, amp: bool) -> None:
-    """Refuses combinations the memory-efficient path does not handle (one line each)."""
-    blocks = getattr(model, "stack", None)
-    if blocks is None or not all(type(b) is IRevNetBlock for b in blocks):
-        raise IRevNetError("--memory-efficient needs an IRevNet whose blocks are irevnet's IRevNetBlock")
-    if amp and not torch.cuda.is_available():
-        raise IRevNetError("--memory-efficient with --amp needs CUDA (fp16 autocast)")
-
-
 @contextlib.contextmanager
 def _frozen_running_stats(module: nn.Module) -> Iterator[None]:
     """BatchNorm running statistics (and counters) come back unchanged after the block."""

@@ -279,11 +279,7 @@ def _run(opts, recipe, config, device, dist, resumed, observer) -> dict[str, Any
     channels_last = opts.channels_last if opts.channels_last is not None else (device.type == "cuda" and opts.amp)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if opts.memory_efficient:
-        from .memory import check_supported
-
-        check_supported(model, amp=opts.amp)
-        model.memory_efficient = True
+    model.memory_efficient = opts.memory_efficient  # irevnet.memory; double backward is refused there
     net: nn.Module = model
     if dist.world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

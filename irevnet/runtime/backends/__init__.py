@@ -52,7 +52,7 @@ def open_backend(
         if engine is None:
             raise IRevNetError(f"{bundle.path} has no TensorRT engine for {graph}; build them with `irevnet build {bundle.path}`")
         try:
-            return TrtBackend(engine, bundle=bundle, graph=graph)
+            return TrtBackend(engine, bundle=bundle)
         except EngineMismatch:
             if not rebuild:
                 raise
@@ -64,7 +64,7 @@ def open_backend(
                 debug="forward_blocks" in previous["engines"], tf32=previous.get("tf32", False),
             ))
             fresh = Bundle.open(bundle.path)
-            return TrtBackend(fresh.engine_path(graph), bundle=fresh, graph=graph)
+            return TrtBackend(fresh.engine_path(graph), bundle=fresh)
     from .torch_backend import TorchBackend
 
     ckpt = checkpoint or bundle.manifest["checkpoint"]["path"]

@@ -6,6 +6,7 @@ set_tensor_address, execute_async_v3). Needs the `tensorrt` package and a CUDA G
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from ..bundle import Bundle
 from ..gpu import cuda_api
 from ..engines import check_compatible
 from .base import Backend
+
+log = logging.getLogger(__name__)
 
 
 def import_tensorrt():
@@ -54,20 +57,20 @@ class TrtBackend(Backend):
 
     Args:
         engine: the .engine file.
-        bundle, graph: when given, the engine's build record in the manifest is checked against
-            this TensorRT version and GPU first (EngineMismatch says to rebuild).
+        bundle: when given, the engine's build record in its manifest is checked against this
+            TensorRT version and GPU first (EngineMismatch says to rebuild).
     """
 
     name = "tensorrt"
 
-    def __init__(self, engine: str | Path, *, bundle: Bundle | None = None, graph: str | None = None):
+    def __init__(self, engine: str | Path, *, bundle: Bundle | None = None):
         trt = import_tensorrt()
         self.trt = trt
         self.cuda = cuda_api()
         gpu_name, cc = self.cuda.device()
-        self.notes: list[str] = []
         if bundle is not None and "tensorrt" in bundle.manifest:
-            self.notes = check_compatible(bundle.manifest["tensorrt"], trt.__version__, gpu_name, cc)
+            for note in check_compatible(bundle.manifest["tensorrt"], trt.__version__, gpu_name, cc):
+                log.warning(note)
         self.logger = make_logger(trt)
         self.runtime = trt.Runtime(self.logger)
         path = Path(engine)
@@ -89,7 +92,6 @@ class TrtBackend(Backend):
         self.buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
         self.last_device_ms: float | None = None
         self.name = f"tensorrt[{trt.__version__}]"
-        self.graph = graph
 
     def _spec(self, name: str) -> dict[str, Any]:
         shape = [d if d >= 0 else "N" for d in self.engine.get_tensor_shape(name)]
