@@ -114,7 +114,7 @@ def _onnx_round_trip(bundle_path: Path) -> tuple[np.ndarray, np.ndarray]:
     from .runtime import Bundle, open_backend
 
     bundle = Bundle.open(bundle_path)
-    x = bundle.reference()["images"]
+    x = bundle.reference("images")["images"]
     with open_backend("onnxruntime", bundle, "forward") as fwd, open_backend("onnxruntime", bundle, "inverse") as inv:
         return x, inv.infer({"z": fwd.infer({"image": x})["z"]})["image"]
 

@@ -130,7 +130,7 @@ def bench(opts: BenchOptions, progress: Callable[[str, float], None] = lambda wh
         raise IRevNetError("--iterations must be at least 1")
     cfg = bundle.config
     flops = conv_flops(cfg)
-    reference = bundle.reference()  # real inputs and the z PyTorch made of them, tiled to each batch
+    reference = bundle.reference("images", "z")  # real inputs and the z PyTorch made of them, tiled to each batch
     results = []
     jobs = [(k, d, n) for k in backends for d in directions for n in opts.batch_sizes]
     for j, (kind, direction, n) in enumerate(jobs):

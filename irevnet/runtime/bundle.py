@@ -97,13 +97,19 @@ class Bundle:
     def max_batch(self) -> int:
         return int(self.manifest["batch"]["max"])
 
-    def reference(self) -> dict[str, np.ndarray]:
-        """The PyTorch fp32 reference samples stored at export (images, logits, z, ...)."""
+    def reference(self, *names: str) -> dict[str, np.ndarray]:
+        """The PyTorch fp32 reference samples stored at export (images, labels, logits, z,
+        reconstruction, h0..hB).
+
+        Args:
+            names: the arrays to read (default: all); absent ones (labels, h*) are left out. The
+                per-block activations can be tens of MB, so callers ask for what they use.
+        """
         file = self.path / REFERENCE
         if not file.is_file():
             raise BundleError(f"{self.path}: {REFERENCE} is missing; re-export the bundle")
-        with np.load(file, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+        with np.load(file, allow_pickle=False) as data:  # an NpzFile reads each array on access
+            return {k: data[k] for k in (names or data.files) if k in data.files}
 
     def io_spec(self, graph: str) -> tuple[list[dict], list[dict]]:
         g = self.graphs[graph]

@@ -135,7 +135,7 @@ def _inputs(bundle: Bundle, opts: VerifyOptions) -> tuple[np.ndarray, np.ndarray
         x = first_images(data.test, min(opts.samples, bundle.max_batch)).numpy()
         labels = np.array([data.test[i][1] for i in range(len(x))])
         return x, labels, f"dataset {opts.dataset}"
-    ref = bundle.reference()
+    ref = bundle.reference("images", "labels")
     n = min(opts.samples, len(ref["images"]))
     return ref["images"][:n], ref["labels"][:n] if "labels" in ref else None, "reference samples stored at export"
 
@@ -155,14 +155,15 @@ def _reference(bundle: Bundle, x: np.ndarray, opts: VerifyOptions, log) -> dict[
         return {"source": f"PyTorch fp32, live from {ckpt}", "logits": out["logits"], "z": out["z"], "h": blocks}
     if opts.checkpoint and not Path(opts.checkpoint).is_file():
         raise IRevNetError(f"checkpoint not found: {opts.checkpoint}")
-    stored = bundle.reference()
+    blocks = [f"h{i}" for i in range(bundle.num_blocks + 1)] if opts.blocks else []
+    stored = bundle.reference("images", "logits", "z", *blocks)
     if opts.dataset or not np.array_equal(stored["images"][: len(x)], x):
         return {"source": "none (no torch, and the inputs are not the stored samples)", "logits": None, "z": None, "h": None}
     n = len(x)
-    blocks = [stored[f"h{i}"] for i in range(bundle.num_blocks + 1)] if "h0" in stored else None
     return {
         "source": "PyTorch fp32 outputs stored in the bundle at export",
-        "logits": stored["logits"][:n], "z": stored["z"][:n], "h": blocks,
+        "logits": stored["logits"][:n], "z": stored["z"][:n],
+        "h": [stored[k] for k in blocks] if blocks and blocks[0] in stored else None,
     }
 
 
