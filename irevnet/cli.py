@@ -241,14 +241,8 @@ def train(
     if quiet:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     result = run_training(opts, None if quiet else _ProgressBar())
-    if result["world_size"] == 1 or _is_rank0():
+    if result["rank"] == 0:
         console.print(f"best test top-1 {result['best_top1']:.2f}% after {result['epochs']} epochs; files in {out}/")
-
-
-def _is_rank0() -> bool:
-    import os
-
-    return os.environ.get("RANK", "0") == "0"
 
 
 @command

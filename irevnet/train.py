@@ -336,7 +336,10 @@ def _run(opts, recipe, config, device, dist, resumed, observer) -> dict[str, Any
             observer.epoch_end(metrics)
         dist.barrier()
     final = history[-1] if history else {}
-    return {"out": str(out), "best_top1": best, "final": final, "epochs": len(history), "world_size": dist.world}
+    return {
+        "out": str(out), "best_top1": best, "final": final, "epochs": len(history),
+        "world_size": dist.world, "rank": dist.rank,
+    }
 
 
 def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:

@@ -150,7 +150,7 @@ def bench(opts: BenchOptions, progress: Callable[[str, float], None] = lambda wh
             start = time.perf_counter()
             while True:
                 latencies.append(_timed(run))
-                if getattr(backend, "last_device_ms", None) is not None:
+                if backend.last_device_ms is not None:
                     device_ms.append(backend.last_device_ms)
                 done = len(latencies) / opts.iterations if opts.iterations else (time.perf_counter() - start) / opts.duration_s
                 progress(label, (j + min(done, 1.0)) / len(jobs))

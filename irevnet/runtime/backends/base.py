@@ -26,6 +26,7 @@ class Backend(ABC):
     inputs: list[dict[str, Any]]
     outputs: list[dict[str, Any]]
     max_batch: int | None = None
+    last_device_ms: float | None = None  # GPU time of the last infer (CUDA events), where measured
 
     def __enter__(self) -> "Backend":
         return self

@@ -70,7 +70,6 @@ class TorchBackend(Backend):
         self.outputs = [{"name": n} for n in module.output_names]
         self.max_batch = max_batch
         self.name = f"torch[{self.device.type}]"
-        self.last_device_ms: float | None = None
 
     def _infer(self, feeds: dict[str, np.ndarray], outputs: list[str] | None) -> dict[str, np.ndarray]:
         torch = self.torch

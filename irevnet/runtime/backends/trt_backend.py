@@ -90,7 +90,6 @@ class TrtBackend(Backend):
         first = self.inputs[0]["name"]
         self.max_batch = int(self.engine.get_tensor_profile_shape(first, 0)[2][0])  # (min, opt, max)
         self.buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
-        self.last_device_ms: float | None = None
         self.name = f"tensorrt[{trt.__version__}]"
 
     def _spec(self, name: str) -> dict[str, Any]:
