@@ -12,7 +12,7 @@ from .config import ConfigError, IRevNetConfig, get_config, list_presets
 
 __version__ = "0.1.0"
 
-__all__ = ["ConfigError", "IRevNet", "IRevNetConfig", "create_model", "get_config", "list_presets", "__version__"]
+__all__ = ["ConfigError", "IRevNet", "IRevNetConfig", "__version__", "create_model", "get_config", "list_presets"]
 
 if TYPE_CHECKING:
     from .model import IRevNet, create_model

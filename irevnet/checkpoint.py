@@ -94,13 +94,12 @@ class _Pickled:
     qualified_name = ""
     dump_patches = False  # read by torch's legacy loader when it compares saved module sources
 
-    def module(self, name: str) -> "_Pickled | None":
+    def module(self, name: str) -> _Pickled | None:
         return self.__dict__.get("_modules", {}).get(name)
 
 
 def _no_backend() -> None:
     """Stand-in for torch<=0.4's `_get_thnn_function_backend`, pickled into old nn.Modules."""
-    return None
 
 
 _REFERENCE_CLASSES = [

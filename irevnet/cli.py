@@ -9,9 +9,10 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -80,10 +81,10 @@ CheckpointOpt = Annotated[
     Path, typer.Option("--checkpoint", "-c", help="Checkpoint: irevnet .pt, reference ImageNet .pth.tar or CIFAR .t7.")
 ]
 ImageSizeOpt = Annotated[
-    Optional[int],
+    int | None,
     typer.Option("--image-size", help="Input height = width (reference ImageNet files do not store it; default 224)."),
 ]
-JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Also write the results to this JSON file.")]
+JsonOpt = Annotated[Path | None, typer.Option("--json", help="Also write the results to this JSON file.")]
 DatasetOpt = Annotated[
     str, typer.Option("--dataset", "-d", help="digits | cifar10:PATH | cifar100:PATH | imagefolder:PATH | synthetic.")
 ]
@@ -207,16 +208,16 @@ def train(
         "runs/irevnet"
     ),
     recipe: Annotated[
-        Optional[str], typer.Option(help="cifar | imagenet | digits (default: by dataset; the paper's SGD schedules).")
+        str | None, typer.Option(help="cifar | imagenet | digits (default: by dataset; the paper's SGD schedules).")
     ] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Override the recipe's epochs.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Override the global batch size.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Override the initial learning rate.")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help="Override the weight decay.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Override the recipe's epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Override the global batch size.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Override the initial learning rate.")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="Override the weight decay.")] = None,
     seed: int = 0,
     device: DeviceOpt = Device.auto,
     amp: Annotated[bool, typer.Option(help="fp16 autocast with gradient scaling (CUDA).")] = False,
-    channels_last: Annotated[Optional[bool], typer.Option(help="NHWC memory format (default: with CUDA + AMP).")] = None,
+    channels_last: Annotated[bool | None, typer.Option(help="NHWC memory format (default: with CUDA + AMP).")] = None,
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from last.pt.")] = False,
     download: Annotated[bool, typer.Option(help="Download CIFAR if the folder lacks it.")] = False,
@@ -231,7 +232,8 @@ def train(
 
     Multi-GPU: `torchrun --nproc-per-node 8 -m irevnet train -m irevnet-301 -d imagefolder:/data/imagenet`
     """
-    from .train import TrainOptions, train as run_training
+    from .train import TrainOptions
+    from .train import train as run_training
 
     opts = TrainOptions(
         model=model, dataset=dataset, out=str(out), recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr,
@@ -262,7 +264,8 @@ def evaluate(
     from .checkpoint import load_checkpoint
     from .data import load_datasets
     from .errors import IRevNetError
-    from .train import evaluate as run_eval, resolve_device
+    from .train import evaluate as run_eval
+    from .train import resolve_device
 
     ckpt = load_checkpoint(checkpoint, image_size=image_size)
     data = load_datasets(dataset, ckpt.config.in_shape, augment=False)
@@ -303,7 +306,8 @@ def invert(
     from .data import load_datasets
     from .errors import IRevNetError
     from .images import denormalize, save_grid
-    from .invert import first_images, invert as run_invert
+    from .invert import first_images
+    from .invert import invert as run_invert
     from .train import resolve_device
 
     if samples < 1:
@@ -340,7 +344,7 @@ def export(
     opset: Annotated[int, typer.Option(help="ONNX opset (18-20).")] = 18,
     max_batch: Annotated[int, typer.Option(help="Largest batch of the dynamic batch dimension N.")] = 32,
     dataset: Annotated[
-        Optional[str], typer.Option("--dataset", "-d", help="Verify on real test images (default: seeded random).")
+        str | None, typer.Option("--dataset", "-d", help="Verify on real test images (default: seeded random).")
     ] = None,
     samples: Annotated[int, typer.Option(help="Images in the verification batch.")] = 8,
     projection: Annotated[bool, typer.Option(help="Range projection in the inverse (injective models).")] = True,
@@ -389,13 +393,13 @@ def _print_export(manifest: dict[str, Any], out: Path) -> None:
 
 
 BackendOpt = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--backend", "-b", help="onnxruntime | tensorrt | torch; repeat for several (default: onnxruntime)."),
 ]
 ProviderOpt = Annotated[
-    Optional[list[str]], typer.Option("--provider", help="ONNX Runtime providers in order: tensorrt, cuda, cpu (default: all available).")
+    list[str] | None, typer.Option("--provider", help="ONNX Runtime providers in order: tensorrt, cuda, cpu (default: all available).")
 ]
-ThreadsOpt = Annotated[Optional[int], typer.Option(help="Intra-op threads (ONNX Runtime, torch).")]
+ThreadsOpt = Annotated[int | None, typer.Option(help="Intra-op threads (ONNX Runtime, torch).")]
 RebuildOpt = Annotated[bool, typer.Option(help="Rebuild TensorRT engines made for another GPU or TensorRT version.")]
 
 
@@ -421,10 +425,10 @@ def _build(opts) -> None:
 @command
 def build(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder from `irevnet export`.")],
-    max_batch: Annotated[Optional[int], typer.Option(help="Largest batch of the profile (default: the bundle's).")] = None,
-    opt_batch: Annotated[Optional[int], typer.Option(help="Batch the kernels are tuned for (default: max).")] = None,
-    workspace_mb: Annotated[Optional[int], typer.Option(help="Builder workspace limit in MiB.")] = None,
-    timing_cache: Annotated[Optional[Path], typer.Option(help="Timing cache file (default: BUNDLE/timing.cache).")] = None,
+    max_batch: Annotated[int | None, typer.Option(help="Largest batch of the profile (default: the bundle's).")] = None,
+    opt_batch: Annotated[int | None, typer.Option(help="Batch the kernels are tuned for (default: max).")] = None,
+    workspace_mb: Annotated[int | None, typer.Option(help="Builder workspace limit in MiB.")] = None,
+    timing_cache: Annotated[Path | None, typer.Option(help="Timing cache file (default: BUNDLE/timing.cache).")] = None,
     opt_level: Annotated[int, typer.Option(help="Builder optimization level 0-5.")] = 3,
     tf32: Annotated[bool, typer.Option(help="Allow TF32 in fp32 convolutions (spoils the fp32 round trip).")] = False,
     hardware_compat: Annotated[HardwareCompat, typer.Option(help="Let the engines run on other GPUs.")] = HardwareCompat.none,
@@ -448,14 +452,14 @@ def build(
 def verify(
     bundles: Annotated[list[Path], typer.Argument(help="Bundle folder(s); several precisions of one model compare side by side.")],
     backend: BackendOpt = None,
-    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Real test images (needs torch); default: the bundle's reference samples.")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Real test images (needs torch); default: the bundle's reference samples.")] = None,
     samples: Annotated[int, typer.Option(help="Images to check.")] = 8,
-    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", "-c", help="Live PyTorch reference (default: the manifest's, when torch is installed).")] = None,
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", "-c", help="Live PyTorch reference (default: the manifest's, when torch is installed).")] = None,
     provider: ProviderOpt = None,
     threads: ThreadsOpt = None,
     device: DeviceOpt = Device.auto,
     blocks: Annotated[bool, typer.Option(help="Error per block from the debug graphs.")] = True,
-    plot: Annotated[Optional[Path], typer.Option(help="Write the error-vs-depth plot (PNG) here.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write the error-vs-depth plot (PNG) here.")] = None,
     rebuild: RebuildOpt = False,
     json: JsonOpt = None,
 ) -> None:
@@ -467,7 +471,8 @@ def verify(
     Example: `irevnet verify bundles/fp32 bundles/mixed bundles/fp16 --plot blocks.png`
     """
     from .errors import CheckFailed
-    from .runtime.verify import VerifyOptions, verify as run_verify
+    from .runtime.verify import VerifyOptions
+    from .runtime.verify import verify as run_verify
 
     opts = VerifyOptions(
         bundles=[str(b) for b in bundles], backends=backend or ["onnxruntime"], dataset=dataset, samples=samples,
@@ -535,11 +540,11 @@ def bench(
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8,32",
     warmup_s: Annotated[float, typer.Option(help="Warm-up seconds per measurement.")] = 1.0,
     duration_s: Annotated[float, typer.Option(help="Measured seconds per measurement.")] = 3.0,
-    iterations: Annotated[Optional[int], typer.Option(help="Measure this many runs instead of --duration-s.")] = None,
+    iterations: Annotated[int | None, typer.Option(help="Measure this many runs instead of --duration-s.")] = None,
     provider: ProviderOpt = None,
     threads: ThreadsOpt = None,
     device: DeviceOpt = Device.auto,
-    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", "-c", help="For --backend torch (default: the manifest's).")] = None,
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", "-c", help="For --backend torch (default: the manifest's).")] = None,
     rebuild: RebuildOpt = False,
     json: JsonOpt = None,
 ) -> None:
@@ -550,7 +555,8 @@ def bench(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .errors import IRevNetError
-    from .runtime.bench import BenchOptions, bench as run_bench
+    from .runtime.bench import BenchOptions
+    from .runtime.bench import bench as run_bench
 
     try:
         sizes = [int(s) for s in batch_sizes.split(",") if s.strip()]
@@ -585,7 +591,7 @@ def _print_bench(r: dict[str, Any]) -> None:
 
 @command
 def memory(
-    model: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="Presets to measure (repeatable).")] = None,
+    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Presets to measure (repeatable).")] = None,
     batch_size: Annotated[int, typer.Option(help="Batch of the measured training step.")] = 32,
     image_size: ImageSizeOpt = None,
     device: DeviceOpt = Device.cpu,

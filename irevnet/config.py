@@ -176,7 +176,7 @@ class IRevNetConfig:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in dataclasses.fields(self)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "IRevNetConfig":
+    def from_dict(cls, data: dict[str, Any]) -> IRevNetConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -186,7 +186,7 @@ class IRevNetConfig:
             raise ConfigError(f"config lacks required field(s) {missing}")
         return cls(**data)
 
-    def replace(self, **overrides: Any) -> "IRevNetConfig":
+    def replace(self, **overrides: Any) -> IRevNetConfig:
         names = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - names)
         if unknown:

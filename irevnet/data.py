@@ -10,9 +10,10 @@ from __future__ import annotations
 import _codecs
 import pickle
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -138,7 +139,7 @@ def _synthetic(in_shape: tuple[int, int, int], n_train: int = 512, n_test: int =
     images = torch.randn(n_train + n_test, *in_shape, generator=g)
     labels = torch.randint(0, classes, (n_train + n_test,), generator=g)
     c = in_shape[0]
-    identity = lambda x: x  # noqa: E731 (already standard normal)
+    identity = lambda x: x
     return Datasets(
         "synthetic",
         TensorImages(images[:n_train], labels[:n_train], identity),
@@ -165,13 +166,13 @@ _CIFAR_FILES = {
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles CIFAR batch files (dicts of numpy arrays, lists, strings) and nothing else."""
 
-    _ALLOWED = {
+    _ALLOWED = frozenset({
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
         ("_codecs", "encode"),
-    }
+    })
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self._ALLOWED:
@@ -222,7 +223,7 @@ def _download_cifar(kind: str, root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     try:
         download_url(cls.url, str(root), cls.filename, cls.tgz_md5)
-    except Exception as e:  # network errors come in many types
+    except Exception as e:  # noqa: BLE001 - network errors come in many types
         raise DatasetError(f"could not download {cls.url} ({type(e).__name__}); place the data under {root} by hand") from None
     with tarfile.open(root / cls.filename) as tar:
         tar.extractall(root, filter="data")
@@ -256,7 +257,7 @@ def _cifar(kind: str, root: Path, in_shape, augment: bool, download: bool) -> Da
     tail = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     resize = [] if (h, w) == (32, 32) else [v2.Resize((h, w), antialias=True)]
     train_tf = resize + ([v2.RandomCrop((h, w), padding=4), v2.RandomHorizontalFlip()] if augment else []) + tail
-    to_tensors = lambda parts: (  # noqa: E731
+    to_tensors = lambda parts: (
         torch.from_numpy(np.concatenate([p[0] for p in parts])),
         torch.from_numpy(np.concatenate([p[1] for p in parts])),
     )

@@ -6,9 +6,10 @@ invert from z with the exported graphs -> bench against PyTorch eager -> summary
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

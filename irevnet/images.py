@@ -6,8 +6,8 @@ Shared by training (`irevnet invert`) and the torch-free runtime (`irevnet verif
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

@@ -144,7 +144,7 @@ def _init_distributed(device: torch.device) -> Dist:
         return Dist()
     backend = "nccl" if device.type == "cuda" else "gloo"
     torch.distributed.init_process_group(backend)
-    return Dist(torch.distributed.get_rank(), torch.distributed.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    return Dist(torch.distributed.get_rank(), torch.distributed.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -238,7 +238,7 @@ def train(opts: TrainOptions, observer: TrainObserver | None = None) -> dict[str
     observer = observer or LogObserver()
     out = Path(opts.out)
     recipe = opts.resolved_recipe()
-    device = resolve_device(opts.device, int(os.environ.get("LOCAL_RANK", 0)))
+    device = resolve_device(opts.device, int(os.environ.get("LOCAL_RANK", "0")))
     if opts.amp and device.type != "cuda":
         raise IRevNetError("--amp needs a CUDA device (fp16 autocast); drop --amp on CPU")
     last = out / "last.pt"

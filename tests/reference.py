@@ -153,7 +153,7 @@ def write_reference_t7(path: Path, config: IRevNetConfig, state_dict: dict, lega
     (pkg / "iRevNet.py").write_text(textwrap.dedent(_IREVNET))
     sys.path.insert(0, str(pkg.parent))
     try:
-        from models.iRevNet import iRevNet  # noqa: PLC0415 (the throwaway package above)
+        from models.iRevNet import iRevNet
 
         net = iRevNet(
             list(config.blocks), list(config.strides), config.num_classes, list(config.channels),

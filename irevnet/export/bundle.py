@@ -28,7 +28,13 @@ from ..images import reconstruction_metrics
 from ..invert import first_images
 from ..runtime.backends.ort_backend import OrtBackend
 from ..runtime.bundle import (
-    FORWARD, FORWARD_BLOCKS, INVERSE, INVERSE_BLOCKS, MANIFEST, REFERENCE, SCHEMA_VERSION,
+    FORWARD,
+    FORWARD_BLOCKS,
+    INVERSE,
+    INVERSE_BLOCKS,
+    MANIFEST,
+    REFERENCE,
+    SCHEMA_VERSION,
 )
 from ..runtime.comparison import TOLERANCES, compare, top1_agreement
 from .graphs import ForwardBlocksGraph, ForwardGraph, InverseBlocksGraph, InverseGraph, Precision, prepare

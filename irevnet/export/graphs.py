@@ -84,8 +84,8 @@ def _dtype(net: IRevNet) -> torch.dtype:
 class ForwardGraph(nn.Module):
     """image (N, C, H, W) -> logits (N, classes), z (N, *z_shape)."""
 
-    input_names = ["image"]
-    output_names = ["logits", "z"]
+    input_names = ("image",)
+    output_names = ("logits", "z")
 
     def __init__(self, net: IRevNet):
         super().__init__()
@@ -99,8 +99,8 @@ class ForwardGraph(nn.Module):
 class InverseGraph(nn.Module):
     """z (N, *z_shape) -> image (N, C, H, W); range projection as configured."""
 
-    input_names = ["z"]
-    output_names = ["image"]
+    input_names = ("z",)
+    output_names = ("image",)
 
     def __init__(self, net: IRevNet, project: bool = True):
         super().__init__()
@@ -133,14 +133,14 @@ class _BranchTaps:
 class ForwardBlocksGraph(nn.Module):
     """Debug forward: image -> logits, z, h0..hB (block i's input pair, merged; hB = z), f0..f{B-1}."""
 
-    input_names = ["image"]
+    input_names = ("image",)
 
     def __init__(self, net: IRevNet):
         super().__init__()
         self.net = net
         self.taps = _BranchTaps(net)
         b = len(net.stack)
-        self.output_names = ["logits", "z", *[f"h{i}" for i in range(b + 1)], *[f"f{i}" for i in range(b)]]
+        self.output_names = ("logits", "z", *[f"h{i}" for i in range(b + 1)], *[f"f{i}" for i in range(b)])
 
     def forward(self, image: torch.Tensor):
         pairs = list(self.net.forward_pairs(image.to(_dtype(self.net))))
@@ -152,14 +152,14 @@ class ForwardBlocksGraph(nn.Module):
 class InverseBlocksGraph(nn.Module):
     """Debug inverse: z -> image, h0..hB (recovered input pair of block i; hB = z), f0..f{B-1}."""
 
-    input_names = ["z"]
+    input_names = ("z",)
 
     def __init__(self, net: IRevNet, project: bool = True):
         super().__init__()
         self.net, self.project = net, project
         self.taps = _BranchTaps(net)
         b = len(net.stack)
-        self.output_names = ["image", *[f"h{i}" for i in range(b + 1)], *[f"f{i}" for i in range(b)]]
+        self.output_names = ("image", *[f"h{i}" for i in range(b + 1)], *[f"f{i}" for i in range(b)])
 
     def forward(self, z: torch.Tensor):
         pairs = list(self.net.inverse_pairs(z.to(_dtype(self.net)), self.project))[::-1]  # block 0 first

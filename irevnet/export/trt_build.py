@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import datetime
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import IRevNetError
 from ..files import atomic_output, sha256_file, write_json
 from ..runtime.backends.trt_backend import import_tensorrt, make_logger
 from ..runtime.bundle import FORWARD, FORWARD_BLOCKS, INVERSE, INVERSE_BLOCKS, MANIFEST, Bundle
-from ..runtime.gpu import cuda_api
 from ..runtime.engines import HARDWARE_COMPAT, Profile, make_profile
+from ..runtime.gpu import cuda_api
 
 TIMING_CACHE = "timing.cache"
 

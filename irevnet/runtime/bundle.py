@@ -33,7 +33,7 @@ class Bundle:
     manifest: dict[str, Any]
 
     @classmethod
-    def open(cls, path: str | Path, *, check_hashes: bool = True) -> "Bundle":
+    def open(cls, path: str | Path, *, check_hashes: bool = True) -> Bundle:
         path = Path(path)
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():

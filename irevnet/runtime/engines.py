@@ -94,6 +94,6 @@ def check_compatible(meta: dict[str, Any], trt_version: str, gpu_name: str, comp
     if tuple(compute_capability) != built_cc:
         raise EngineMismatch(f"engines were built for {where}, this GPU is {this}; {rebuild}")
     if level == "none" and gpu_name != gpu["name"]:
-        return [f"engines were built on {gpu['name']}, running on {gpu_name} (same compute capability); "
-                f"rebuild for best performance"]
+        note = f"engines were built on {gpu['name']}, running on {gpu_name} (same compute capability)"
+        return [f"{note}; rebuild for best performance"]
     return []

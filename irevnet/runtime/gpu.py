@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import IRevNetError
 
 
-def cuda_api() -> "CudaPython | CudaTorch":
+def cuda_api() -> CudaPython | CudaTorch:
     """The first available implementation; raises a one-line error when neither is."""
     try:
         return CudaPython()

@@ -36,10 +36,10 @@ def test_engines_meet_the_bundle_tolerances(bundles, tmp_path, precision):
     print(json.dumps({k: r[k] for k in ("round_trip", "cross_round_trip", "parity")}, indent=1))
     assert r["passed"], "TensorRT engines within the bundle's tolerances (TF32 off keeps fp32 at ~1e-7)"
     if precision == "fp32":
-        trt_rt = [e for e in r["round_trip"] if e["inverse"].startswith("tensorrt")][0]
+        trt_rt = next(e for e in r["round_trip"] if e["inverse"].startswith("tensorrt"))
         assert trt_rt["rel_l2"] <= 1e-5
     if debug:
-        blocks = [e for e in r["blocks"] if e["backend"].startswith("tensorrt")][0]
+        blocks = next(e for e in r["blocks"] if e["backend"].startswith("tensorrt"))
         print("F bits equal per block:", blocks["f_identical_fraction"])
 
 

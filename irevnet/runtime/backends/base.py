@@ -28,7 +28,7 @@ class Backend(ABC):
     max_batch: int | None = None
     last_device_ms: float | None = None  # GPU time of the last infer (CUDA events), where measured
 
-    def __enter__(self) -> "Backend":
+    def __enter__(self) -> Backend:  # noqa: PYI034 - typing.Self needs Python 3.11; the package supports 3.10
         return self
 
     def __exit__(self, *exc) -> None:
@@ -49,7 +49,7 @@ class Backend(ABC):
     @abstractmethod
     def _infer(self, feeds: dict[str, np.ndarray], outputs: list[str] | None) -> dict[str, np.ndarray]: ...
 
-    def close(self) -> None:  # noqa: B027 (optional hook, not abstract)
+    def close(self) -> None:
         """Releases the runtime's resources; the default holds none."""
 
     def _check(self, feeds: dict[str, np.ndarray]) -> None:

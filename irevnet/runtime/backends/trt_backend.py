@@ -14,8 +14,8 @@ import numpy as np
 
 from ...errors import BundleError, IRevNetError
 from ..bundle import Bundle
-from ..gpu import cuda_api
 from ..engines import check_compatible
+from ..gpu import cuda_api
 from .base import Backend
 
 log = logging.getLogger(__name__)
