@@ -247,7 +247,9 @@ def _cifar(kind: str, root: Path, in_shape, augment: bool, download: bool) -> Da
     try:
         train = [read(base / f, fine) for f in train_files]
         test = [read(base / f, fine) for f in test_files]
-    except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as e:
+    except DatasetError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a corrupt pickle makes the unpickler raise almost anything
         raise DatasetError(f"{base}: unreadable {kind} batch file ({e}); re-download it") from None
     mean, std = CIFAR_STATS[kind]
     c, h, w = in_shape

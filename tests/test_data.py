@@ -1,4 +1,5 @@
 import pickle
+import random
 
 import numpy as np
 import pytest
@@ -105,3 +106,19 @@ def test_imagefolder_reads_real_image_files(tmp_path):
     data = load_datasets(f"imagefolder:{tmp_path}", (3, 32, 32))
     assert data.num_classes == 2 and len(data.train) == 4 and len(data.test) == 4
     assert data.test[0][0].shape == (3, 32, 32) and data.train[0][0].shape == (3, 32, 32)
+
+
+def test_corrupt_cifar_batches_give_one_line_errors(tmp_path):
+    _write_cifar_py(tmp_path)
+    batch = tmp_path / "cifar-10-batches-py" / "test_batch"
+    corrupt = [
+        pickle.dumps([1, 2, 3]),  # not a dict
+        pickle.dumps({b"data": np.zeros(7, np.uint8), b"labels": [1]}),  # 7 bytes is no 3x32x32 image
+        pickle.dumps({b"labels": [1]}),  # no data
+        *[random.Random(seed).randbytes(2048) for seed in range(40)],  # arbitrary opcode streams
+    ]
+    for data in corrupt:
+        batch.write_bytes(data)
+        with pytest.raises(DatasetError, match="unreadable cifar10 batch file") as err:
+            load_datasets(f"cifar10:{tmp_path}", (3, 32, 32))
+        assert "\n" not in str(err.value)
