@@ -1,7 +1,7 @@
 """An exported bundle on disk: manifest.json, the graphs, the engines, the reference samples.
 
-numpy only. `Bundle.open` refuses a bundle from a newer schema, one with a missing file, and one
-whose files do not match the sha256 the manifest recorded.
+numpy only. `Bundle.open` refuses a bundle from a newer schema, a manifest without the fields the
+runtime reads, a missing file, and files that do not match the sha256 the manifest recorded.
 """
 
 from __future__ import annotations
@@ -23,6 +23,21 @@ REFERENCE = "reference.npz"
 # The graphs of a bundle, and the engine file each is compiled into.
 FORWARD, INVERSE = "forward", "inverse"
 FORWARD_BLOCKS, INVERSE_BLOCKS = "forward_blocks", "inverse_blocks"
+
+# The manifest fields the runtime reads, as dotted paths, and their types. The manifest is not
+# covered by its own hashes, so a hand-edited one is checked here rather than failing later.
+_REQUIRED_FIELDS: dict[str, type] = {
+    "precision": str,
+    "model.config": dict,
+    "normalization.mean": list,
+    "normalization.std": list,
+    "batch.max": int,
+    "range_projection": bool,
+    "checkpoint.path": str,
+    "files": dict,
+    "graphs": dict,
+}
+_REQUIRED_GRAPH_FIELDS: dict[str, type] = {"file": str, "inputs": list, "outputs": list}
 
 
 @dataclass
@@ -50,6 +65,7 @@ class Bundle:
                 f"{manifest_path}: schema version {version} is newer than this irevnet reads ({SCHEMA_VERSION}); "
                 f"upgrade irevnet"
             )
+        _check_fields(manifest_path, manifest)
         bundle = cls(path, manifest)
         for name, digest in manifest.get("files", {}).items():
             file = path / name
@@ -114,3 +130,18 @@ class Bundle:
     def io_spec(self, graph: str) -> tuple[list[dict], list[dict]]:
         g = self.graphs[graph]
         return g["inputs"], g["outputs"]
+
+
+def _check_fields(manifest_path: Path, manifest: dict[str, Any]) -> None:
+    required = dict(_REQUIRED_FIELDS)
+    for graph in (FORWARD, INVERSE, *(g for g in (FORWARD_BLOCKS, INVERSE_BLOCKS) if g in manifest.get("graphs", {}))):
+        required.update({f"graphs.{graph}.{k}": t for k, t in _REQUIRED_GRAPH_FIELDS.items()})
+    for dotted, kind in required.items():
+        value: Any = manifest
+        for key in dotted.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise BundleError(
+                f"{manifest_path}: field {dotted!r} is missing or not a {kind.__name__}; "
+                f"re-export the bundle"
+            )

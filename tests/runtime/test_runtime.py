@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -78,6 +79,28 @@ def test_tampered_incomplete_and_future_bundles_are_refused(bundles, tmp_path):
     with pytest.raises(BundleError, match="manifest.json is missing"):
         Bundle.open(tmp_path)
 
+
+
+@pytest.mark.parametrize(
+    "edit, field",
+    [
+        (lambda m: m.pop("graphs"), "graphs"),
+        (lambda m: m["graphs"]["inverse"].pop("file"), "graphs.inverse.file"),
+        (lambda m: m["graphs"]["forward_blocks"].update(inputs="image"), "graphs.forward_blocks.inputs"),
+        (lambda m: m["batch"].update(max="32"), "batch.max"),
+        (lambda m: m.update(normalization=None), "normalization.mean"),
+    ],
+    ids=["no-graphs", "no-inverse-file", "inputs-not-a-list", "max-as-string", "null-normalization"],
+)
+def test_hand_edited_manifests_are_refused_by_field(bundles, tmp_path, edit, field):
+    # the manifest is not covered by its own hashes; without this check each case was a KeyError
+    # or TypeError traceback somewhere in verify, bench or build
+    edited = _copy(bundles["fp32"], tmp_path / "edited")
+    manifest = json.loads((edited / "manifest.json").read_text())
+    edit(manifest)
+    (edited / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=rf"field '{re.escape(field)}' is missing or not a \w+; re-export"):
+        Bundle.open(edited)
 
 def test_verify_reports_round_trips_parity_and_blocks(bundles, tmp_path):
     plot = tmp_path / "blocks.png"
