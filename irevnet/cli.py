@@ -53,6 +53,9 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
             _fail(str(e), 2)
         except CheckFailed as e:
             _fail(str(e), 1)
+        except OSError as e:  # an output folder that cannot be created, a full disk, no permission
+            where = f" {e.filename}" if e.filename else ""
+            _fail(f"cannot write or read{where}: {e.strerror or e}; check the path, its permissions and free space", 2)
         except KeyboardInterrupt:
             _fail("interrupted; files already written are complete (writes are atomic)", 130)
 
@@ -97,6 +100,15 @@ class Device(str, Enum):
 
 
 DeviceOpt = Annotated[Device, typer.Option("--device", help="auto picks cuda when torch sees a GPU.")]
+
+
+def _check_outputs(*paths: Path | None) -> None:
+    """Refuses output files that cannot be written before the command does its work."""
+    from .files import check_writable
+
+    for path in paths:
+        if path is not None:
+            check_writable(path)
 
 
 def _write_json(path: Path | None, data: Any) -> None:
@@ -145,6 +157,7 @@ def info(checkpoint: CheckpointOpt, image_size: ImageSizeOpt = None, json: JsonO
 
     Example: `irevnet info -c runs/digits/best.pt`
     """
+    _check_outputs(json)
     from .checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint, image_size=image_size)
@@ -261,6 +274,7 @@ def evaluate(
 
     Example: `irevnet evaluate -c ILSVRC_trained_irevnet.pth.tar -d imagefolder:/data/imagenet`
     """
+    _check_outputs(json)
     from .checkpoint import load_checkpoint
     from .data import load_datasets
     from .errors import IRevNetError
@@ -302,6 +316,7 @@ def invert(
 
     Example: `irevnet invert -c runs/digits/best.pt -d digits -o inversion.png`
     """
+    _check_outputs(out, json)
     from .checkpoint import load_checkpoint
     from .data import load_datasets
     from .errors import IRevNetError
@@ -470,6 +485,7 @@ def verify(
 
     Example: `irevnet verify bundles/fp32 bundles/mixed bundles/fp16 --plot blocks.png`
     """
+    _check_outputs(plot, json)
     from .errors import CheckFailed
     from .runtime.verify import VerifyOptions
     from .runtime.verify import verify as run_verify
@@ -552,6 +568,7 @@ def bench(
 
     Example: `irevnet bench bundles/fp32 -b onnxruntime -b torch --batch-sizes 1,32`
     """
+    _check_outputs(json)
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .errors import IRevNetError
@@ -605,6 +622,7 @@ def memory(
 
     Example: `irevnet memory -m irevnet-301 -m irevnet-cifar --batch-size 32`
     """
+    _check_outputs(json)
     from .config import get_config
     from .memory import measure_in_subprocess
 

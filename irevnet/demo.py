@@ -49,7 +49,7 @@ def run_demo(opts: DemoOptions, report: Report = lambda step, result: None, obse
         raise IRevNetError(f"--out {out} is a file; give a folder for the demo's outputs")
     out.mkdir(parents=True, exist_ok=True)
     # A rerun replaces the previous demo's run whole; an interrupted one leaves it untouched.
-    with atomic_directory(out / "run") as tmp:
+    with atomic_directory(out / "run", marker="run.json") as tmp:
         trained = train(TrainOptions(model=PRESET, dataset="digits", out=str(tmp), epochs=opts.epochs, device="cpu"),
                         observer)
     report("train", trained)

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .errors import IRevNetError
+
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
@@ -21,8 +23,10 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     its previous contents.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    check_writable(path)
+    with _naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
@@ -35,16 +39,43 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def check_writable(path: str | os.PathLike) -> None:
+    """Raises a one-line error when `path` cannot become a file: it is a folder, or the nearest
+    existing folder above it is a file or read-only. Commands call it before their work."""
+    path = Path(path)
+    if path.is_dir():
+        raise IRevNetError(f"{path} is a folder; give a file path")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise IRevNetError(f"cannot write {path}: {parent} is not a writable folder; check the path and its permissions")
+
+
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_directory(path: str | os.PathLike, *, marker: str) -> Iterator[Path]:
     """Yields an empty temporary folder beside `path`; on success it replaces `path` whole.
 
     A previous folder at `path` is moved aside and deleted only after the new one is in place, so
     a failure at any point leaves either the old folder or the new one, never a mix.
+
+    Args:
+        marker: a file that every folder this writer makes contains (e.g. "manifest.json"). An
+            existing `path` is replaced only when it is empty or holds `marker`: `--out .` or a
+            file given by mistake is refused before any work, never deleted.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    if path.exists() or path.is_symlink():
+        if not path.is_dir():
+            raise IRevNetError(f"{path} exists and is not a folder; choose a new output path")
+        if not (path / marker).is_file() and any(path.iterdir()):
+            raise IRevNetError(
+                f"{path} is a folder without {marker}, so not an earlier output of this command; writing "
+                f"replaces the folder whole, so choose a new path or empty it"
+            )
+    with _naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
@@ -63,6 +94,15 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Reports a failure to create `path`'s folder or its temporary sibling under `path` itself."""
+    try:
+        yield
+    except OSError as e:
+        raise IRevNetError(f"cannot write {path}: {e.strerror or e}; check the path and its permissions") from None
 
 
 def _umask() -> int:

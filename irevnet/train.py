@@ -241,6 +241,8 @@ def train(opts: TrainOptions, observer: TrainObserver | None = None) -> dict[str
     device = resolve_device(opts.device, int(os.environ.get("LOCAL_RANK", "0")))
     if opts.amp and device.type != "cuda":
         raise IRevNetError("--amp needs a CUDA device (fp16 autocast); drop --amp on CPU")
+    if out.exists() and not out.is_dir():
+        raise IRevNetError(f"--out {out} is a file; give a folder for the run's checkpoints and metrics")
     last = out / "last.pt"
     resumed = None
     if opts.resume:

@@ -114,6 +114,37 @@ def test_export_verify_bench_bad_inputs(tmp_path, trained_tiny, bundles):
     assert "unknown backend 'tflite'" in line
 
 
+
+def test_outputs_never_replace_what_this_tool_did_not_write(tmp_path, trained_tiny):
+    """An export replaces its --out folder whole (atomically), so a folder or file that is not an
+    earlier bundle must be refused before any work, and kept byte for byte."""
+    ckpt = str(trained_tiny / "best.pt")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "notes.txt").write_text("a week of work")
+    line = _one_line_error(runner.invoke(app, ["export", "-c", ckpt, "-o", str(project), "--no-debug"]))
+    assert "without manifest.json" in line and (project / "notes.txt").read_text() == "a week of work"
+
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"keep")
+    line = _one_line_error(runner.invoke(app, ["export", "-c", ckpt, "-o", str(target), "--no-debug"]))
+    assert "is not a folder" in line and target.read_bytes() == b"keep"
+    line = _one_line_error(runner.invoke(app, ["train", "-o", str(target), "--epochs", "1"]))
+    assert "is a file" in line and target.read_bytes() == b"keep"
+
+
+def test_unwritable_outputs_are_one_line_errors(tmp_path, trained_tiny, bundles):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder is needed")
+    line = _one_line_error(runner.invoke(app, ["verify", str(bundles["fp32"]), "--no-blocks",
+                                               "--json", str(blocker / "v.json")]))
+    assert f"cannot write {blocker / 'v.json'}" in line
+    line = _one_line_error(runner.invoke(app, ["verify", str(bundles["fp32"]), "--no-blocks", "--json", str(tmp_path)]))
+    assert "is a folder; give a file path" in line
+    line = _one_line_error(runner.invoke(app, ["export", "-c", str(trained_tiny / "best.pt"), "--no-debug",
+                                               "-o", str(blocker / "bundle")]))
+    assert f"cannot write {blocker / 'bundle'}" in line
+
 def test_demo_fast_runs_the_whole_pipeline(tmp_path):
     out = tmp_path / "demo"
     result = runner.invoke(app, ["demo", "--fast", "--out", str(out)])

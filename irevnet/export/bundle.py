@@ -77,7 +77,7 @@ def export_bundle(opts: ExportOptions, log=lambda msg: None) -> dict[str, Any]:
     net = prepare(model, precision)
 
     out = Path(opts.out)
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, marker=MANIFEST) as tmp:
         graphs: dict[str, dict[str, Any]] = {}
         plan = [
             (FORWARD, ForwardGraph(net), cfg.in_shape, True),
