@@ -206,6 +206,8 @@ def load_checkpoint(path: str | Path, *, image_size: int | None = None, in_chann
         CheckpointError: missing, corrupt, malicious or unrecognised file; the message says why.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; give the checkpoint file in it (e.g. {path / 'best.pt'})")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     obj = _torch_load(path)

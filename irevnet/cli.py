@@ -553,7 +553,9 @@ def bench(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
     backend: BackendOpt = None,
     direction: Annotated[str, typer.Option(help="forward | inverse | both.")] = "both",
-    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8,32",
+    batch_sizes: Annotated[
+        str | None, typer.Option(help="Comma-separated batch sizes (default: 1, 8 and the bundle's --max-batch).")
+    ] = None,
     warmup_s: Annotated[float, typer.Option(help="Warm-up seconds per measurement.")] = 1.0,
     duration_s: Annotated[float, typer.Option(help="Measured seconds per measurement.")] = 3.0,
     iterations: Annotated[int | None, typer.Option(help="Measure this many runs instead of --duration-s.")] = None,
@@ -576,7 +578,7 @@ def bench(
     from .runtime.bench import bench as run_bench
 
     try:
-        sizes = [int(s) for s in batch_sizes.split(",") if s.strip()]
+        sizes = [int(s) for s in batch_sizes.split(",") if s.strip()] if batch_sizes else None
     except ValueError:
         raise IRevNetError(f"--batch-sizes must be integers separated by commas, got {batch_sizes!r}") from None
     opts = BenchOptions(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from typer.testing import CliRunner
@@ -43,6 +44,8 @@ def test_info_on_a_corrupt_file_is_one_line(tmp_path):
     path.write_bytes(b"\x80\x02not really")
     line = _one_line_error(runner.invoke(app, ["info", "-c", str(path)]))
     assert "bad.pt" in line
+    line = _one_line_error(runner.invoke(app, ["info", "-c", str(tmp_path)]))
+    assert "is a folder; give the checkpoint file in it" in line
 
 
 def test_train_evaluate_invert_happy_paths(tmp_path, trained_tiny):
@@ -91,8 +94,6 @@ def test_export_verify_bench_happy_paths(tmp_path, trained_tiny, bundles):
 
 
 def test_verify_failure_exits_1_with_the_table(tmp_path, bundles):
-    import shutil
-
     strict = shutil.copytree(bundles["fp16"], tmp_path / "strict")
     manifest = json.loads((strict / "manifest.json").read_text())
     manifest["tolerances"]["round_trip"] = 1e-9
@@ -112,6 +113,16 @@ def test_export_verify_bench_bad_inputs(tmp_path, trained_tiny, bundles):
     assert "--batch-sizes" in line
     line = _one_line_error(runner.invoke(app, ["bench", str(bundles["fp32"]), "-b", "tflite"]))
     assert "unknown backend 'tflite'" in line
+
+    moved = shutil.copytree(bundles["fp32"], tmp_path / "moved")  # as on another machine
+    manifest = json.loads((moved / "manifest.json").read_text())
+    manifest["checkpoint"]["path"] = str(tmp_path / "elsewhere" / "best.pt")
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    line = _one_line_error(runner.invoke(app, ["bench", str(moved), "-b", "torch", "--iterations", "1"]))
+    assert "which is not there" in line and "pass --checkpoint PATH" in line
+    result = runner.invoke(app, ["bench", str(moved), "-b", "torch", "--iterations", "1", "--warmup-s", "0",
+                                 "--batch-sizes", "1", "-c", str(trained_tiny / "best.pt")])
+    assert result.exit_code == 0, result.output
 
 
 

@@ -29,7 +29,7 @@ class BenchOptions:
     bundle: str
     backends: list[str] = field(default_factory=lambda: ["onnxruntime"])
     direction: str = "both"  # forward | inverse | both
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
+    batch_sizes: list[int] | None = None  # default: 1, 8 and the bundle's max batch, those within it
     warmup_s: float = 1.0
     duration_s: float = 3.0
     iterations: int | None = None  # fixed count instead of duration_s
@@ -124,7 +124,8 @@ def bench(opts: BenchOptions, progress: Callable[[str, float], None] = lambda wh
         raise IRevNetError(f"--direction must be forward, inverse or both, got {opts.direction!r}")
     directions = [FORWARD, INVERSE] if opts.direction == "both" else [opts.direction]
     backends = [resolve_backend(b) for b in opts.backends]
-    for n in opts.batch_sizes:
+    sizes = opts.batch_sizes or sorted({n for n in (1, 8, bundle.max_batch) if n <= bundle.max_batch})
+    for n in sizes:
         if not 1 <= n <= bundle.max_batch:
             raise IRevNetError(f"batch size {n} is outside the bundle's range 1..{bundle.max_batch}; re-export with --max-batch")
     if opts.iterations is not None and opts.iterations < 1:
@@ -133,7 +134,7 @@ def bench(opts: BenchOptions, progress: Callable[[str, float], None] = lambda wh
     flops = conv_flops(cfg)
     reference = bundle.reference("images", "z")  # real inputs and the z PyTorch made of them, tiled to each batch
     results = []
-    jobs = [(k, d, n) for k in backends for d in directions for n in opts.batch_sizes]
+    jobs = [(k, d, n) for k in backends for d in directions for n in sizes]
     for j, (kind, direction, n) in enumerate(jobs):
         feed_name = "image" if direction == FORWARD else "z"
         source = reference["images" if direction == FORWARD else "z"]

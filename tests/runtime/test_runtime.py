@@ -149,3 +149,6 @@ def test_bench_reports_percentiles_and_ratios(bundles):
     assert r["machine"]["cpu_count"] >= 1 and r["machine"]["fp32_matmul_gflops"] > 0
     with pytest.raises(IRevNetError, match="outside the bundle's range 1..8"):
         bench(BenchOptions(bundle=str(bundles["fp32"]), batch_sizes=[64]))
+    # without --batch-sizes: 1, 8 and the bundle's max, so a bundle exported with --max-batch 8 benches
+    default = bench(BenchOptions(bundle=str(bundles["fp32"]), direction="inverse", warmup_s=0, iterations=1))
+    assert [e["batch"] for e in default["results"]] == [1, 8]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from ...errors import IRevNetError
+from pathlib import Path
+
+from ...errors import BundleError, IRevNetError
 from ..bundle import Bundle
 from .base import Backend, InputError
 
@@ -68,6 +70,11 @@ def open_backend(
     from .torch_backend import TorchBackend
 
     ckpt = checkpoint or bundle.manifest["checkpoint"]["path"]
+    if checkpoint is None and not Path(ckpt).is_file():
+        raise BundleError(
+            f"the torch backend runs the checkpoint the bundle was exported from, {ckpt}, which is not "
+            f"there (moved to another machine?); pass --checkpoint PATH"
+        )
     cfg = bundle.config
     return TorchBackend(
         ckpt, graph, precision=bundle.precision, projection=bundle.manifest["range_projection"],
