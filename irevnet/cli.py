@@ -6,6 +6,7 @@ stderr, no traceback), 130 interrupted.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import sys
@@ -215,6 +216,7 @@ class _ProgressBar:
 
 @command
 def train(
+    ctx: typer.Context,
     model: Annotated[str, typer.Option("--model", "-m", help="Preset to train (irevnet presets).")] = "irevnet-tiny",
     dataset: DatasetOpt = "digits",
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: last.pt, best.pt, metrics.jsonl, run.json.")] = Path(
@@ -232,7 +234,9 @@ def train(
     amp: Annotated[bool, typer.Option(help="fp16 autocast with gradient scaling (CUDA).")] = False,
     channels_last: Annotated[bool | None, typer.Option(help="NHWC memory format (default: with CUDA + AMP).")] = None,
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 0,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out from last.pt.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the run in --out from last.pt, with its recorded options; flags given override.")
+    ] = False,
     download: Annotated[bool, typer.Option(help="Download CIFAR if the folder lacks it.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="One log line per epoch, no progress bar.")] = False,
     memory_efficient: Annotated[
@@ -245,7 +249,7 @@ def train(
 
     Multi-GPU: `torchrun --nproc-per-node 8 -m irevnet train -m irevnet-301 -d imagefolder:/data/imagenet`
     """
-    from .train import TrainOptions
+    from .train import TrainOptions, resume_options
     from .train import train as run_training
 
     opts = TrainOptions(
@@ -253,6 +257,11 @@ def train(
         weight_decay=weight_decay, seed=seed, device=device.value, amp=amp, channels_last=channels_last,
         workers=workers, resume=resume, download=download, memory_efficient=memory_efficient,
     )
+    if resume:  # the run's recorded options, except those given on this command line
+        # by name: typer vendors its own click, so its ParameterSource is not click's
+        given = {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
+        given -= {"out", "resume"}
+        opts = resume_options(out, **{k: v for k, v in dataclasses.asdict(opts).items() if k in given})
     if quiet:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     result = run_training(opts, None if quiet else _ProgressBar())

@@ -8,6 +8,7 @@ DistributedDataParallel and trains on its DistributedSampler shard; rank 0 write
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shlex
@@ -229,6 +230,40 @@ def _train_loader(data: Datasets, opts: TrainOptions, recipe: Recipe, dist: Dist
     )
 
 
+# Options that define what a run learns; resuming with others would mix two runs in one folder.
+_RUN_IDENTITY = ("model", "dataset")
+
+
+def _recorded_options(out: Path) -> dict[str, Any] | None:
+    """The options in OUT/run.json, or None when the folder has no run record."""
+    path = out / "run.json"
+    if not path.is_file():
+        return None
+    try:
+        options = json.loads(path.read_text())["options"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise IRevNetError(f"{path} is not a run record of `irevnet train`; start a new run in another --out") from None
+    if not isinstance(options, dict):
+        raise IRevNetError(f"{path} is not a run record of `irevnet train`; start a new run in another --out")
+    return options
+
+
+def resume_options(out: str | Path, **changes: Any) -> TrainOptions:
+    """The options the run in `out` was started with (its run.json), with `changes` applied.
+
+    `irevnet train -o OUT --resume` continues a run as it was started: an interrupted CIFAR run
+    does not resume on the default dataset or learning rate. Flags given with --resume change
+    only themselves (e.g. `--epochs 300` to train longer, `--workers 8` on another machine).
+    """
+    recorded = _recorded_options(Path(out))
+    if recorded is None:
+        raise IRevNetError(f"--resume but {Path(out) / 'run.json'} does not exist; start the run without --resume")
+    fields = {f.name for f in dataclasses.fields(TrainOptions)}
+    merged = {k: v for k, v in recorded.items() if k in fields}
+    merged.update(changes, out=str(out), resume=True)
+    return TrainOptions(**merged)
+
+
 def train(opts: TrainOptions, observer: TrainObserver | None = None) -> dict[str, Any]:
     """Trains (or resumes) a run into `opts.out`; returns the final metrics and file paths.
 
@@ -248,6 +283,13 @@ def train(opts: TrainOptions, observer: TrainObserver | None = None) -> dict[str
     if opts.resume:
         if not last.is_file():
             raise IRevNetError(f"--resume but {last} does not exist; start the run without --resume")
+        recorded = _recorded_options(out) or {}
+        for key in _RUN_IDENTITY:
+            if key in recorded and recorded[key] != getattr(opts, key):
+                raise IRevNetError(
+                    f"the run in {out} trains {key} {recorded[key]!r}, not {getattr(opts, key)!r}; resume it with "
+                    f"the same --{key} (or leave it out), or start a new run in another --out"
+                )
         resumed = load_checkpoint(last)
         if resumed.training is None:
             raise IRevNetError(f"{last} has no training state to resume from")

@@ -75,6 +75,17 @@ def test_train_evaluate_invert_bad_inputs(tmp_path, trained_tiny):
     assert "--epochs must be positive" in line
 
 
+
+def test_train_resume_takes_the_run_options_and_the_flags_given(tmp_path):
+    out = str(tmp_path / "r")
+    assert runner.invoke(app, ["train", "-d", "synthetic", "-o", out, "--epochs", "1", "--lr", "0.05", "-q"]).exit_code == 0
+    result = runner.invoke(app, ["train", "-o", out, "--resume", "--epochs", "2", "-q"])
+    assert result.exit_code == 0, result.output
+    options = json.loads((tmp_path / "r" / "run.json").read_text())["options"]
+    assert (options["dataset"], options["lr"], options["epochs"]) == ("synthetic", 0.05, 2)
+    line = _one_line_error(runner.invoke(app, ["train", "-o", out, "--resume", "-d", "digits", "--epochs", "3"]))
+    assert "trains dataset 'synthetic', not 'digits'" in line
+
 def test_export_verify_bench_happy_paths(tmp_path, trained_tiny, bundles):
     out = tmp_path / "bundle"
     result = runner.invoke(app, ["export", "-c", str(trained_tiny / "best.pt"), "-o", str(out), "--max-batch", "4",

@@ -12,7 +12,7 @@ from irevnet.data import load_datasets
 from irevnet.errors import IRevNetError
 from irevnet.images import denormalize, grid_shape, save_grid
 from irevnet.invert import first_images, invert
-from irevnet.train import TrainOptions, train
+from irevnet.train import TrainOptions, resume_options, train
 
 TIMING_KEYS = {"images_per_s", "epoch_seconds"}
 
@@ -55,6 +55,20 @@ def test_existing_run_is_not_overwritten_without_resume(tmp_path):
     with pytest.raises(IRevNetError, match="does not exist"):
         train(TrainOptions(dataset="digits", out=str(tmp_path / "new"), epochs=1, resume=True, device="cpu"))
 
+
+
+def test_resume_continues_with_the_recorded_options(tmp_path):
+    """A run resumed without repeating its flags must not fall back to the defaults (another
+    dataset, another learning rate); flags given with the resume change only themselves."""
+    train(TrainOptions(dataset="synthetic", out=str(tmp_path), epochs=1, lr=0.05, seed=3, device="cpu"))
+    opts = resume_options(tmp_path, epochs=2)
+    assert (opts.dataset, opts.lr, opts.seed, opts.epochs, opts.resume) == ("synthetic", 0.05, 3, 2, True)
+    train(opts)
+    assert [m["lr"] for m in _metrics(tmp_path)] == [0.05, 0.05]
+    with pytest.raises(IRevNetError, match="trains dataset 'synthetic', not 'digits'; resume it with the same"):
+        train(TrainOptions(dataset="digits", out=str(tmp_path), epochs=3, resume=True, device="cpu"))
+    with pytest.raises(IRevNetError, match="run.json does not exist"):
+        resume_options(tmp_path / "new")
 
 def test_two_process_gloo_run_writes_one_checkpoint(tmp_path):
     out = tmp_path / "ddp"
