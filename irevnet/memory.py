@@ -258,6 +258,8 @@ def _step(model, opt, x, y) -> None:
 def measure_in_subprocess(preset: str, batch: int, memory_efficient: bool, device: str = "cpu",
                           image_size: int | None = None, threads: int | None = None) -> dict[str, Any]:
     """`measure_step` in a fresh Python process, so that earlier peaks do not hide this one."""
+    if batch < 1:
+        raise IRevNetError(f"--batch-size must be at least 1, got {batch}")
     args = [sys.executable, "-m", "irevnet.memory", preset, str(batch), "1" if memory_efficient else "0", device,
             str(image_size or 0)]
     env = dict(os.environ)

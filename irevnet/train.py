@@ -278,6 +278,8 @@ def train(opts: TrainOptions, observer: TrainObserver | None = None) -> dict[str
         raise IRevNetError("--amp needs a CUDA device (fp16 autocast); drop --amp on CPU")
     if out.exists() and not out.is_dir():
         raise IRevNetError(f"--out {out} is a file; give a folder for the run's checkpoints and metrics")
+    if opts.workers < 0:
+        raise IRevNetError(f"--workers must be 0 (load in the main process) or more, got {opts.workers}")
     last = out / "last.pt"
     resumed = None
     if opts.resume:

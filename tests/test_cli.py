@@ -167,6 +167,23 @@ def test_unwritable_outputs_are_one_line_errors(tmp_path, trained_tiny, bundles)
                                                "-o", str(blocker / "bundle")]))
     assert f"cannot write {blocker / 'bundle'}" in line
 
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["bench", "{b}", "--threads", "-3", "--iterations", "1"], "--threads must be at least 1, got -3"),
+        (["verify", "{b}", "--threads", "0"], "--threads must be at least 1, got 0"),
+        (["bench", "{b}", "--duration-s", "0"], "--duration-s must be positive"),  # was a ZeroDivisionError
+        (["bench", "{b}", "--warmup-s", "-1", "--iterations", "1"], "--warmup-s must be 0 or more"),
+        (["train", "-d", "synthetic", "--workers", "-1", "-o", "{tmp}/r"], "--workers must be 0"),  # was a ValueError
+        (["memory", "-m", "irevnet-tiny", "--batch-size", "0"], "--batch-size must be at least 1"),  # ran batch 0
+    ],
+    ids=["threads-negative", "threads-zero", "duration-zero", "warmup-negative", "workers-negative", "memory-batch-0"],
+)
+def test_out_of_range_numbers_are_one_line_errors(tmp_path, bundles, args, message):
+    args = [a.format(b=bundles["fp32"], tmp=tmp_path) for a in args]
+    assert message in _one_line_error(runner.invoke(app, args))
+
 def test_demo_fast_runs_the_whole_pipeline(tmp_path):
     out = tmp_path / "demo"
     result = runner.invoke(app, ["demo", "--fast", "--out", str(out)])

@@ -130,6 +130,10 @@ def bench(opts: BenchOptions, progress: Callable[[str, float], None] = lambda wh
             raise IRevNetError(f"batch size {n} is outside the bundle's range 1..{bundle.max_batch}; re-export with --max-batch")
     if opts.iterations is not None and opts.iterations < 1:
         raise IRevNetError("--iterations must be at least 1")
+    if opts.iterations is None and not opts.duration_s > 0:
+        raise IRevNetError(f"--duration-s must be positive, got {opts.duration_s} (or give --iterations)")
+    if not opts.warmup_s >= 0:
+        raise IRevNetError(f"--warmup-s must be 0 or more, got {opts.warmup_s}")
     cfg = bundle.config
     flops = conv_flops(cfg)
     reference = bundle.reference("images", "z")  # real inputs and the z PyTorch made of them, tiled to each batch

@@ -39,6 +39,8 @@ def open_backend(
             of refusing them.
     """
     kind = resolve_backend(kind)
+    if threads is not None and threads < 1:
+        raise IRevNetError(f"--threads must be at least 1, got {threads} (leave it out for the runtime's default)")
     if kind == "onnxruntime":
         from .ort_backend import OrtBackend
 
