@@ -100,6 +100,18 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+class RecipeChoice(str, Enum):
+    cifar = "cifar"
+    imagenet = "imagenet"
+    digits = "digits"
+
+
+class Direction(str, Enum):
+    forward = "forward"
+    inverse = "inverse"
+    both = "both"
+
+
 DeviceOpt = Annotated[Device, typer.Option("--device", help="auto picks cuda when torch sees a GPU.")]
 
 
@@ -223,7 +235,7 @@ def train(
         "runs/irevnet"
     ),
     recipe: Annotated[
-        str | None, typer.Option(help="cifar | imagenet | digits (default: by dataset; the paper's SGD schedules).")
+        RecipeChoice | None, typer.Option(help="The paper's SGD schedule to follow (default: by dataset).")
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Override the recipe's epochs.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Override the global batch size.")] = None,
@@ -253,7 +265,7 @@ def train(
     from .train import train as run_training
 
     opts = TrainOptions(
-        model=model, dataset=dataset, out=str(out), recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr,
+        model=model, dataset=dataset, out=str(out), recipe=recipe.value if recipe else None, epochs=epochs, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, seed=seed, device=device.value, amp=amp, channels_last=channels_last,
         workers=workers, resume=resume, download=download, memory_efficient=memory_efficient,
     )
@@ -561,7 +573,7 @@ def _print_verify(r: dict[str, Any]) -> None:
 def bench(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
     backend: BackendOpt = None,
-    direction: Annotated[str, typer.Option(help="forward | inverse | both.")] = "both",
+    direction: Annotated[Direction, typer.Option(help="Which graphs to time.")] = Direction.both,
     batch_sizes: Annotated[
         str | None, typer.Option(help="Comma-separated batch sizes (default: 1, 8 and the bundle's --max-batch).")
     ] = None,
@@ -591,7 +603,7 @@ def bench(
     except ValueError:
         raise IRevNetError(f"--batch-sizes must be integers separated by commas, got {batch_sizes!r}") from None
     opts = BenchOptions(
-        bundle=str(bundle), backends=backend or ["onnxruntime"], direction=direction, batch_sizes=sizes,
+        bundle=str(bundle), backends=backend or ["onnxruntime"], direction=direction.value, batch_sizes=sizes,
         warmup_s=warmup_s, duration_s=duration_s, iterations=iterations, providers=provider, threads=threads,
         device=device.value, checkpoint=str(checkpoint) if checkpoint else None, rebuild=rebuild,
     )
@@ -720,9 +732,26 @@ def _db(value: float | None) -> str:
     return "exact" if value is None else f"{value:.1f}"
 
 
+# click's base exception class, whether typer vendors click (0.2x) or depends on it.
+_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
 def main() -> None:
-    """Console-script entry point."""
-    app(prog_name="irevnet")
+    """Console-script entry point. Usage errors (unknown option, bad choice) are one line too,
+    like the library's errors, instead of typer's framed panel."""
+    try:
+        code = typer.main.get_command(app).main(prog_name="irevnet", standalone_mode=False)
+    except _UsageError as e:
+        message = e.format_message().strip().rstrip(".")
+        if message:  # empty after `irevnet` alone: the help was printed
+            ctx = getattr(e, "ctx", None)
+            hint = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
+            typer.echo(f"error: {message}{hint}", err=True)
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        typer.echo("error: aborted", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

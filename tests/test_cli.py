@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -29,6 +32,27 @@ def test_version_and_presets():
     result = runner.invoke(app, ["presets"])
     assert result.exit_code == 0 and "irevnet-301" in result.output
 
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--recipe", "foo"], "Invalid value for '--recipe'"),
+        (["export", "-o", "x"], "Missing option '--checkpoint'"),
+        (["bench", "b", "--bogus"], "No such option: --bogus"),
+        (["nosuch"], "No such command 'nosuch'"),
+    ],
+)
+def test_usage_errors_of_the_installed_command_are_one_line(args, message):
+    """The console script (not CliRunner, which bypasses `main`) prints click's usage errors as one
+    line with a pointer to --help, instead of typer's framed panel."""
+    proc = subprocess.run([sys.executable, "-m", "irevnet", *args], check=False, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "COLUMNS": "80"})
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {message}") and "--help`" in lines[0], proc.stderr
+    version = subprocess.run([sys.executable, "-m", "irevnet", "--version"], check=False, capture_output=True,
+                             text=True, timeout=60)
+    assert (version.returncode, version.stdout.strip()) == (0, f"irevnet {__version__}")
 
 def test_info_describes_a_checkpoint(tmp_path):
     path = save_checkpoint(tmp_path / "m.pt", small_model("irevnet-tiny"))
