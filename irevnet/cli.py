@@ -43,6 +43,14 @@ def _fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
+# The extra that installs each optional package (pyproject.toml): a runtime-only install has
+# numpy, onnx and the CLI, and training/export need `irevnet[torch]`.
+_EXTRA_OF = {
+    "torch": "torch", "torchvision": "torch", "onnxscript": "torch", "sklearn": "torch", "PIL": "torch",
+    "onnxruntime": "ort", "tensorrt": "tensorrt", "cuda": "tensorrt",
+}
+
+
 def command(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Registers a CLI command whose library errors become one line and an exit code."""
 
@@ -54,6 +62,11 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
             _fail(str(e), 2)
         except CheckFailed as e:
             _fail(str(e), 1)
+        except ModuleNotFoundError as e:
+            extra = _EXTRA_OF.get((e.name or "").split(".")[0])
+            if extra is None:
+                raise
+            _fail(f"`irevnet {fn.__name__}` needs {e.name}, which is not installed; pip install 'irevnet[{extra}]'", 2)
         except OSError as e:  # an output folder that cannot be created, a full disk, no permission
             where = f" {e.filename}" if e.filename else ""
             _fail(f"cannot write or read{where}: {e.strerror or e}; check the path, its permissions and free space", 2)

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 
 import pytest
 from typer.testing import CliRunner
@@ -53,6 +54,21 @@ def test_usage_errors_of_the_installed_command_are_one_line(args, message):
     version = subprocess.run([sys.executable, "-m", "irevnet", "--version"], check=False, capture_output=True,
                              text=True, timeout=60)
     assert (version.returncode, version.stdout.strip()) == (0, f"irevnet {__version__}")
+
+def test_commands_name_the_extra_a_runtime_only_install_lacks(tmp_path):
+    """`pip install irevnet` (no extras) is the torch-free runtime; training and export then say
+    which extra to install instead of an ImportError traceback."""
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["torch"] = None  # what `import torch` meets where PyTorch is not installed
+        sys.argv = ["irevnet", "export", "-c", "model.pt", "-o", "bundle"]
+        from irevnet.cli import main
+        main()
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == "error: `irevnet export` needs torch, which is not installed; pip install 'irevnet[torch]'"
 
 def test_info_describes_a_checkpoint(tmp_path):
     path = save_checkpoint(tmp_path / "m.pt", small_model("irevnet-tiny"))
