@@ -240,9 +240,10 @@ def _recorded_options(out: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        options = json.loads(path.read_text())["options"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-        raise IRevNetError(f"{path} is not a run record of `irevnet train`; start a new run in another --out") from None
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        record = None
+    options = record.get("options") if isinstance(record, dict) else None
     if not isinstance(options, dict):
         raise IRevNetError(f"{path} is not a run record of `irevnet train`; start a new run in another --out")
     return options

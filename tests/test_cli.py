@@ -51,6 +51,10 @@ def test_usage_errors_of_the_installed_command_are_one_line(args, message):
     assert proc.returncode == 2 and proc.stdout == ""
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {message}") and "--help`" in lines[0], proc.stderr
+
+
+def test_installed_command_exits_0_on_version():
+    """`main` runs click outside standalone mode, so typer.Exit codes pass through it."""
     version = subprocess.run([sys.executable, "-m", "irevnet", "--version"], check=False, capture_output=True,
                              text=True, timeout=60)
     assert (version.returncode, version.stdout.strip()) == (0, f"irevnet {__version__}")

@@ -49,7 +49,7 @@ class Backend(ABC):
     @abstractmethod
     def _infer(self, feeds: dict[str, np.ndarray], outputs: list[str] | None) -> dict[str, np.ndarray]: ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # an optional hook, so not abstract
         """Releases the runtime's resources; the default holds none."""
 
     def _check(self, feeds: dict[str, np.ndarray]) -> None:
