@@ -1,35 +1,36 @@
 """Reading and writing checkpoints: irevnet's own format and the reference code's files.
 
-Every file is read with `torch.load(weights_only=True)`, which executes no code from the file.
-The reference CIFAR files pickle whole `nn.Module` objects; their classes are allowlisted under
-their original names but mapped onto inert stand-ins that only collect the pickled attributes, so
-neither the reference code nor torch.nn constructors run.
+Every file is read by irevnet.safe_unpickle, which executes no code from the file and changes no
+object of the process. The reference CIFAR files pickle whole `nn.Module` objects; their classes
+are allowlisted under their original names but mapped onto inert stand-ins that only collect the
+pickled attributes, so neither the reference code nor torch.nn constructors run.
 
 Formats:
   irevnet            {"format": "irevnet-checkpoint", "format_version", "config", "state_dict",
                       "training" (optional), "meta"}
   reference-imagenet ILSVRC_main.py: {"state_dict" (keys "module."...), "epoch", "best_prec1", ...}
   reference-cifar    CIFAR_main.py .t7: {"model": DataParallel(iRevNet), "acc", "epoch"}
+  pytorchcv          pytorchcv's irevnet301 state dict (imgclsmob's converted ImageNet weights):
+                     features.stageS.unitU.bottleneck.convK.{bn,conv}.*, output.*
   state-dict         a bare state dict in the reference's key layout
 """
 
 from __future__ import annotations
 
-import _compat_pickle
-import pickle
+import hashlib
+import math
 import re
-import types
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from . import safe_unpickle
 from .config import IRevNetConfig
 from .errors import CheckpointError, ConfigError
 from .files import atomic_output
-from .model import IRevNet
+from .model import IRevNet, state_shapes
 
 FORMAT_NAME = "irevnet-checkpoint"
 FORMAT_VERSION = 1
@@ -88,101 +89,45 @@ def save_checkpoint(
 # -- reading ---------------------------------------------------------------------------------
 
 
-class _Pickled:
-    """Inert stand-in for a class named in a reference pickle; holds the pickled attributes."""
+def read_bytes(path: str | Path, *, sha256: str | None = None) -> bytes:
+    """The bytes of a checkpoint file, checked against `sha256` when given.
 
-    qualified_name = ""
-    dump_patches = False  # read by torch's legacy loader when it compares saved module sources
+    The file is read once: what was hashed is what gets parsed. Only regular files are read
+    (a device or a pipe could never end).
 
-    def module(self, name: str) -> _Pickled | None:
-        return self.__dict__.get("_modules", {}).get(name)
-
-
-def _no_backend() -> None:
-    """Stand-in for torch<=0.4's `_get_thnn_function_backend`, pickled into old nn.Modules."""
-
-
-_REFERENCE_CLASSES = [
-    "models.iRevNet.iRevNet",
-    "models.iRevNet.irevnet_block",
-    "models.model_utils.psi",
-    "models.model_utils.injective_pad",
-    "torch.nn.parallel.data_parallel.DataParallel",
-    "torch.nn.modules.container.Sequential",
-    "torch.nn.modules.container.ModuleList",
-    "torch.nn.modules.conv.Conv2d",
-    "torch.nn.modules.batchnorm.BatchNorm2d",
-    "torch.nn.modules.activation.ReLU",
-    "torch.nn.modules.dropout.Dropout",
-    "torch.nn.modules.linear.Linear",
-    "torch.nn.modules.padding.ZeroPad2d",
-]
-_STAND_INS: dict[str, Any] = {
-    name: type(name.rsplit(".", 1)[1], (_Pickled,), {"qualified_name": name}) for name in _REFERENCE_CLASSES
-}
-_STAND_INS["torch.nn.backends.thnn._get_thnn_function_backend"] = _no_backend
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Resolves only torch's weights-only allowlist (tensors, storages, dtypes, OrderedDict, ...)
-    and the inert stand-ins; any other global is refused before anything is called."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        # Python 2 names (protocol-2 pickles say __builtin__.set), mapped as pickle's own
-        # find_class does; no Python 3 module has these names, so the mapping only renames.
-        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
-        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-        full = f"{module}.{name}"
-        allowed = _STAND_INS.get(full) or _weights_only_allowlist().get(full)
-        if allowed is None:
-            raise pickle.UnpicklingError(f"Unsupported global: GLOBAL {full}")
-        return allowed
-
-
-def _weights_only_allowlist() -> dict[str, Any]:
-    from torch import _weights_only_unpickler
-
-    return _weights_only_unpickler._get_allowed_globals()
-
-
-def _restricted_load(file, **kwargs) -> Any:
-    return _RestrictedUnpickler(file, **kwargs).load()
-
-
-# What torch.load needs of a `pickle_module`.
-_restricted_pickle = types.SimpleNamespace(
-    Unpickler=_RestrictedUnpickler, load=_restricted_load, UnpicklingError=pickle.UnpicklingError, __name__="restricted"
-)
-
-
-def _torch_load(path: Path) -> Any:
-    """torch.load that never executes code from the file.
-
-    weights_only=True reads irevnet files, reference ImageNet files and zip-format .t7 files.
-    Legacy-format (pre-1.6) files that pickle nn.Modules also record each module class's source
-    as a persistent id, which the weights-only loader refuses; those are read through
-    `_RestrictedUnpickler`, which resolves globals from the same allowlist plus the stand-ins.
+    Raises:
+        CheckpointError: missing, not a regular file, or not the recorded bytes.
     """
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; give the checkpoint file in it (e.g. {path / 'best.pt'})")
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if not path.is_file():
+        raise CheckpointError(f"{path} is not a regular file; give a checkpoint file")
+    data = path.read_bytes()
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise CheckpointError(
+            f"{path} is not the checkpoint the bundle was exported from (its sha256 differs from the manifest's); "
+            f"pass --checkpoint with the exported file"
+        )
+    return data
+
+
+def _unpickle(path: Path, data: bytes) -> Any:
+    """Parses torch.save bytes with irevnet's restricted unpickler (see irevnet.safe_unpickle)."""
     try:
-        try:
-            with torch.serialization.safe_globals([(cls, name) for name, cls in _STAND_INS.items()]):
-                return torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            if "Only persistent_load of storage is allowed" not in str(e):
-                raise
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "couldn't retrieve source code for container ..."
-            return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
-    except pickle.UnpicklingError as e:
-        refused = re.search(r"GLOBAL ([\w.]+)", str(e)) or re.search(r"unrecognized function (\S+)", str(e))
+        return safe_unpickle.loads(data)
+    except safe_unpickle.Refused as e:
+        refused = re.search(r"GLOBAL ([\w.]+)", str(e))
         if refused:
             raise CheckpointError(
                 f"{path}: refused to load, it names {refused.group(1)}, which is not a tensor or a "
                 f"known i-RevNet/torch.nn class (loading never runs code from a file); "
                 f"if you trust it, re-save its state_dict with the code that made it"
             ) from None
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_first_line(e)}); check the file") from None
-    except Exception as e:  # noqa: BLE001 - corrupt bytes make the unpickler raise almost anything
+        raise CheckpointError(f"{path}: refused to load ({_first_line(e)}); the file is malformed or hostile") from None
+    except Exception as e:  # noqa: BLE001 - corrupt bytes make an unpickler raise almost anything
         raise CheckpointError(
             f"{path}: truncated or corrupt checkpoint ({_first_line(e)}); re-download or re-save it"
         ) from None
@@ -193,96 +138,227 @@ def _first_line(e: BaseException) -> str:
     return (text[0] if text else type(e).__name__)[:200]
 
 
-def load_checkpoint(path: str | Path, *, image_size: int | None = None, in_channels: int | None = None) -> Checkpoint:
+def load_checkpoint(
+    path: str | Path,
+    *,
+    image_size: int | None = None,
+    in_channels: int | None = None,
+    sha256: str | None = None,
+) -> Checkpoint:
     """Loads any supported checkpoint into an `IRevNet` in eval mode.
+
+    Nothing in the file is executed, and no object of the process is changed: see
+    irevnet.safe_unpickle. The architecture is checked against the tensors' shapes before any
+    model is allocated.
 
     Args:
         path: a checkpoint file (see the module docstring for the formats).
-        image_size: input height and width. Reference ImageNet files and bare state dicts do not
-            store it (default 224 for 1000 classes, else 32); irevnet files do, and this overrides.
+        image_size: input height and width. Reference ImageNet files, pytorchcv files and bare
+            state dicts do not store it (default 224 for 1000 classes, else 32); irevnet files
+            do, and this overrides.
         in_channels: image channels for a reference state dict of an injective model, whose
             weights do not show it (default 3).
+        sha256: the file's expected digest (a bundle's record); another file is refused.
     Raises:
         CheckpointError: missing, corrupt, malicious or unrecognised file; the message says why.
     """
     path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a folder; give the checkpoint file in it (e.g. {path / 'best.pt'})")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    obj = _torch_load(path)
+    obj = _unpickle(path, read_bytes(path, sha256=sha256))
     try:
         if isinstance(obj, dict) and obj.get("format") == FORMAT_NAME:
             return _from_irevnet(path, obj, image_size)
-        if isinstance(obj, dict) and isinstance(obj.get("model"), _Pickled):
+        if isinstance(obj, dict) and isinstance(obj.get("model"), safe_unpickle.Pickled):
             return _from_reference_cifar(path, obj, image_size)
-        if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        if isinstance(obj, dict) and "state_dict" in obj:
             meta = {k: _plain(v) for k, v in obj.items() if k in ("epoch", "best_prec1", "arch")}
-            return _from_state_dict(path, obj["state_dict"], "reference-imagenet", meta, image_size, in_channels)
+            state = _tensors(path, obj["state_dict"], "state_dict")
+            return _from_state_dict(path, state, "reference-imagenet", meta, image_size, in_channels)
         if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return _from_state_dict(path, obj, "state-dict", {}, image_size, in_channels)
+            if PYTORCHCV_CLASSIFIER in obj:
+                state = from_pytorchcv(obj)
+                return _from_state_dict(path, state, "pytorchcv", {}, image_size, in_channels, init_ds=2)
+            return _from_state_dict(path, _tensors(path, obj, "the file"), "state-dict", {}, image_size, in_channels)
     except ConfigError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    keys = sorted(obj)[:6] if isinstance(obj, dict) else type(obj).__name__
+    keys = sorted(map(str, obj))[:6] if isinstance(obj, dict) else type(obj).__name__
     raise CheckpointError(
         f"{path}: unknown checkpoint layout ({keys}); expected an irevnet checkpoint, a reference "
-        f"ImageNet file with 'state_dict', a reference CIFAR .t7 with 'model', or a bare state dict"
+        f"ImageNet file with 'state_dict', a reference CIFAR .t7 with 'model', a pytorchcv i-RevNet "
+        f"state dict, or a bare state dict"
     )
 
 
 def _plain(v: Any) -> Any:
-    return v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        return v.item()
+    return v if isinstance(v, (int, float, str, bool)) else str(v)[:100]
+
+
+def _tensors(path: Path, state: Any, what: str) -> dict[str, torch.Tensor]:
+    """A state dict from a file: a dict of names to tensors, or a one-line error."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: {what} is a {type(state).__name__}, not a dict of tensors; the file is malformed")
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: {what} holds {str(key)[:80]!r}, which is not a named tensor; the file is malformed")
+    return state
 
 
 def _from_irevnet(path: Path, obj: dict, image_size: int | None) -> Checkpoint:
     version = obj.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(f"{path}: format_version is {str(version)[:40]!r}, not a positive integer; the file is malformed")
+    if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: checkpoint format version {version} is newer than this irevnet reads "
             f"({FORMAT_VERSION}); upgrade irevnet"
         )
-    config = IRevNetConfig.from_dict(obj["config"])
+    if "config" not in obj:
+        raise CheckpointError(f"{path}: the checkpoint has no config; the file is malformed")
+    state = _tensors(path, obj.get("state_dict"), "state_dict")
+    raw = obj["config"]
+    if isinstance(raw, dict) and isinstance(raw.get("blocks"), (list, tuple)):
+        _check_block_count(path, raw["blocks"], state)  # before the config iterates its blocks
+    config = IRevNetConfig.from_dict(raw)
     if image_size is not None:
         config = config.replace(in_shape=(config.in_shape[0], image_size, image_size))
-    model = _build(path, config, obj["state_dict"])
-    return Checkpoint(model, "irevnet", path, dict(obj.get("meta") or {}), obj.get("training"))
+    meta = obj.get("meta", {})
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: meta is a {type(meta).__name__}, not a dict; the file is malformed")
+    _check_normalization(path, meta, config.in_shape[0])
+    training = obj.get("training")
+    if training is not None and not isinstance(training, dict):
+        raise CheckpointError(f"{path}: training is a {type(training).__name__}, not a dict; the file is malformed")
+    model = _build(path, config, state)
+    return Checkpoint(model, "irevnet", path, dict(meta), training)
+
+
+def _check_block_count(path: Path, blocks: list, state: dict[str, torch.Tensor]) -> None:
+    stored = {key.split(".")[1] for key in state if key.startswith("stack.")}
+    declared = sum(b for b in blocks if isinstance(b, int)) if len(blocks) <= 64 else -1
+    if declared != len(stored):
+        raise CheckpointError(
+            f"{path}: the config declares {declared} blocks, the weights hold {len(stored)}; the file is malformed"
+        )
+
+
+def _check_normalization(path: Path, meta: dict[str, Any], channels: int) -> None:
+    """mean/std in meta become the bundle's normalisation: finite, per channel, std > 0."""
+    if "mean" not in meta and "std" not in meta:
+        return
+    for name in ("mean", "std"):
+        values = meta.get(name)
+        ok = isinstance(values, (list, tuple)) and len(values) == channels and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
+        )
+        if not ok or (name == "std" and min(values) <= 0):
+            raise CheckpointError(
+                f"{path}: meta.{name} must be {channels} finite numbers{' above 0' if name == 'std' else ''}; "
+                f"the file is malformed (re-save it, or export with --dataset to take them from the data)"
+            )
+
+
+MAX_WRAPPERS = 8  # DataParallel(DataParallel(...)) levels unwrapped at most
 
 
 def _from_reference_cifar(path: Path, obj: dict, image_size: int | None) -> Checkpoint:
     net = obj["model"]
-    while net.qualified_name.endswith("DataParallel"):
+    for _ in range(MAX_WRAPPERS):
+        if net is None or not net.qualified_name.endswith("DataParallel"):
+            break
         net = net.module("module")
     if net is None or net.qualified_name != "models.iRevNet.iRevNet":
         raise CheckpointError(f"{path}: the pickled 'model' is not a reference iRevNet; cannot map it")
-    state = _collect_state(net)
+    stack = net.module("stack")
+    first = stack.module("0") if stack is not None else None
+    first = first.module("bottleneck_block") if first is not None else None
+    if first is None:
+        raise CheckpointError(f"{path}: the pickled iRevNet has no stack.0.bottleneck_block; cannot map it")
     attrs = net.__dict__
-    init_ds = int(attrs.get("init_ds", 0))
-    in_channels = int(attrs["in_ch"]) // (init_ds**2 if init_ds else 1) if "in_ch" in attrs else None
+    for name in ("init_ds", "in_ch", "ds"):
+        if name in attrs and not (isinstance(attrs[name], int) and 0 <= attrs[name] <= 1 << 20):
+            raise CheckpointError(f"{path}: the pickled iRevNet's {name} is not a small integer; the file is malformed")
+    state = _collect_state(net)
+    init_ds = attrs.get("init_ds", 0)
+    in_channels = attrs["in_ch"] // (init_ds**2 if init_ds else 1) if "in_ch" in attrs else None
     if image_size is None and "ds" in attrs:
         # ds is z's spatial size: the image's divided by the total downsampling
-        strides = [getattr(b, "stride", 1) for b in net.module("stack").__dict__["_modules"].values()]
-        image_size = int(attrs["ds"]) * (init_ds or 1) * 2 ** strides.count(2)
-    first = net.module("stack").module("0").module("bottleneck_block")
-    dropout = next((float(m.p) for m in first.__dict__["_modules"].values() if m.qualified_name.endswith("Dropout")), 0.0)
+        children = stack.__dict__.get("_modules", {}).values()
+        strides = [c.__dict__.get("stride", 1) for c in children if isinstance(c, safe_unpickle.Pickled)]
+        image_size = attrs["ds"] * (init_ds or 1) * 2 ** strides.count(2)
+    layers = first.__dict__.get("_modules", {}).values()
+    rates = [m.__dict__.get("p") for m in layers if isinstance(m, safe_unpickle.Pickled) and m.qualified_name.endswith("Dropout")]
+    dropout = rates[0] if rates and isinstance(rates[0], float) else 0.0
     meta = {k: _plain(obj[k]) for k in ("acc", "epoch") if k in obj}
     return _from_state_dict(path, state, "reference-cifar", meta, image_size, in_channels, init_ds, dropout)
 
 
-def _collect_state(obj: _Pickled, prefix: str = "") -> dict[str, torch.Tensor]:
+MAX_MODULE_DEPTH = 16  # iRevNet > stack > block > bottleneck_block > layer is 5 deep
+
+
+def _collect_state(obj: safe_unpickle.Pickled, prefix: str = "", depth: int = 0) -> dict[str, torch.Tensor]:
     """The state dict of a pickled module tree, as `nn.Module.state_dict` would name it."""
+    if depth > MAX_MODULE_DEPTH:
+        raise CheckpointError(f"the pickled modules nest deeper than {MAX_MODULE_DEPTH} levels (at {prefix[:80]}); the file is malformed")
     attrs = obj.__dict__
     state = {}
-    for name, p in attrs.get("_parameters", {}).items():
-        if p is not None:
-            state[prefix + name] = p.detach() if isinstance(p, torch.Tensor) else p
+    parameters, buffers, children = (attrs.get(k, {}) for k in ("_parameters", "_buffers", "_modules"))
     skip = attrs.get("_non_persistent_buffers_set", set())
-    for name, b in attrs.get("_buffers", {}).items():
-        if b is not None and name not in skip:
-            state[prefix + name] = b
-    for name, child in attrs.get("_modules", {}).items():
-        if isinstance(child, _Pickled):
-            state.update(_collect_state(child, f"{prefix}{name}."))
+    if not all(isinstance(d, dict) for d in (parameters, buffers, children)) or not isinstance(skip, set):
+        raise CheckpointError(f"the pickled module {prefix or 'model'} has malformed attributes; the file is malformed")
+    for name, p in parameters.items():
+        if isinstance(p, torch.Tensor):
+            state[f"{prefix}{name}"] = p
+    for name, b in buffers.items():
+        if isinstance(b, torch.Tensor) and name not in skip:
+            state[f"{prefix}{name}"] = b
+    for name, child in children.items():
+        if isinstance(child, safe_unpickle.Pickled):
+            state.update(_collect_state(child, f"{prefix}{name}.", depth + 1))
     return state
+
+
+# -- pytorchcv (imgclsmob) ----------------------------------------------------------------------
+
+PYTORCHCV_CLASSIFIER = "output.weight"
+_PYTORCHCV_UNIT = re.compile(r"^features\.stage(\d+)\.unit(\d+)\.bottleneck\.conv([123])\.(?:(bn|conv)\.)?(\w+)$")
+# Position of each pytorchcv conv block in the reference's bottleneck_block Sequential: the first
+# unit's conv1 is a bare convolution (no pre-activation), every other convK is BN-ReLU-Conv.
+_FIRST_UNIT = {("1", None): 0, ("2", "bn"): 1, ("2", "conv"): 3, ("3", "bn"): 5, ("3", "conv"): 7}
+_OTHER_UNITS = {("1", "bn"): 0, ("1", "conv"): 2, ("2", "bn"): 3, ("2", "conv"): 5, ("3", "bn"): 7, ("3", "conv"): 9}
+
+
+def from_pytorchcv(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Renames a pytorchcv `irevnet301` state dict (imgclsmob's converted ImageNet weights) to
+    the reference layout: features.stageS.unitU.bottleneck.convK.{bn,conv} -> stack.B.
+    bottleneck_block.I, features.final_postactiv.bn -> bn1, output -> linear.
+
+    pytorchcv's units are the reference's blocks in the same order (stride 2 first in every
+    stage, psi with the same channel order), so the weights are used as they are.
+    """
+    units: dict[tuple[int, int], list[tuple[str, str | None, str, torch.Tensor]]] = {}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"a pytorchcv state dict key is a {type(key).__name__}")
+        m = _PYTORCHCV_UNIT.match(key)
+        if m:
+            stage, unit, conv, part, name = m.groups()
+            units.setdefault((int(stage), int(unit)), []).append((conv, part, name, value))
+        elif key.startswith("features.final_postactiv.bn."):
+            out["bn1." + key.removeprefix("features.final_postactiv.bn.")] = value
+        elif key in ("output.weight", "output.bias"):
+            out[key.replace("output.", "linear.")] = value
+        else:
+            raise ConfigError(f"unexpected key {key[:120]!r} for a pytorchcv i-RevNet")
+    for block, (_, entries) in enumerate(sorted(units.items())):
+        positions = _FIRST_UNIT if block == 0 else _OTHER_UNITS
+        for conv, part, name, value in entries:
+            index = positions.get((conv, part))
+            if index is None:
+                raise ConfigError(f"unit {block} of the pytorchcv i-RevNet has an unexpected conv{conv} layout")
+            out[f"stack.{block}.bottleneck_block.{index}.{name}"] = value
+    return out
 
 
 _BLOCK_KEY = re.compile(r"^stack\.(\d+)\.bottleneck_block\.(\d+)\.(\w+)$")
@@ -312,13 +388,14 @@ def infer_config(
             affine = False
     if not convs or sorted(convs) != list(range(len(convs))):
         raise ConfigError("no i-RevNet blocks found (expected keys like stack.0.bottleneck_block.0.weight)")
-    if "linear.weight" not in state:
-        raise ConfigError("no classifier found (expected the key linear.weight)")
-    layout = []  # (stride, out_ch, f_in, mult) per block
+    classifier = state.get("linear.weight")
+    if classifier is None or classifier.dim() != 2:
+        raise ConfigError("no classifier found (expected the key linear.weight, a matrix)")
+    layout = []  # (stride, out_ch, f_in, inner) per block
     for i in range(len(convs)):
         layers = [convs[i][k] for k in sorted(convs[i])]
-        if len(layers) != 3:
-            raise ConfigError(f"block {i} has {len(layers)} convolutions, an i-RevNet block has 3")
+        if len(layers) != 3 or any(tuple(w.shape[2:]) != (3, 3) for w in layers):
+            raise ConfigError(f"block {i} has {len(layers)} convolutions, an i-RevNet block has three 3x3 ones")
         f_in, inner, out_ch = layers[0].shape[1], layers[0].shape[0], layers[2].shape[0]
         if out_ch == f_in:
             stride = 1
@@ -326,7 +403,7 @@ def infer_config(
             stride = 2
         else:
             raise ConfigError(f"block {i} maps {f_in} to {out_ch} channels, which no i-RevNet block does")
-        layout.append((stride, out_ch, f_in, out_ch // inner))
+        layout.append((stride, out_ch, f_in, inner))
     blocks, strides, channels = [], [], []
     for i, (stride, out_ch, _, _) in enumerate(layout):
         if i == 0 or stride == 2 or out_ch != channels[-1]:
@@ -334,24 +411,48 @@ def infer_config(
             strides.append(stride)
             channels.append(out_ch)
         blocks[-1] += 1
-    num_classes, z_channels = state["linear.weight"].shape
+    num_classes, z_channels = classifier.shape
     if image_size is None:
         image_size = 224 if num_classes == 1000 else 32
     stride0, out0, f_in0, _ = layout[0]
-    c = in_channels or 3
+    # The first block's input width is c * 4 after an initial psi and c without; a stride-1
+    # injective first block hides it (its F sees the padded width), so prefer what fits.
+    in_ch = 2 * f_in0 if stride0 == 2 else 2 * out0
     if init_ds is None:
-        # The first block's input width is c * 4 after an initial psi and c without; a stride-1
-        # injective first block hides it (its F sees the padded width), so prefer what fits.
-        in_ch = 2 * f_in0 if stride0 == 2 else 2 * out0
+        c = in_channels or 3
         init_ds = 2 if in_ch == 4 * c else 0
+    else:
+        c = in_channels or max(in_ch // (init_ds**2 if init_ds else 1), 1)
     cfg = IRevNetConfig(
         blocks=tuple(blocks), strides=tuple(strides), channels=tuple(channels), init_ds=init_ds,
-        mult=layout[0][3], num_classes=int(num_classes), in_shape=(c, image_size, image_size),
-        dropout=dropout, affine_bn=affine,
+        mult=_bottleneck_mult([(out_ch, inner) for _, out_ch, _, inner in layout]), num_classes=int(num_classes),
+        in_shape=(c, image_size, image_size), dropout=dropout, affine_bn=affine,
     )
     if cfg.z_shape[0] != z_channels:
         raise ConfigError(f"classifier expects {z_channels} channels but the blocks produce {cfg.z_shape[0]}")
     return cfg
+
+
+def _bottleneck_mult(widths: list[tuple[int, int]]) -> int:
+    """The one `mult` for which out_ch // mult == inner holds in every block (the reference
+    computes F's inner width as int(out_ch // mult), so 6 channels with mult 4 give 1).
+
+    Several values fit when every block allows them; 4, the reference's default, is preferred.
+    """
+    low, high = 1, None
+    for out_ch, inner in widths:
+        if inner < 1:
+            raise ConfigError(f"a block's F has {inner} inner channels; an i-RevNet block has at least one")
+        # out_ch // m == inner  <=>  out_ch // (inner + 1) < m <= out_ch // inner
+        low = max(low, out_ch // (inner + 1) + 1)
+        high = out_ch // inner if high is None else min(high, out_ch // inner)
+    if high is None or low > high:
+        shown = ", ".join(f"{o} -> {i}" for o, i in dict.fromkeys(widths))
+        raise ConfigError(
+            f"no bottleneck mult gives every block's inner width (out_ch -> inner: {shown}); "
+            f"the weights are not of one i-RevNet"
+        )
+    return 4 if low <= 4 <= high else low
 
 
 def _from_state_dict(
@@ -370,10 +471,14 @@ def _from_state_dict(
 
 
 def _build(path: Path, config: IRevNetConfig, state: dict[str, torch.Tensor]) -> IRevNet:
-    model = IRevNet(config)
+    """The model of `config` with the file's weights, after checking every key and shape.
+
+    The check runs on `state_shapes(config)` before the model exists, so a config that asks
+    for more than the file holds costs nothing.
+    """
+    expected = state_shapes(config)
     # Files from 2018 PyTorch have no BatchNorm `num_batches_tracked`; it only matters for
     # momentum=None, which no i-RevNet uses, so a missing one is filled with 0.
-    expected = model.state_dict()
     state = dict(state)
     for key in expected:
         if key.endswith("num_batches_tracked") and key not in state:
@@ -386,9 +491,10 @@ def _build(path: Path, config: IRevNetConfig, state: dict[str, torch.Tensor]) ->
             f"the file is not an i-RevNet of this layout"
         )
     for key, t in state.items():
-        if t.shape != expected[key].shape:
-            raise CheckpointError(
-                f"{path}: {key} has shape {tuple(t.shape)}, the config needs {tuple(expected[key].shape)}"
-            )
+        if tuple(t.shape) != expected[key]:
+            raise CheckpointError(f"{path}: {key} has shape {tuple(t.shape)}, the config needs {expected[key]}")
+        if not (t.is_floating_point() or key.endswith("num_batches_tracked")):
+            raise CheckpointError(f"{path}: {key} holds {t.dtype} values, not floating point; the file is malformed")
+    model = IRevNet(config)
     model.load_state_dict(state)
     return model.eval()

@@ -13,6 +13,12 @@ from typing import Any, NamedTuple
 from .errors import ConfigError
 
 
+# Bounds on what a config may ask for, so that a config read from a file cannot make irevnet
+# allocate without bound (an (N, C, H, W) example batch is made from in_shape at export).
+MAX_IMAGE_SIDE = 8192
+MAX_IMAGE_CHANNELS = 64
+
+
 class BlockSpec(NamedTuple):
     """Layout of one reversible block, as the reference `irevnet_block` derives it."""
 
@@ -60,6 +66,11 @@ class IRevNetConfig:
             raise ConfigError(f"init_ds must be 0 or 2 (as in the reference code), got {self.init_ds}")
         if len(self.in_shape) != 3 or min(self.in_shape) < 1:
             raise ConfigError(f"in_shape must be (C, H, W) with positive sizes, got {self.in_shape}")
+        if max(self.in_shape[1:]) > MAX_IMAGE_SIDE or self.in_shape[0] > MAX_IMAGE_CHANNELS:
+            raise ConfigError(
+                f"in_shape {self.in_shape} exceeds {MAX_IMAGE_CHANNELS} channels or {MAX_IMAGE_SIDE} pixels a side; "
+                f"an i-RevNet keeps every activation at full resolution, so split larger images into tiles"
+            )
         if self.num_classes < 1:
             raise ConfigError(f"num_classes must be positive, got {self.num_classes}")
         if not 0.0 <= self.dropout < 1.0:
@@ -72,11 +83,14 @@ class IRevNetConfig:
                 f"(init_ds {self.init_ds} and {self.strides.count(2)} stride-2 stages); "
                 f"use an image size that is a multiple of {ds}"
             )
+        if self.mult < 1:
+            raise ConfigError(f"mult must be at least 1, got {self.mult}")
         for i, spec in enumerate(self.block_specs()):
             where = f"block {i} (stage {self.stage_of(i)})"
-            if spec.out_ch % self.mult:
+            if spec.out_ch // self.mult < 1:  # the reference's int(out_ch // mult): no divisibility needed
                 raise ConfigError(
-                    f"{where}: {spec.out_ch} channels are not divisible by the bottleneck mult {self.mult}"
+                    f"{where}: {spec.out_ch} channels leave F no inner channels with the bottleneck mult "
+                    f"{self.mult} ({spec.out_ch} // {self.mult} = 0); use more channels or a smaller mult"
                 )
             if spec.stride == 2 and spec.out_ch != 2 * spec.in_ch:
                 raise ConfigError(
@@ -177,13 +191,17 @@ class IRevNetConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> IRevNetConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"a config is a mapping of fields, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+        unknown = sorted(map(str, set(data) - names))
         if unknown:
             raise ConfigError(f"unknown config field(s) {unknown}; known: {sorted(names)}")
         missing = sorted(n for n in ("blocks", "strides", "channels") if n not in data)
         if missing:
             raise ConfigError(f"config lacks required field(s) {missing}")
+        for name, value in data.items():
+            _check_field_type(name, value)
         return cls(**data)
 
     def replace(self, **overrides: Any) -> IRevNetConfig:
@@ -192,6 +210,30 @@ class IRevNetConfig:
         if unknown:
             raise ConfigError(f"unknown config field(s) {unknown}; known: {sorted(names)}")
         return dataclasses.replace(self, **overrides)
+
+
+# What each field may be in a config read from a file (JSON lists for tuples).
+_SEQUENCE_FIELDS = {"blocks": 64, "strides": 64, "channels": 64, "in_shape": 3}  # longest accepted
+_INT_FIELDS = ("init_ds", "mult", "num_classes")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_field_type(name: str, value: Any) -> None:
+    """Refuses a config value of the wrong type (a file's config must not reach int() or <)."""
+    if name in _SEQUENCE_FIELDS:
+        ok = isinstance(value, (list, tuple)) and len(value) <= _SEQUENCE_FIELDS[name] and all(map(_is_int, value))
+        kind = f"a list of at most {_SEQUENCE_FIELDS[name]} integers"
+    elif name in _INT_FIELDS:
+        ok, kind = _is_int(value), "an integer"
+    elif name == "dropout":
+        ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    else:  # affine_bn
+        ok, kind = isinstance(value, bool), "true or false"
+    if not ok:
+        raise ConfigError(f"config field {name!r} must be {kind}, got {type(value).__name__}")
 
 
 def _cumsum(values: tuple[int, ...]) -> list[int]:

@@ -120,6 +120,42 @@ class IRevNet(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+def state_shapes(config: IRevNetConfig) -> dict[str, tuple[int, ...]]:
+    """The state-dict keys and tensor shapes of `IRevNet(config)`, without building it.
+
+    Checkpoint loading compares a file's tensors with these before it allocates a model, so a
+    config that asks for huge layers is refused at the cost of a dictionary. Mirrors
+    `layers.bottleneck` layer by layer; tests/test_model.py checks it against the real module.
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def batchnorm(key: str, channels: int, affine: bool) -> None:
+        if affine:
+            shapes[f"{key}.weight"] = shapes[f"{key}.bias"] = (channels,)
+        shapes[f"{key}.running_mean"] = shapes[f"{key}.running_var"] = (channels,)
+        shapes[f"{key}.num_batches_tracked"] = ()
+
+    affine = config.affine_bn
+    for b, spec in enumerate(config.block_specs()):
+        key = f"stack.{b}.bottleneck_block"
+        f_in = spec.out_ch if spec.pad else spec.in_ch // 2
+        inner = spec.out_ch // config.mult
+        i = 0
+        if not spec.first:  # BN-ReLU before the first convolution
+            batchnorm(f"{key}.0", f_in, affine)
+            i = 2
+        shapes[f"{key}.{i}.weight"] = (inner, f_in, 3, 3)
+        batchnorm(f"{key}.{i + 1}", inner, affine)
+        shapes[f"{key}.{i + 3}.weight"] = (inner, inner, 3, 3)  # i + 4 is the dropout
+        batchnorm(f"{key}.{i + 5}", inner, affine)
+        shapes[f"{key}.{i + 7}.weight"] = (spec.out_ch, inner, 3, 3)
+    z_channels = config.z_shape[0]
+    batchnorm("bn1", z_channels, True)
+    shapes["linear.weight"] = (config.num_classes, z_channels)
+    shapes["linear.bias"] = (config.num_classes,)
+    return shapes
+
+
 def create_model(name: str, **overrides: Any) -> IRevNet:
     """Builds a preset (see `irevnet.list_presets()`), with config fields replaced by `overrides`."""
     return IRevNet(get_config(name, **overrides))

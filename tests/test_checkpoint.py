@@ -6,10 +6,11 @@ import zipfile
 import pytest
 import torch
 
+import irevnet
 from irevnet import checkpoint as ckpt
 from irevnet.checkpoint import infer_config, load_checkpoint, save_checkpoint
 from irevnet.errors import CheckpointError
-from tests.conftest import small_model
+from tests.conftest import randomize_batchnorm, small_model
 from tests.reference import reference_forward, reference_state_dict, write_reference_t7
 
 
@@ -162,3 +163,130 @@ def test_newer_format_version_asks_for_an_upgrade(tmp_path):
     torch.save(raw, path)
     with pytest.raises(CheckpointError, match="upgrade irevnet"):
         load_checkpoint(path)
+
+
+def test_reference_default_widths_load_with_the_mult_that_fits_every_block(tmp_path):
+    # iRevNet(nChannels=None, init_ds=2) on RGB: channels [6, 24, 96, 384]; block 0's F is
+    # 6 -> 6 // 4 = 1 -> 6, so block 0 alone suggests mult 6, but only 4 fits the later blocks.
+    cfg = irevnet.IRevNetConfig(blocks=(1, 1, 1, 1), strides=(1, 2, 2, 2), channels=(6, 24, 96, 384), init_ds=2,
+                                num_classes=10, in_shape=(3, 32, 32))
+    torch.manual_seed(0)
+    model = randomize_batchnorm(irevnet.IRevNet(cfg)).eval()
+    sd = reference_state_dict(model)
+    path = tmp_path / "default_widths.pth.tar"
+    torch.save({"state_dict": sd, "epoch": 1}, path)
+    loaded = load_checkpoint(path)
+    assert loaded.config == cfg
+    x = torch.randn(2, *cfg.in_shape)
+    plain = {k.removeprefix("module."): v for k, v in sd.items()}
+    with torch.no_grad():
+        _, ref_z = reference_forward(plain, cfg.blocks, cfg.strides, cfg.channels, cfg.init_ds, cfg.in_channels, x)
+        assert torch.equal(loaded.model(x)[1], ref_z), "same ops on the same weights: z must be bit-identical"
+
+
+def test_weights_that_no_mult_explains_are_named():
+    sd = {k.removeprefix("module."): v for k, v in reference_state_dict(small_model("irevnet-cifar")).items()}
+    sd["stack.1.bottleneck_block.2.weight"] = torch.zeros(3, 16, 3, 3)  # block 1: 16 -> 3 inner (mult 4 says 4)
+    sd["stack.1.bottleneck_block.3.weight"] = torch.zeros(3)
+    sd["stack.1.bottleneck_block.5.weight"] = torch.zeros(3, 3, 3, 3)
+    sd["stack.1.bottleneck_block.9.weight"] = torch.zeros(16, 3, 3, 3)
+    with pytest.raises(irevnet.ConfigError, match=r"no bottleneck mult gives every block's inner width \(out_ch -> inner: 16 -> 4, 16 -> 3"):
+        infer_config(sd)
+
+
+def _pytorchcv_net(**kwargs):
+    """A small pytorchcv i-RevNet with torch's default conv init and perturbed BatchNorm statistics
+    (pytorchcv's own Kaiming init makes z ~1e12 |x|, where its inverse overflows)."""
+    from pytorchcv.models.irevnet import IRevNet as CvIRevNet
+
+    torch.manual_seed(0)
+    net = CvIRevNet(**kwargs)
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.reset_parameters()
+    return randomize_batchnorm(net).eval()
+
+
+def test_pytorchcv_weights_match_pytorchcv_forward_and_inverse(tmp_path):
+    pytest.importorskip("pytorchcv", reason="pytorchcv is in the dev extra: pip install -e '.[dev]'")
+    # two stages at 56x56: z is 7x7, where pytorchcv's final AvgPool2d(7) pools globally as ours does
+    net = _pytorchcv_net(channels=[[24], [96, 96]], init_block_channels=12, final_block_channels=192,
+                         in_size=(56, 56), num_classes=10)
+    path = tmp_path / "irevnet_pytorchcv.pth"
+    torch.save(net.state_dict(), path)
+    loaded = load_checkpoint(path, image_size=56)
+    assert loaded.format == "pytorchcv"
+    assert loaded.config == irevnet.IRevNetConfig(blocks=(1, 2), strides=(2, 2), channels=(24, 96), init_ds=2,
+                                                  num_classes=10, in_shape=(3, 56, 56))
+    x = torch.randn(2, 3, 56, 56)
+    with torch.no_grad():
+        cv_logits, cv_z = net(x, return_out_bij=True)
+        cv_x = net.inverse(cv_z)
+        logits, z = loaded.model(x)
+        x_hat = loaded.model.inverse(z)
+    # same weights and ops in another order (pytorchcv's psi is split/stack, ours one permute):
+    # fp32 rounding only, measured <= 3e-6 here
+    assert float((z - cv_z).abs().max()) <= 1e-4
+    assert float((logits - cv_logits).abs().max()) <= 1e-4
+    assert float((x_hat - cv_x).abs().max()) <= 1e-4
+
+
+def test_pytorchcv_irevnet301_keys_map_onto_the_paper_model():
+    pytest.importorskip("pytorchcv", reason="pytorchcv is in the dev extra: pip install -e '.[dev]'")
+    from pytorchcv.models.irevnet import irevnet301
+
+    from irevnet.checkpoint import from_pytorchcv
+
+    with torch.device("meta"):  # shapes only: no 500 MB of weights
+        sd = irevnet301().state_dict()
+    assert infer_config(from_pytorchcv(sd), init_ds=2) == irevnet.get_config("irevnet-301")
+
+
+def _irevnet_file(tmp_path, name, **changes):
+    path = save_checkpoint(tmp_path / f"{name}.pt", small_model("irevnet-tiny"), meta={"mean": [0.3], "std": [0.2]})
+    raw = torch.load(path, weights_only=True)
+    for key, value in changes.items():
+        if value is _DELETE:
+            del raw[key]
+        else:
+            raw[key] = value
+    torch.save(raw, path)
+    return path
+
+
+_DELETE = object()
+_TINY = irevnet.get_config("irevnet-tiny").to_dict()
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"config": {**_TINY, "channels": [4096, 16384, 65536]}}, "has shape"),
+        ({"config": {**_TINY, "blocks": [10**6, 1, 1]}}, "declares 1000002 blocks, the weights hold 6"),
+        ({"config": {**_TINY, "num_classes": 10**12}}, "linear.weight has shape"),
+        ({"config": {**_TINY, "in_shape": [1, 10**6, 10**6]}}, "exceeds 64 channels or 8192 pixels a side"),
+        ({"config": _DELETE}, "has no config"),
+        ({"config": [1, 2, 3]}, "a config is a mapping of fields"),
+        ({"config": {**_TINY, "blocks": "222"}}, "config field 'blocks' must be a list"),
+        ({"config": {**_TINY, "mult": 2.5}}, "config field 'mult' must be an integer"),
+        ({"state_dict": [1, 2]}, "state_dict is a list, not a dict of tensors"),
+        ({"meta": "fast"}, "meta is a str, not a dict"),
+        ({"training": 3}, "training is a int, not a dict"),
+        ({"format_version": "1"}, "format_version is '1', not a positive integer"),
+        ({"meta": {"mean": [0.3], "std": [0.0]}}, r"meta.std must be 1 finite numbers above 0"),
+        ({"meta": {"mean": [float("nan")], "std": [0.2]}}, "meta.mean must be 1 finite numbers"),
+        ({"meta": {"mean": ["a"], "std": [0.2]}}, "meta.mean must be 1 finite numbers"),
+        ({"meta": {"mean": [0.3, 0.3], "std": [0.2, 0.2]}}, "meta.mean must be 1 finite numbers"),
+    ],
+)
+def test_malformed_and_oversized_irevnet_files_are_one_line_without_allocating(tmp_path, changes, message):
+    import resource
+
+    path = _irevnet_file(tmp_path, "m", **changes)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(CheckpointError, match=message) as err:
+        load_checkpoint(path)
+    assert "\n" not in str(err.value)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    # channels [4096, 16384, 65536] would be ~40 GB of weights; the refusal happens before
+    assert grown_mb < 200, f"peak memory grew {grown_mb:.0f} MB while refusing the file"

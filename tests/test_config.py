@@ -28,7 +28,8 @@ def test_config_round_trips_through_a_plain_dict():
         ({"strides": (3, 2, 2)}, "strides must be 1 or 2"),
         ({"init_ds": 4}, "init_ds must be 0 or 2"),
         ({"blocks": (18, 18)}, "same length"),
-        ({"channels": (18, 72, 288)}, "not divisible by the bottleneck mult 4"),
+        ({"channels": (2, 8, 32)}, "leave F no inner channels with the bottleneck mult 4"),
+        ({"in_shape": (3, 10**6, 10**6)}, "exceeds 64 channels or 8192 pixels a side"),
     ],
 )
 def test_invalid_architectures_are_refused_with_the_reason(overrides, message):
