@@ -249,6 +249,36 @@ def _recorded_options(out: Path) -> dict[str, Any] | None:
     return options
 
 
+# The type of every TrainOptions field as it appears in run.json ("int?": an int or null).
+_OPTION_TYPES = {
+    "model": "str", "dataset": "str", "out": "str", "recipe": "str?", "epochs": "int?", "batch_size": "int?",
+    "lr": "float?", "weight_decay": "float?", "seed": "int", "device": "str", "amp": "bool", "channels_last": "bool?",
+    "workers": "int", "resume": "bool", "download": "bool", "memory_efficient": "bool",
+}
+
+
+def _fits(value: Any, kind: str) -> bool:
+    if kind.endswith("?"):
+        if value is None:
+            return True
+        kind = kind[:-1]
+    if kind == "bool":
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, {"str": str, "int": int, "float": (int, float)}[kind])
+
+
+def _check_training_state(path: Path, state: dict[str, Any]) -> None:
+    """The resume state of last.pt, checked before any of it is applied."""
+    kinds = {"epoch": int, "optimizer": dict, "scheduler": dict, "history": list, "best_top1": (int, float)}
+    for key, kind in kinds.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            raise IRevNetError(f"{path}: resume state {key!r} is missing or malformed; start a new run in another --out")
+    if state["epoch"] < 0 or not all(isinstance(m, dict) for m in state["history"]):
+        raise IRevNetError(f"{path}: resume state 'epoch' or 'history' is malformed; start a new run in another --out")
+
+
 def resume_options(out: str | Path, **changes: Any) -> TrainOptions:
     """The options the run in `out` was started with (its run.json), with `changes` applied.
 
@@ -261,6 +291,12 @@ def resume_options(out: str | Path, **changes: Any) -> TrainOptions:
         raise IRevNetError(f"--resume but {Path(out) / 'run.json'} does not exist; start the run without --resume")
     fields = {f.name for f in dataclasses.fields(TrainOptions)}
     merged = {k: v for k, v in recorded.items() if k in fields}
+    for key, value in merged.items():
+        if not _fits(value, _OPTION_TYPES[key]):
+            raise IRevNetError(
+                f"{Path(out) / 'run.json'}: option {key!r} is {str(value)[:40]!r}, not a {_OPTION_TYPES[key]}; the run "
+                f"record is corrupt, so start a new run in another --out"
+            )
     merged.update(changes, out=str(out), resume=True)
     return TrainOptions(**merged)
 
@@ -296,6 +332,7 @@ def train(opts: TrainOptions, observer: TrainObserver | None = None) -> dict[str
         resumed = load_checkpoint(last)
         if resumed.training is None:
             raise IRevNetError(f"{last} has no training state to resume from")
+        _check_training_state(last, resumed.training)
         config = resumed.config
     else:
         if last.exists():
@@ -338,10 +375,16 @@ def _run(opts, recipe, config, device, dist, resumed, observer) -> dict[str, Any
     start = 0
     if resumed is not None:
         state = resumed.training
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if opts.amp and "grad_scaler" in state:
-            scaler.load_state_dict(state["grad_scaler"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            if opts.amp and "grad_scaler" in state:
+                scaler.load_state_dict(state["grad_scaler"])
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError, AttributeError) as e:
+            raise IRevNetError(
+                f"{out / 'last.pt'}: its optimizer or scheduler state does not fit the model ({str(e)[:120]}); "
+                f"start a new run in another --out"
+            ) from None
         history, best, start = list(state["history"]), float(state["best_top1"]), int(state["epoch"])
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)

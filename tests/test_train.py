@@ -101,3 +101,33 @@ def test_inversion_grid_and_psnr_of_a_trained_model(trained_tiny, tmp_path):
         assert img.format == "PNG" and img.mode == "RGB"
         # 8 columns of 16x16 digits enlarged 4x to 64 px, two rows, 2 px gaps
         assert (img.height, img.width) == grid_shape(8, 16, 16) == (2 * 64 + 3 * 2, 8 * 64 + 9 * 2)
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        ("training.optimizer", "resume state 'optimizer' is missing or malformed"),
+        ("training.epoch", "resume state 'epoch' is missing or malformed"),
+        ("training.optimizer.state", "optimizer or scheduler state does not fit the model"),
+        ("run.lr", "option 'lr' is 'fast', not a float?"),
+        ("run.epochs", "option 'epochs' is 'True', not a int?"),
+    ],
+)
+def test_corrupt_resume_state_or_run_record_is_one_line(tmp_path, corrupt, message):
+    train(TrainOptions(dataset="synthetic", out=str(tmp_path), epochs=1, device="cpu"))
+    where, _, key = corrupt.partition(".")
+    if where == "training":
+        raw = torch.load(tmp_path / "last.pt", weights_only=True)
+        if key == "optimizer.state":
+            raw["training"]["optimizer"]["param_groups"] = [{"params": [0]}]  # one group, the model has params
+            raw["training"]["optimizer"]["state"] = {0: {"momentum_buffer": torch.zeros(3)}}
+        else:
+            raw["training"][key] = "garbage"
+        torch.save(raw, tmp_path / "last.pt")
+    else:
+        record = json.loads((tmp_path / "run.json").read_text())
+        record["options"][key] = {"lr": "fast", "epochs": True}[key]
+        (tmp_path / "run.json").write_text(json.dumps(record))
+    with pytest.raises(IRevNetError, match=message) as err:
+        train(resume_options(tmp_path, epochs=2))
+    assert "\n" not in str(err.value)
