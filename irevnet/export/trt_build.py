@@ -92,7 +92,7 @@ def build_engines(opts: BuildOptions, log: Callable[[str], None] = lambda m: Non
             cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
         config.set_timing_cache(cache, False)
         _configure(trt, config, opts)
-        network, parser = _parse(trt, builder, logger, bundle.onnx_path(graph))
+        network, parser = _parse(trt, builder, logger, bundle.graph_bytes(graph), bundle.graphs[graph]["file"])
         (name,) = [network.get_input(i).name for i in range(network.num_inputs)]
         feature_shape = list(network.get_input(0).shape)[1:]
         optimization = builder.create_optimization_profile()
@@ -125,7 +125,7 @@ def build_engines(opts: BuildOptions, log: Callable[[str], None] = lambda m: Non
         "workspace_mb": opts.workspace_mb,
         "hardware_compatibility": opts.hardware_compat,
         "version_compatible": opts.version_compat,
-        "timing_cache": str(cache_path),
+        "timing_cache": _relative_to(cache_path, bundle.path),
         "engines": engines,
     }
     _record(bundle, section, cache_path)
@@ -144,16 +144,25 @@ def _configure(trt, config, opts: BuildOptions) -> None:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
 
 
-def _parse(trt, builder, logger, path: Path):
+def _parse(trt, builder, logger, model: bytes, name: str):
+    """Parses the checked bytes of a graph (external weights already inline, see Bundle.graph_bytes)."""
     network = builder.create_network(_network_flags(trt))
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(path)):  # resolves external weights beside the file
+    if not parser.parse(model):
         errors = []
         for i in range(parser.num_errors):
             e = parser.get_error(i)
             errors.append(f"node {e.node_name() or e.node()} ({e.node_operator()}): {e.desc()}")
-        raise IRevNetError(f"TensorRT could not parse {path.name}: {'; '.join(errors) or logger.errors()}")
+        raise IRevNetError(f"TensorRT could not parse {name}: {'; '.join(errors) or logger.errors()}")
     return network, parser
+
+
+def _relative_to(path: Path, root: Path) -> str:
+    """`path` relative to the bundle when inside it (a bundle names no absolute path of its own)."""
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def _record(bundle: Bundle, section: dict[str, Any], cache_path: Path) -> None:

@@ -1,79 +1,174 @@
 """An exported bundle on disk: manifest.json, the graphs, the engines, the reference samples.
 
-numpy only. `Bundle.open` refuses a bundle from a newer schema, a manifest without the fields the
-runtime reads, a missing file, and files that do not match the sha256 the manifest recorded.
+numpy only. A bundle may come from another machine, so everything in it is checked before use:
+
+- manifest.json is validated against the published JSON Schema (manifest.schema.json, shipped in
+  this package) and must hold finite numbers only; a bad field is named in one line;
+- every file the runtime opens is a plain relative path inside the bundle that `files` lists:
+  `..`, absolute paths and links that resolve outside are refused, and so are ONNX external-data
+  locations that leave the bundle;
+- `Bundle.read` reads a file once, checks its sha256 and returns those bytes: what was hashed is
+  what runs (the graphs go to ONNX Runtime and TensorRT as bytes, never as paths).
+
+The manifest is not signed: whoever can write the bundle can rewrite its hashes too. The checks
+catch corruption, files swapped or added by mistake, and paths that reach outside the bundle.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import io
 import json
+import math
+import posixpath
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import BundleError
-from ..files import sha256_file
+from ..config import IRevNetConfig
+from ..errors import BundleError, ConfigError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 REFERENCE = "reference.npz"
+SAMPLE_Z = "sample_z.npy"
+SCHEMA_FILE = Path(__file__).with_name("manifest.schema.json")
+MAX_MANIFEST_BYTES = 16 << 20
+MAX_GRAPH_BYTES = (2 << 30) - 1  # protobuf's limit for a model handed over in memory
 
 # The graphs of a bundle, and the engine file each is compiled into.
 FORWARD, INVERSE = "forward", "inverse"
 FORWARD_BLOCKS, INVERSE_BLOCKS = "forward_blocks", "inverse_blocks"
 
-# The manifest fields the runtime reads, as dotted paths, and their types. The manifest is not
-# covered by its own hashes, so a hand-edited one is checked here rather than failing later.
-_REQUIRED_FIELDS: dict[str, type] = {
-    "precision": str,
-    "model.config": dict,
-    "normalization.mean": list,
-    "normalization.std": list,
-    "batch.max": int,
-    "range_projection": bool,
-    "checkpoint.path": str,
-    "files": dict,
-    "graphs": dict,
-}
-_REQUIRED_GRAPH_FIELDS: dict[str, type] = {"file": str, "inputs": list, "outputs": list}
+
+@functools.lru_cache(maxsize=1)
+def manifest_validator():
+    """The jsonschema validator of manifest.schema.json (loaded once)."""
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
 
 
 @dataclass
 class Bundle:
-    """A verified bundle folder and its manifest."""
+    """A checked bundle folder and its manifest."""
 
     path: Path
     manifest: dict[str, Any]
 
     @classmethod
     def open(cls, path: str | Path, *, check_hashes: bool = True) -> Bundle:
+        """Reads and checks manifest.json, then every listed file (existence, place, sha256).
+
+        Raises:
+            BundleError: one line naming the missing file, the bad field or the changed file.
+        """
         path = Path(path)
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
             raise BundleError(f"{path} is not a bundle: {MANIFEST} is missing; create one with `irevnet export`")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise BundleError(f"{manifest_path}: not valid JSON ({e}); re-export the bundle") from None
-        version = manifest.get("schema_version") if isinstance(manifest, dict) else None
-        if not isinstance(version, int):
-            raise BundleError(f"{manifest_path}: no schema_version; not an irevnet manifest")
-        if version > SCHEMA_VERSION:
-            raise BundleError(
-                f"{manifest_path}: schema version {version} is newer than this irevnet reads ({SCHEMA_VERSION}); "
-                f"upgrade irevnet"
-            )
-        _check_fields(manifest_path, manifest)
+        manifest = _parse_manifest(manifest_path)
         bundle = cls(path, manifest)
-        for name, digest in manifest.get("files", {}).items():
-            file = path / name
-            if not file.is_file():
-                raise BundleError(f"{path}: {name} is missing; re-export the bundle")
-            if check_hashes and sha256_file(file) != digest:
+        for name in manifest["files"]:
+            file = bundle._locate(name, f"files[{name[:80]!r}]")
+            if check_hashes and _sha256_file(file) != manifest["files"][name]:
                 raise BundleError(f"{path}: {name} does not match its sha256 in the manifest (modified or corrupt); re-export")
+        for field, name in bundle._referenced_files():
+            if name not in manifest["files"]:
+                raise BundleError(
+                    f"{manifest_path}: field {field!r} names {name[:80]!r}, which `files` does not list (so it is not "
+                    f"hashed); re-export the bundle"
+                )
         return bundle
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def _locate(self, name: str, field: str) -> Path:
+        """The file behind a relative name of the manifest, if it is a regular file inside the bundle."""
+        if (
+            not isinstance(name, str) or not name or "\\" in name or "\0" in name or name.startswith("/")
+            or any(part in ("", ".", "..") for part in name.split("/"))
+        ):
+            raise BundleError(
+                f"{self.path / MANIFEST}: field {field} = {str(name)[:80]!r} is not a plain relative path inside the "
+                f"bundle; re-export the bundle"
+            )
+        file = self.path / name
+        root = self.path.resolve()
+        try:
+            resolved = file.resolve(strict=True)
+        except (OSError, RuntimeError):  # missing, or a link loop
+            raise BundleError(f"{self.path}: {name} is missing; re-export the bundle") from None
+        if root not in resolved.parents:
+            raise BundleError(f"{self.path}: {name} is a link to {resolved}, outside the bundle; refused")
+        if not resolved.is_file():
+            raise BundleError(f"{self.path}: {name} is not a regular file; re-export the bundle")
+        return resolved
+
+    def _referenced_files(self) -> list[tuple[str, str]]:
+        """(manifest field, file name) of every file the runtime may open."""
+        refs = [(f"graphs.{g}.file", spec["file"]) for g, spec in self.graphs.items()]
+        engines = self.manifest.get("tensorrt", {}).get("engines", {})
+        refs += [(f"tensorrt.engines.{g}.file", spec["file"]) for g, spec in engines.items()]
+        return refs + [("(reference samples)", REFERENCE)]
+
+    def read(self, name: str) -> bytes:
+        """The bytes of a listed file, checked against its sha256: the caller uses exactly these."""
+        digest = self.manifest["files"].get(name)
+        if digest is None:
+            raise BundleError(f"{self.path}: {name} is not listed in the manifest's files; re-export the bundle")
+        data = self._locate(name, f"files[{name[:80]!r}]").read_bytes()
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise BundleError(f"{self.path}: {name} does not match its sha256 in the manifest (modified or corrupt); re-export")
+        return data
+
+    def graph_bytes(self, graph: str) -> bytes:
+        """The ONNX model of `graph` as bytes, its external data (if any) read from checked files
+        inside the bundle and placed inline."""
+        if graph not in self.graphs:
+            raise BundleError(f"{self.path}: the bundle has no {graph} graph (export it without --no-debug)")
+        name = self.graphs[graph]["file"]
+        data = self.read(name)
+        import onnx
+
+        try:
+            model = onnx.load_model_from_string(data)
+        except Exception as e:  # noqa: BLE001 - protobuf raises its own DecodeError and others
+            raise BundleError(f"{self.path}: {name} is not an ONNX model ({str(e)[:100]}); re-export the bundle") from None
+        external = [t for t in _all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL]
+        if not external:
+            return data
+        blobs: dict[str, bytes] = {}
+        for tensor in external:
+            info = {entry.key: entry.value for entry in tensor.external_data}
+            location = posixpath.normpath(posixpath.join(posixpath.dirname(name), info.get("location", "")))
+            if location not in self.manifest["files"]:  # also catches ../ and absolute locations
+                raise BundleError(
+                    f"{self.path}: {name} keeps tensor {tensor.name[:60]!r} in {info.get('location', '')[:80]!r}, which is "
+                    f"not a file of the bundle; refused"
+                )
+            blob = blobs.get(location) or blobs.setdefault(location, self.read(location))
+            try:
+                offset, length = int(info.get("offset", 0)), int(info.get("length", len(blob)))
+            except ValueError:
+                raise BundleError(f"{self.path}: {name} gives tensor {tensor.name[:60]!r} a non-numeric offset") from None
+            if not 0 <= offset <= offset + length <= len(blob):
+                raise BundleError(f"{self.path}: {name} reads tensor {tensor.name[:60]!r} beyond the end of {location}")
+            tensor.raw_data = blob[offset : offset + length]
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+        if model.ByteSize() > MAX_GRAPH_BYTES:
+            raise BundleError(f"{self.path}: {graph} is over 2 GB with its weights inline; it cannot be loaded from memory")
+        return model.SerializeToString()
+
+    def engine_bytes(self, graph: str) -> bytes | None:
+        """The serialized TensorRT engine of `graph`, checked; None when none was built."""
+        name = self.manifest.get("tensorrt", {}).get("engines", {}).get(graph, {}).get("file")
+        return self.read(name) if name else None
 
     # -- contents ------------------------------------------------------------------------------
 
@@ -88,14 +183,8 @@ class Bundle:
     def has(self, graph: str) -> bool:
         return graph in self.graphs
 
-    def onnx_path(self, graph: str) -> Path:
-        if graph not in self.graphs:
-            raise BundleError(f"{self.path}: the bundle has no {graph} graph (export it without --no-debug)")
-        return self.path / self.graphs[graph]["file"]
-
-    def engine_path(self, graph: str) -> Path | None:
-        file = self.manifest.get("tensorrt", {}).get("engines", {}).get(graph, {}).get("file")
-        return self.path / file if file else None
+    def has_engine(self, graph: str) -> bool:
+        return graph in self.manifest.get("tensorrt", {}).get("engines", {})
 
     @property
     def normalization(self) -> dict[str, Any]:
@@ -115,33 +204,126 @@ class Bundle:
 
     def reference(self, *names: str) -> dict[str, np.ndarray]:
         """The PyTorch fp32 reference samples stored at export (images, labels, logits, z,
-        reconstruction, h0..hB).
+        reconstruction, h0..hB), checked for dtype and shape.
 
         Args:
-            names: the arrays to read (default: all); absent ones (labels, h*) are left out. The
-                per-block activations can be tens of MB, so callers ask for what they use.
+            names: the arrays to read (default: all); absent optional ones (labels, h*) are left
+                out. The per-block activations can be tens of MB, so callers ask for what they use.
         """
-        file = self.path / REFERENCE
-        if not file.is_file():
-            raise BundleError(f"{self.path}: {REFERENCE} is missing; re-export the bundle")
-        with np.load(file, allow_pickle=False) as data:  # an NpzFile reads each array on access
-            return {k: data[k] for k in (names or data.files) if k in data.files}
+        try:
+            with np.load(io.BytesIO(self.read(REFERENCE)), allow_pickle=False) as data:
+                wanted = names or tuple(data.files)
+                missing = [k for k in ("images", "logits", "z") if k in wanted and k not in data.files]
+                if missing:
+                    raise BundleError(f"{self.path}: {REFERENCE} lacks {missing}; re-export the bundle")
+                arrays = {k: data[k] for k in wanted if k in data.files}
+        except BundleError:
+            raise
+        except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
+            raise BundleError(f"{self.path}: {REFERENCE} is unreadable ({str(e)[:100]}); re-export the bundle") from None
+        self._check_reference(arrays)
+        return arrays
 
-    def io_spec(self, graph: str) -> tuple[list[dict], list[dict]]:
-        g = self.graphs[graph]
-        return g["inputs"], g["outputs"]
+    def _check_reference(self, arrays: dict[str, np.ndarray]) -> None:
+        cfg = self.config
+        n = len(arrays["images"]) if "images" in arrays else None
+        expected = {
+            "images": tuple(cfg["in_shape"]), "reconstruction": tuple(cfg["in_shape"]),
+            "logits": (cfg["num_classes"],), "z": self.graphs[INVERSE]["inputs"][0]["shape"][1:],
+        }
+        for key, array in arrays.items():
+            if key == "labels":
+                ok = array.dtype.kind in "iu" and array.ndim == 1
+            else:
+                ok = array.dtype == np.float32 and array.ndim >= 1 and (key not in expected or array.shape[1:] == tuple(expected[key]))
+            if not ok or (n is not None and len(array) > max(n, 1)) or len(array) < 1:
+                raise BundleError(
+                    f"{self.path}: {REFERENCE}[{key!r}] has dtype {array.dtype} and shape {list(array.shape)}, which "
+                    f"do not fit the model; re-export the bundle"
+                )
 
 
-def _check_fields(manifest_path: Path, manifest: dict[str, Any]) -> None:
-    required = dict(_REQUIRED_FIELDS)
-    for graph in (FORWARD, INVERSE, *(g for g in (FORWARD_BLOCKS, INVERSE_BLOCKS) if g in manifest.get("graphs", {}))):
-        required.update({f"graphs.{graph}.{k}": t for k, t in _REQUIRED_GRAPH_FIELDS.items()})
-    for dotted, kind in required.items():
-        value: Any = manifest
-        for key in dotted.split("."):
-            value = value.get(key) if isinstance(value, dict) else None
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise BundleError(
-                f"{manifest_path}: field {dotted!r} is missing or not a {kind.__name__}; "
-                f"re-export the bundle"
-            )
+def _parse_manifest(manifest_path: Path) -> dict[str, Any]:
+    if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{manifest_path} is over {MAX_MANIFEST_BYTES >> 20} MB; not an irevnet manifest")
+
+    def refuse_constant(name: str) -> float:
+        raise ValueError(f"{name} is not a number JSON allows")
+
+    def finite(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"{text[:40]} overflows a double")
+        return value
+
+    try:
+        manifest = json.loads(manifest_path.read_bytes(), parse_constant=refuse_constant, parse_float=finite)
+    except RecursionError:
+        raise BundleError(f"{manifest_path}: nested too deeply to be an irevnet manifest; re-export the bundle") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BundleError(f"{manifest_path}: not valid JSON ({str(e)[:120]}); re-export the bundle") from None
+    version = manifest.get("schema_version") if isinstance(manifest, dict) else None
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise BundleError(f"{manifest_path}: no schema_version; not an irevnet manifest")
+    if version > SCHEMA_VERSION:
+        raise BundleError(
+            f"{manifest_path}: schema version {version} is newer than this irevnet reads ({SCHEMA_VERSION}); "
+            f"upgrade irevnet"
+        )
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(manifest_validator().iter_errors(manifest))
+    if error is not None:
+        raise BundleError(f"{manifest_path}: {_describe(error)}; re-export the bundle")
+    try:
+        IRevNetConfig.from_dict(manifest["model"]["config"])
+    except ConfigError as e:
+        raise BundleError(f"{manifest_path}: field 'model.config' is invalid: {e}") from None
+    channels = manifest["model"]["config"]["in_shape"][0]
+    norm = manifest["normalization"]
+    if len(norm["mean"]) != channels or len(norm["std"]) != channels:
+        raise BundleError(f"{manifest_path}: field 'normalization' needs {channels} mean and std values, one per channel")
+    return manifest
+
+
+_TYPE_NAMES = {"object": "dict", "array": "list", "integer": "int", "number": "number", "string": "str", "boolean": "bool"}
+
+
+def _describe(error) -> str:
+    """One line for a schema violation, naming the field by its dotted path."""
+    path = [str(p) for p in error.absolute_path]
+    schema = error.schema
+    if error.validator == "required":  # name the missing field itself
+        missing = next(r for r in error.validator_value if r not in error.instance)
+        path.append(missing)
+        schema = schema.get("properties", {}).get(missing, {})
+    elif error.validator == "type" and error.validator_value == "object" and schema.get("required"):
+        first = schema["required"][0]  # null where a section was expected: its first field is missing
+        path.append(first)
+        schema = schema["properties"][first]
+    elif error.validator != "type":
+        field = ".".join(path) or "(top level)"
+        return f"field {field!r} is invalid: {error.message[:160]}"
+    return f"field {'.'.join(path)!r} is missing or not a {_type_name(schema)}"
+
+
+def _type_name(schema: dict[str, Any]) -> str:
+    if "$ref" in schema:
+        schema = manifest_validator().schema["$defs"][schema["$ref"].rsplit("/", 1)[1]]
+    kind = schema.get("type", "value")
+    return _TYPE_NAMES.get(kind[0] if isinstance(kind, list) else kind, "valid value")
+
+
+def _all_tensors(model) -> list:
+    """Initializers and tensor attributes of every graph in the model, subgraphs included."""
+    from onnx.external_data_helper import _get_all_tensors
+
+    return list(_get_all_tensors(model))
+
+
+def _sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

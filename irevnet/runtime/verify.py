@@ -148,7 +148,8 @@ def _reference(bundle: Bundle, x: np.ndarray, opts: VerifyOptions, log) -> dict[
         log("computing the PyTorch fp32 reference")
         from .backends.torch_backend import TorchBackend
 
-        kw = {"precision": "fp32", "image_size": bundle.config["in_shape"][1], "device": "cpu"}
+        kw = {"precision": "fp32", "image_size": bundle.config["in_shape"][1], "device": "cpu",
+              "sha256": bundle.manifest["checkpoint"]["sha256"]}  # the exported checkpoint, or refused
         graph = FORWARD_BLOCKS if opts.blocks else FORWARD
         with TorchBackend(ckpt, graph, **kw) as torch_fwd:
             out = torch_fwd.infer({"image": x})
@@ -228,7 +229,7 @@ def _blocks(bundle: Bundle, kind: str, x: np.ndarray, reference, opts: VerifyOpt
     if not (bundle.has(FORWARD_BLOCKS) and bundle.has(INVERSE_BLOCKS)):
         entry["skipped"] = "the bundle has no debug graphs (exported with --no-debug)"
         return entry
-    if kind == "tensorrt" and bundle.engine_path(FORWARD_BLOCKS) is None:
+    if kind == "tensorrt" and not bundle.has_engine(FORWARD_BLOCKS):
         entry["skipped"] = "no debug engines (build them with `irevnet build --debug`)"
         return entry
     log(f"{bundle.precision}: per-block analysis on {kind}")

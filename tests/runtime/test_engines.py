@@ -111,8 +111,9 @@ def test_build_uses_the_enum_flags_and_records_the_engines(fake_trt, bundles, tm
     trt = fake_trt(version)
     bundle = shutil.copytree(bundles["mixed"], tmp_path / "b")
     section = build_engines(BuildOptions(bundle=str(bundle), opt_batch=4, workspace_mb=256, debug=True))
-    assert [c["path"].split("/")[-1] for c in trt.calls] == [
-        "forward.onnx", "inverse.onnx", "forward_blocks.onnx", "inverse_blocks.onnx"]
+    opened = Bundle.open(bundle)
+    parsed = [opened.graph_bytes(g) for g in ("forward", "inverse", "forward_blocks", "inverse_blocks")]
+    assert [trt_double.MODELS[c["path"]] for c in trt.calls] == parsed, "the checked bytes of each graph, in order"
     for call in trt.calls:
         # the STRONGLY_TYPED bit comes from the enum: 1 << 1 on 10.x, 1 << 0 on 11.x
         assert call["flags"] == 1 << strongly_typed_bit

@@ -16,6 +16,10 @@ import types
 import numpy as np
 
 
+# Parsed ONNX models by sha256: the double's serialized engines name their model by digest.
+MODELS: dict[str, bytes] = {}
+
+
 def make_tensorrt(version: str = "10.13.0.35") -> types.ModuleType:
     """A fake `tensorrt` module; enum values follow the given major version's headers."""
     major = int(version.split(".")[0])
@@ -78,16 +82,22 @@ def make_tensorrt(version: str = "10.13.0.35") -> types.ModuleType:
         def __init__(self, network, logger):
             self.network, self.errors = network, []
 
-        def parse_from_file(self, path):
+        def parse(self, model, path=None):
+            """TensorRT's OnnxParser.parse(model bytes, path=None); the model is kept by its sha256,
+            which the double's engines name instead of a file."""
+            import hashlib
+
             import onnx
 
-            model = onnx.load(path, load_external_data=False)
-            bad = [n for n in model.graph.node if n.op_type == "Unsupported"]
+            proto = onnx.load_model_from_string(bytes(model))
+            bad = [n for n in proto.graph.node if n.op_type == "Unsupported"]
             if bad:
                 self.errors = [ParserError(bad[0].name, bad[0].op_type, "no importer registered")]
                 return False
-            self.network.path = path
-            for value in model.graph.input:
+            digest = hashlib.sha256(bytes(model)).hexdigest()
+            MODELS[digest] = bytes(model)
+            self.network.path = digest
+            for value in proto.graph.input:
                 dims = [d.dim_value if d.dim_value else -1 for d in value.type.tensor_type.shape.dim]
                 self.network.inputs.append(Tensor(value.name, dims))
             return True
@@ -163,7 +173,7 @@ def make_tensorrt(version: str = "10.13.0.35") -> types.ModuleType:
         def __init__(self, record):
             import onnxruntime as ort
 
-            self.session = ort.InferenceSession(record["onnx"], providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(MODELS[record["onnx"]], providers=["CPUExecutionProvider"])
             self.profile = record["profile"]
             self.names = [v.name for v in self.session.get_inputs()] + [v.name for v in self.session.get_outputs()]
             self.n_inputs = len(self.session.get_inputs())

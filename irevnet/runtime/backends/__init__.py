@@ -45,18 +45,17 @@ def open_backend(
         from .ort_backend import OrtBackend
 
         return OrtBackend(
-            bundle.onnx_path(graph), providers=providers, threads=threads, cache_dir=bundle.path / "ort_trt_cache",
+            bundle.graph_bytes(graph), providers=providers, threads=threads, cache_dir=bundle.path / "ort_trt_cache",
             max_batch=bundle.max_batch,
         )
     if kind == "tensorrt":
         from ..engines import EngineMismatch
         from .trt_backend import TrtBackend
 
-        engine = bundle.engine_path(graph)
-        if engine is None:
+        if not bundle.has_engine(graph):
             raise IRevNetError(f"{bundle.path} has no TensorRT engine for {graph}; build them with `irevnet build {bundle.path}`")
         try:
-            return TrtBackend(engine, bundle=bundle)
+            return TrtBackend(bundle.engine_bytes(graph), bundle=bundle)
         except EngineMismatch:
             if not rebuild:
                 raise
@@ -68,7 +67,7 @@ def open_backend(
                 debug="forward_blocks" in previous["engines"], tf32=previous.get("tf32", False),
             ))
             fresh = Bundle.open(bundle.path)
-            return TrtBackend(fresh.engine_path(graph), bundle=fresh)
+            return TrtBackend(fresh.engine_bytes(graph), bundle=fresh)
     from .torch_backend import TorchBackend
 
     ckpt = checkpoint or bundle.manifest["checkpoint"]["path"]
@@ -81,4 +80,5 @@ def open_backend(
     return TorchBackend(
         ckpt, graph, precision=bundle.precision, projection=bundle.manifest["range_projection"],
         image_size=cfg["in_shape"][1], device=device, threads=threads, max_batch=bundle.max_batch,
+        sha256=bundle.manifest["checkpoint"]["sha256"],
     )

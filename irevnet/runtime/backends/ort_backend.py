@@ -66,7 +66,7 @@ class OrtBackend(Backend):
     """Runs one ONNX graph with ONNX Runtime.
 
     Args:
-        path: the .onnx file.
+        model: the ONNX model as bytes (what a bundle checked, see Bundle.graph_bytes), or a .onnx path.
         providers: short provider names in priority order (default: all available, best first).
         threads: intra-op threads (default: ONNX Runtime's, one per physical core).
         cache_dir: where the TensorRT provider keeps engines and its timing cache.
@@ -77,7 +77,7 @@ class OrtBackend(Backend):
 
     def __init__(
         self,
-        path: str | Path,
+        model: bytes | str | Path,
         *,
         providers: list[str] | None = None,
         threads: int | None = None,
@@ -90,7 +90,7 @@ class OrtBackend(Backend):
         if threads:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(
-            str(path), options, providers=_provider_list(providers or available_providers(), cache_dir)
+            model if isinstance(model, bytes) else str(model), options, providers=_provider_list(providers or available_providers(), cache_dir)
         )
         self.max_batch = max_batch
         self.inputs = [self._spec(v) for v in self.session.get_inputs()]

@@ -27,6 +27,7 @@ class TorchBackend(Backend):
         precision, projection, image_size: as the bundle was exported.
         device: cpu | cuda | auto.
         threads: torch intra-op threads.
+        sha256: the checkpoint's digest in the manifest; another file is refused before loading.
     """
 
     name = "torch"
@@ -42,6 +43,7 @@ class TorchBackend(Backend):
         device: str = "auto",
         threads: int | None = None,
         max_batch: int | None = None,
+        sha256: str | None = None,
     ):
         try:
             import torch
@@ -55,7 +57,7 @@ class TorchBackend(Backend):
             torch.set_num_threads(threads)
         self.torch = torch
         self.device = resolve_device(device)
-        model = load_checkpoint(checkpoint, image_size=image_size).model
+        model = load_checkpoint(checkpoint, image_size=image_size, sha256=sha256).model
         net = g.prepare(model, precision, fold_bn=False)
         module = {
             "forward": lambda: g.ForwardGraph(net),

@@ -56,14 +56,14 @@ class TrtBackend(Backend):
     """Runs one engine of a bundle.
 
     Args:
-        engine: the .engine file.
+        engine: the serialized engine (a bundle's checked bytes, see Bundle.engine_bytes) or an .engine path.
         bundle: when given, the engine's build record in its manifest is checked against this
             TensorRT version and GPU first (EngineMismatch says to rebuild).
     """
 
     name = "tensorrt"
 
-    def __init__(self, engine: str | Path, *, bundle: Bundle | None = None):
+    def __init__(self, engine: bytes | str | Path, *, bundle: Bundle | None = None):
         trt = import_tensorrt()
         self.trt = trt
         self.cuda = cuda_api()
@@ -73,12 +73,13 @@ class TrtBackend(Backend):
                 log.warning(note)
         self.logger = make_logger(trt)
         self.runtime = trt.Runtime(self.logger)
-        path = Path(engine)
-        if not path.is_file():
-            raise BundleError(f"engine not found: {path}; build it with `irevnet build`")
-        self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
+        if not isinstance(engine, bytes):
+            if not Path(engine).is_file():
+                raise BundleError(f"engine not found: {engine}; build it with `irevnet build`")
+            engine = Path(engine).read_bytes()
+        self.engine = self.runtime.deserialize_cuda_engine(engine)
         if self.engine is None:
-            raise BundleError(f"{path}: TensorRT could not deserialize it ({self.logger.errors()}); rebuild with `irevnet build`")
+            raise BundleError(f"TensorRT could not deserialize the engine ({self.logger.errors()}); rebuild with `irevnet build`")
         self.context = self.engine.create_execution_context()
         self.stream = self.cuda.stream()
         self.start, self.end = self.cuda.event(), self.cuda.event()
