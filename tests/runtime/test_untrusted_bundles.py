@@ -1,0 +1,241 @@
+"""A bundle from another machine is a chain of custody: a mutation battery over a real bundle.
+
+Every case runs `irevnet verify` on a mutated copy and asserts a clean outcome (exit 2 with one
+line, or a failed check with exit 1; exit 0 only where the mutation leaves what verify reads
+intact), no traceback, and that no file outside the bundle was opened: the mutations point at
+decoys outside it, and an audit hook records every file Python opens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from irevnet.cli import app
+from irevnet.errors import BundleError
+from irevnet.runtime import Bundle, open_backend
+
+runner = CliRunner()
+_OPENED: list[str] | None = None  # files opened while a case runs (None: not recording)
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event == "open" and _OPENED is not None and isinstance(args[0], (str, bytes)):
+        _OPENED.append(args[0] if isinstance(args[0], str) else args[0].decode(errors="replace"))
+
+
+sys.addaudithook(_audit)  # hooks cannot be removed; it records only between _run's start and end
+
+
+@pytest.fixture(scope="module")
+def decoys(tmp_path_factory, bundles):
+    """Files outside any bundle that a hostile manifest might point at: a valid graph and raw bytes."""
+    root = tmp_path_factory.mktemp("outside")
+    (root / "elsewhere").mkdir()
+    shutil.copy(bundles["fp32"] / "forward.onnx", root / "elsewhere" / "forward.onnx")
+    (root / "secret.bin").write_bytes(np.arange(4096, dtype=np.float32).tobytes())
+    return root
+
+
+def _run(bundle, decoys, *args, allowed_outside: str | None = None):
+    global _OPENED
+    _OPENED = []
+    try:
+        result = runner.invoke(app, ["verify", str(bundle), *args])
+    finally:
+        opened, _OPENED = _OPENED, None
+    outside = [p for p in opened if (str(decoys) in p or p.startswith("/etc/")) and p != allowed_outside]
+    assert not outside, f"opened outside the bundle: {outside}"
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit), (
+        result.output, result.exception)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    if result.exit_code == 2:
+        assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    elif result.exit_code == 1:
+        assert lines[-1].startswith("error: verify failed"), result.output
+    else:
+        assert result.exit_code == 0 and lines[-1] == "verify passed", result.output
+    return result
+
+
+def _edit(bundle, change) -> None:
+    path = bundle / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+# (path in the manifest, whether deleting it leaves verify able to pass)
+FIELDS = [
+    (("schema_version",), False), (("precision",), False), (("model", "config"), False),
+    (("model", "config", "blocks"), False), (("model", "config", "channels"), False),
+    (("model", "config", "in_shape"), False), (("model", "config", "num_classes"), False),
+    (("checkpoint", "path"), False), (("checkpoint", "sha256"), False), (("normalization",), False),
+    (("normalization", "mean"), False), (("normalization", "std"), False), (("batch", "max"), False),
+    (("range_projection",), False), (("graphs",), False), (("graphs", "forward"), False),
+    (("graphs", "forward", "file"), False), (("graphs", "inverse", "file"), False),
+    (("graphs", "forward_blocks", "file"), False), (("graphs", "forward", "inputs"), False),
+    (("graphs", "inverse", "outputs"), False), (("tolerances",), True), (("tolerances", "round_trip"), False),
+    (("fidelity",), True), (("fidelity", "inverse_gain"), True), (("files",), False),
+    (("files", "forward.onnx"), False), (("files", "reference.npz"), False),
+]
+KINDS = {
+    "delete": None,
+    "retype": lambda old: 7 if isinstance(old, str) else "x",
+    "huge": lambda old: 10**30,
+    "negative": lambda old: -1,
+    "nan": lambda old: float("nan"),
+    "traverse": lambda old: "../../elsewhere/forward.onnx",
+    "absolute": lambda old: "/etc/passwd",
+    "deep": lambda old: json.loads("[" * 50 + "]" * 50),
+}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_every_manifest_field_mutated(bundles, decoys, tmp_path, kind):
+    for field, deletable in FIELDS:
+        bundle = shutil.copytree(bundles["fp32"], tmp_path / f"{kind}-{'.'.join(field)}")
+
+        def change(manifest):
+            parent = manifest
+            for key in field[:-1]:
+                parent = parent[key]
+            if KINDS[kind] is None:
+                del parent[field[-1]]
+            else:
+                parent[field[-1]] = KINDS[kind](parent[field[-1]])
+
+        _edit(bundle, change)
+        if field == ("checkpoint", "path"):
+            # The one path a manifest names outside its bundle, by design: the checkpoint it was
+            # exported from. verify reads it only to compare its sha256 and loads it only on a match
+            # (a path that is not there: verify uses the stored reference samples and may pass).
+            result = _run(bundle, decoys, "--no-blocks", allowed_outside="/etc/passwd")
+            assert result.exit_code in (0, 2), result.output
+            if kind == "absolute":
+                assert "is not the checkpoint the bundle was exported from" in result.output
+        else:
+            result = _run(bundle, decoys, "--no-blocks")
+            if not (kind == "delete" and deletable):
+                assert result.exit_code == 2, (field, kind, result.output)
+        shutil.rmtree(bundle)
+
+
+def test_a_200000_deep_manifest_and_non_json_numbers_are_one_line(bundles, decoys, tmp_path):
+    bundle = shutil.copytree(bundles["fp32"], tmp_path / "deep")
+    (bundle / "manifest.json").write_text("[" * 200_000 + "]" * 200_000)
+    assert "nested too deeply" in _run(bundle, decoys).output
+    text = json.dumps(json.loads((bundles["fp32"] / "manifest.json").read_text()))
+    (bundle / "manifest.json").write_text(text.replace('"max": 8', '"max": 1e400'))
+    assert "overflows a double" in _run(bundle, decoys).output
+
+
+@pytest.mark.parametrize("name", ["forward.onnx", "inverse.onnx", "debug/forward_blocks.onnx", "reference.npz", "sample_z.npy"])
+@pytest.mark.parametrize("how", ["flip", "truncate", "swap", "symlink-out", "delete"])
+def test_every_file_flipped_truncated_swapped_linked_or_deleted(bundles, decoys, tmp_path, name, how):
+    bundle = shutil.copytree(bundles["fp32"], tmp_path / "b")
+    file = bundle / name
+    data = file.read_bytes()
+    if how == "flip":
+        file.write_bytes(data[:-50] + bytes([data[-50] ^ 0xFF]) + data[-49:])
+    elif how == "truncate":
+        file.write_bytes(data[: len(data) // 2])
+    elif how == "swap":
+        other = bundle / ("inverse.onnx" if name != "inverse.onnx" else "forward.onnx")
+        file.write_bytes(other.read_bytes())
+    elif how == "symlink-out":
+        file.unlink()
+        file.symlink_to(decoys / "elsewhere" / "forward.onnx")
+    else:
+        file.unlink()
+    result = _run(bundle, decoys, "--no-blocks")
+    assert result.exit_code == 2 and name in result.output, result.output
+
+
+def test_paths_that_leave_the_bundle_are_refused_even_with_rewritten_hashes(bundles, decoys, tmp_path):
+    """Whoever can write a bundle can rewrite its hashes: what they cannot do is point outside."""
+    outside_graph = decoys / "elsewhere" / "forward.onnx"
+    digest = hashlib.sha256(outside_graph.read_bytes()).hexdigest()
+    for target in ("../../elsewhere/forward.onnx", str(outside_graph), "./forward.onnx", "debug/../forward.onnx"):
+        bundle = shutil.copytree(bundles["fp32"], tmp_path / "t", dirs_exist_ok=True)
+
+        def point(manifest, target=target):
+            manifest["graphs"]["forward"]["file"] = target
+            manifest["files"][target] = digest
+
+        _edit(bundle, point)
+        assert "is not a plain relative path inside the bundle" in _run(bundle, decoys).output
+        shutil.rmtree(bundle)
+
+    # a link inside the bundle to a graph outside it, hash rewritten to match
+    bundle = shutil.copytree(bundles["fp32"], tmp_path / "link")
+    (bundle / "forward.onnx").unlink()
+    (bundle / "forward.onnx").symlink_to(outside_graph)
+    _edit(bundle, lambda m: m["files"].update({"forward.onnx": digest}))
+    assert "outside the bundle; refused" in _run(bundle, decoys).output
+
+    # a graph that `files` does not list is never run unhashed
+    bundle = shutil.copytree(bundles["fp32"], tmp_path / "unlisted")
+    shutil.copy(bundle / "forward.onnx", bundle / "extra.onnx")
+    _edit(bundle, lambda m: m["graphs"]["forward"].update(file="extra.onnx"))
+    assert "which `files` does not list" in _run(bundle, decoys).output
+
+
+def _externalize(bundle, location: str, data_file) -> None:
+    """Moves forward.onnx's largest initializer to external data at `location` (relative to the
+    graph), writes its bytes to `data_file`, and rewrites the hashes as an attacker could."""
+    model = onnx.load(bundle / "forward.onnx")
+    tensor = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+    data_file.write_bytes(tensor.raw_data)
+    onnx.external_data_helper.set_external_data(tensor, location=location, offset=0, length=len(tensor.raw_data))
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    (bundle / "forward.onnx").write_bytes(model.SerializeToString())
+
+    def rehash(manifest):
+        for name in ("forward.onnx", location):
+            if (bundle / name).is_file() and ".." not in name:
+                manifest["files"][name] = hashlib.sha256((bundle / name).read_bytes()).hexdigest()
+
+    _edit(bundle, rehash)
+
+
+def test_external_data_stays_inside_the_bundle_and_is_hashed(bundles, decoys, tmp_path):
+    inside = shutil.copytree(bundles["fp32"], tmp_path / "inside")
+    _externalize(inside, "forward.onnx.data", inside / "forward.onnx.data")
+    assert _run(inside, decoys).exit_code == 0, "external data inside the bundle and listed in files runs"
+
+    outside = shutil.copytree(bundles["fp32"], tmp_path / "outside")
+    _externalize(outside, "../../outside_weights.bin", tmp_path / "outside_weights.bin")
+    assert "which is not a file of the bundle; refused" in _run(outside, decoys).output
+
+
+def test_reference_npz_without_images_or_with_objects_is_one_line(bundles, decoys, tmp_path):
+    for name, arrays in {
+        "no-images": {"z": np.zeros((1, 256, 4, 4), np.float32), "logits": np.zeros((1, 10), np.float32)},
+        "objects": {"images": np.array([object()] * 2)},
+        "wrong-shape": {"images": np.zeros((1, 3, 3), np.float32), "z": np.zeros((1, 2), np.float32),
+                        "logits": np.zeros((1, 10), np.float32)},
+    }.items():
+        bundle = shutil.copytree(bundles["fp32"], tmp_path / name)
+        np.savez(bundle / "reference.npz", **arrays)
+        _edit(bundle, lambda m: m["files"].update({"reference.npz": hashlib.sha256(
+            (bundle / "reference.npz").read_bytes()).hexdigest()}))
+        result = _run(bundle, decoys, "--no-blocks")
+        assert result.exit_code == 2 and "reference.npz" in result.output, (name, result.output)
+
+
+def test_what_is_hashed_is_what_runs(bundles, tmp_path):
+    """A graph swapped after Bundle.open checked it is refused when the backend reads it."""
+    bundle_path = shutil.copytree(bundles["fp32"], tmp_path / "b")
+    bundle = Bundle.open(bundle_path)
+    shutil.copy(bundle_path / "inverse.onnx", bundle_path / "forward.onnx")
+    with pytest.raises(BundleError, match="forward.onnx does not match its sha256"):
+        open_backend("onnxruntime", bundle, "forward")
