@@ -6,10 +6,13 @@ stderr, no traceback), 130 interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
@@ -51,13 +54,35 @@ _EXTRA_OF = {
 }
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt, so that every `finally` runs and
+    temporary files are removed (not an Exception: nothing may swallow it)."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_as_exception():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def command(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Registers a CLI command whose library errors become one line and an exit code."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with _sigterm_as_exception():
+                return fn(*args, **kwargs)
         except IRevNetError as e:
             _fail(str(e), 2)
         except CheckFailed as e:
@@ -72,6 +97,8 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
             _fail(f"cannot write or read{where}: {e.strerror or e}; check the path, its permissions and free space", 2)
         except KeyboardInterrupt:
             _fail("interrupted; files already written are complete (writes are atomic)", 130)
+        except Terminated:
+            _fail("terminated (SIGTERM); temporary files removed, files already written are complete", 143)
 
     return app.command()(wrapper)
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .errors import IRevNetError
-from .files import atomic_directory
+from .files import atomic_directory, check_replaceable
 
 PRESET = "irevnet-tiny"
 
@@ -41,15 +41,19 @@ def run_demo(opts: DemoOptions, report: Report = lambda step, result: None, obse
     from .export.bundle import ExportOptions, export_bundle
     from .images import denormalize, save_grid
     from .runtime.bench import BenchOptions, bench
+    from .runtime.bundle import is_bundle_folder
     from .runtime.verify import VerifyOptions, verify
-    from .train import TrainOptions, train
+    from .train import TrainOptions, is_run_folder, train
 
     out = Path(opts.out)
     if out.exists() and not out.is_dir():
         raise IRevNetError(f"--out {out} is a file; give a folder for the demo's outputs")
+    for precision in opts.precisions:  # every folder the demo replaces, checked before any work
+        check_replaceable(out / f"bundle-{precision}", is_bundle_folder, "bundle")
+    check_replaceable(out / "run", is_run_folder, "run folder")
     out.mkdir(parents=True, exist_ok=True)
     # A rerun replaces the previous demo's run whole; an interrupted one leaves it untouched.
-    with atomic_directory(out / "run", marker="run.json") as tmp:
+    with atomic_directory(out / "run", owned=is_run_folder, what="run folder") as tmp:
         trained = train(TrainOptions(model=PRESET, dataset="digits", out=str(tmp), epochs=opts.epochs, device="cpu"),
                         observer)
     report("train", trained)

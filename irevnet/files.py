@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +23,16 @@ from .errors import IRevNetError
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yields a temporary path beside `path` and renames it over `path` once the block succeeds.
 
-    On any exception (KeyboardInterrupt included) the temporary file is removed and `path` keeps
-    its previous contents.
+    On any exception (KeyboardInterrupt and SIGTERM included) the temporary file is removed and
+    `path` keeps its previous contents. Temporaries left by a process that was killed are removed
+    by the next write to the same path.
     """
     path = Path(path)
     check_writable(path)
     with _naming(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        _remove_leftovers(path)
+        fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
@@ -52,48 +58,115 @@ def check_writable(path: str | os.PathLike) -> None:
         raise IRevNetError(f"cannot write {path}: {parent} is not a writable folder; check the path and its permissions")
 
 
-@contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike, *, marker: str) -> Iterator[Path]:
-    """Yields an empty temporary folder beside `path`; on success it replaces `path` whole.
+def check_replaceable(path: str | os.PathLike, owned: Callable[[Path], bool], what: str) -> None:
+    """Refuses an output folder that irevnet may not replace, before any work is done.
 
-    A previous folder at `path` is moved aside and deleted only after the new one is in place, so
-    a failure at any point leaves either the old folder or the new one, never a mix.
-
-    Args:
-        marker: a file that every folder this writer makes contains (e.g. "manifest.json"). An
-            existing `path` is replaced only when it is empty or holds `marker`: `--out .` or a
-            file given by mistake is refused before any work, never deleted.
+    `path` may be absent, an empty folder, or a folder that `owned` recognises as an earlier
+    output of the same command (e.g. a bundle whose every file its manifest accounts for).
+    Anything else (a file, `.`, a project folder that happens to hold a manifest.json) is
+    refused: replacing is whole-folder, and nothing of the user's may be deleted.
     """
     path = Path(path)
-    if path.exists() or path.is_symlink():
-        if not path.is_dir():
-            raise IRevNetError(f"{path} exists and is not a folder; choose a new output path")
-        if not (path / marker).is_file() and any(path.iterdir()):
-            raise IRevNetError(
-                f"{path} is a folder without {marker}, so not an earlier output of this command; writing "
-                f"replaces the folder whole, so choose a new path or empty it"
-            )
+    if not (path.exists() or path.is_symlink()):
+        return
+    if path.is_symlink() or not path.is_dir():
+        raise IRevNetError(f"{path} exists and is not a folder; choose a new output path")
+    if any(path.iterdir()) and not owned(path):
+        raise IRevNetError(
+            f"{path} is a folder that is not an irevnet {what} (it holds files irevnet did not write); writing "
+            f"replaces the folder whole, so choose a new path or empty it"
+        )
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike, *, owned: Callable[[Path], bool], what: str) -> Iterator[Path]:
+    """Yields an empty temporary folder beside `path`; on success it replaces `path` whole.
+
+    The replacement is one atomic exchange of the two folders (Linux renameat2 RENAME_EXCHANGE),
+    so `path` is never absent: at every instant it is the old folder or the new one. Where the
+    exchange is not available, the old folder is first renamed aside; a crash between the two
+    renames leaves it in `.NAME.PID.*.old`, and the next write to `path` puts it back. Temporary
+    folders of processes that died are removed by the next write to the same path.
+
+    Args:
+        owned: recognises an earlier output of this writer; see `check_replaceable`.
+        what: what the folder is, for the refusal message ("bundle", "run folder").
+    """
+    path = Path(path)
     with _naming(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        _remove_leftovers(path)
+    check_replaceable(path, owned, what)
+    with _naming(path):
+        tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
-        old = None
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / path.name)
-        try:
+        if not path.exists():
             os.replace(tmp, path)
-        except BaseException:
-            if old is not None:
-                os.replace(old / path.name, path)
-            raise
-        if old is not None:
+        elif _exchange(tmp, path):
+            shutil.rmtree(tmp, ignore_errors=True)  # now the old folder
+        else:
+            old = path.parent / (tmp.name.removesuffix(".tmp") + ".old")
+            os.replace(path, old)
+            os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _temp_prefix(path: Path) -> str:
+    # The writer's pid in the name lets a later run tell a dead writer's leftovers from a live one's.
+    return f".{path.name}.{os.getpid()}."
+
+
+def _remove_leftovers(path: Path) -> None:
+    """Removes temporaries of `path` left by dead processes; restores a folder renamed aside
+    (`.old`) by a writer that died before it put the new one in place."""
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)\.[^.]+\.(tmp|old)$")
+    for entry in path.parent.iterdir():
+        m = pattern.match(entry.name)
+        if not m or _alive(int(m.group(1))):
+            continue
+        if m.group(2) == "old" and not (path.exists() or path.is_symlink()):
+            os.replace(entry, path)
+        elif entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process (or not a pid we can judge): leave its files alone
+    return True
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swaps two existing paths atomically (renameat2 RENAME_EXCHANGE); False where the C library
+    or the file system does not offer it."""
+    if sys.platform != "linux":
+        return False
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:  # glibc < 2.28, musl
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 @contextlib.contextmanager

@@ -279,6 +279,21 @@ def _check_training_state(path: Path, state: dict[str, Any]) -> None:
         raise IRevNetError(f"{path}: resume state 'epoch' or 'history' is malformed; start a new run in another --out")
 
 
+RUN_FILES = {"run.json", "last.pt", "best.pt", "metrics.jsonl"}
+
+
+def is_run_folder(path: Path) -> bool:
+    """True when `path` holds a training run of irevnet's and nothing else (what `irevnet demo`
+    may replace): a run.json record of `irevnet train` and its checkpoints and metrics."""
+    try:
+        record = json.loads((path / "run.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        return False
+    if not (isinstance(record, dict) and isinstance(record.get("options"), dict) and isinstance(record.get("command"), str)):
+        return False
+    return all(entry.name in RUN_FILES or entry.name.startswith(".") for entry in path.iterdir())
+
+
 def resume_options(out: str | Path, **changes: Any) -> TrainOptions:
     """The options the run in `out` was started with (its run.json), with `changes` applied.
 

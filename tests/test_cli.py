@@ -189,7 +189,23 @@ def test_outputs_never_replace_what_this_tool_did_not_write(tmp_path, trained_ti
     project.mkdir()
     (project / "notes.txt").write_text("a week of work")
     line = _one_line_error(runner.invoke(app, ["export", "-c", ckpt, "-o", str(project), "--no-debug"]))
-    assert "without manifest.json" in line and (project / "notes.txt").read_text() == "a week of work"
+    assert "is not an irevnet bundle" in line and (project / "notes.txt").read_text() == "a week of work"
+
+    # a web app's folder has a manifest.json too: it is still not a bundle, and nothing is deleted
+    webapp = tmp_path / "webapp"
+    (webapp / "src").mkdir(parents=True)
+    files = {"manifest.json": '{"name": "app", "schema_version": 1}', "index.html": "<html></html>", "src/app.js": "x"}
+    for name, text in files.items():
+        (webapp / name).write_text(text)
+    line = _one_line_error(runner.invoke(app, ["export", "-c", ckpt, "-o", str(webapp), "--no-debug"]))
+    assert "is not an irevnet bundle" in line
+    assert {p.relative_to(webapp).as_posix(): p.read_text() for p in webapp.rglob("*") if p.is_file()} == files
+    # a bundle with a user's file added to it is not replaced either
+    bundle = tmp_path / "bundle"
+    assert runner.invoke(app, ["export", "-c", ckpt, "-o", str(bundle), "--no-debug", "--max-batch", "2"]).exit_code == 0
+    (bundle / "my_notes.txt").write_text("mine")
+    line = _one_line_error(runner.invoke(app, ["export", "-c", ckpt, "-o", str(bundle), "--no-debug", "--max-batch", "2"]))
+    assert "is not an irevnet bundle" in line and (bundle / "my_notes.txt").read_text() == "mine"
 
     target = tmp_path / "model.onnx"
     target.write_bytes(b"keep")

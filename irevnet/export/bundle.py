@@ -23,7 +23,7 @@ from ..checkpoint import Checkpoint, load_checkpoint
 from ..data import CIFAR_STATS, IMAGENET_STATS, load_datasets
 from ..errors import CheckFailed, IRevNetError
 from ..fidelity import diagnose
-from ..files import atomic_directory, sha256_file, write_json
+from ..files import atomic_directory, check_replaceable, sha256_file, write_json
 from ..images import reconstruction_metrics
 from ..invert import first_images
 from ..runtime.backends.ort_backend import OrtBackend
@@ -35,6 +35,7 @@ from ..runtime.bundle import (
     MANIFEST,
     REFERENCE,
     SCHEMA_VERSION,
+    is_bundle_folder,
 )
 from ..runtime.comparison import TOLERANCES, compare, top1_agreement
 from .graphs import ForwardBlocksGraph, ForwardGraph, InverseBlocksGraph, InverseGraph, Precision, prepare
@@ -69,6 +70,8 @@ def export_bundle(opts: ExportOptions, log=lambda msg: None) -> dict[str, Any]:
         raise IRevNetError("--max-batch and --samples must be at least 1")
     if not 18 <= opts.opset <= 20:
         raise IRevNetError(f"--opset {opts.opset} is outside 18..20 (the exporter needs 18, TensorRT 10 parses up to 20)")
+    out = Path(opts.out)
+    check_replaceable(out, is_bundle_folder, "bundle")  # before any work, not after it
     ckpt = load_checkpoint(opts.checkpoint, image_size=opts.image_size)
     model, cfg = ckpt.model, ckpt.config
     precision = Precision(opts.precision)
@@ -76,8 +79,7 @@ def export_bundle(opts: ExportOptions, log=lambda msg: None) -> dict[str, Any]:
     images, labels, normalization = _samples(ckpt, opts.dataset, samples)
     net = prepare(model, precision)
 
-    out = Path(opts.out)
-    with atomic_directory(out, marker=MANIFEST) as tmp:
+    with atomic_directory(out, owned=is_bundle_folder, what="bundle") as tmp:
         graphs: dict[str, dict[str, Any]] = {}
         plan = [
             (FORWARD, ForwardGraph(net), cfg.in_shape, True),

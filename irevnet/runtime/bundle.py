@@ -22,6 +22,7 @@ import io
 import json
 import math
 import posixpath
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,6 +242,28 @@ class Bundle:
                     f"{self.path}: {REFERENCE}[{key!r}] has dtype {array.dtype} and shape {list(array.shape)}, which "
                     f"do not fit the model; re-export the bundle"
                 )
+
+
+# What irevnet itself writes into a bundle besides the files the manifest lists.
+_GENERATED = {MANIFEST, "debug", "ort_trt_cache", "timing.cache"}
+_TEMPORARY = re.compile(r"^\..+\.\d+\.[^.]+\.(tmp|old)$")  # irevnet.files' temporaries
+
+
+def is_bundle_folder(path: Path) -> bool:
+    """True when `path` is an irevnet bundle and holds nothing else: its manifest names irevnet
+    and every top-level entry is a listed file, a folder of them, or what export and build make.
+    `irevnet export -o` replaces only such a folder (a web app with a manifest.json is not one)."""
+    try:
+        if (path / MANIFEST).stat().st_size > MAX_MANIFEST_BYTES:
+            return False
+        manifest = json.loads((path / MANIFEST).read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return False
+    if not (isinstance(manifest, dict) and isinstance(manifest.get("schema_version"), int)
+            and isinstance(manifest.get("irevnet_version"), str) and isinstance(manifest.get("files"), dict)):
+        return False
+    ours = _GENERATED | {str(name).split("/")[0] for name in manifest["files"]}
+    return all(entry.name in ours or _TEMPORARY.match(entry.name) for entry in path.iterdir())
 
 
 def _parse_manifest(manifest_path: Path) -> dict[str, Any]:

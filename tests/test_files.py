@@ -1,0 +1,116 @@
+"""Outputs never destroy what is not ours, and a replaced folder is never absent."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from irevnet import files
+from irevnet.errors import IRevNetError
+
+
+def _owned(path):
+    return (path / "ours.txt").is_file()
+
+
+def _make(path, text):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "ours.txt").write_text(text)
+    return path
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_replacement_is_one_exchange_and_the_path_is_never_absent(tmp_path, monkeypatch):
+    out = _make(tmp_path / "out", "old")
+    seen = []
+    real = files._exchange
+
+    def spy(a, b):
+        ok = real(a, b)
+        seen.append((ok, (b / "ours.txt").read_text()))  # right after the swap: the new folder is in place
+        return ok
+
+    monkeypatch.setattr(files, "_exchange", spy)
+    with files.atomic_directory(out, owned=_owned, what="test") as tmp:
+        (tmp / "ours.txt").write_text("new")
+        assert (out / "ours.txt").read_text() == "old", "the old folder stays until the new one is complete"
+    assert seen == [(True, "new")], "Linux renameat2(RENAME_EXCHANGE): one atomic step"
+    assert (out / "ours.txt").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"], "the old folder is removed afterwards"
+
+
+def test_without_exchange_a_crash_between_renames_is_recovered_by_the_next_write(tmp_path, monkeypatch):
+    out = _make(tmp_path / "out", "old")
+    monkeypatch.setattr(files, "_exchange", lambda a, b: False)
+    real_replace = os.replace
+
+    def crash_on_second_rename(src, dst):
+        if str(src).endswith(".tmp"):
+            raise KeyboardInterrupt  # the process dies after moving the old folder aside
+        real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", crash_on_second_rename)
+    with pytest.raises(KeyboardInterrupt), files.atomic_directory(out, owned=_owned, what="test") as tmp:
+        (tmp / "ours.txt").write_text("new")
+    monkeypatch.setattr(files.os, "replace", real_replace)
+    (old,) = [p for p in tmp_path.iterdir() if p.name.endswith(".old")]
+    assert not out.exists() and (old / "ours.txt").read_text() == "old"
+    # as if the writer had been killed: its pid is dead now
+    dead = tmp_path / old.name.replace(f".{os.getpid()}.", f".{_dead_pid()}.")
+    old.rename(dead)
+    (tmp_path / f".out.{_dead_pid()}.abcdefgh.tmp").mkdir()  # a dead writer's half-written folder
+
+    with pytest.raises(RuntimeError), files.atomic_directory(out, owned=_owned, what="test"):
+        assert (out / "ours.txt").read_text() == "old", "the next write first puts the old folder back"
+        raise RuntimeError("this write fails too")
+    assert (out / "ours.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"], "dead writers' temporaries are gone"
+
+
+def test_live_writers_temporaries_are_left_alone(tmp_path):
+    live = tmp_path / f".out.{os.getppid()}.abcdefgh.tmp"
+    live.mkdir()
+    with files.atomic_directory(tmp_path / "out", owned=_owned, what="test") as tmp:
+        (tmp / "ours.txt").write_text("new")
+    assert live.is_dir(), "another running process's folder is not ours to delete"
+
+
+def test_a_folder_that_is_not_ours_is_refused_before_the_block_runs(tmp_path):
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    ran = []
+    with pytest.raises(IRevNetError, match="is a folder that is not an irevnet test"):
+        with files.atomic_directory(mine, owned=_owned, what="test"):
+            ran.append(True)
+    assert not ran and (mine / "notes.txt").read_text() == "keep"
+
+
+def test_sigterm_during_export_exits_143_in_one_line_and_leaves_the_old_bundle(tmp_path, trained_tiny):
+    """SIGTERM is handled like Ctrl-C: the temporary bundle is removed, the previous one stays."""
+    out = tmp_path / "bundle"
+    args = [sys.executable, "-m", "irevnet", "export", "-c", str(trained_tiny / "best.pt"), "-o", str(out), "--max-batch", "2"]
+    subprocess.run([*args, "--no-debug"], check=True, capture_output=True, timeout=300)
+    before = (out / "manifest.json").read_bytes()
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(p.name.endswith(".tmp") for p in tmp_path.iterdir()):  # the export has started writing
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert stderr.strip().splitlines() == ["error: terminated (SIGTERM); temporary files removed, files already written "
+                                           "are complete"], stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"], "no temporary folder left"
+    assert (out / "manifest.json").read_bytes() == before
