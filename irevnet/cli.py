@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import re
 import signal
 import sys
 import threading
@@ -54,6 +55,15 @@ _EXTRA_OF = {
 }
 
 
+def _one_line(e: BaseException) -> str:
+    """The error's message; for one re-raised from a DataLoader worker (whose message carries the
+    worker's traceback), its last line without the class name."""
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return str(e).strip()
+    return re.sub(r"^[\w.]+Error: ", "", lines[-1].strip())
+
+
 class Terminated(BaseException):
     """SIGTERM, raised in the main thread like KeyboardInterrupt, so that every `finally` runs and
     temporary files are removed (not an Exception: nothing may swallow it)."""
@@ -84,7 +94,7 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
             with _sigterm_as_exception():
                 return fn(*args, **kwargs)
         except IRevNetError as e:
-            _fail(str(e), 2)
+            _fail(_one_line(e), 2)
         except CheckFailed as e:
             _fail(str(e), 1)
         except ModuleNotFoundError as e:

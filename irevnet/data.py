@@ -8,6 +8,7 @@ so that exported inverses can turn z back into pixels.
 from __future__ import annotations
 
 import _codecs
+import os
 import pickle
 import tarfile
 from collections.abc import Callable
@@ -172,6 +173,8 @@ class _ArrayUnpickler(pickle.Unpickler):
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
         ("_codecs", "encode"),
+        ("__builtin__", "bytes"),  # an empty bytes object under protocol 2 (an empty array's buffer)
+        ("builtins", "bytes"),
     })
 
     def find_class(self, module: str, name: str) -> Any:
@@ -179,6 +182,8 @@ class _ArrayUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"CIFAR batch files hold arrays only, this one names {module}.{name}")
         if module == "_codecs":
             return _codecs.encode
+        if name == "bytes":
+            return bytes
         if module == "numpy":
             return getattr(np, name)
         try:  # numpy >= 2 moved numpy.core to numpy._core
@@ -194,7 +199,7 @@ def _read_cifar_py(file: Path, fine: bool) -> tuple[np.ndarray, np.ndarray]:
     entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
     data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
     labels = np.asarray(entry["fine_labels" if fine else "labels"], dtype=np.int64)
-    return data, labels
+    return _checked_cifar(file, data, labels, fine)
 
 
 def _read_cifar_bin(file: Path, fine: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -204,7 +209,20 @@ def _read_cifar_bin(file: Path, fine: bool) -> tuple[np.ndarray, np.ndarray]:
     if raw.size % record:
         raise DatasetError(f"{file}: size {raw.size} is not a multiple of the {record}-byte CIFAR record")
     raw = raw.reshape(-1, record)
-    return raw[:, label_bytes:].reshape(-1, 3, 32, 32), raw[:, label_bytes - 1].astype(np.int64)
+    return _checked_cifar(file, raw[:, label_bytes:].reshape(-1, 3, 32, 32), raw[:, label_bytes - 1].astype(np.int64), fine)
+
+
+def _checked_cifar(file: Path, data: np.ndarray, labels: np.ndarray, fine: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One label per image, each a class of the dataset, and at least one image."""
+    classes = 100 if fine else 10
+    if len(data) == 0:
+        raise DatasetError(f"{file}: no images in this batch file; re-download it")
+    if labels.ndim != 1 or len(labels) != len(data):
+        raise DatasetError(f"{file}: {len(labels)} labels for {len(data)} images; re-download it")
+    bad = np.flatnonzero((labels < 0) | (labels >= classes))
+    if bad.size:
+        raise DatasetError(f"{file}: label {labels[bad[0]]} of image {bad[0]} is outside 0..{classes - 1}; re-download it")
+    return data, labels
 
 
 def _find_cifar(kind: str, root: Path) -> tuple[str, Path] | None:
@@ -276,8 +294,6 @@ def _cifar(kind: str, root: Path, in_shape, augment: bool, download: bool) -> Da
 
 
 def _imagefolder(root: Path, in_shape, augment: bool) -> Datasets:
-    from torchvision.datasets import ImageFolder
-
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise DatasetError(f"imagefolder:{root} needs {root / split}/ with one sub-folder per class")
@@ -293,11 +309,72 @@ def _imagefolder(root: Path, in_shape, augment: bool) -> Datasets:
         else [v2.Resize(round(h * 256 / 224)), v2.CenterCrop((h, w))]
     )
     val_tf = [v2.Resize(round(h * 256 / 224)), v2.CenterCrop((h, w))]  # 256 -> 224 for ImageNet
+    folder = _image_folder_class()
     try:
-        train = ImageFolder(str(root / "train"), v2.Compose(train_tf + tail))
-        val = ImageFolder(str(root / "val"), v2.Compose(val_tf + tail))
+        train = folder(str(root / "train"), v2.Compose(train_tf + tail), loader=load_image)
+        val = folder(str(root / "val"), v2.Compose(val_tf + tail), loader=load_image)
     except (FileNotFoundError, RuntimeError) as e:
         raise DatasetError(f"imagefolder:{root}: {e}") from None
     if train.classes != val.classes:
         raise DatasetError(f"imagefolder:{root}: train/ and val/ have different class folders")
     return Datasets("imagefolder", train, val, len(train.classes), mean, std)
+
+
+def load_image(path: str):
+    """Opens one image as RGB; an unreadable file or a decompression bomb (more pixels than PIL's
+    MAX_IMAGE_PIXELS, ~89 M) is a one-line DatasetError naming the file, not a PIL traceback."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # over the limit, under 2x
+            with open(path, "rb") as f, Image.open(f) as img:
+                return img.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DatasetError(f"{path}: {str(e).split('.')[0]}, a decompression bomb; remove it from the dataset") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:  # UnidentifiedImageError is an OSError
+        raise DatasetError(f"{path}: not a readable image ({str(e)[:100]}); remove or replace it") from None
+
+
+def _image_folder_class():
+    """torchvision's ImageFolder with a directory walk that refuses symlink loops.
+
+    torchvision walks with os.walk(followlinks=True), which never ends in a folder that links to
+    one of its ancestors (`class/up -> ..`).
+    """
+    from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import has_file_allowed_extension
+
+    class LoopSafeImageFolder(ImageFolder):
+        @staticmethod
+        def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+            samples = []
+            for name in sorted(class_to_idx):
+                before = len(samples)
+                for file in _walk(Path(directory) / name):
+                    if extensions is None or has_file_allowed_extension(file, extensions):
+                        samples.append((file, class_to_idx[name]))
+                if len(samples) == before and not allow_empty:
+                    raise DatasetError(f"{Path(directory) / name}: no image files (.jpg, .png, ...) in this class folder")
+            return samples
+
+    return LoopSafeImageFolder
+
+
+def _walk(top: Path) -> list[str]:
+    """Files under `top`, following links into folders, but each real folder once: a link that
+    leads back to a folder already on the way is a loop and a one-line error."""
+    files: list[str] = []
+    seen: set[tuple[int, int]] = set()
+    for folder, dirs, names in os.walk(top, followlinks=True):
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in seen:
+            raise DatasetError(
+                f"{folder}: a symbolic link loop (it leads back to a folder already read); remove the link"
+            )
+        seen.add((st.st_dev, st.st_ino))
+        dirs.sort()
+        files += [os.path.join(folder, n) for n in sorted(names)]
+    return files

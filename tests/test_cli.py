@@ -282,3 +282,17 @@ def test_export_with_engine_keeps_the_onnx_bundle_without_tensorrt(tmp_path, tra
     assert result.exit_code == 2
     assert result.output.rstrip().splitlines()[-1].startswith("error: TensorRT is not installed")
     assert (out / "forward.onnx").is_file() and (out / "manifest.json").is_file(), "the ONNX export still happened"
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_decompression_bomb_in_an_image_folder_is_one_line(tmp_path, workers):
+    """Also from a DataLoader worker process, whose errors arrive with the worker's traceback."""
+    import irevnet
+    from tests.test_data import _image_tree, _png_header
+
+    _image_tree(tmp_path / "data")
+    (tmp_path / "data" / "val" / "cat" / "bomb.png").write_bytes(_png_header(50_000, 50_000))
+    ckpt = save_checkpoint(tmp_path / "m.pt", irevnet.create_model("irevnet-cifar", blocks=(1, 1, 1), num_classes=2))
+    line = _one_line_error(runner.invoke(app, ["evaluate", "-c", str(ckpt), "-d", f"imagefolder:{tmp_path / 'data'}",
+                                               "--workers", str(workers)]))
+    assert "bomb.png: Image size (2500000000 pixels) exceeds limit" in line and "a decompression bomb" in line

@@ -122,3 +122,72 @@ def test_corrupt_cifar_batches_give_one_line_errors(tmp_path):
         with pytest.raises(DatasetError, match="unreadable cifar10 batch file") as err:
             load_datasets(f"cifar10:{tmp_path}", (3, 32, 32))
         assert "\n" not in str(err.value)
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width x height but holds a few bytes: what a decompression bomb looks like."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def _image_tree(root):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            (root / split / cls).mkdir(parents=True)
+            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / split / cls / "0.png")
+
+
+def test_imagefolder_symlink_loop_is_one_line_not_a_hang(tmp_path):
+    _image_tree(tmp_path)
+    (tmp_path / "val" / "cat" / "up").symlink_to("..")  # val/cat/up/cat/up/... forever under os.walk
+    with pytest.raises(DatasetError, match=r"val/cat/up/cat: a symbolic link loop") as err:
+        load_datasets(f"imagefolder:{tmp_path}", (3, 32, 32))
+    assert "\n" not in str(err.value)
+
+
+def test_decompression_bomb_and_broken_images_name_the_file(tmp_path):
+    _image_tree(tmp_path)
+    bomb = tmp_path / "val" / "dog" / "bomb.png"
+    bomb.write_bytes(_png_header(50_000, 50_000))  # 2.5e9 pixels declared in 70 bytes
+    data = load_datasets(f"imagefolder:{tmp_path}", (3, 32, 32), augment=False)
+    index = [path for path, _ in data.test.samples].index(str(bomb))
+    with pytest.raises(DatasetError, match=r"bomb.png: Image size \(2500000000 pixels\) exceeds limit") as err:
+        data.test[index]
+    assert "\n" not in str(err.value)
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(DatasetError, match="bomb.png: not a readable image"):
+        data.test[index]
+
+
+@pytest.mark.parametrize(
+    "batch, message",
+    [
+        ({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 2, 10]}, "label 10 of image 3 is outside 0..9"),
+        ({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, -1, 2, 3]}, "label -1 of image 1 is outside 0..9"),
+        ({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1]}, "2 labels for 4 images"),
+        ({b"data": np.zeros((0, 3072), np.uint8), b"labels": []}, "no images in this batch file"),
+    ],
+)
+def test_cifar_labels_must_fit_the_images_and_the_classes(tmp_path, batch, message):
+    _write_cifar_py(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
+    with pytest.raises(DatasetError, match=rf"test_batch: {message}"):
+        load_datasets(f"cifar10:{tmp_path}", (3, 32, 32))
+
+
+def test_empty_cifar_binary_file_is_named(tmp_path):
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        np.zeros((2, 3073), np.uint8).tofile(folder / name)
+    (folder / "test_batch.bin").write_bytes(b"")
+    with pytest.raises(DatasetError, match="test_batch.bin: no images in this batch file"):
+        load_datasets(f"cifar10:{tmp_path}", (3, 32, 32))
