@@ -296,3 +296,33 @@ def test_a_decompression_bomb_in_an_image_folder_is_one_line(tmp_path, workers):
     line = _one_line_error(runner.invoke(app, ["evaluate", "-c", str(ckpt), "-d", f"imagefolder:{tmp_path / 'data'}",
                                                "--workers", str(workers)]))
     assert "bomb.png: Image size (2500000000 pixels) exceeds limit" in line and "a decompression bomb" in line
+
+
+@pytest.mark.parametrize("command", ["info", "evaluate", "export", "invert", "train --resume", "verify"])
+def test_a_checkpoint_that_would_write_a_file_is_refused_by_every_command(tmp_path, monkeypatch, bundles, command):
+    """The legacy file of issue #12 (BUILD onto an allowlisted function, then a module record):
+    through every command that loads a checkpoint, one line, exit 2, no file written."""
+    import hashlib
+
+    from tests.test_safe_unpickle import patching_file
+
+    monkeypatch.chdir(tmp_path)
+    evil = tmp_path / "evil.t7"
+    evil.write_bytes(patching_file(str(tmp_path / "written")))
+    if command == "train --resume":
+        run = tmp_path / "run"
+        run.mkdir()
+        shutil.copy(evil, run / "last.pt")
+        (run / "run.json").write_text(json.dumps({"command": "irevnet train", "options": {"dataset": "digits"}}))
+        args = ["train", "-o", str(run), "--resume"]
+    elif command == "verify":
+        bundle = shutil.copytree(bundles["fp32"], tmp_path / "bundle")
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        manifest["checkpoint"] = {"path": str(evil), "sha256": hashlib.sha256(evil.read_bytes()).hexdigest()}
+        (bundle / "manifest.json").write_text(json.dumps(manifest))
+        args = ["verify", str(bundle)]
+    else:
+        args = [command, "-c", str(evil)] + (["-o", str(tmp_path / "out")] if command == "export" else [])
+    line = _one_line_error(runner.invoke(app, args))
+    assert "refused to load" in line
+    assert not list(tmp_path.rglob("*.patch")), "a file chose a path and irevnet wrote it"
