@@ -89,7 +89,7 @@ def build_engines(opts: BuildOptions, log: Callable[[str], None] = lambda m: Non
         log(f"building {graph}.engine")
         config = builder.create_builder_config()
         if cache is None:  # one cache for every graph: identical F layers are timed once
-            cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+            cache = config.create_timing_cache(_previous_cache(bundle, cache_path, opts))
         config.set_timing_cache(cache, False)
         _configure(trt, config, opts)
         network, parser = _parse(trt, builder, logger, bundle.graph_bytes(graph), bundle.graphs[graph]["file"])
@@ -130,6 +130,14 @@ def build_engines(opts: BuildOptions, log: Callable[[str], None] = lambda m: Non
     }
     _record(bundle, section, cache_path)
     return section
+
+
+def _previous_cache(bundle: Bundle, cache_path: Path, opts: BuildOptions) -> bytes:
+    """The timing cache to start from: a --timing-cache of the user's as it is; the bundle's own
+    only as the checked bytes its manifest lists (an unlisted one is not read, and is replaced)."""
+    if opts.timing_cache:
+        return cache_path.read_bytes() if cache_path.is_file() else b""
+    return bundle.read(TIMING_CACHE) if TIMING_CACHE in bundle.manifest["files"] else b""
 
 
 def _configure(trt, config, opts: BuildOptions) -> None:

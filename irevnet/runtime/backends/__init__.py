@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ...errors import BundleError, IRevNetError
@@ -19,6 +20,14 @@ def resolve_backend(name: str) -> str:
     if name not in BACKENDS:
         raise IRevNetError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
     return name
+
+
+def ort_cache_dir(bundle: Bundle, graph: str) -> Path:
+    """Where ONNX Runtime's TensorRT provider caches the engine it builds for a graph: this
+    machine's cache folder, keyed by the graph's sha256. Not the bundle: an engine is code for
+    one GPU, and a cache that came with a bundle would be loaded unchecked."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "irevnet" / "ort_trt" / bundle.manifest["files"][bundle.graphs[graph]["file"]][:32]
 
 
 def open_backend(
@@ -45,7 +54,7 @@ def open_backend(
         from .ort_backend import OrtBackend
 
         return OrtBackend(
-            bundle.graph_bytes(graph), providers=providers, threads=threads, cache_dir=bundle.path / "ort_trt_cache",
+            bundle.graph_bytes(graph), providers=providers, threads=threads, cache_dir=ort_cache_dir(bundle, graph),
             max_batch=bundle.max_batch,
         )
     if kind == "tensorrt":
