@@ -241,7 +241,7 @@ def _recorded_options(out: Path) -> dict[str, Any] | None:
         return None
     try:
         record = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested without end
         record = None
     options = record.get("options") if isinstance(record, dict) else None
     if not isinstance(options, dict):

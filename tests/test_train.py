@@ -111,6 +111,7 @@ def test_inversion_grid_and_psnr_of_a_trained_model(trained_tiny, tmp_path):
         ("training.optimizer.state", "optimizer or scheduler state does not fit the model"),
         ("run.lr", "option 'lr' is 'fast', not a float?"),
         ("run.epochs", "option 'epochs' is 'True', not a int?"),
+        ("run.deep", "run.json is not a run record of `irevnet train`"),
     ],
 )
 def test_corrupt_resume_state_or_run_record_is_one_line(tmp_path, corrupt, message):
@@ -124,6 +125,8 @@ def test_corrupt_resume_state_or_run_record_is_one_line(tmp_path, corrupt, messa
         else:
             raw["training"][key] = "garbage"
         torch.save(raw, tmp_path / "last.pt")
+    elif key == "deep":
+        (tmp_path / "run.json").write_text("[" * 200_000 + "]" * 200_000)
     else:
         record = json.loads((tmp_path / "run.json").read_text())
         record["options"][key] = {"lr": "fast", "epochs": True}[key]

@@ -223,9 +223,12 @@ def test_reference_npz_without_images_or_with_objects_is_one_line(bundles, decoy
         "objects": {"images": np.array([object()] * 2)},
         "wrong-shape": {"images": np.zeros((1, 3, 3), np.float32), "z": np.zeros((1, 2), np.float32),
                         "logits": np.zeros((1, 10), np.float32)},
+        "truncated": {},  # the real file cut at 5,000 bytes, its hash rewritten to match
     }.items():
         bundle = shutil.copytree(bundles["fp32"], tmp_path / name)
         np.savez(bundle / "reference.npz", **arrays)
+        if name == "truncated":
+            (bundle / "reference.npz").write_bytes((bundles["fp32"] / "reference.npz").read_bytes()[:5000])
         _edit(bundle, lambda m: m["files"].update({"reference.npz": hashlib.sha256(
             (bundle / "reference.npz").read_bytes()).hexdigest()}))
         result = _run(bundle, decoys, "--no-blocks")
