@@ -12,7 +12,6 @@ from typing import Any, NamedTuple
 
 from .errors import ConfigError
 
-
 # Bounds on what a config may ask for, so that a config read from a file cannot make irevnet
 # allocate without bound (an (N, C, H, W) example batch is made from in_shape at export).
 MAX_IMAGE_SIDE = 8192

@@ -28,7 +28,7 @@ import io
 import pickle
 import struct
 import zipfile
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, ClassVar
 
 import torch
 
@@ -198,7 +198,7 @@ class _Unpickler(pickle._Unpickler):
     BUILD, NEWOBJ, NEWOBJ_EX, INST, OBJ, APPEND(S), SETITEM(S) and ADDITEMS.
     """
 
-    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch: ClassVar[dict] = dict(pickle._Unpickler.dispatch)  # this class's own copy, edited below
 
     def __init__(self, file: BinaryIO, storages: dict[str, _Storage] | None = None, read_storage=None):
         super().__init__(file, encoding="latin1")

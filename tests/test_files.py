@@ -90,9 +90,9 @@ def test_a_folder_that_is_not_ours_is_refused_before_the_block_runs(tmp_path):
     mine.mkdir()
     (mine / "notes.txt").write_text("keep")
     ran = []
-    with pytest.raises(IRevNetError, match="is a folder that is not an irevnet test"):
-        with files.atomic_directory(mine, owned=_owned, what="test"):
-            ran.append(True)
+    with pytest.raises(IRevNetError, match="is a folder that is not an irevnet test"), \
+            files.atomic_directory(mine, owned=_owned, what="test"):
+        ran.append(True)
     assert not ran and (mine / "notes.txt").read_text() == "keep"
 
 
@@ -110,7 +110,7 @@ def test_sigterm_during_export_exits_143_in_one_line_and_leaves_the_old_bundle(t
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stderr
-    assert stderr.strip().splitlines() == ["error: terminated (SIGTERM); temporary files removed, files already written "
-                                           "are complete"], stderr
+    expected = "error: terminated (SIGTERM); temporary files removed, files already written are complete"
+    assert stderr.strip().splitlines() == [expected], stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"], "no temporary folder left"
     assert (out / "manifest.json").read_bytes() == before

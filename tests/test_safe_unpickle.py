@@ -135,8 +135,8 @@ def test_a_legacy_storage_larger_than_the_file_is_refused_before_allocating(tmp_
 def test_compressed_zip_records_are_refused(tmp_path):
     import zipfile
 
-    from tests.conftest import small_model
     from irevnet.checkpoint import save_checkpoint
+    from tests.conftest import small_model
 
     good = save_checkpoint(tmp_path / "good.pt", small_model("irevnet-tiny"))
     bomb = tmp_path / "deflated.pt"

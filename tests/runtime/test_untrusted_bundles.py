@@ -103,7 +103,7 @@ def test_every_manifest_field_mutated(bundles, decoys, tmp_path, kind):
     for field, deletable in FIELDS:
         bundle = shutil.copytree(bundles["fp32"], tmp_path / f"{kind}-{'.'.join(field)}")
 
-        def change(manifest):
+        def change(manifest, field=field):
             parent = manifest
             for key in field[:-1]:
                 parent = parent[key]
@@ -229,8 +229,8 @@ def test_reference_npz_without_images_or_with_objects_is_one_line(bundles, decoy
         np.savez(bundle / "reference.npz", **arrays)
         if name == "truncated":
             (bundle / "reference.npz").write_bytes((bundles["fp32"] / "reference.npz").read_bytes()[:5000])
-        _edit(bundle, lambda m: m["files"].update({"reference.npz": hashlib.sha256(
-            (bundle / "reference.npz").read_bytes()).hexdigest()}))
+        digest = hashlib.sha256((bundle / "reference.npz").read_bytes()).hexdigest()
+        _edit(bundle, lambda m, digest=digest: m["files"].update({"reference.npz": digest}))
         result = _run(bundle, decoys, "--no-blocks")
         assert result.exit_code == 2 and "reference.npz" in result.output, (name, result.output)
 

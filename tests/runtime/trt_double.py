@@ -15,7 +15,6 @@ import types
 
 import numpy as np
 
-
 # Parsed ONNX models by sha256: the double's serialized engines name their model by digest.
 MODELS: dict[str, bytes] = {}
 
