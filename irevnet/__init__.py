@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__
 from .config import ConfigError, IRevNetConfig, get_config, list_presets
-
-__version__ = "0.1.0"
 
 __all__ = ["ConfigError", "IRevNet", "IRevNetConfig", "__version__", "create_model", "get_config", "list_presets"]
 

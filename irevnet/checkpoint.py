@@ -67,7 +67,7 @@ def save_checkpoint(
         training: optimizer, scheduler, epoch, ... for `--resume`; plain types and tensors only.
         meta: small facts shown by `irevnet info` (metrics, dataset, command line).
     """
-    from . import __version__
+    from ._version import __version__
 
     model = model.module if hasattr(model, "module") else model  # unwrap DDP
     state = {

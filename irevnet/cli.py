@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import __version__
+from ._version import __version__
 from .errors import CheckFailed, IRevNetError
 
 app = typer.Typer(
@@ -348,9 +348,9 @@ def evaluate(
     _check_outputs(json)
     from .checkpoint import load_checkpoint
     from .data import load_datasets
+    from .devices import resolve_device
     from .errors import IRevNetError
     from .train import evaluate as run_eval
-    from .train import resolve_device
 
     ckpt = load_checkpoint(checkpoint, image_size=image_size)
     data = load_datasets(dataset, ckpt.config.in_shape, augment=False)
@@ -390,11 +390,11 @@ def invert(
     _check_outputs(out, json)
     from .checkpoint import load_checkpoint
     from .data import load_datasets
+    from .devices import resolve_device
     from .errors import IRevNetError
     from .images import denormalize, save_grid
     from .invert import first_images
     from .invert import invert as run_invert
-    from .train import resolve_device
 
     if samples < 1:
         raise IRevNetError(f"--samples must be at least 1, got {samples}")

@@ -97,8 +97,9 @@ def _accuracy(checkpoint: Path, bundle_path: Path) -> dict[str, float]:
     """Top-1 on the whole digits test split: the PyTorch checkpoint and the exported fp32 graph."""
     from .checkpoint import load_checkpoint
     from .data import load_datasets
+    from .devices import resolve_device
     from .runtime import Bundle, open_backend
-    from .train import evaluate, resolve_device
+    from .train import evaluate
 
     ckpt = load_checkpoint(checkpoint)
     data = load_datasets("digits", ckpt.config.in_shape, augment=False)

@@ -42,7 +42,7 @@ class IRevNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(z_channels, momentum=0.9)
         self.linear = nn.Linear(z_channels, config.num_classes)
         # Train by backpropagating through the block inverses instead of stored activations
-        # (irevnet.memory): activation memory stops growing with depth.
+        # (irevnet.reversible): activation memory stops growing with depth.
         self.memory_efficient = False
 
     # -- the invertible part -----------------------------------------------------------------
@@ -76,7 +76,7 @@ class IRevNet(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Image -> z, the last block's output pair merged: (N, *config.z_shape)."""
         if self.memory_efficient and self.training and torch.is_grad_enabled():
-            from .memory import first_recomputed_block, invertible_stack
+            from .reversible import first_recomputed_block, invertible_stack
 
             k = first_recomputed_block(self.config)
             pair = self.embed(x)

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import get_config
 from .data import Datasets, load_datasets, parse_spec
+from .devices import resolve_device
 from .errors import IRevNetError
 from .files import atomic_output, write_json
 from .model import IRevNet
@@ -76,7 +77,7 @@ class TrainOptions:
     workers: int = 0  # DataLoader worker processes
     resume: bool = False  # continue from OUT/last.pt
     download: bool = False  # fetch CIFAR when missing
-    memory_efficient: bool = False  # backprop through block inverses (irevnet.memory)
+    memory_efficient: bool = False  # backprop through block inverses (irevnet.reversible)
 
     def resolved_recipe(self) -> Recipe:
         name = self.recipe or DEFAULT_RECIPE[parse_spec(self.dataset)[0]]
@@ -148,16 +149,6 @@ def _init_distributed(device: torch.device) -> Dist:
     return Dist(torch.distributed.get_rank(), torch.distributed.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise IRevNetError("--device cuda but torch sees no GPU; use --device cpu (or auto)")
-        return torch.device("cuda", local_rank)
-    if name != "cpu":
-        raise IRevNetError(f"unknown device {name!r}; use auto, cpu or cuda")
-    return torch.device("cpu")
 
 
 class _Shard(Sampler[int]):
@@ -378,7 +369,7 @@ def _run(opts, recipe, config, device, dist, resumed, observer) -> dict[str, Any
     channels_last = opts.channels_last if opts.channels_last is not None else (device.type == "cuda" and opts.amp)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    model.memory_efficient = opts.memory_efficient  # irevnet.memory; double backward is refused there
+    model.memory_efficient = opts.memory_efficient  # irevnet.reversible; double backward is refused there
     net: nn.Module = model
     if dist.world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import irevnet
-from irevnet.memory import first_recomputed_block
+from irevnet.reversible import first_recomputed_block
 from tests.conftest import randomize_batchnorm
 
 

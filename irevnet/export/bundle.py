@@ -18,14 +18,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..data import CIFAR_STATS, IMAGENET_STATS, load_datasets
 from ..errors import CheckFailed, IRevNetError
 from ..fidelity import diagnose
 from ..files import atomic_directory, check_replaceable, sha256_file, write_json
+from ..graphs import ForwardBlocksGraph, ForwardGraph, InverseBlocksGraph, InverseGraph, prepare
 from ..images import reconstruction_metrics
 from ..invert import first_images
+from ..precision import Precision
 from ..runtime.backends.ort_backend import OrtBackend
 from ..runtime.bundle import (
     FORWARD,
@@ -38,7 +40,6 @@ from ..runtime.bundle import (
     is_bundle_folder,
 )
 from ..runtime.comparison import TOLERANCES, compare, top1_agreement
-from .graphs import ForwardBlocksGraph, ForwardGraph, InverseBlocksGraph, InverseGraph, Precision, prepare
 from .onnx_export import DEFAULT_OPSET, branch_signatures, check_graph, export_graph, graph_summary, save_model
 
 BLOCK_REFERENCE_BYTES = 64 << 20  # per-block reference activations kept in reference.npz, at most

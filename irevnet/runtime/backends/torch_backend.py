@@ -49,9 +49,9 @@ class TorchBackend(Backend):
             import torch
         except ImportError:
             raise IRevNetError("the torch backend needs PyTorch; pip install 'irevnet[torch]'") from None
+        from ... import graphs as g
         from ...checkpoint import load_checkpoint
-        from ...export import graphs as g
-        from ...train import resolve_device
+        from ...devices import resolve_device
 
         if threads:
             torch.set_num_threads(threads)

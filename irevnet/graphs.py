@@ -1,4 +1,5 @@
-"""The torch modules that become ONNX graphs: forward, inverse, and their per-block debug twins.
+"""The model seen from one direction: the torch modules that become the ONNX graphs (forward,
+inverse, and their per-block debug twins) and that the torch backend runs.
 
 Every graph takes and returns float32 tensors whatever the precision inside, so applications
 never handle fp16 buffers; fp16 and mixed graphs cast at their edges.
@@ -7,22 +8,14 @@ never handle fp16 buffers; fp16 and mixed graphs cast at their edges.
 from __future__ import annotations
 
 import copy
-from enum import Enum
 
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ..layers import merge
-from ..model import IRevNet
-
-
-class Precision(str, Enum):
-    """Where the graph computes in fp16 (TensorRT 10.12+/11 builds exactly these types)."""
-
-    fp32 = "fp32"  # everything fp32
-    fp16 = "fp16"  # weights and activations fp16; fp32 inputs and outputs
-    mixed = "mixed"  # the bottleneck branches F in fp16, the coupling stream (adds, psi, padding) fp32
+from .layers import merge
+from .model import IRevNet
+from .precision import Precision
 
 
 class HalfBranch(nn.Module):

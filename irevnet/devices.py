@@ -1,0 +1,20 @@
+"""Which torch device a command runs on: `--device auto | cpu | cuda`."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import IRevNetError
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """auto picks CUDA when torch sees a GPU; `local_rank` is the GPU of this process under torchrun."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise IRevNetError("--device cuda but torch sees no GPU; use --device cpu (or auto)")
+        return torch.device("cuda", local_rank)
+    if name != "cpu":
+        raise IRevNetError(f"unknown device {name!r}; use auto, cpu or cuda")
+    return torch.device("cpu")

@@ -1,0 +1,13 @@
+"""The precisions of a bundle. Pure Python: the CLI, the runtime and the manifest use the names."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Precision(str, Enum):
+    """Where the graphs compute in fp16 (TensorRT 10.12+/11 builds exactly these types)."""
+
+    fp32 = "fp32"  # everything fp32
+    fp16 = "fp16"  # weights and activations fp16; fp32 inputs and outputs
+    mixed = "mixed"  # the bottleneck branches F in fp16, the coupling stream (adds, psi, padding) fp32
