@@ -27,6 +27,11 @@ class BlockSpec(NamedTuple):
     first: bool  # the very first block skips F's leading BN-ReLU
     pad: int  # zero channels appended by the injective padding (0 for bijective blocks)
 
+    @property
+    def f_in(self) -> int:
+        """Channels F sees: x2 after the padding (out_ch) or half the input pair."""
+        return self.out_ch if self.pad else self.in_ch // 2
+
 
 @dataclass(frozen=True)
 class IRevNetConfig:

@@ -184,6 +184,12 @@ class IRevNetBlock(nn.Module):
         # (1, C, 1, 1) 0/1 mask of the output x2 channels that are not structurally zero.
         self.register_buffer("x2_keep", keep, persistent=False)
 
+    @classmethod
+    def from_spec(cls, spec, config, zero_x2: tuple[bool, ...] | None = None) -> IRevNetBlock:
+        """The block a `config.BlockSpec` describes, with the config's dropout, BatchNorm and mult."""
+        return cls(spec.in_ch, spec.out_ch, spec.stride, spec.first, config.dropout, config.affine_bn, config.mult,
+                   zero_x2=zero_x2)
+
     def forward(self, x: Pair) -> Pair:
         x1, x2 = x
         if self.pad:

@@ -30,11 +30,7 @@ class IRevNet(nn.Module):
         self.init_psi = Psi(config.init_ds) if config.init_ds else None
         zeros = config.structural_zeros()
         self.stack = nn.ModuleList(
-            IRevNetBlock(
-                spec.in_ch, spec.out_ch, spec.stride, spec.first, config.dropout, config.affine_bn,
-                config.mult, zero_x2=zeros[i],
-            )
-            for i, spec in enumerate(config.block_specs())
+            IRevNetBlock.from_spec(spec, config, zeros[i]) for i, spec in enumerate(config.block_specs())
         )
         z_channels = config.z_shape[0]
         # The reference's head BatchNorm uses momentum 0.9 (its running stats follow the last
@@ -138,8 +134,7 @@ def state_shapes(config: IRevNetConfig) -> dict[str, tuple[int, ...]]:
     affine = config.affine_bn
     for b, spec in enumerate(config.block_specs()):
         key = f"stack.{b}.bottleneck_block"
-        f_in = spec.out_ch if spec.pad else spec.in_ch // 2
-        inner = spec.out_ch // config.mult
+        f_in, inner = spec.f_in, spec.out_ch // config.mult
         i = 0
         if not spec.first:  # BN-ReLU before the first convolution
             batchnorm(f"{key}.0", f_in, affine)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import IRevNetConfig
 from ..errors import IRevNetError
 from .backends import open_backend, resolve_backend
 from .bundle import FORWARD, INVERSE, Bundle
@@ -40,23 +41,16 @@ class BenchOptions:
     rebuild: bool = False  # rebuild TensorRT engines made for another GPU or TensorRT version
 
 
-def conv_flops(config: dict[str, Any]) -> int:
+def conv_flops(config: IRevNetConfig) -> int:
     """Multiply-adds x 2 of the convolutions of one image's pass (forward and inverse are equal:
     each evaluates every F once). The head (BN, pooling, linear) is < 0.1% and left out."""
-    c, h, w = config["in_shape"]
-    init_ds = config["init_ds"]
-    mult = config["mult"]
-    in_ch = c * (init_ds**2 if init_ds else 1)
-    h, w = (h // init_ds, w // init_ds) if init_ds else (h, w)
+    _, h, w = config.in_shape
+    h, w = h // (config.init_ds or 1), w // (config.init_ds or 1)
     total = 0
-    for depth, stride, out_ch in zip(config["blocks"], config["strides"], config["channels"]):
-        for j in range(depth):
-            s = stride if j == 0 else 1
-            f_in = out_ch if s == 1 else in_ch // 2  # stride 1: bijective or padded, F sees out_ch
-            inner = out_ch // mult
-            ho, wo = h // s, w // s
-            total += 2 * 9 * ho * wo * (f_in * inner + inner * inner + inner * out_ch)
-            h, w, in_ch = ho, wo, 2 * out_ch
+    for spec in config.block_specs():
+        inner = spec.out_ch // config.mult
+        h, w = h // spec.stride, w // spec.stride  # F's first convolution is strided
+        total += 2 * 9 * h * w * (spec.f_in * inner + inner * inner + inner * spec.out_ch)
     return total
 
 
@@ -171,7 +165,7 @@ def bench(opts: BenchOptions, progress: Callable[[str, float], None] = lambda wh
     return {
         "bundle": str(bundle.path),
         "precision": bundle.precision,
-        "model": {"config": cfg, "gflop_per_image": flops / 1e9},
+        "model": {"config": cfg.to_dict(), "gflop_per_image": flops / 1e9},
         "machine": machine_info() | {"fp32_matmul_gflops": matmul_gflops()},
         "threads": opts.threads,
         "settings": {"warmup_s": opts.warmup_s, "duration_s": opts.duration_s, "iterations": opts.iterations},

@@ -192,12 +192,13 @@ class Bundle:
         return self.manifest["normalization"]
 
     @property
-    def config(self) -> dict[str, Any]:
-        return self.manifest["model"]["config"]
+    def config(self) -> IRevNetConfig:
+        """The model's architecture (validated when the bundle was opened)."""
+        return IRevNetConfig.from_dict(self.manifest["model"]["config"])
 
     @property
     def num_blocks(self) -> int:
-        return sum(self.config["blocks"])
+        return self.config.num_blocks
 
     @property
     def max_batch(self) -> int:
@@ -228,10 +229,7 @@ class Bundle:
     def _check_reference(self, arrays: dict[str, np.ndarray]) -> None:
         cfg = self.config
         n = len(arrays["images"]) if "images" in arrays else None
-        expected = {
-            "images": tuple(cfg["in_shape"]), "reconstruction": tuple(cfg["in_shape"]),
-            "logits": (cfg["num_classes"],), "z": self.graphs[INVERSE]["inputs"][0]["shape"][1:],
-        }
+        expected = {"images": cfg.in_shape, "reconstruction": cfg.in_shape, "logits": (cfg.num_classes,), "z": cfg.z_shape}
         for key, array in arrays.items():
             if key == "labels":
                 ok = array.dtype.kind in "iu" and array.ndim == 1

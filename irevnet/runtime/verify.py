@@ -51,8 +51,7 @@ def verify(opts: VerifyOptions, log: Callable[[str], None] = lambda m: None) -> 
     if opts.samples < 1:
         raise IRevNetError(f"--samples must be at least 1, got {opts.samples}")
     bundles = [Bundle.open(b) for b in opts.bundles]
-    configs = {str(b.config) for b in bundles}
-    if len(configs) > 1:
+    if any(b.config != bundles[0].config for b in bundles):
         raise IRevNetError("the bundles come from different models; verify them one at a time")
     backends = [resolve_backend(b) for b in opts.backends]
     x, labels, source = _inputs(bundles[0], opts)
@@ -131,8 +130,7 @@ def _inputs(bundle: Bundle, opts: VerifyOptions) -> tuple[np.ndarray, np.ndarray
         from ..data import load_datasets
         from ..invert import first_images
 
-        cfg = bundle.config
-        data = load_datasets(opts.dataset, tuple(cfg["in_shape"]), augment=False)
+        data = load_datasets(opts.dataset, bundle.config.in_shape, augment=False)
         x = first_images(data.test, min(opts.samples, bundle.max_batch)).numpy()
         labels = np.array([data.test[i][1] for i in range(len(x))])
         return x, labels, f"dataset {opts.dataset}"
@@ -148,7 +146,7 @@ def _reference(bundle: Bundle, x: np.ndarray, opts: VerifyOptions, log) -> dict[
         log("computing the PyTorch fp32 reference")
         from .backends.torch_backend import TorchBackend
 
-        kw = {"precision": "fp32", "image_size": bundle.config["in_shape"][1], "device": "cpu",
+        kw = {"precision": "fp32", "image_size": bundle.config.in_shape[1], "device": "cpu",
               "sha256": bundle.manifest["checkpoint"]["sha256"]}  # the exported checkpoint, or refused
         graph = FORWARD_BLOCKS if opts.blocks else FORWARD
         with TorchBackend(ckpt, graph, **kw) as torch_fwd:

@@ -85,9 +85,8 @@ def open_backend(
             f"the torch backend runs the checkpoint the bundle was exported from, {ckpt}, which is not "
             f"there (moved to another machine?); pass --checkpoint PATH"
         )
-    cfg = bundle.config
     return TorchBackend(
         ckpt, graph, precision=bundle.precision, projection=bundle.manifest["range_projection"],
-        image_size=cfg["in_shape"][1], device=device, threads=threads, max_batch=bundle.max_batch,
+        image_size=bundle.config.in_shape[1], device=device, threads=threads, max_batch=bundle.max_batch,
         sha256=bundle.manifest["checkpoint"]["sha256"],
     )
