@@ -50,6 +50,24 @@ class Checkpoint:
     def config(self) -> IRevNetConfig:
         return self.model.config
 
+    def summary(self) -> dict[str, Any]:
+        """What `irevnet info` shows: format, architecture, sizes, and the scalar facts of `meta`."""
+        cfg = self.config
+        return {
+            "format": self.format,
+            "type": "injective i-RevNet (a)" if cfg.injective else "bijective i-RevNet (b)",
+            "depth": cfg.depth,
+            "parameters": self.model.num_parameters(),
+            "input shape": list(cfg.in_shape),
+            "z shape": list(cfg.z_shape),
+            "blocks": list(cfg.blocks),
+            "strides": list(cfg.strides),
+            "channels": list(cfg.channels),
+            "init_ds": cfg.init_ds,
+            "classes": cfg.num_classes,
+            **{f"meta.{k}": v for k, v in self.meta.items() if isinstance(v, (int, float, str))},
+        }
+
 
 # -- writing ---------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from . import validation as check
 from .errors import IRevNetError
 from .files import atomic_directory, check_replaceable
 
@@ -23,6 +24,10 @@ PRESET = "irevnet-tiny"
 class DemoOptions:
     out: str = "demo-out"
     fast: bool = False  # 6 epochs, one precision, a shorter bench: under a minute
+
+    def __post_init__(self) -> None:
+        check.path("out", self.out)
+        object.__setattr__(self, "out", str(self.out))
 
     @property
     def epochs(self) -> int:
@@ -39,7 +44,7 @@ Report = Callable[[str, Any], None]
 def run_demo(opts: DemoOptions, report: Report = lambda step, result: None, observer=None) -> dict[str, Any]:
     """Runs every stage into `opts.out`; `report(step, result)` is called as each one finishes."""
     from .export.bundle import ExportOptions, export_bundle
-    from .images import denormalize, save_grid
+    from .images import save_inversion
     from .runtime.bench import BenchOptions, bench
     from .runtime.bundle import is_bundle_folder
     from .runtime.verify import VerifyOptions, verify
@@ -76,9 +81,8 @@ def run_demo(opts: DemoOptions, report: Report = lambda step, result: None, obse
     report("verify", verified)
 
     grid = out / "inversion.png"
-    rec = _onnx_round_trip(out / "bundle-fp32")
     norm = bundles["fp32"]["normalization"]
-    save_grid([np.clip(denormalize(a, norm["mean"], norm["std"]), 0, 1) for a in rec], grid)
+    save_inversion(*_onnx_round_trip(out / "bundle-fp32"), norm["mean"], norm["std"], grid)
     report("invert", grid)
 
     speed = bench(BenchOptions(bundle=str(out / "bundle-fp32"), backends=["onnxruntime", "torch"], batch_sizes=[32],

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .files import atomic_output
+from .metrics import rel_l2
 
 GRID_MIN_CELL = 64  # small images (8x8 digits) are enlarged, pixel for pixel, to at least this
 
@@ -37,10 +38,8 @@ def reconstruction_metrics(original: np.ndarray, reconstruction: np.ndarray, mea
     diff = b - a
     per_mse = (diff**2).reshape(len(a), -1).mean(axis=1)
     per_max = np.abs(diff).reshape(len(a), -1).max(axis=1)
-    o = original.astype(np.float64)
-    rel = float(np.linalg.norm(reconstruction.astype(np.float64) - o) / max(np.linalg.norm(o), 1e-30))
     return {
-        "rel_l2": rel,
+        "rel_l2": rel_l2(reconstruction, original),
         "max_abs": float(per_max.max()),
         "psnr_db": psnr(float(per_mse.mean())),
         "per_image": [{"psnr_db": psnr(float(m)), "max_abs": float(e)} for m, e in zip(per_mse, per_max)],
@@ -85,6 +84,11 @@ def save_grid(rows: Sequence[np.ndarray], path: str | Path, gap: int = 2) -> Pat
     with atomic_output(path) as tmp:
         Image.fromarray(canvas).save(tmp, format="PNG")
     return path
+
+
+def save_inversion(originals: np.ndarray, reconstructions: np.ndarray, mean, std, path: str | Path) -> Path:
+    """The paper's figure: normalised originals on top, their reconstructions from z below, as pixels."""
+    return save_grid([np.clip(denormalize(a, mean, std), 0, 1) for a in (originals, reconstructions)], path)
 
 
 def plot_error_vs_depth(panels: dict[str, dict[str, Sequence[float | None]]], path: str | Path, title: str) -> Path:

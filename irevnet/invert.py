@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from . import validation as check
+from .devices import Device
 from .images import reconstruction_metrics
 from .model import IRevNet
 
@@ -34,3 +36,40 @@ def invert(model: IRevNet, x: torch.Tensor, mean, std, *, project: bool = True) 
     x_hat = model.inverse(z, project=project)
     a, b = x.float().cpu().numpy(), x_hat.float().cpu().numpy()
     return Inversion(a, b, reconstruction_metrics(a, b, mean, std))
+
+
+@dataclass(frozen=True)
+class InvertOptions:
+    checkpoint: str
+    dataset: str = "digits"  # spec, see irevnet.data
+    out: str = "inversion.png"  # originals on top, reconstructions below
+    samples: int = 8
+    image_size: int | None = None
+    projection: bool = True  # range projection for injective models
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        from .data import parse_spec
+
+        for name in ("checkpoint", "out"):
+            check.path(name, getattr(self, name))
+            object.__setattr__(self, name, str(getattr(self, name)))
+        object.__setattr__(self, "device", Device(self.device).value)
+        parse_spec(self.dataset)
+        check.integer("samples", self.samples, 1, 1024)
+        check.integer("image_size", self.image_size, 1, optional=True)
+
+
+def invert_checkpoint(opts: InvertOptions) -> Inversion:
+    """Inverts the first test images of a dataset with a checkpoint's model and writes the grid."""
+    from .checkpoint import load_checkpoint
+    from .data import load_datasets
+    from .devices import resolve_device
+    from .images import save_inversion
+
+    ckpt = load_checkpoint(opts.checkpoint, image_size=opts.image_size)
+    data = load_datasets(opts.dataset, ckpt.config.in_shape, augment=False)
+    model = ckpt.model.to(resolve_device(opts.device))
+    result = invert(model, first_images(data.test, opts.samples), data.mean, data.std, project=opts.projection)
+    save_inversion(result.originals, result.reconstructions, data.mean, data.std, opts.out)
+    return result

@@ -9,11 +9,15 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from . import validation as check
+from .devices import Device
 from .errors import IRevNetError
 
 
@@ -106,11 +110,47 @@ def _step(model, opt, x, y) -> None:
     opt.step()
 
 
+@dataclass(frozen=True)
+class MemoryOptions:
+    presets: tuple[str, ...] = ("irevnet-cifar", "irevnet-301")
+    batch_size: int = 32  # of the measured training step
+    image_size: int | None = None  # default: each preset's
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        from .config import get_config
+
+        object.__setattr__(self, "presets", tuple(self.presets))
+        object.__setattr__(self, "device", Device(self.device).value)
+        check.integer("batch_size", self.batch_size, 1, 1 << 16)
+        check.integer("image_size", self.image_size, 1, optional=True)
+        if not self.presets:
+            raise IRevNetError("give at least one --model")
+        for name in self.presets:  # unknown names and sizes the preset cannot take fail here, in one line
+            config = get_config(name)
+            if self.image_size:
+                config.replace(in_shape=(config.in_shape[0], self.image_size, self.image_size))
+
+
+def compare_memory(opts: MemoryOptions, progress: Callable[[str], None] = lambda what: None) -> list[dict[str, Any]]:
+    """Standard vs memory-efficient step for every preset: both measurements and their ratios."""
+    rows = []
+    for name in opts.presets:
+        pair = {}
+        for efficient in (False, True):
+            progress(f"{name}, batch {opts.batch_size}, {'memory-efficient' if efficient else 'standard'}")
+            pair[efficient] = measure_in_subprocess(name, opts.batch_size, efficient, opts.device, opts.image_size)
+        rows.append({
+            "preset": name, "standard": pair[False], "memory_efficient": pair[True],
+            "memory_ratio": pair[False]["activation_bytes"] / max(pair[True]["activation_bytes"], 1),
+            "time_ratio": pair[True]["step_seconds"] / pair[False]["step_seconds"],
+        })
+    return rows
+
+
 def measure_in_subprocess(preset: str, batch: int, memory_efficient: bool, device: str = "cpu",
                           image_size: int | None = None, threads: int | None = None) -> dict[str, Any]:
     """`measure_step` in a fresh Python process, so that earlier peaks do not hide this one."""
-    if batch < 1:
-        raise IRevNetError(f"--batch-size must be at least 1, got {batch}")
     args = [sys.executable, "-m", "irevnet.memory", preset, str(batch), "1" if memory_efficient else "0", device,
             str(image_size or 0)]
     env = dict(os.environ)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import shlex
 import sys
@@ -22,41 +23,20 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
+from . import validation as check
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import get_config
 from .data import Datasets, load_datasets, parse_spec
-from .devices import resolve_device
-from .errors import IRevNetError
+from .devices import Device, resolve_device
+from .errors import CheckFailed, IRevNetError
 from .files import atomic_output, write_json
 from .model import IRevNet
+from .recipes import DEFAULT_RECIPE, RECIPES, Recipe, RecipeName
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Recipe:
-    """An optimisation schedule: SGD with momentum, lr multiplied by `gamma` at each milestone."""
-
-    epochs: int
-    batch_size: int  # global: split evenly across processes
-    lr: float
-    momentum: float
-    weight_decay: float
-    milestones: tuple[int, ...]  # epochs after which the lr drops
-    gamma: float
-    dropout: float | None  # F's dropout the recipe trains with; None keeps the preset's
-
-
-RECIPES = {
-    # CIFAR_main.py: lr x0.2 after epochs 60/120/160, dropout 0.1, crop+flip (in the data module)
-    "cifar": Recipe(200, 128, 0.1, 0.9, 5e-4, (60, 120, 160), 0.2, 0.1),
-    # ILSVRC_main.py: lr x0.1 every 32 epochs, batch 256
-    "imagenet": Recipe(128, 256, 0.1, 0.9, 1e-4, (32, 64, 96), 0.1, 0.0),
-    # the bundled digits: a short run that reaches ~95% in seconds on a CPU (see README)
-    "digits": Recipe(10, 64, 0.05, 0.9, 5e-4, (7,), 0.2, None),
-}
-DEFAULT_RECIPE = {"digits": "digits", "synthetic": "digits", "cifar10": "cifar", "cifar100": "cifar", "imagefolder": "imagenet"}
-
+MAX_SEED = 2**32 - 1  # numpy's and most tools' seed range; torch's is wider
 
 @dataclass(frozen=True)
 class TrainOptions:
@@ -79,19 +59,36 @@ class TrainOptions:
     download: bool = False  # fetch CIFAR when missing
     memory_efficient: bool = False  # backprop through block inverses (irevnet.reversible)
 
+    def __post_init__(self) -> None:
+        check.path("out", self.out)
+        object.__setattr__(self, "out", str(self.out))
+        parse_spec(self.dataset)
+        get_config(self.model)  # an unknown preset names the choices
+        for name, enum in (("recipe", RecipeName), ("device", Device)):
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    object.__setattr__(self, name, enum(value).value)  # plain strings in run.json
+                except ValueError:
+                    raise IRevNetError(f"unknown {name} {value!r}; choose one of {', '.join(e.value for e in enum)}") from None
+        check.integer("epochs", self.epochs, 1, 100_000, optional=True)
+        check.integer("batch_size", self.batch_size, 1, 1 << 20, optional=True)
+        check.number("lr", self.lr, 0.0, 10.0, low_open=True, optional=True)  # more diverges at once
+        check.number("weight_decay", self.weight_decay, 0.0, 1.0, optional=True)
+        check.integer("seed", self.seed, 0, MAX_SEED)
+        check.integer("workers", self.workers, 0, 256)
+
     def resolved_recipe(self) -> Recipe:
-        name = self.recipe or DEFAULT_RECIPE[parse_spec(self.dataset)[0]]
-        if name not in RECIPES:
-            raise IRevNetError(f"unknown recipe {name!r}; choose one of {', '.join(sorted(RECIPES))}")
-        r = RECIPES[name]
+        r = RECIPES[RecipeName(self.recipe or DEFAULT_RECIPE[parse_spec(self.dataset)[0]])]
         overrides = {
             k: v for k, v in (("epochs", self.epochs), ("batch_size", self.batch_size), ("lr", self.lr),
                               ("weight_decay", self.weight_decay)) if v is not None
         }
-        for key, value in overrides.items():
-            if value < 0 or (value == 0 and key != "weight_decay"):
-                raise IRevNetError(f"--{key.replace('_', '-')} must be positive, got {value}")
         return dataclasses.replace(r, **overrides)
+
+
+class Diverged(CheckFailed):
+    """The loss became NaN or infinite: training stops before anything of that epoch is saved."""
 
 
 class TrainObserver(Protocol):
@@ -192,6 +189,38 @@ def evaluate(
         n += len(y)
     loss, top1, top5, n = dist.sum([loss, top1, top5, n], device)
     return {"loss": loss / n, "top1": 100 * top1 / n, "top5": 100 * top5 / n, "images": int(n)}
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    checkpoint: str
+    dataset: str = "digits"  # spec, see irevnet.data
+    image_size: int | None = None  # for reference files that do not store it
+    batch_size: int = 256
+    workers: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        check.path("checkpoint", self.checkpoint)
+        object.__setattr__(self, "checkpoint", str(self.checkpoint))
+        object.__setattr__(self, "device", Device(self.device).value)
+        parse_spec(self.dataset)
+        check.integer("image_size", self.image_size, 1, optional=True)
+        check.integer("batch_size", self.batch_size, 1, 1 << 16)
+        check.integer("workers", self.workers, 0, 256)
+
+
+def evaluate_checkpoint(opts: EvaluateOptions) -> dict[str, float]:
+    """Loss, top-1 and top-5 of a checkpoint on a dataset's test split (the class counts must match)."""
+    ckpt = load_checkpoint(opts.checkpoint, image_size=opts.image_size)
+    data = load_datasets(opts.dataset, ckpt.config.in_shape, augment=False)
+    if data.num_classes != ckpt.config.num_classes:
+        raise IRevNetError(
+            f"{opts.checkpoint} has {ckpt.config.num_classes} classes but {opts.dataset} has {data.num_classes}; "
+            f"evaluate on the dataset it was trained on"
+        )
+    device = resolve_device(opts.device)
+    return evaluate(ckpt.model.to(device), data.test, device, batch_size=opts.batch_size, workers=opts.workers)
 
 
 # -- training ----------------------------------------------------------------------------------
@@ -321,8 +350,6 @@ def train(opts: TrainOptions, observer: TrainObserver | None = None) -> dict[str
         raise IRevNetError("--amp needs a CUDA device (fp16 autocast); drop --amp on CPU")
     if out.exists() and not out.is_dir():
         raise IRevNetError(f"--out {out} is a file; give a folder for the run's checkpoints and metrics")
-    if opts.workers < 0:
-        raise IRevNetError(f"--workers must be 0 (load in the main process) or more, got {opts.workers}")
     last = out / "last.pt"
     resumed = None
     if opts.resume:
@@ -339,6 +366,12 @@ def train(opts: TrainOptions, observer: TrainObserver | None = None) -> dict[str
         if resumed.training is None:
             raise IRevNetError(f"{last} has no training state to resume from")
         _check_training_state(last, resumed.training)
+        done = resumed.training["epoch"]
+        if recipe.epochs <= done:
+            raise IRevNetError(
+                f"the run in {out} has trained {done} epochs already; --epochs {recipe.epochs} leaves nothing to resume "
+                f"(give more epochs)"
+            )
         config = resumed.config
     else:
         if last.exists():
@@ -360,6 +393,11 @@ def _run(opts, recipe, config, device, dist, resumed, observer) -> dict[str, Any
         load_datasets(opts.dataset, config.in_shape, download=True)  # fetch once, before the others read
     dist.barrier()
     data = load_datasets(opts.dataset, config.in_shape, augment=True)
+    if len(data.train) < recipe.batch_size:
+        raise IRevNetError(
+            f"--batch-size {recipe.batch_size} is larger than the {len(data.train)} training images of "
+            f"{opts.dataset} (no full batch, so no step); use at most {len(data.train)}"
+        )
     if data.num_classes != config.num_classes:
         config = config.replace(num_classes=data.num_classes)
     _seed(opts, -1)
@@ -415,6 +453,9 @@ def _run(opts, recipe, config, device, dist, resumed, observer) -> dict[str, Any
         scheduler.step()
         test = evaluate(net, data.test, device, workers=opts.workers, dist=dist, amp=opts.amp)
         metrics = {"epoch": epoch + 1, "lr": lr, **train_stats, **{f"test_{k}": v for k, v in test.items()}}
+        if not all(math.isfinite(v) for v in metrics.values()):
+            raise Diverged(f"training diverged in epoch {epoch + 1}: the test loss is {metrics['test_loss']:g}; lower "
+                           f"--lr or --weight-decay; no checkpoint of this epoch was written")
         history.append(metrics)
         improved = metrics["test_top1"] > best
         best = max(best, metrics["test_top1"])
@@ -458,6 +499,9 @@ def _train_epoch(net, loader, optimizer, scaler, device, opts, channels_last, ob
         with torch.autocast(device.type, dtype=torch.float16, enabled=opts.amp):
             logits = net(x)[0]
             loss = nn.functional.cross_entropy(logits.float(), y)
+        if not torch.isfinite(loss.detach()):
+            raise Diverged(f"training diverged in epoch {epoch + 1}: the loss is {float(loss):g}; lower --lr "
+                           f"(it was {optimizer.param_groups[0]['lr']:g}) or --weight-decay; no checkpoint of this epoch was written")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)

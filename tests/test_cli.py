@@ -116,7 +116,7 @@ def test_train_evaluate_invert_bad_inputs(tmp_path, trained_tiny):
     line = _one_line_error(runner.invoke(app, ["invert", "-c", str(trained_tiny / "best.pt"), "--samples", "0"]))
     assert "--samples" in line
     line = _one_line_error(runner.invoke(app, ["train", "-o", str(tmp_path / "r"), "--epochs", "0"]))
-    assert "--epochs must be positive" in line
+    assert "--epochs must be at least 1, got 0" in line
 
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import validation as check
 from .._version import __version__
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..data import CIFAR_STATS, IMAGENET_STATS, load_datasets
@@ -27,6 +28,7 @@ from ..files import atomic_directory, check_replaceable, sha256_file, write_json
 from ..graphs import ForwardBlocksGraph, ForwardGraph, InverseBlocksGraph, InverseGraph, prepare
 from ..images import reconstruction_metrics
 from ..invert import first_images
+from ..metrics import top1_accuracy
 from ..precision import Precision
 from ..runtime.backends.ort_backend import OrtBackend
 from ..runtime.bundle import (
@@ -39,7 +41,8 @@ from ..runtime.bundle import (
     SCHEMA_VERSION,
     is_bundle_folder,
 )
-from ..runtime.comparison import TOLERANCES, compare, top1_agreement
+from ..runtime.comparison import TOLERANCES, compare
+from ..runtime.verify import parity_checks
 from .onnx_export import DEFAULT_OPSET, branch_signatures, check_graph, export_graph, graph_summary, save_model
 
 BLOCK_REFERENCE_BYTES = 64 << 20  # per-block reference activations kept in reference.npz, at most
@@ -59,6 +62,17 @@ class ExportOptions:
     debug_graphs: bool = True  # per-block debug graphs for `irevnet verify`
     allow_mismatch: bool = False  # keep a bundle that misses its tolerances
 
+    def __post_init__(self) -> None:
+        for name in ("checkpoint", "out"):
+            check.path(name, getattr(self, name))
+            object.__setattr__(self, name, str(getattr(self, name)))
+        object.__setattr__(self, "precision", Precision(self.precision))
+        check.integer("image_size", self.image_size, 1, optional=True)
+        # the exporter needs opset 18; TensorRT 10 parses up to 20
+        check.integer("opset", self.opset, 18, 20)
+        check.integer("max_batch", self.max_batch, 1, check.MAX_BATCH)
+        check.integer("samples", self.samples, 1, 4096)
+
 
 def export_bundle(opts: ExportOptions, log=lambda msg: None) -> dict[str, Any]:
     """Exports, verifies and writes a bundle; returns its manifest.
@@ -67,15 +81,11 @@ def export_bundle(opts: ExportOptions, log=lambda msg: None) -> dict[str, Any]:
         CheckFailed: the verification missed a tolerance (and allow_mismatch is off); no bundle
             is written.
     """
-    if opts.max_batch < 1 or opts.samples < 1:
-        raise IRevNetError("--max-batch and --samples must be at least 1")
-    if not 18 <= opts.opset <= 20:
-        raise IRevNetError(f"--opset {opts.opset} is outside 18..20 (the exporter needs 18, TensorRT 10 parses up to 20)")
     out = Path(opts.out)
     check_replaceable(out, is_bundle_folder, "bundle")  # before any work, not after it
     ckpt = load_checkpoint(opts.checkpoint, image_size=opts.image_size)
     model, cfg = ckpt.model, ckpt.config
-    precision = Precision(opts.precision)
+    precision = opts.precision
     samples = min(opts.samples, opts.max_batch)
     images, labels, normalization = _samples(ckpt, opts.dataset, samples)
     net = prepare(model, precision)
@@ -212,29 +222,28 @@ def _verify(tmp: Path, graphs, model, images, labels, normalization, precision: 
         single_inv = inv.infer({"z": out["z"][:1]})["image"]
     mean, std = normalization["mean"], normalization["std"]
     rt = reconstruction_metrics(x_np, x_hat, mean, std)
+    logits, z, agreement = parity_checks(out, logits_ref.numpy(), z_ref.numpy(), tol)
     checks = [
-        compare("logits", out["logits"], logits_ref.numpy(), tol.logits),
-        compare("z", out["z"], z_ref.numpy(), tol.z),
+        logits, z,
         compare("round trip", x_hat, x_np, tol.round_trip),
         compare("batch 1 vs batched (forward)", single, out["z"][:1], tol.z),
         compare("batch 1 vs batched (inverse)", single_inv, x_hat[:1], tol.round_trip),
+        agreement,
     ]
-    agreement = top1_agreement(out["logits"], logits_ref.numpy())
     result = {
         "backend": "onnxruntime-cpu",
         "samples": len(x_np),
         "inputs": "dataset" if labels is not None else "seeded random N(0, 1)",
         "checks": [c.to_dict() for c in checks],
-        "top1_agreement": agreement,
-        "top1_agreement_min": tol.top1,
+        "top1_agreement": agreement.value,
+        "top1_agreement_min": agreement.minimum,
         "round_trip_psnr_db": rt["psnr_db"],
         "round_trip_max_abs_pixels": rt["max_abs"],
+        "passed": all(checks),
     }
     if labels is not None:
-        result["top1_pytorch"] = float(np.mean(np.argmax(logits_ref.numpy(), 1) == labels) * 100)
-        result["top1_onnx"] = float(np.mean(np.argmax(out["logits"], 1) == labels) * 100)
-    result["checks"].append({"name": "top-1 agreement", "value": agreement, "min": tol.top1, "passed": agreement >= tol.top1})
-    result["passed"] = all(c["passed"] for c in result["checks"])
+        result["top1_pytorch"] = top1_accuracy(logits_ref.numpy(), labels)
+        result["top1_onnx"] = top1_accuracy(out["logits"], labels)
 
     reference = {"images": x_np, "logits": logits_ref.numpy(), "z": z_ref.numpy(), "reconstruction": rec_ref.numpy()}
     if labels is not None:

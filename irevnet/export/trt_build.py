@@ -25,7 +25,7 @@ from ..errors import IRevNetError
 from ..files import atomic_output, sha256_file, write_json
 from ..runtime.backends.trt_backend import import_tensorrt, make_logger
 from ..runtime.bundle import FORWARD, FORWARD_BLOCKS, INVERSE, INVERSE_BLOCKS, MANIFEST, Bundle
-from ..runtime.engines import HARDWARE_COMPAT, Profile, make_profile
+from ..runtime.engines import EngineMismatch, HardwareCompat, check_compatible, make_profile
 from ..runtime.gpu import cuda_api
 
 TIMING_CACHE = "timing.cache"
@@ -40,9 +40,35 @@ class BuildOptions:
     timing_cache: str | None = None  # default: BUNDLE/timing.cache
     opt_level: int = 3  # builder optimization level 0-5 (TensorRT's default 3)
     tf32: bool = False  # allow TF32 for fp32 convolutions
-    hardware_compat: str = "none"  # none | ampere_plus | same_compute_capability
+    hardware_compat: HardwareCompat = HardwareCompat.none  # which other GPUs may run the engines
     version_compat: bool = False  # run on later TensorRT releases of the same major version
     debug: bool = False  # also build the per-block debug graphs
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "hardware_compat", HardwareCompat(self.hardware_compat))
+        except ValueError:
+            choices = ", ".join(h.value for h in HardwareCompat)
+            raise IRevNetError(f"--hardware-compat must be one of {choices}, got {self.hardware_compat!r}") from None
+        if not 0 <= self.opt_level <= 5:
+            raise IRevNetError(f"--opt-level must be 0..5, got {self.opt_level}")
+        if self.workspace_mb is not None and not 1 <= self.workspace_mb <= 1 << 24:
+            raise IRevNetError(f"--workspace-mb must be 1..16777216 (16 TiB), got {self.workspace_mb}")
+
+    @classmethod
+    def from_record(cls, bundle: Bundle) -> BuildOptions:
+        """The options the bundle's engines were built with (its manifest's tensorrt section), all
+        of them: a rebuild makes the same engines for this GPU and TensorRT."""
+        section = bundle.manifest["tensorrt"]
+        # timing_cache: the bundle's own (the default); a path recorded elsewhere belongs to the
+        # machine that built the engines, and a manifest never chooses a path that irevnet opens
+        return cls(
+            bundle=str(bundle.path), max_batch=section["profile"]["max"], opt_batch=section["profile"]["opt"],
+            workspace_mb=section.get("workspace_mb"), timing_cache=None,
+            opt_level=section.get("builder_optimization_level", 3), tf32=section.get("tf32", False),
+            hardware_compat=section.get("hardware_compatibility", "none"),
+            version_compat=section.get("version_compatible", False), debug=FORWARD_BLOCKS in section["engines"],
+        )
 
 
 def _network_flags(trt) -> int:
@@ -50,23 +76,8 @@ def _network_flags(trt) -> int:
     return 0 if flag is None else 1 << int(flag)
 
 
-def _hardware_level(trt, name: str):
-    return {
-        "none": trt.HardwareCompatibilityLevel.NONE,
-        "ampere_plus": trt.HardwareCompatibilityLevel.AMPERE_PLUS,
-        "same_compute_capability": trt.HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY,
-    }[name]
-
-
-def validate(opts: BuildOptions, bundle: Bundle) -> Profile:
-    """Checks the options before TensorRT is touched; returns the profile."""
-    if opts.hardware_compat not in HARDWARE_COMPAT:
-        raise IRevNetError(f"--hardware-compat must be one of {', '.join(HARDWARE_COMPAT)}, got {opts.hardware_compat!r}")
-    if not 0 <= opts.opt_level <= 5:
-        raise IRevNetError(f"--opt-level must be 0..5, got {opts.opt_level}")
-    if opts.workspace_mb is not None and opts.workspace_mb < 1:
-        raise IRevNetError(f"--workspace-mb must be positive, got {opts.workspace_mb}")
-    return make_profile(bundle.max_batch, opts.max_batch, opts.opt_batch)
+def _hardware_level(trt, compat: HardwareCompat):
+    return getattr(trt.HardwareCompatibilityLevel, compat.name.upper())  # NONE, AMPERE_PLUS, SAME_COMPUTE_CAPABILITY
 
 
 def build_engines(opts: BuildOptions, log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
@@ -76,7 +87,7 @@ def build_engines(opts: BuildOptions, log: Callable[[str], None] = lambda m: Non
         The manifest's new "tensorrt" section.
     """
     bundle = Bundle.open(opts.bundle)
-    profile = validate(opts, bundle)
+    profile = make_profile(bundle.max_batch, opts.max_batch, opts.opt_batch)
     trt = import_tensorrt()
     gpu_name, cc = cuda_api().device()
     logger = make_logger(trt)
@@ -123,13 +134,33 @@ def build_engines(opts: BuildOptions, log: Callable[[str], None] = lambda m: Non
         "profile": {"min": profile.min, "opt": profile.opt, "max": profile.max},
         "builder_optimization_level": opts.opt_level,
         "workspace_mb": opts.workspace_mb,
-        "hardware_compatibility": opts.hardware_compat,
+        "hardware_compatibility": opts.hardware_compat.value,
         "version_compatible": opts.version_compat,
         "timing_cache": _relative_to(cache_path, bundle.path),
         "engines": engines,
     }
     _record(bundle, section, cache_path)
     return section
+
+
+def rebuild_stale_engines(bundle_path: str | Path, log: Callable[[str], None] = lambda m: None) -> dict[str, Any] | None:
+    """Rebuilds a bundle's engines if they were built for another GPU or TensorRT version, with
+    every option recorded at their build (`BuildOptions.from_record`).
+
+    Returns:
+        The manifest's new "tensorrt" section, or None when the engines fit (or there are none).
+    """
+    bundle = Bundle.open(bundle_path)
+    if "tensorrt" not in bundle.manifest:
+        return None
+    trt = import_tensorrt()
+    gpu_name, cc = cuda_api().device()
+    try:
+        check_compatible(bundle.manifest["tensorrt"], trt.__version__, gpu_name, cc)
+    except EngineMismatch as e:
+        log(f"rebuilding: {e}")
+        return build_engines(BuildOptions.from_record(bundle), log)
+    return None
 
 
 def _previous_cache(bundle: Bundle, cache_path: Path, opts: BuildOptions) -> bytes:
@@ -146,7 +177,7 @@ def _configure(trt, config, opts: BuildOptions) -> None:
     if opts.workspace_mb:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace_mb << 20)
     config.builder_optimization_level = opts.opt_level
-    if opts.hardware_compat != "none":
+    if opts.hardware_compat is not HardwareCompat.none:
         config.hardware_compatibility_level = _hardware_level(trt, opts.hardware_compat)
     if opts.version_compat:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)

@@ -15,21 +15,29 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import numpy as np
 
+from .. import validation as check
 from ..config import IRevNetConfig
 from ..errors import IRevNetError
 from .backends import open_backend, resolve_backend
 from .bundle import FORWARD, INVERSE, Bundle
 
 
+class Direction(str, Enum):
+    forward = "forward"
+    inverse = "inverse"
+    both = "both"
+
+
 @dataclass
 class BenchOptions:
     bundle: str
     backends: list[str] = field(default_factory=lambda: ["onnxruntime"])
-    direction: str = "both"  # forward | inverse | both
+    direction: Direction = Direction.both
     batch_sizes: list[int] | None = None  # default: 1, 8 and the bundle's max batch, those within it
     warmup_s: float = 1.0
     duration_s: float = 3.0
@@ -38,7 +46,18 @@ class BenchOptions:
     providers: list[str] | None = None
     device: str = "auto"
     checkpoint: str | None = None
-    rebuild: bool = False  # rebuild TensorRT engines made for another GPU or TensorRT version
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "direction", Direction(self.direction))
+        self.backends = [resolve_backend(b) for b in self.backends]
+        for n in self.batch_sizes or []:
+            check.integer("batch_sizes", n, 1, check.MAX_BATCH)
+        check.integer("iterations", self.iterations, 1, 10**9, optional=True)
+        if self.iterations is None:  # a fixed count replaces the duration
+            check.number("duration_s", self.duration_s, 0.0, 86400.0, low_open=True)
+        check.number("warmup_s", self.warmup_s, 0.0, 86400.0)
+        check.threads(self.threads)
+
 
 
 def conv_flops(config: IRevNetConfig) -> int:
@@ -114,20 +133,12 @@ def _stats(latencies_s: list[float], batch: int) -> dict[str, float]:
 def bench(opts: BenchOptions, progress: Callable[[str, float], None] = lambda what, frac: None) -> dict[str, Any]:
     """Measures every (backend, direction, batch size); see the module docstring."""
     bundle = Bundle.open(opts.bundle)
-    if opts.direction not in ("forward", "inverse", "both"):
-        raise IRevNetError(f"--direction must be forward, inverse or both, got {opts.direction!r}")
-    directions = [FORWARD, INVERSE] if opts.direction == "both" else [opts.direction]
-    backends = [resolve_backend(b) for b in opts.backends]
+    directions = [FORWARD, INVERSE] if opts.direction is Direction.both else [opts.direction.value]
+    backends = opts.backends
     sizes = opts.batch_sizes or sorted({n for n in (1, 8, bundle.max_batch) if n <= bundle.max_batch})
     for n in sizes:
         if not 1 <= n <= bundle.max_batch:
             raise IRevNetError(f"batch size {n} is outside the bundle's range 1..{bundle.max_batch}; re-export with --max-batch")
-    if opts.iterations is not None and opts.iterations < 1:
-        raise IRevNetError("--iterations must be at least 1")
-    if opts.iterations is None and not opts.duration_s > 0:
-        raise IRevNetError(f"--duration-s must be positive, got {opts.duration_s} (or give --iterations)")
-    if not opts.warmup_s >= 0:
-        raise IRevNetError(f"--warmup-s must be 0 or more, got {opts.warmup_s}")
     cfg = bundle.config
     flops = conv_flops(cfg)
     reference = bundle.reference("images", "z")  # real inputs and the z PyTorch made of them, tiled to each batch
@@ -138,7 +149,7 @@ def bench(opts: BenchOptions, progress: Callable[[str, float], None] = lambda wh
         source = reference["images" if direction == FORWARD else "z"]
         x = np.ascontiguousarray(np.resize(source, (n, *source.shape[1:])))
         with open_backend(kind, bundle, direction, providers=opts.providers, threads=opts.threads,
-                          device=opts.device, checkpoint=opts.checkpoint, rebuild=opts.rebuild) as backend:
+                          device=opts.device, checkpoint=opts.checkpoint) as backend:
             name = backend.name
             label = f"{name} {direction} batch {n}"
             run = functools.partial(backend.infer, {feed_name: x})

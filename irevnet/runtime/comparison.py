@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from ..metrics import rel_l2, top1_agreement
+
 
 @dataclass(frozen=True)
 class Comparison:
@@ -32,17 +34,37 @@ class Comparison:
             return False
         return self.tolerance is None or self.rel_l2 <= self.tolerance
 
-    @property
-    def verdict(self) -> str:
-        if self.tolerance is None:
-            return "info"
-        return "pass" if self else "FAIL"
+    def __str__(self) -> str:
+        limit = "" if self.tolerance is None else f" (tolerance {self.tolerance:.0e}: {'pass' if self else 'FAIL'})"
+        return f"{self.name}: rel. L2 {self.rel_l2:.2e}, max abs {self.max_abs:.2e} at {list(self.worst_index)}{limit}"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["worst_index"] = list(self.worst_index)
         d["passed"] = bool(self)
         return d
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """The share of samples whose arg-max class two sets of logits agree on; truthy at >= `minimum`."""
+
+    name: str
+    value: float  # fraction in [0, 1]
+    minimum: float
+
+    @classmethod
+    def of(cls, name: str, logits: np.ndarray, reference: np.ndarray, minimum: float) -> Agreement:
+        return cls(name, top1_agreement(logits, reference), minimum)
+
+    def __bool__(self) -> bool:
+        return self.value >= self.minimum
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.value:.3f} (at least {self.minimum}: {'pass' if self else 'FAIL'})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "value": self.value, "min": self.minimum, "passed": bool(self)}
 
 
 def compare(name: str, actual: np.ndarray, expected: np.ndarray, tolerance: float | None = None) -> Comparison:
@@ -60,16 +82,11 @@ def compare(name: str, actual: np.ndarray, expected: np.ndarray, tolerance: floa
         bad = tuple(int(i) for i in np.argwhere(~np.isfinite(diff))[0])
         return Comparison(name, math.inf, math.inf, bad, float(a[bad]), float(e[bad]), tolerance)
     worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape)) if diff.size else ()
-    rel = float(np.linalg.norm(a - e) / max(float(np.linalg.norm(e)), 1e-30))
+    rel = rel_l2(a, e)
     return Comparison(
         name, float(diff.max()) if diff.size else 0.0, rel, worst,
         float(a[worst]) if diff.size else 0.0, float(e[worst]) if diff.size else 0.0, tolerance,
     )
-
-
-def top1_agreement(logits_a: np.ndarray, logits_b: np.ndarray) -> float:
-    """Fraction of samples whose arg-max class is the same."""
-    return float(np.mean(np.argmax(logits_a, axis=1) == np.argmax(logits_b, axis=1)))
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,18 @@ any GPU of the compute capability it was built on).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from ..errors import BundleError
 
-HARDWARE_COMPAT = ("none", "ampere_plus", "same_compute_capability")
+
+class HardwareCompat(str, Enum):
+    """Which GPUs an engine may run on besides the one it was built on."""
+
+    none = "none"  # the build GPU's model (another of the same compute capability: a warning)
+    ampere_plus = "ampere_plus"  # any GPU of compute capability 8.0 or newer
+    same_compute_capability = "same_compute_capability"  # any GPU of the build GPU's compute capability
 
 
 class EngineMismatch(BundleError):

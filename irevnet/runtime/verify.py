@@ -22,11 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from .. import validation as check
 from ..errors import IRevNetError
 from ..images import plot_error_vs_depth, reconstruction_metrics
+from ..metrics import rel_l2, top1_accuracy
 from .backends import open_backend, resolve_backend
 from .bundle import FORWARD, FORWARD_BLOCKS, INVERSE, INVERSE_BLOCKS, Bundle
-from .comparison import TOLERANCES, Tolerance, compare, top1_agreement
+from .comparison import TOLERANCES, Agreement, Tolerance, compare
 
 
 @dataclass
@@ -41,19 +43,22 @@ class VerifyOptions:
     device: str = "auto"  # torch backend
     blocks: bool = True  # per-block analysis (needs the debug graphs)
     plot: str | None = None  # error-vs-depth PNG
-    rebuild: bool = False  # rebuild TensorRT engines made for another GPU or TensorRT version
+
+    def __post_init__(self) -> None:
+        if not self.bundles:
+            raise IRevNetError("give at least one bundle folder")
+        self.bundles = [str(b) for b in self.bundles]
+        self.backends = [resolve_backend(b) for b in self.backends]
+        check.integer("samples", self.samples, 1, 4096)
+        check.threads(self.threads)
 
 
 def verify(opts: VerifyOptions, log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
     """Runs every check; `result["passed"]` is False when any judged check failed."""
-    if not opts.bundles:
-        raise IRevNetError("give at least one bundle folder")
-    if opts.samples < 1:
-        raise IRevNetError(f"--samples must be at least 1, got {opts.samples}")
     bundles = [Bundle.open(b) for b in opts.bundles]
     if any(b.config != bundles[0].config for b in bundles):
         raise IRevNetError("the bundles come from different models; verify them one at a time")
-    backends = [resolve_backend(b) for b in opts.backends]
+    backends = opts.backends
     x, labels, source = _inputs(bundles[0], opts)
     reference = _reference(bundles[0], x, opts, log)
 
@@ -170,7 +175,7 @@ def _reference(bundle: Bundle, x: np.ndarray, opts: VerifyOptions, log) -> dict[
 def _open(kind: str, bundle: Bundle, graph: str, opts: VerifyOptions):
     return open_backend(
         kind, bundle, graph, providers=opts.providers, threads=opts.threads, device=opts.device,
-        checkpoint=opts.checkpoint, rebuild=opts.rebuild,
+        checkpoint=opts.checkpoint,
     )
 
 
@@ -196,28 +201,30 @@ def _round_trip(bundle, fwd_name, inv_name, x_hat, x, norm, tolerance) -> dict[s
     }
 
 
+def parity_checks(out: dict[str, np.ndarray], logits: np.ndarray, z: np.ndarray, tol: Tolerance) -> list:
+    """A backend's logits and z against PyTorch's: relative L2 of each, and top-1 agreement."""
+    return [
+        compare("logits", out["logits"], logits, tol.logits),
+        compare("z", out["z"], z, tol.z),
+        Agreement.of("top-1 agreement", out["logits"], logits, tol.top1),
+    ]
+
+
 def _parity(bundle, name, out, reference, labels, tol) -> dict[str, Any]:
-    logits = compare("logits", out["logits"], reference["logits"], tol.logits)
-    z = compare("z", out["z"], reference["z"], tol.z)
-    agreement = top1_agreement(out["logits"], reference["logits"])
+    logits, z, agreement = parity_checks(out, reference["logits"], reference["z"], tol)
     entry = {
         "precision": bundle.precision,
         "backend": name,
         "logits": logits.to_dict(),
         "z": z.to_dict(),
-        "top1_agreement": agreement,
-        "top1_agreement_min": tol.top1,
-        "passed": bool(logits) and bool(z) and agreement >= tol.top1,
+        "top1_agreement": agreement.value,
+        "top1_agreement_min": agreement.minimum,
+        "passed": bool(logits) and bool(z) and bool(agreement),
     }
     if labels is not None:
-        ours = float(np.mean(np.argmax(out["logits"], 1) == labels) * 100)
-        theirs = float(np.mean(np.argmax(reference["logits"], 1) == labels) * 100)
+        ours, theirs = top1_accuracy(out["logits"], labels), top1_accuracy(reference["logits"], labels)
         entry |= {"top1_backend": ours, "top1_pytorch": theirs, "top1_difference": ours - theirs}
     return entry
-
-
-def _rel(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.linalg.norm((a - b).astype(np.float64)) / max(float(np.linalg.norm(b.astype(np.float64))), 1e-30))
 
 
 def _blocks(bundle: Bundle, kind: str, x: np.ndarray, reference, opts: VerifyOptions, log) -> dict[str, Any]:
@@ -236,10 +243,10 @@ def _blocks(bundle: Bundle, kind: str, x: np.ndarray, reference, opts: VerifyOpt
         f_out = fwd.infer({"image": x})
         i_out = inv.infer({"z": f_out["z"]})
         entry["backend"] = fwd.name
-    entry["round_trip"] = [_rel(i_out[f"h{i}"], f_out[f"h{i}"]) for i in range(b + 1)]
+    entry["round_trip"] = [rel_l2(i_out[f"h{i}"], f_out[f"h{i}"]) for i in range(b + 1)]
     if reference["h"] is not None:
         n = len(reference["h"][0])
-        entry["forward_drift"] = [_rel(f_out[f"h{i}"][:n], reference["h"][i]) for i in range(b + 1)]
+        entry["forward_drift"] = [rel_l2(f_out[f"h{i}"][:n], reference["h"][i]) for i in range(b + 1)]
         entry["forward_drift_samples"] = n
     entry["f_identical_fraction"] = [float(np.mean(f_out[f"f{i}"] == i_out[f"f{i}"])) for i in range(b)]
     entry["f_max_abs_difference"] = [float(np.max(np.abs(f_out[f"f{i}"] - i_out[f"f{i}"]))) for i in range(b)]

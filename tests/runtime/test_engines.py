@@ -155,7 +155,10 @@ def test_backend_plumbing_verify_and_rebuild(fake_trt, bundles, tmp_path):
 
     fake_trt("10.13.0.35")
     bundle = shutil.copytree(bundles["fp32"], tmp_path / "b")
-    build_engines(BuildOptions(bundle=str(bundle), debug=True))
+    options = {"opt_batch": 4, "workspace_mb": 256, "opt_level": 4, "hardware_compat": "same_compute_capability",
+               "version_compat": True, "debug": True}
+    build_engines(BuildOptions(bundle=str(bundle), **options))
+    first = Bundle.open(bundle).manifest["tensorrt"]
     ref = np.load(bundle / "reference.npz")
     with open_backend("tensorrt", Bundle.open(bundle), "forward") as fwd, \
             open_backend("onnxruntime", Bundle.open(bundle), "forward") as ort_fwd:
@@ -168,13 +171,21 @@ def test_backend_plumbing_verify_and_rebuild(fake_trt, bundles, tmp_path):
     r = verify(VerifyOptions(bundles=[str(bundle)], backends=["tensorrt", "onnxruntime"]))
     assert r["passed"] and {e["inverse"] for e in r["round_trip"]} == {"tensorrt[10.13.0.35]", "onnxruntime[cpu]"}
 
-    # engines from another TensorRT version: refused, or rebuilt when asked
-    fake_trt("10.14.1.0")
-    with pytest.raises(EngineMismatch, match="built with TensorRT 10.13.0.35, this is TensorRT 10.14.1.0"):
+    # engines from an older major TensorRT: refused by the runtime, rebuilt by the export side
+    # with every option of the first build, once; then the runtime opens the fresh bundle
+    from irevnet.export.trt_build import rebuild_stale_engines
+
+    trt = fake_trt("11.1.0.106")
+    with pytest.raises(EngineMismatch, match="built with TensorRT 10.13.0.35 .*this is TensorRT 11.1.0.106"):
         open_backend("tensorrt", Bundle.open(bundle), "inverse")
-    with open_backend("tensorrt", Bundle.open(bundle), "inverse", rebuild=True) as inv:
+    section = rebuild_stale_engines(bundle)
+    assert section["version"] == "11.1.0.106" and len(trt.calls) == 4, "forward, inverse and both debug graphs"
+    same = ("profile", "workspace_mb", "builder_optimization_level", "hardware_compatibility", "version_compatible", "tf32")
+    assert {k: section[k] for k in same} == {k: first[k] for k in same}, "a rebuild keeps every recorded option"
+    assert {c["config"].builder_optimization_level for c in trt.calls} == {4}
+    assert rebuild_stale_engines(bundle) is None and len(trt.calls) == 4, "fitting engines are not rebuilt"
+    with open_backend("tensorrt", Bundle.open(bundle), "inverse") as inv:
         assert inv.infer({"z": ref["z"][:2]})["image"].shape == (2, 1, 16, 16)
-    assert Bundle.open(bundle).manifest["tensorrt"]["version"] == "10.14.1.0"
 
 
 def test_build_command_prints_the_engines(fake_trt, bundles, tmp_path):

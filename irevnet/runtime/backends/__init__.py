@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ... import validation as check
 from ...errors import BundleError, IRevNetError
 from ..bundle import Bundle
 from .base import Backend, InputError
@@ -39,17 +40,15 @@ def open_backend(
     threads: int | None = None,
     device: str = "auto",
     checkpoint: str | None = None,
-    rebuild: bool = False,
 ) -> Backend:
     """Opens `graph` (forward, inverse, forward_blocks, inverse_blocks) of a bundle on a backend.
 
-    Args:
-        rebuild: for tensorrt, rebuild engines made for another GPU or TensorRT version instead
-            of refusing them.
+    Raises:
+        EngineMismatch: for tensorrt, engines built for another GPU or TensorRT version; the
+            caller decides whether to rebuild them (`irevnet.export.trt_build.rebuild_stale_engines`).
     """
     kind = resolve_backend(kind)
-    if threads is not None and threads < 1:
-        raise IRevNetError(f"--threads must be at least 1, got {threads} (leave it out for the runtime's default)")
+    check.threads(threads)
     if kind == "onnxruntime":
         from .ort_backend import OrtBackend
 
@@ -58,25 +57,11 @@ def open_backend(
             max_batch=bundle.max_batch,
         )
     if kind == "tensorrt":
-        from ..engines import EngineMismatch
         from .trt_backend import TrtBackend
 
         if not bundle.has_engine(graph):
             raise IRevNetError(f"{bundle.path} has no TensorRT engine for {graph}; build them with `irevnet build {bundle.path}`")
-        try:
-            return TrtBackend(bundle.engine_bytes(graph), bundle=bundle)
-        except EngineMismatch:
-            if not rebuild:
-                raise
-            from ...export.trt_build import BuildOptions, build_engines
-
-            previous = bundle.manifest["tensorrt"]
-            build_engines(BuildOptions(
-                bundle=str(bundle.path), max_batch=previous["profile"]["max"], opt_batch=previous["profile"]["opt"],
-                debug="forward_blocks" in previous["engines"], tf32=previous.get("tf32", False),
-            ))
-            fresh = Bundle.open(bundle.path)
-            return TrtBackend(fresh.engine_bytes(graph), bundle=fresh)
+        return TrtBackend(bundle.engine_bytes(graph), bundle=bundle)  # EngineMismatch: built elsewhere
     from .torch_backend import TorchBackend
 
     ckpt = checkpoint or bundle.manifest["checkpoint"]["path"]

@@ -1,0 +1,193 @@
+"""The typer app, the error handling every command shares, and the shared option types.
+
+Exit codes: 0 success, 1 a check that ran and failed, 2 bad usage or bad input (one line on
+stderr, no traceback), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import re
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+
+from .._version import __version__
+from ..devices import Device
+from ..errors import CheckFailed, IRevNetError
+
+app = typer.Typer(
+    name="irevnet",
+    help="i-RevNets: train, invert, export forward/inverse ONNX graphs and TensorRT engines, verify, bench.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+
+# The extra that installs each optional package (pyproject.toml): a runtime-only install has
+# numpy, onnx and the CLI, and training/export need `irevnet[torch]`.
+_EXTRA_OF = {
+    "torch": "torch", "torchvision": "torch", "onnxscript": "torch", "sklearn": "torch", "PIL": "torch",
+    "onnxruntime": "ort", "tensorrt": "tensorrt", "cuda": "tensorrt",
+}
+
+
+def _fail(message: str, code: int) -> None:
+    # plain, unwrapped line: one line however narrow the terminal
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _one_line(e: BaseException) -> str:
+    """The error's message; for one re-raised from a DataLoader worker (whose message carries the
+    worker's traceback), its last line without the class name."""
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return str(e).strip()
+    return re.sub(r"^[\w.]+Error: ", "", lines[-1].strip())
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt, so that every `finally` runs and
+    temporary files are removed (not an Exception: nothing may swallow it)."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_as_exception():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def command(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Registers a CLI command whose library errors become one line and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            with _sigterm_as_exception():
+                return fn(*args, **kwargs)
+        except IRevNetError as e:
+            _fail(_one_line(e), 2)
+        except CheckFailed as e:
+            _fail(str(e), 1)
+        except ModuleNotFoundError as e:
+            extra = _EXTRA_OF.get((e.name or "").split(".")[0])
+            if extra is None:
+                raise
+            _fail(f"`irevnet {fn.__name__}` needs {e.name}, which is not installed; pip install 'irevnet[{extra}]'", 2)
+        except OSError as e:  # an output folder that cannot be created, a full disk, no permission
+            where = f" {e.filename}" if e.filename else ""
+            _fail(f"cannot write or read{where}: {e.strerror or e}; check the path, its permissions and free space", 2)
+        except KeyboardInterrupt:
+            _fail("interrupted; files already written are complete (writes are atomic)", 130)
+        except Terminated:
+            _fail("terminated (SIGTERM); temporary files removed, files already written are complete", 143)
+
+    return app.command()(wrapper)
+
+
+def options(cls: type, values: dict[str, Any], **extra: Any):
+    """The library's options dataclass from a command's parameters (its `locals()`): every field
+    that the command has a parameter of, so no option is copied by hand. The dataclass validates
+    them (its __post_init__)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{**{k: v for k, v in values.items() if k in names}, **extra})
+
+
+def check_outputs(*paths: str | None) -> None:
+    """Refuses output files that cannot be written before the command does its work."""
+    from ..files import check_writable
+
+    for path in paths:
+        if path is not None:
+            check_writable(path)
+
+
+def write_json(path: str | None, data: Any) -> None:
+    if path is not None:
+        from ..files import write_json as write
+
+        write(path, data)
+        from .render import console
+
+        console.print(f"wrote {path}")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"irevnet {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """i-RevNets (Jacobsen, Smeulders, Oyallon, ICLR 2018): deep networks invertible up to the
+    final linear classifier. `irevnet demo` runs the whole pipeline on bundled digits."""
+
+
+# -- shared option types (paths are text: an empty one is refused, not taken for ".") -------------
+
+CheckpointOpt = Annotated[
+    str, typer.Option("--checkpoint", "-c", help="Checkpoint: irevnet .pt, reference .pth.tar/.t7, pytorchcv .pth.")
+]
+ImageSizeOpt = Annotated[
+    int | None,
+    typer.Option("--image-size", help="Input height = width (reference ImageNet files do not store it; default 224)."),
+]
+JsonOpt = Annotated[str | None, typer.Option("--json", help="Also write the results to this JSON file.")]
+DatasetOpt = Annotated[
+    str, typer.Option("--dataset", "-d", help="digits | cifar10:PATH | cifar100:PATH | imagefolder:PATH | synthetic.")
+]
+DeviceOpt = Annotated[Device, typer.Option("--device", help="auto picks cuda when torch sees a GPU.")]
+BackendOpt = Annotated[
+    list[str] | None,
+    typer.Option("--backend", "-b", help="onnxruntime | tensorrt | torch; repeat for several (default: onnxruntime)."),
+]
+ProviderOpt = Annotated[
+    list[str] | None, typer.Option("--provider", help="ONNX Runtime providers in order: tensorrt, cuda, cpu (default: all available).")
+]
+ThreadsOpt = Annotated[int | None, typer.Option(help="Intra-op threads (ONNX Runtime, torch).")]
+RebuildOpt = Annotated[bool, typer.Option(help="Rebuild TensorRT engines made for another GPU or TensorRT version.")]
+
+
+# click's base exception class, whether typer vendors click (0.2x) or depends on it.
+_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def main() -> None:
+    """Console-script entry point. Usage errors (unknown option, bad choice) are one line too,
+    like the library's errors, instead of typer's framed panel."""
+    try:
+        code = typer.main.get_command(app).main(prog_name="irevnet", standalone_mode=False)
+    except _UsageError as e:
+        message = e.format_message().strip().rstrip(".")
+        if message:  # empty after `irevnet` alone: the help was printed
+            ctx = getattr(e, "ctx", None)
+            hint = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
+            typer.echo(f"error: {message}{hint}", err=True)
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        typer.echo("error: aborted", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,234 @@
+"""Every table and line the CLI prints, from the library's result dicts.
+
+The console parses no markup: paths and names are printed as they are (a folder called `[/]`
+is text, not a style), and styles are given as styles.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+console = Console(highlight=False, markup=False)
+if not console.is_terminal:  # logs and pipes: room for the wide tables instead of 80 columns
+    console.width = 140
+
+
+def verdict(passed: bool) -> Text:
+    return Text("pass", style="green") if passed else Text("FAIL", style="red")
+
+
+def db(value: float | None) -> str:
+    return "exact" if value is None else f"{value:.1f}"
+
+
+def shape(dims: Any) -> str:
+    return "x".join(map(str, dims))
+
+
+def key_values(title: str, rows: dict[str, Any]) -> None:
+    console.print(Text(title, style="bold"), soft_wrap=True)
+    table = Table(show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows.items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+def heading(text: str) -> None:
+    console.rule(Text(text, style="bold"))
+
+
+def success(text: str) -> None:
+    console.print(text, style="green")
+
+
+def presets(table_rows: list[tuple[str, Any, str]]) -> None:
+    t = Table("name", "type", "blocks", "channels", "input -> z", "what for")
+    for name, cfg, description in table_rows:
+        t.add_row(name, "injective" if cfg.injective else "bijective", "-".join(map(str, cfg.blocks)),
+                  "-".join(map(str, cfg.channels)), f"{shape(cfg.in_shape)} -> {shape(cfg.z_shape)}", description)
+    console.print(t)
+
+
+class ProgressBar:
+    """Training progress on the console: a bar per epoch, a summary line after it."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[stats]}"), console=console, transient=True,
+        )
+        self.task = None
+
+    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
+        if console.is_terminal:  # logs and pipes get the epoch lines only
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=steps, epoch=f"{epoch}/{epochs}", stats="")
+
+    def step(self, loss: float, top1: float, images_per_s: float) -> None:
+        if self.task is not None:
+            self.progress.update(self.task, advance=1, stats=f"loss {loss:.4f}  top-1 {top1:5.1f}%  {images_per_s:,.0f} img/s")
+
+    def epoch_end(self, m: dict[str, Any]) -> None:
+        if self.task is not None:
+            self.progress.stop()
+            self.progress.remove_task(self.task)
+            self.task = None
+        console.print(
+            f"epoch {m['epoch']:>3}  lr {m['lr']:.4g}  loss {m['train_loss']:.4f}  train {m['train_top1']:5.1f}%  "
+            f"test top-1 {m['test_top1']:5.2f}%  top-5 {m['test_top5']:6.2f}%  {m['images_per_s']:,.0f} img/s",
+            soft_wrap=True,
+        )
+
+
+def inversion(metrics: dict[str, Any], dataset: str, out: str) -> None:
+    t = Table("image", "PSNR (dB)", "max abs error (pixels, 0-1)", title=f"inverse(forward(x)) on {dataset}")
+    for i, row in enumerate(metrics["per_image"]):
+        t.add_row(str(i), db(row["psnr_db"]), f"{row['max_abs']:.2e}")
+    t.add_row("all", db(metrics["psnr_db"]), f"{metrics['max_abs']:.2e}", style="bold")
+    console.print(t)
+    console.print(f"relative L2 error {metrics['rel_l2']:.2e}; grid written to {out}")
+
+
+def export(manifest: dict[str, Any], out: str) -> None:
+    v = manifest["verification"]
+    graphs = Table("graph", "nodes", "ops", "export s", title=f"{out} ({manifest['precision']})")
+    for name, g in manifest["graphs"].items():
+        graphs.add_row(name, str(g["nodes"]), ", ".join(f"{k} {n}" for k, n in g["ops"].items()), f"{g['export_seconds']:.1f}")
+    console.print(graphs)
+    table = Table("check (vs PyTorch fp32)", "max abs", "measured", "limit", "",
+                  title=f"verification: {v['samples']} {v['inputs']} samples, {v['backend']}")
+    for c in v["checks"]:  # comparisons (rel. L2 against a tolerance) and agreements (a share against a minimum)
+        measured, limit = (c["rel_l2"], f"{c['tolerance']:.0e}") if "rel_l2" in c else (c["value"], f">= {c['min']}")
+        max_abs = f"{c['max_abs']:.2e}" if "max_abs" in c else ""
+        table.add_row(c["name"], max_abs, f"{measured:.3g}", limit, verdict(c["passed"]))
+    console.print(table)
+    extra = f"round trip PSNR {db(v['round_trip_psnr_db'])} dB"
+    if "top1_pytorch" in v:
+        extra += f"; top-1 PyTorch {v['top1_pytorch']:.1f}% vs ONNX {v['top1_onnx']:.1f}%"
+    console.print(extra)
+    console.print(f"bundle written to {out}" if v["passed"] else f"bundle written to {out} despite failed checks (--allow-mismatch)")
+
+
+def engines(section: dict[str, Any]) -> None:
+    t = Table("engine", "size MB", "build s", title=f"TensorRT {section['version']} on {section['gpu']['name']} "
+              f"(sm_{''.join(map(str, section['gpu']['compute_capability']))}), batch {section['profile']}")
+    for e in section["engines"].values():
+        t.add_row(e["file"], f"{e['bytes'] / 1e6:.1f}", f"{e['build_seconds']:.1f}")
+    console.print(t)
+
+
+def verification(r: dict[str, Any]) -> None:
+    console.print(f"{r['samples']} {r['inputs']}; reference: {r['reference']}")
+    t = Table("precision", "z from", "inverted by", "rel. L2", "max abs (px)", "PSNR dB", "worst", "tol.", "",
+              title="round trip inverse(forward(x)) vs x")
+    for e in r["round_trip"] + r["cross_round_trip"]:
+        t.add_row(e["precision"], e["forward"], e["inverse"], f"{e['rel_l2']:.2e}", f"{e['max_abs_pixels']:.2e}",
+                  db(e["psnr_db"]), str(e["worst_sample"]), f"{e['tolerance']:.0e}", verdict(e["passed"]))
+    console.print(t)
+    if r["parity"]:
+        t = Table("precision", "backend", "logits rel.", "logits max abs", "z rel.", "top-1 agree", "top-1 vs PyTorch", "",
+                  title="parity with PyTorch fp32")
+        for e in r["parity"]:
+            acc = f"{e['top1_backend']:.2f}% vs {e['top1_pytorch']:.2f}%" if "top1_backend" in e else "(no labels)"
+            t.add_row(e["precision"], e["backend"], f"{e['logits']['rel_l2']:.2e}", f"{e['logits']['max_abs']:.2e}",
+                      f"{e['z']['rel_l2']:.2e}", f"{e['top1_agreement']:.3f}", acc, verdict(e["passed"]))
+        console.print(t)
+    for e in r["blocks"]:
+        _blocks(e)
+    if any("round_trip" in e for e in r["blocks"]):
+        console.print("fwd drift: block input vs PyTorch fp32; inverse error: recovered block input vs this backend's "
+                      "forward; F bits equal: share of F outputs identical in both graphs (only the last block sees "
+                      "the same input in both; earlier ones inherit the recovered input's rounding).")
+    if r.get("plot"):
+        console.print(f"plot written to {r['plot']}")
+
+
+def _blocks(e: dict[str, Any]) -> None:
+    title = f"error per block: {e['precision']} on {e['backend']} (row i: input of block i; last row: z)"
+    if "skipped" in e:
+        console.print(f"{title}: skipped, {e['skipped']}")
+        return
+    t = Table("i", "block i inverse gain", "fwd drift", "inverse error", "F bits equal", title=title)
+    n = len(e["round_trip"])
+    rows = range(n) if n <= 32 else sorted(set(range(4)) | set(range(n - 4, n)) | set(
+        sorted(range(n), key=lambda i: -e["round_trip"][i])[:6]))
+    for i in rows:
+        gain = e["gain"][i] if e.get("gain") and i < len(e["gain"]) else None
+        drift = e["forward_drift"][i] if "forward_drift" in e else None
+        same = e["f_identical_fraction"][i] if i < len(e["f_identical_fraction"]) else None
+        t.add_row(str(i), "" if gain is None else f"{gain:.3g}", "" if drift is None else f"{drift:.1e}",
+                  f"{e['round_trip'][i]:.1e}", "" if same is None else f"{same:.0%}")
+    console.print(t)
+    if n > 32:
+        console.print(f"({n} block boundaries; showing the first, last and worst; all in --json)")
+    for w in e["warnings"]:
+        console.print(Text.assemble(("warning", "yellow"), f": {w}"))
+
+
+def bench(r: dict[str, Any]) -> None:
+    m = r["machine"]
+    t = Table("backend", "dir", "batch", "median ms", "p90", "p99", "images/s", "GFLOP/s", "speedup",
+              title=f"{r['bundle']} ({r['precision']}), {r['model']['gflop_per_image']:.2f} GFLOP/image; "
+              f"min/mean/p95/max in --json")
+    for e in r["results"]:
+        t.add_row(e["backend"], e["direction"][:3].replace("for", "fwd"), str(e["batch"]), f"{e['median_ms']:.2f}",
+                  f"{e['p90_ms']:.2f}", f"{e['p99_ms']:.2f}", f"{e['images_per_s']:,.1f}",
+                  f"{e['gflops']:.1f}", "" if e["speedup"] is None else f"{e['speedup']:.2f}x")
+    console.print(t)
+    gpus = ", ".join(m["gpus"]) or "none"
+    console.print(f"{m['cpu']} ({m['cpu_count']} logical CPUs), GPU: {gpus}; numpy fp32 matmul {m['fp32_matmul_gflops']:.1f} GFLOP/s; "
+                  f"speedup = baseline mean latency / mean latency (baseline: {r['results'][0]['baseline']})", soft_wrap=True)
+
+
+def memory(rows: list[dict[str, Any]]) -> None:
+    t = Table("preset", "batch", "image", "standard MB", "memory-efficient MB", "saving", "step s (std / eff)", "time",
+              title=f"one SGD step on {rows[0]['standard']['device']}; activation memory")
+    for r in rows:
+        std, eff = r["standard"], r["memory_efficient"]
+        t.add_row(r["preset"], str(std["batch"]), str(std["image_size"]), f"{std['activation_bytes'] / 2**20:,.0f}",
+                  f"{eff['activation_bytes'] / 2**20:,.0f}", f"{r['memory_ratio']:.1f}x",
+                  f"{std['step_seconds']:.2f} / {eff['step_seconds']:.2f}", f"{r['time_ratio']:.2f}x")
+    console.print(t)
+    console.print(rows[0]["standard"]["measured_as"])
+
+
+def demo_step(step: str, result: Any) -> None:
+    """What each stage of `irevnet demo` shows as it finishes."""
+    heading(step)
+    if step == "train":
+        console.print(f"trained irevnet-tiny on digits: best held-out top-1 {result['best_top1']:.2f}%")
+    elif step.startswith("export"):
+        export(*result)
+    elif step == "evaluate":
+        console.print(f"test split ({result['images']} images): top-1 PyTorch {result['top1_pytorch']:.2f}%, "
+                      f"ONNX Runtime fp32 {result['top1_onnx']:.2f}%")
+    elif step == "verify":
+        verification(result)
+    elif step == "invert":
+        console.print(f"originals (top) and reconstructions from z by the exported graphs (bottom): {result}")
+    elif step == "bench":
+        bench(result)
+
+
+def demo_summary(summary: dict[str, Any]) -> None:
+    heading("summary")
+    acc = summary["accuracy"]
+    t = Table("", "PyTorch", "ONNX Runtime", title="irevnet demo: irevnet-tiny on the scikit-learn digits")
+    t.add_row("test top-1", f"{acc['top1_pytorch']:.2f}%", f"{acc['top1_onnx']:.2f}% (fp32)")
+    for row in summary["round_trip"]:
+        cells = [f"{row[side]['rel_l2']:.1e}, {db(row[side]['psnr_db'])} dB" if side in row else ""
+                 for side in ("pytorch", "onnxruntime")]
+        t.add_row(f"round trip {row['precision']} (rel. L2, PSNR)", *cells)
+    speed = summary["speedup_vs_pytorch"]
+    t.add_row("speed, batch 32", "1.00x", f"forward {speed.get('forward', 0):.2f}x, inverse {speed.get('inverse', 0):.2f}x")
+    console.print(t)
+    for what, where in summary["files"].items():
+        console.print(f"{what}: {', '.join(where) if isinstance(where, list) else where}")

@@ -1,0 +1,116 @@
+"""`irevnet verify` and `irevnet bench`: judge and time bundles (no torch needed)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ..devices import Device
+from ..errors import CheckFailed, IRevNetError
+from ..runtime.bench import Direction
+from . import render
+from .app import (
+    BackendOpt,
+    DeviceOpt,
+    JsonOpt,
+    ProviderOpt,
+    RebuildOpt,
+    ThreadsOpt,
+    check_outputs,
+    command,
+    options,
+    write_json,
+)
+
+
+def _rebuild_stale(bundles: list[str], backends: list[str]) -> None:
+    """--rebuild: engines built for another GPU or TensorRT are rebuilt once, before anything runs."""
+    if any(b.lower() in ("tensorrt", "trt") for b in backends):
+        from ..export.trt_build import rebuild_stale_engines
+
+        for bundle in bundles:
+            with render.console.status(f"checking the engines of {bundle}") as status:
+                if rebuild_stale_engines(bundle, log=lambda msg: status.update(msg)) is not None:
+                    render.console.print(f"rebuilt the TensorRT engines of {bundle} for this GPU")
+
+
+@command
+def verify(
+    bundles: Annotated[list[str], typer.Argument(help="Bundle folder(s); several precisions of one model compare side by side.")],
+    backends: BackendOpt = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Real test images (needs torch); default: the bundle's reference samples.")] = None,
+    samples: Annotated[int, typer.Option(help="Images to check.")] = 8,
+    checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c", help="Live PyTorch reference (default: the manifest's, when torch is installed).")] = None,
+    providers: ProviderOpt = None,
+    threads: ThreadsOpt = None,
+    device: DeviceOpt = Device.auto,
+    blocks: Annotated[bool, typer.Option(help="Error per block from the debug graphs.")] = True,
+    plot: Annotated[str | None, typer.Option(help="Write the error-vs-depth plot (PNG) here.")] = None,
+    rebuild: RebuildOpt = False,
+    json: JsonOpt = None,
+) -> None:
+    """Check exported bundles: round trip, cross round trips, parity with PyTorch, error per block.
+
+    Exits 1 when a check misses the bundle's tolerance. Runs without torch, against the
+    reference samples stored in the bundle.
+
+    Example: `irevnet verify bundles/fp32 bundles/mixed bundles/fp16 --plot blocks.png`
+    """
+    from ..runtime.verify import VerifyOptions
+    from ..runtime.verify import verify as run_verify
+
+    opts = options(VerifyOptions, locals(), backends=backends or ["onnxruntime"])
+    check_outputs(plot, json)
+    if rebuild:
+        _rebuild_stale(opts.bundles, opts.backends)
+    with render.console.status("verifying") as status:
+        result = run_verify(opts, log=lambda msg: status.update(msg))
+    render.verification(result)
+    write_json(json, result)
+    if not result["passed"]:
+        raise CheckFailed("verify failed: see the FAIL rows above")
+    render.success("verify passed")
+
+
+@command
+def bench(
+    bundle: Annotated[str, typer.Argument(help="Bundle folder.")],
+    backends: BackendOpt = None,
+    direction: Annotated[Direction, typer.Option(help="Which graphs to time.")] = Direction.both,
+    batch_sizes: Annotated[
+        str | None, typer.Option(help="Comma-separated batch sizes (default: 1, 8 and the bundle's --max-batch).")
+    ] = None,
+    warmup_s: Annotated[float, typer.Option(help="Warm-up seconds per measurement.")] = 1.0,
+    duration_s: Annotated[float, typer.Option(help="Measured seconds per measurement.")] = 3.0,
+    iterations: Annotated[int | None, typer.Option(help="Measure this many runs instead of --duration-s.")] = None,
+    providers: ProviderOpt = None,
+    threads: ThreadsOpt = None,
+    device: DeviceOpt = Device.auto,
+    checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c", help="For --backend torch (default: the manifest's).")] = None,
+    rebuild: RebuildOpt = False,
+    json: JsonOpt = None,
+) -> None:
+    """Latency percentiles and throughput of the bundle's graphs, side by side per backend.
+
+    Example: `irevnet bench bundles/fp32 -b onnxruntime -b torch --batch-sizes 1,32`
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..runtime.bench import BenchOptions
+    from ..runtime.bench import bench as run_bench
+
+    try:
+        sizes = [int(s) for s in batch_sizes.split(",") if s.strip()] if batch_sizes else None
+    except ValueError:
+        raise IRevNetError(f"--batch-sizes must be integers separated by commas, got {batch_sizes!r}") from None
+    opts = options(BenchOptions, locals(), backends=backends or ["onnxruntime"], batch_sizes=sizes)
+    check_outputs(json)
+    if rebuild:
+        _rebuild_stale([bundle], opts.backends)
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(), TimeElapsedColumn(), console=render.console,
+                  transient=True) as p:
+        task = p.add_task("bench", total=1.0)
+        result = run_bench(opts, progress=lambda what, frac: p.update(task, description=what, completed=frac))
+    render.bench(result)
+    write_json(json, result)

@@ -1,0 +1,59 @@
+"""Range checks for the options dataclasses: each option is checked once, where it is defined.
+
+Messages name the command-line flag, since that is where most values come from.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .errors import IRevNetError
+
+MAX_THREADS = 1024  # intra-op threads; more is a typo, not a machine
+MAX_BATCH = 65536  # the largest dynamic batch a bundle may declare (manifest schema: batch.max)
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _lower(low: float, open_: bool) -> str:
+    if low == 0:
+        return "positive" if open_ else "0 or more"
+    return f"above {low:g}" if open_ else f"at least {low:g}"
+
+
+def integer(name: str, value: Any, low: int, high: int | None = None, *, optional: bool = False) -> None:
+    """`value` is an int in [low, high] (None allowed when optional)."""
+    if value is None and optional:
+        return
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise IRevNetError(f"{flag(name)} must be an integer, got {value!r}")
+    if value < low:
+        raise IRevNetError(f"{flag(name)} must be {_lower(low, False)}, got {value}")
+    if high is not None and value > high:
+        raise IRevNetError(f"{flag(name)} must be at most {high}, got {value}")
+
+
+def number(name: str, value: Any, low: float, high: float | None = None, *, low_open: bool = False,
+           optional: bool = False) -> None:
+    """`value` is a finite number in [low, high] ((low, high] when low_open; None when optional)."""
+    if value is None and optional:
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise IRevNetError(f"{flag(name)} must be a finite number, got {value!r}")
+    if value < low or (low_open and value == low):
+        raise IRevNetError(f"{flag(name)} must be {_lower(low, low_open)}, got {value:g}")
+    if high is not None and value > high:
+        raise IRevNetError(f"{flag(name)} must be at most {high:g}, got {value:g}")
+
+
+def threads(value: int | None) -> None:
+    integer("threads", value, 1, MAX_THREADS, optional=True)
+
+
+def path(name: str, value: Any) -> None:
+    """An output or input path given as text: not empty (an empty one would mean the current folder)."""
+    if not str(value).strip():
+        raise IRevNetError(f"{flag(name)} is empty; give a path")
