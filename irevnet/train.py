@@ -73,7 +73,7 @@ class TrainOptions:
                     raise IRevNetError(f"unknown {name} {value!r}; choose one of {', '.join(e.value for e in enum)}") from None
         check.integer("epochs", self.epochs, 1, 100_000, optional=True)
         check.integer("batch_size", self.batch_size, 1, 1 << 20, optional=True)
-        check.number("lr", self.lr, 0.0, 10.0, low_open=True, optional=True)  # more diverges at once
+        check.number("lr", self.lr, 0.0, low_open=True, optional=True)
         check.number("weight_decay", self.weight_decay, 0.0, 1.0, optional=True)
         check.integer("seed", self.seed, 0, MAX_SEED)
         check.integer("workers", self.workers, 0, 256)

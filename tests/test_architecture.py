@@ -1,0 +1,101 @@
+"""The package's shape: rooms without import cycles, a torch-free runtime, a thin CLI."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import irevnet
+
+PACKAGE = Path(irevnet.__file__).parent
+
+
+def _modules() -> dict[str, Path]:
+    mods = {}
+    for f in PACKAGE.rglob("*.py"):
+        name = ".".join(f.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+        mods[name] = f
+    return mods
+
+
+def _imports(name: str, path: Path, mods: dict[str, Path]) -> set[str]:
+    """Every irevnet module `name` imports, at module level or inside functions (lazy imports
+    form cycles too), except under `if TYPE_CHECKING:`."""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    tree = ast.parse(path.read_text())
+    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+            for n in ast.walk(node)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.ImportFrom):
+            parts = package.split(".")
+            base = ".".join(parts[: len(parts) - node.level + 1] + [node.module or ""]) if node.level else node.module
+            base = base.rstrip(".")
+            found |= {f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    return {m for m in found if m in mods and m != name}
+
+
+def test_no_import_cycles_among_irevnets_modules():
+    mods = _modules()
+    graph = {name: _imports(name, path, mods) for name, path in mods.items()}
+    # Tarjan's strongly connected components: any component of two or more modules is a cycle
+    index, low, stack, on_stack, cycles = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while (w := stack.pop()) != v:
+                on_stack.discard(w)
+                component.append(w)
+            on_stack.discard(v)
+            if component:
+                cycles.append(sorted([v, *component]))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    assert len(graph) > 30, "the scan found the package's modules"
+    assert cycles == [], f"import cycles: {cycles}"
+
+
+def test_runtime_and_cli_import_neither_torch_nor_export():
+    """A deployment box has numpy and ONNX Runtime, not torch: importing the runtime (and the CLI
+    that verifies and benches on it) must not pull in torch or the export room."""
+    code = textwrap.dedent("""
+        import sys
+        import irevnet.runtime, irevnet.runtime.verify, irevnet.runtime.bench, irevnet.cli
+        heavy = sorted(m for m in sys.modules if m == "torch" or m.startswith(("torch.", "irevnet.export")))
+        print(heavy)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_cli_commands_are_a_few_lines_over_the_library():
+    from irevnet.cli import app
+
+    for info in app.registered_commands:
+        fn = inspect.unwrap(info.callback)
+        body = ast.parse(textwrap.dedent(inspect.getsource(fn))).body[0].body
+        statements = body[1:] if isinstance(body[0], ast.Expr) else body  # after the docstring
+        lines = sum(s.end_lineno - s.lineno + 1 for s in statements)
+        # build options, call the library, render: the longest (bench: parse --batch-sizes, a
+        # progress bar) takes 17 lines
+        assert lines <= 20, f"`irevnet {fn.__name__}` has {lines} lines of body; move logic into the library"
