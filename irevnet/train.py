@@ -483,7 +483,7 @@ def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     import json
 
     with atomic_output(path) as tmp:
-        tmp.write_text("".join(json.dumps(m) + "\n" for m in history))
+        tmp.write_text("".join(json.dumps(m, allow_nan=False) + "\n" for m in history))  # strict JSON, always
 
 
 def _train_epoch(net, loader, optimizer, scaler, device, opts, channels_last, observer, epoch, epochs, dist) -> dict:

@@ -326,3 +326,58 @@ def test_a_checkpoint_that_would_write_a_file_is_refused_by_every_command(tmp_pa
     line = _one_line_error(runner.invoke(app, args))
     assert "refused to load" in line
     assert not list(tmp_path.rglob("*.patch")), "a file chose a path and irevnet wrote it"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["evaluate", "-c", "{ckpt}", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+        (["evaluate", "-c", "{ckpt}", "--batch-size", "-5"], "--batch-size must be at least 1, got -5"),
+        (["evaluate", "-c", "{ckpt}", "--workers", "-1"], "--workers must be 0 or more, got -1"),
+        (["train", "-o", "{tmp}/r", "--seed", str(10**20)], f"--seed must be at most {2**32 - 1}"),
+        (["train", "-o", "{tmp}/r", "--lr", "nan"], "--lr must be a finite number, got nan"),
+        (["train", "-o", "{tmp}/r", "--lr", "inf"], "--lr must be a finite number, got inf"),
+        (["train", "-o", "{tmp}/r", "--weight-decay", "nan"], "--weight-decay must be a finite number, got nan"),
+        (["train", "-o", ""], "--out is empty; give a path"),
+        (["verify", "{b}", "--threads", "99999999999"], "--threads must be at most 1024"),
+        (["export", "-c", "{ckpt}", "-o", "{tmp}/e", "--max-batch", str(10**20)], "--max-batch must be at most 65536"),
+        (["bench", "{b}", "--duration-s", "inf"], "--duration-s must be a finite number, got inf"),
+        (["bench", "{b}", "--warmup-s", "inf", "--iterations", "1"], "--warmup-s must be a finite number, got inf"),
+        (["memory", "-m", "irevnet-tiny", "--image-size", "0"], "--image-size must be at least 1, got 0"),
+        (["memory", "-m", "irevnet-tiny", "--image-size", "15"], "not divisible by the total downsampling 4"),
+        (["train", "-d", "synthetic", "-o", "{tmp}/big", "--batch-size", "1000", "--epochs", "1"],
+         "--batch-size 1000 is larger than the 512 training images of synthetic"),
+    ],
+)
+def test_values_that_slipped_through_are_one_line_errors(tmp_path, trained_tiny, bundles, args, message):
+    """Each was a traceback, a hang or a silent wrong result before the options validated themselves."""
+    args = [a.format(tmp=tmp_path, ckpt=trained_tiny / "best.pt", b=bundles["fp32"]) for a in args]
+    line = _one_line_error(runner.invoke(app, args))
+    assert message in line, line
+    assert not (tmp_path / "big").exists() or not (tmp_path / "big" / "last.pt").exists()
+
+
+def test_paths_are_printed_as_text_not_markup(tmp_path, trained_tiny):
+    out = tmp_path / "run [/] [bold]x"
+    result = runner.invoke(app, ["invert", "-c", str(trained_tiny / "best.pt"), "-o", str(out / "grid.png")])
+    assert result.exit_code == 0, result.output
+    assert f"grid written to {out / 'grid.png'}" in result.output.replace("\n", "")
+
+
+def test_training_that_diverges_stops_at_once_without_nan_checkpoints(tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "-d", "synthetic", "-o", str(out), "--lr", "1e30", "--epochs", "3", "-q"])
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip() and not line[:4].isdigit()]
+    assert lines == [lines[-1]] and lines[-1].startswith("error: training diverged in epoch 1: the loss is"), lines
+    assert not (out / "best.pt").exists() and not (out / "last.pt").exists(), "no NaN weights written"
+    assert not (out / "metrics.jsonl").exists()
+
+
+def test_resume_with_fewer_epochs_than_done_rewrites_nothing(tmp_path):
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["train", "-d", "synthetic", "-o", str(out), "--epochs", "2", "-q"]).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    line = _one_line_error(runner.invoke(app, ["train", "-o", str(out), "--resume", "--epochs", "1"]))
+    assert "has trained 2 epochs already; --epochs 1 leaves nothing to resume" in line
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before, "run.json and the history untouched"
