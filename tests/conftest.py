@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import random
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,3 +90,13 @@ def bundles(trained_tiny, tmp_path_factory):
         "mixed": export_tiny(trained_tiny, root / "mixed", "mixed"),
         "fp16": export_tiny(trained_tiny, root / "fp16", "fp16", debug_graphs=False),
     }
+
+
+def edit_manifest(bundle: Path, change: Callable[[dict], object]) -> Path:
+    """Applies `change` to a bundle's manifest.json in place, as a hand edit (or an attacker) would:
+    the manifest is not covered by its own hashes."""
+    path = Path(bundle) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+    return Path(bundle)

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from irevnet import __version__
 from irevnet.checkpoint import save_checkpoint
 from irevnet.cli import app
-from tests.conftest import small_model
+from tests.conftest import edit_manifest, small_model
 
 runner = CliRunner()
 
@@ -150,9 +150,7 @@ def test_export_verify_bench_happy_paths(tmp_path, trained_tiny, bundles):
 
 def test_verify_failure_exits_1_with_the_table(tmp_path, bundles):
     strict = shutil.copytree(bundles["fp16"], tmp_path / "strict")
-    manifest = json.loads((strict / "manifest.json").read_text())
-    manifest["tolerances"]["round_trip"] = 1e-9
-    (strict / "manifest.json").write_text(json.dumps(manifest))
+    edit_manifest(strict, lambda m: m["tolerances"].update(round_trip=1e-9))
     result = runner.invoke(app, ["verify", str(strict), "--no-blocks"])
     assert result.exit_code == 1
     assert "FAIL" in result.output and result.output.rstrip().endswith("error: verify failed: see the FAIL rows above")
@@ -170,9 +168,7 @@ def test_export_verify_bench_bad_inputs(tmp_path, trained_tiny, bundles):
     assert "unknown backend 'tflite'" in line
 
     moved = shutil.copytree(bundles["fp32"], tmp_path / "moved")  # as on another machine
-    manifest = json.loads((moved / "manifest.json").read_text())
-    manifest["checkpoint"]["path"] = str(tmp_path / "elsewhere" / "best.pt")
-    (moved / "manifest.json").write_text(json.dumps(manifest))
+    edit_manifest(moved, lambda m: m["checkpoint"].update(path=str(tmp_path / "elsewhere" / "best.pt")))
     line = _one_line_error(runner.invoke(app, ["bench", str(moved), "-b", "torch", "--iterations", "1"]))
     assert "which is not there" in line and "pass --checkpoint PATH" in line
     result = runner.invoke(app, ["bench", str(moved), "-b", "torch", "--iterations", "1", "--warmup-s", "0",
@@ -317,9 +313,8 @@ def test_a_checkpoint_that_would_write_a_file_is_refused_by_every_command(tmp_pa
         args = ["train", "-o", str(run), "--resume"]
     elif command == "verify":
         bundle = shutil.copytree(bundles["fp32"], tmp_path / "bundle")
-        manifest = json.loads((bundle / "manifest.json").read_text())
-        manifest["checkpoint"] = {"path": str(evil), "sha256": hashlib.sha256(evil.read_bytes()).hexdigest()}
-        (bundle / "manifest.json").write_text(json.dumps(manifest))
+        digest = hashlib.sha256(evil.read_bytes()).hexdigest()
+        edit_manifest(bundle, lambda m: m.update(checkpoint={"path": str(evil), "sha256": digest}))
         args = ["verify", str(bundle)]
     else:
         args = [command, "-c", str(evil)] + (["-o", str(tmp_path / "out")] if command == "export" else [])

@@ -106,5 +106,7 @@ def test_memory_measurement_reports_less_activation_memory():
 
     std = measure_in_subprocess("irevnet-cifar", 16, False)
     eff = measure_in_subprocess("irevnet-cifar", 16, True)
-    # measured at batch 32: 387 MB -> 84 MB; the saving grows with depth and image size
+    # measured at batch 32: 387 MB -> 84 MB; the saving grows with depth and image size. At
+    # batch 16 standard backprop keeps ~190 MB of activations: half of it is a margin far above
+    # the allocator's noise (a few MB), and the memory-efficient step must stay below it
     assert eff["activation_bytes"] * 2 < std["activation_bytes"]

@@ -13,6 +13,7 @@ import pytest
 from irevnet.errors import BundleError, IRevNetError
 from irevnet.runtime import Bundle, open_backend
 from irevnet.runtime.engines import EngineMismatch, check_compatible, make_profile
+from tests.conftest import edit_manifest
 from tests.runtime import trt_double
 
 META = {
@@ -140,11 +141,9 @@ def test_parser_errors_name_the_node(fake_trt, bundles, tmp_path):
     model = onnx.load(str(bundle / "forward.onnx"))
     model.graph.node[5].op_type = "Unsupported"
     onnx.save(model, str(bundle / "forward.onnx"))
-    manifest = json.loads((bundle / "manifest.json").read_text())
     from irevnet.files import sha256_file
 
-    manifest["files"]["forward.onnx"] = sha256_file(bundle / "forward.onnx")
-    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    edit_manifest(bundle, lambda m: m["files"].update({"forward.onnx": sha256_file(bundle / "forward.onnx")}))
     with pytest.raises(IRevNetError, match=rf"could not parse forward.onnx: node {model.graph.node[5].name} \(Unsupported\)"):
         build_engines(BuildOptions(bundle=str(bundle)))
 

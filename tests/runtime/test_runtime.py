@@ -16,6 +16,7 @@ from irevnet.errors import BundleError, IRevNetError
 from irevnet.runtime import Bundle, InputError, open_backend
 from irevnet.runtime.bench import BenchOptions, bench
 from irevnet.runtime.verify import VerifyOptions, verify
+from tests.conftest import edit_manifest
 
 
 def _copy(bundle, tmp_path):
@@ -70,10 +71,7 @@ def test_tampered_incomplete_and_future_bundles_are_refused(bundles, tmp_path):
     with pytest.raises(BundleError, match="forward.onnx is missing"):
         Bundle.open(incomplete)
 
-    future = _copy(bundles["fp32"], tmp_path / "c")
-    manifest = json.loads((future / "manifest.json").read_text())
-    manifest["schema_version"] += 1
-    (future / "manifest.json").write_text(json.dumps(manifest))
+    future = edit_manifest(_copy(bundles["fp32"], tmp_path / "c"), lambda m: m.update(schema_version=m["schema_version"] + 1))
     with pytest.raises(BundleError, match="newer than this irevnet reads"):
         Bundle.open(future)
     with pytest.raises(BundleError, match="manifest.json is missing"):
@@ -95,10 +93,7 @@ def test_tampered_incomplete_and_future_bundles_are_refused(bundles, tmp_path):
 def test_hand_edited_manifests_are_refused_by_field(bundles, tmp_path, edit, field):
     # the manifest is not covered by its own hashes; without this check each case was a KeyError
     # or TypeError traceback somewhere in verify, bench or build
-    edited = _copy(bundles["fp32"], tmp_path / "edited")
-    manifest = json.loads((edited / "manifest.json").read_text())
-    edit(manifest)
-    (edited / "manifest.json").write_text(json.dumps(manifest))
+    edited = edit_manifest(_copy(bundles["fp32"], tmp_path / "edited"), edit)
     with pytest.raises(BundleError, match=rf"field '{re.escape(field)}' is missing or not a \w+; re-export"):
         Bundle.open(edited)
 
@@ -128,10 +123,7 @@ def test_verify_reports_round_trips_parity_and_blocks(bundles, tmp_path):
 
 
 def test_verify_fails_against_a_tighter_tolerance(bundles, tmp_path):
-    strict = _copy(bundles["fp16"], tmp_path)
-    manifest = json.loads((strict / "manifest.json").read_text())
-    manifest["tolerances"]["round_trip"] = 1e-9  # fp16 round trips are ~4e-4
-    (strict / "manifest.json").write_text(json.dumps(manifest))
+    strict = edit_manifest(_copy(bundles["fp16"], tmp_path), lambda m: m["tolerances"].update(round_trip=1e-9))  # fp16: ~4e-4
     r = verify(VerifyOptions(bundles=[str(strict)], blocks=False))
     assert not r["passed"]
     assert [e["passed"] for e in r["round_trip"]] == [False]

@@ -39,8 +39,15 @@ def test_engines_meet_the_bundle_tolerances(bundles, tmp_path, precision):
         trt_rt = next(e for e in r["round_trip"] if e["inverse"].startswith("tensorrt"))
         assert trt_rt["rel_l2"] <= 1e-5
     if debug:
-        blocks = next(e for e in r["blocks"] if e["backend"].startswith("tensorrt"))
-        print("F bits equal per block:", blocks["f_identical_fraction"])
+        same = next(e for e in r["blocks"] if e["backend"].startswith("tensorrt"))["f_identical_fraction"]
+        print("F bits equal per block:", same)
+        # The last block's F sees the same input in both engines (z), and the shared timing cache
+        # gives both the same tactics: F must evaluate to the same bits there, or the mixed
+        # bundle's exact-inverse claim fails. Earlier blocks see the recovered input, one rounding
+        # away: on this injective model PyTorch's fp16 F matched in every block (README), so a
+        # floor of 90% of F's outputs per block leaves room for tactic differences only.
+        assert same[-1] == 1.0, "the last block's F differs between the forward and inverse engines"
+        assert min(same) >= 0.9, f"F bits equal per block {same}"
 
 
 def test_engine_from_another_version_is_refused(bundles, tmp_path):
@@ -50,10 +57,13 @@ def test_engine_from_another_version_is_refused(bundles, tmp_path):
 
     bundle = shutil.copytree(bundles["fp32"], tmp_path / "b")
     build_engines(BuildOptions(bundle=str(bundle)))
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["tensorrt"]["version"] = "9.0.0"
-    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    from tests.conftest import edit_manifest
+
+    edit_manifest(bundle, lambda m: m["tensorrt"].update(version="9.0.0"))
     with pytest.raises(EngineMismatch, match="irevnet build"):
         open_backend("tensorrt", Bundle.open(bundle), "inverse")
-    with open_backend("tensorrt", Bundle.open(bundle), "inverse", rebuild=True) as inv:
+    from irevnet.export.trt_build import rebuild_stale_engines
+
+    assert rebuild_stale_engines(bundle)["version"] == trt.__version__
+    with open_backend("tensorrt", Bundle.open(bundle), "inverse") as inv:
         assert inv.max_batch == 8

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from irevnet.cli import app
 from irevnet.errors import BundleError
 from irevnet.runtime import Bundle, open_backend
+from tests.conftest import edit_manifest
 
 runner = CliRunner()
 _OPENED: list[str] | None = None  # files opened while a case runs (None: not recording)
@@ -65,13 +66,6 @@ def _run(bundle, decoys, *args, allowed_outside: str | None = None):
     return result
 
 
-def _edit(bundle, change) -> None:
-    path = bundle / "manifest.json"
-    manifest = json.loads(path.read_text())
-    change(manifest)
-    path.write_text(json.dumps(manifest))
-
-
 # (path in the manifest, whether deleting it leaves verify able to pass)
 FIELDS = [
     (("schema_version",), False), (("precision",), False), (("model", "config"), False),
@@ -112,7 +106,7 @@ def test_every_manifest_field_mutated(bundles, decoys, tmp_path, kind):
             else:
                 parent[field[-1]] = KINDS[kind](parent[field[-1]])
 
-        _edit(bundle, change)
+        edit_manifest(bundle, change)
         if field == ("checkpoint", "path"):
             # The one path a manifest names outside its bundle, by design: the checkpoint it was
             # exported from. verify reads it only to compare its sha256 and loads it only on a match
@@ -170,7 +164,7 @@ def test_paths_that_leave_the_bundle_are_refused_even_with_rewritten_hashes(bund
             manifest["graphs"]["forward"]["file"] = target
             manifest["files"][target] = digest
 
-        _edit(bundle, point)
+        edit_manifest(bundle, point)
         assert "is not a plain relative path inside the bundle" in _run(bundle, decoys).output
         shutil.rmtree(bundle)
 
@@ -178,13 +172,13 @@ def test_paths_that_leave_the_bundle_are_refused_even_with_rewritten_hashes(bund
     bundle = shutil.copytree(bundles["fp32"], tmp_path / "link")
     (bundle / "forward.onnx").unlink()
     (bundle / "forward.onnx").symlink_to(outside_graph)
-    _edit(bundle, lambda m: m["files"].update({"forward.onnx": digest}))
+    edit_manifest(bundle, lambda m: m["files"].update({"forward.onnx": digest}))
     assert "outside the bundle; refused" in _run(bundle, decoys).output
 
     # a graph that `files` does not list is never run unhashed
     bundle = shutil.copytree(bundles["fp32"], tmp_path / "unlisted")
     shutil.copy(bundle / "forward.onnx", bundle / "extra.onnx")
-    _edit(bundle, lambda m: m["graphs"]["forward"].update(file="extra.onnx"))
+    edit_manifest(bundle, lambda m: m["graphs"]["forward"].update(file="extra.onnx"))
     assert "which `files` does not list" in _run(bundle, decoys).output
 
 
@@ -204,7 +198,7 @@ def _externalize(bundle, location: str, data_file) -> None:
             if (bundle / name).is_file() and ".." not in name:
                 manifest["files"][name] = hashlib.sha256((bundle / name).read_bytes()).hexdigest()
 
-    _edit(bundle, rehash)
+    edit_manifest(bundle, rehash)
 
 
 def test_external_data_stays_inside_the_bundle_and_is_hashed(bundles, decoys, tmp_path):
@@ -230,7 +224,7 @@ def test_reference_npz_without_images_or_with_objects_is_one_line(bundles, decoy
         if name == "truncated":
             (bundle / "reference.npz").write_bytes((bundles["fp32"] / "reference.npz").read_bytes()[:5000])
         digest = hashlib.sha256((bundle / "reference.npz").read_bytes()).hexdigest()
-        _edit(bundle, lambda m, digest=digest: m["files"].update({"reference.npz": digest}))
+        edit_manifest(bundle, lambda m, digest=digest: m["files"].update({"reference.npz": digest}))
         result = _run(bundle, decoys, "--no-blocks")
         assert result.exit_code == 2 and "reference.npz" in result.output, (name, result.output)
 
