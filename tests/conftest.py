@@ -100,3 +100,20 @@ def edit_manifest(bundle: Path, change: Callable[[dict], object]) -> Path:
     change(manifest)
     path.write_text(json.dumps(manifest))
     return Path(bundle)
+
+
+@pytest.fixture
+def fake_trt(monkeypatch):
+    """Installs the TensorRT test double (tests/runtime/trt_double.py) as `tensorrt`, with a fake
+    CUDA device (compute capability 8.9); returns the double's module."""
+    from tests.runtime import trt_double
+
+    def install(version):
+        trt = trt_double.make_tensorrt(version)
+        monkeypatch.setitem(__import__("sys").modules, "tensorrt", trt)
+        cuda = trt_double.FakeCuda()
+        monkeypatch.setattr("irevnet.runtime.backends.trt_backend.cuda_api", lambda: cuda)
+        monkeypatch.setattr("irevnet.export.trt_build.cuda_api", lambda: cuda)
+        return trt
+
+    return install

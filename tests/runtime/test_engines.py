@@ -1,20 +1,14 @@
-"""TensorRT support without TensorRT: profiles, compatibility rules, the builder and the backend
-through a test double (trt_double.py), and the one-line errors when TensorRT is missing."""
+"""TensorRT engine metadata without TensorRT: the optimization profile and the rules for whether an
+engine built elsewhere may run here."""
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
 
-import numpy as np
 import pytest
 
-from irevnet.errors import BundleError, IRevNetError
-from irevnet.runtime import Bundle, open_backend
+from irevnet.errors import BundleError
 from irevnet.runtime.engines import EngineMismatch, check_compatible, make_profile
-from tests.conftest import edit_manifest
-from tests.runtime import trt_double
 
 META = {
     "version": "10.13.0.35", "gpu": {"name": "NVIDIA H100 80GB HBM3", "compute_capability": [9, 0]},
@@ -57,146 +51,3 @@ def test_engine_compatibility_rules(meta, version, gpu, cc, outcome):
         with pytest.raises(EngineMismatch, match=re.escape(outcome)) as err:
             check_compatible(meta, version, gpu, cc)
         assert "irevnet build" in str(err.value), "the refusal says how to rebuild"
-
-
-def test_without_tensorrt_build_and_backend_say_so_in_one_line(bundles, tmp_path):
-    from typer.testing import CliRunner
-
-    from irevnet.cli import app
-
-    pytest.importorskip("onnxruntime")
-    try:
-        import tensorrt  # noqa: F401
-
-        pytest.skip("TensorRT is installed here; this checks the message on machines without it")
-    except ImportError:
-        pass
-    runner = CliRunner()
-    result = runner.invoke(app, ["build", str(bundles["fp32"])])
-    assert result.exit_code == 2 and result.output.strip().startswith("error: TensorRT is not installed")
-    with pytest.raises(IRevNetError, match="no TensorRT engine for forward"):
-        open_backend("tensorrt", Bundle.open(bundles["fp32"]), "forward")
-
-
-def test_onnxruntime_provider_choice_errors(bundles):
-    bundle = Bundle.open(bundles["fp32"])
-    with pytest.raises(IRevNetError, match="unknown provider 'rocm'"):
-        open_backend("onnxruntime", bundle, "forward", providers=["rocm"])
-    from irevnet.runtime.backends.ort_backend import available_providers
-
-    if "cuda" not in available_providers():
-        with pytest.raises(IRevNetError, match="provider 'cuda' is not available"):
-            open_backend("onnxruntime", bundle, "forward", providers=["cuda"])
-
-
-# -- the builder and the backend, through the test double ---------------------------------------------
-
-
-@pytest.fixture
-def fake_trt(monkeypatch):
-    def install(version):
-        trt = trt_double.make_tensorrt(version)
-        monkeypatch.setitem(__import__("sys").modules, "tensorrt", trt)
-        cuda = trt_double.FakeCuda()
-        monkeypatch.setattr("irevnet.runtime.backends.trt_backend.cuda_api", lambda: cuda)
-        monkeypatch.setattr("irevnet.export.trt_build.cuda_api", lambda: cuda)
-        return trt
-
-    return install
-
-
-@pytest.mark.parametrize("version, strongly_typed_bit", [("10.13.0.35", 1), ("11.1.0.106", 0)])
-def test_build_uses_the_enum_flags_and_records_the_engines(fake_trt, bundles, tmp_path, version, strongly_typed_bit):
-    from irevnet.export.trt_build import BuildOptions, build_engines
-
-    trt = fake_trt(version)
-    bundle = shutil.copytree(bundles["mixed"], tmp_path / "b")
-    section = build_engines(BuildOptions(bundle=str(bundle), opt_batch=4, workspace_mb=256, debug=True))
-    opened = Bundle.open(bundle)
-    parsed = [opened.graph_bytes(g) for g in ("forward", "inverse", "forward_blocks", "inverse_blocks")]
-    assert [trt_double.MODELS[c["path"]] for c in trt.calls] == parsed, "the checked bytes of each graph, in order"
-    for call in trt.calls:
-        # the STRONGLY_TYPED bit comes from the enum: 1 << 1 on 10.x, 1 << 0 on 11.x
-        assert call["flags"] == 1 << strongly_typed_bit
-        assert trt.BuilderFlag.TF32 not in call["config"].flags, "TF32 cleared unless --tf32"
-        assert call["config"].pools == {trt.MemoryPoolType.WORKSPACE: 256 << 20}
-    assert trt.calls[0]["shapes"] == ((1, 1, 16, 16), (4, 1, 16, 16), (8, 1, 16, 16))
-    assert trt.calls[1]["shapes"] == ((1, 256, 4, 4), (4, 256, 4, 4), (8, 256, 4, 4))
-    cache = json.loads((bundle / "timing.cache").read_text())
-    assert len(cache) == 4, "one timing cache shared by every graph, persisted beside the engines"
-
-    reopened = Bundle.open(bundle)  # the manifest's hashes cover the new files
-    assert set(reopened.manifest["files"]) >= {"forward.engine", "inverse.engine", "debug/forward_blocks.engine", "timing.cache"}
-    assert section["profile"] == {"min": 1, "opt": 4, "max": 8} and section["gpu"]["compute_capability"] == [8, 9]
-    assert reopened.manifest["tensorrt"]["version"] == version
-
-
-def test_parser_errors_name_the_node(fake_trt, bundles, tmp_path):
-    import onnx
-
-    from irevnet.export.trt_build import BuildOptions, build_engines
-
-    fake_trt("10.13.0.35")
-    bundle = shutil.copytree(bundles["fp32"], tmp_path / "b")
-    model = onnx.load(str(bundle / "forward.onnx"))
-    model.graph.node[5].op_type = "Unsupported"
-    onnx.save(model, str(bundle / "forward.onnx"))
-    from irevnet.files import sha256_file
-
-    edit_manifest(bundle, lambda m: m["files"].update({"forward.onnx": sha256_file(bundle / "forward.onnx")}))
-    with pytest.raises(IRevNetError, match=rf"could not parse forward.onnx: node {model.graph.node[5].name} \(Unsupported\)"):
-        build_engines(BuildOptions(bundle=str(bundle)))
-
-
-def test_backend_plumbing_verify_and_rebuild(fake_trt, bundles, tmp_path):
-    from irevnet.export.trt_build import BuildOptions, build_engines
-    from irevnet.runtime.verify import VerifyOptions, verify
-
-    fake_trt("10.13.0.35")
-    bundle = shutil.copytree(bundles["fp32"], tmp_path / "b")
-    options = {"opt_batch": 4, "workspace_mb": 256, "opt_level": 4, "hardware_compat": "same_compute_capability",
-               "version_compat": True, "debug": True}
-    build_engines(BuildOptions(bundle=str(bundle), **options))
-    first = Bundle.open(bundle).manifest["tensorrt"]
-    ref = np.load(bundle / "reference.npz")
-    with open_backend("tensorrt", Bundle.open(bundle), "forward") as fwd, \
-            open_backend("onnxruntime", Bundle.open(bundle), "forward") as ort_fwd:
-        for n in (1, 5, 2):  # buffers grow to 5 and are reused for 2
-            x = np.ascontiguousarray(np.resize(ref["images"], (n, 1, 16, 16)))
-            out = fwd.infer({"image": x})
-            assert out["z"].shape == (n, 256, 4, 4)
-            assert np.array_equal(out["z"], ort_fwd.infer({"image": x})["z"])
-        assert fwd.max_batch == 8 and fwd.last_device_ms == 0.5
-    r = verify(VerifyOptions(bundles=[str(bundle)], backends=["tensorrt", "onnxruntime"]))
-    assert r["passed"] and {e["inverse"] for e in r["round_trip"]} == {"tensorrt[10.13.0.35]", "onnxruntime[cpu]"}
-
-    # engines from an older major TensorRT: refused by the runtime, rebuilt by the export side
-    # with every option of the first build, once; then the runtime opens the fresh bundle
-    from irevnet.export.trt_build import rebuild_stale_engines
-
-    trt = fake_trt("11.1.0.106")
-    with pytest.raises(EngineMismatch, match="built with TensorRT 10.13.0.35 .*this is TensorRT 11.1.0.106"):
-        open_backend("tensorrt", Bundle.open(bundle), "inverse")
-    section = rebuild_stale_engines(bundle)
-    assert section["version"] == "11.1.0.106" and len(trt.calls) == 4, "forward, inverse and both debug graphs"
-    same = ("profile", "workspace_mb", "builder_optimization_level", "hardware_compatibility", "version_compatible", "tf32")
-    assert {k: section[k] for k in same} == {k: first[k] for k in same}, "a rebuild keeps every recorded option"
-    assert {c["config"].builder_optimization_level for c in trt.calls} == {4}
-    assert rebuild_stale_engines(bundle) is None and len(trt.calls) == 4, "fitting engines are not rebuilt"
-    with open_backend("tensorrt", Bundle.open(bundle), "inverse") as inv:
-        assert inv.infer({"z": ref["z"][:2]})["image"].shape == (2, 1, 16, 16)
-
-
-def test_build_command_prints_the_engines(fake_trt, bundles, tmp_path):
-    from typer.testing import CliRunner
-
-    from irevnet.cli import app
-
-    fake_trt("11.1.0.106")
-    bundle = shutil.copytree(bundles["fp32"], tmp_path / "b")
-    result = CliRunner().invoke(app, ["build", str(bundle), "--opt-batch", "4", "--hardware-compat", "ampere_plus"])
-    assert result.exit_code == 0, result.output
-    assert "forward.engine" in result.output and "inverse.engine" in result.output
-    assert Bundle.open(bundle).manifest["tensorrt"]["hardware_compatibility"] == "ampere_plus"
-    result = CliRunner().invoke(app, ["build", str(bundle), "--opt-level", "9"])
-    assert result.exit_code == 2 and "--opt-level must be 0..5" in result.output
