@@ -500,7 +500,7 @@ def _train_epoch(net, loader, optimizer, scaler, device, opts, channels_last, ob
             logits = net(x)[0]
             loss = nn.functional.cross_entropy(logits.float(), y)
         if not torch.isfinite(loss.detach()):
-            raise Diverged(f"training diverged in epoch {epoch + 1}: the loss is {float(loss):g}; lower --lr "
+            raise Diverged(f"training diverged in epoch {epoch + 1}: the loss is {float(loss.detach()):g}; lower --lr "
                            f"(it was {optimizer.param_groups[0]['lr']:g}) or --weight-decay; no checkpoint of this epoch was written")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
