@@ -135,7 +135,8 @@ def _summary(accuracy: dict, verified: dict, speed: dict) -> dict[str, Any]:
         side = "onnxruntime" if entry["forward"].startswith("onnxruntime") else "pytorch"
         rows.setdefault(entry["precision"], {"precision": entry["precision"]})[side] = {
             "rel_l2": entry["rel_l2"], "psnr_db": entry["psnr_db"]}
-    ratios = {r["direction"]: r["speedup"] for r in speed["results"] if r["kind"] == "onnxruntime"}
+    ratios = {r["direction"]: {k: r[k] for k in ("speedup", "speedup_rounds", "noisy")}
+              for r in speed["results"] if r["kind"] == "onnxruntime"}
     return {
         "accuracy": accuracy,
         "round_trip": list(rows.values()),

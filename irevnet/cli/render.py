@@ -173,19 +173,29 @@ def _blocks(e: dict[str, Any]) -> None:
         console.print(Text.assemble(("warning", "yellow"), f": {w}"))
 
 
+def speedup(e: dict[str, Any]) -> str:
+    """A ratio of medians with the range of its rounds; a noisy one says so instead of a headline."""
+    if e["speedup"] is None:
+        return ""
+    rounds = e["speedup_rounds"]
+    text = f"{e['speedup']:.2f}x ({min(rounds):.2f}-{max(rounds):.2f})"
+    return f"noisy: {text}" if e["noisy"] else text
+
+
 def bench(r: dict[str, Any]) -> None:
-    m = r["machine"]
-    t = Table("backend", "dir", "batch", "median ms", "p90", "p99", "images/s", "GFLOP/s", "speedup",
+    m, settings = r["machine"], r["settings"]
+    t = Table("backend", "dir", "batch", "median ms", "p90", "p99", "images/s", "GFLOP/s", "speedup (rounds)",
               title=f"{r['bundle']} ({r['precision']}), {r['model']['gflop_per_image']:.2f} GFLOP/image; "
-              f"min/mean/p95/max in --json")
+              f"min/mean/p95/max and every round in --json")
     for e in r["results"]:
         t.add_row(e["backend"], e["direction"][:3].replace("for", "fwd"), str(e["batch"]), f"{e['median_ms']:.2f}",
-                  f"{e['p90_ms']:.2f}", f"{e['p99_ms']:.2f}", f"{e['images_per_s']:,.1f}",
-                  f"{e['gflops']:.1f}", "" if e["speedup"] is None else f"{e['speedup']:.2f}x")
+                  f"{e['p90_ms']:.2f}", f"{e['p99_ms']:.2f}", f"{e['images_per_s']:,.1f}", f"{e['gflops']:.1f}", speedup(e))
     console.print(t)
     gpus = ", ".join(m["gpus"]) or "none"
     console.print(f"{m['cpu']} ({m['cpu_count']} logical CPUs), GPU: {gpus}; numpy fp32 matmul {m['fp32_matmul_gflops']:.1f} GFLOP/s; "
-                  f"speedup = baseline mean latency / mean latency (baseline: {r['results'][0]['baseline']})", soft_wrap=True)
+                  f"speedup = baseline median / median (baseline: {r['results'][0]['baseline']}), backends measured in "
+                  f"{settings['rounds']} alternating rounds, noisy where the rounds' ratios spread over "
+                  f"{settings['noisy_spread']:.0%}; allocator: {settings['allocator'] or 'as started'}", soft_wrap=True)
 
 
 def memory(rows: list[dict[str, Any]]) -> None:
@@ -228,7 +238,7 @@ def demo_summary(summary: dict[str, Any]) -> None:
                  for side in ("pytorch", "onnxruntime")]
         t.add_row(f"round trip {row['precision']} (rel. L2, PSNR)", *cells)
     speed = summary["speedup_vs_pytorch"]
-    t.add_row("speed, batch 32", "1.00x", f"forward {speed.get('forward', 0):.2f}x, inverse {speed.get('inverse', 0):.2f}x")
+    t.add_row("speed, batch 32 (rounds)", "1.00x", ", ".join(f"{d} {speedup(e)}" for d, e in speed.items()))
     console.print(t)
     for what, where in summary["files"].items():
         console.print(f"{what}: {', '.join(where) if isinstance(where, list) else where}")

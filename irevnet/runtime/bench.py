@@ -4,14 +4,24 @@ Like trtexec's summary: min / median / mean / p90 / p95 / p99 / max of the host-
 one `infer` call (inputs on the host, outputs back on the host), and images/s. GPU backends also
 report device time from CUDA events. Achieved GFLOP/s come from the architecture's convolution
 count, next to the machine's fp32 matmul rate measured with numpy.
+
+Comparisons between backends are made so that noise cannot make them: every backend is opened
+and warmed up first, then measured in alternating rounds (the order rotates each round), so all
+of them see the same machine; a speedup is a ratio of medians, each round gives its own ratio,
+and a comparison whose rounds disagree by more than NOISY_SPREAD is marked noisy instead of
+being reported as a headline. PyTorch eager runs with glibc's malloc thresholds fixed
+(`steady_allocator`): with the adaptive mmap threshold its latency swings by 1.5x between runs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
 import os
 import platform
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,9 +56,11 @@ class BenchOptions:
     providers: list[str] | None = None
     device: str = "auto"
     checkpoint: str | None = None
+    rounds: int = 5  # alternating rounds per measurement; each round gets 1/rounds of the time
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "direction", Direction(self.direction))
+        check.integer("rounds", self.rounds, 1, 1000)
         self.backends = [resolve_backend(b) for b in self.backends]
         for n in self.batch_sizes or []:
             check.integer("batch_sizes", n, 1, check.MAX_BATCH)
@@ -115,6 +127,30 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+NOISY_SPREAD = 0.25  # (max - min) / median of a speedup's round ratios above which it is noisy
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
+
+
+def steady_allocator() -> str | None:
+    """Fixes glibc malloc's mmap threshold (32 MiB) and trim threshold (2 GiB) for this process.
+
+    By default glibc raises the mmap threshold as large blocks are freed and trims the heap, so
+    PyTorch eager's per-call activations alternate between mmap/munmap and heap reuse: its batch-1
+    latency on irevnet-301 swung between ~230 and ~350 ms from run to run. Fixed thresholds keep it
+    in the fast steady state (what `MALLOC_MMAP_THRESHOLD_` and `MALLOC_TRIM_THRESHOLD_` do at
+    process start). Returns what was set, or None where the C library is not glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return None
+    if mallopt(_M_MMAP_THRESHOLD, 32 << 20) != 1 or mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1) != 1:
+        return None
+    return "glibc mallopt: M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 2 GiB"
+
+
 def _stats(latencies_s: list[float], batch: int) -> dict[str, float]:
     ms = np.array(latencies_s) * 1e3
     return {
@@ -126,12 +162,16 @@ def _stats(latencies_s: list[float], batch: int) -> dict[str, float]:
         "p95_ms": float(np.percentile(ms, 95)),
         "p99_ms": float(np.percentile(ms, 99)),
         "max_ms": float(ms.max()),
-        "images_per_s": float(batch * len(ms) / ms.sum() * 1e3),
+        "images_per_s": float(batch * len(ms) / ms.sum() * 1e3),  # throughput over the whole measurement
     }
 
 
+def _split(total: int, parts: int) -> list[int]:
+    return [total // parts + (i < total % parts) for i in range(parts)]
+
+
 def bench(opts: BenchOptions, progress: Callable[[str, float], None] = lambda what, frac: None) -> dict[str, Any]:
-    """Measures every (backend, direction, batch size); see the module docstring."""
+    """Measures every (backend, direction, batch size) in alternating rounds; see the module docstring."""
     bundle = Bundle.open(opts.bundle)
     directions = [FORWARD, INVERSE] if opts.direction is Direction.both else [opts.direction.value]
     backends = opts.backends
@@ -139,56 +179,88 @@ def bench(opts: BenchOptions, progress: Callable[[str, float], None] = lambda wh
     for n in sizes:
         if not 1 <= n <= bundle.max_batch:
             raise IRevNetError(f"batch size {n} is outside the bundle's range 1..{bundle.max_batch}; re-export with --max-batch")
+    allocator = steady_allocator()
     cfg = bundle.config
     flops = conv_flops(cfg)
     reference = bundle.reference("images", "z")  # real inputs and the z PyTorch made of them, tiled to each batch
+    rounds = min(opts.rounds, opts.iterations) if opts.iterations else opts.rounds
     results = []
-    jobs = [(k, d, n) for k in backends for d in directions for n in sizes]
-    for j, (kind, direction, n) in enumerate(jobs):
+    steps, done = len(directions) * len(sizes) * rounds * len(backends), 0
+    for direction in directions:
         feed_name = "image" if direction == FORWARD else "z"
         source = reference["images" if direction == FORWARD else "z"]
-        x = np.ascontiguousarray(np.resize(source, (n, *source.shape[1:])))
-        with open_backend(kind, bundle, direction, providers=opts.providers, threads=opts.threads,
-                          device=opts.device, checkpoint=opts.checkpoint) as backend:
-            name = backend.name
-            label = f"{name} {direction} batch {n}"
-            run = functools.partial(backend.infer, {feed_name: x})
-            deadline = time.perf_counter() + opts.warmup_s
-            run()
-            while time.perf_counter() < deadline:
-                run()
-            latencies, device_ms = [], []
-            start = time.perf_counter()
-            while True:
-                latencies.append(_timed(run))
-                if backend.last_device_ms is not None:
-                    device_ms.append(backend.last_device_ms)
-                done = len(latencies) / opts.iterations if opts.iterations else (time.perf_counter() - start) / opts.duration_s
-                progress(label, (j + min(done, 1.0)) / len(jobs))
-                if done >= 1.0:
-                    break
-        entry = {"backend": name, "kind": kind, "direction": direction, "batch": n, **_stats(latencies, n)}
-        entry["gflops"] = flops * n / (entry["mean_ms"] / 1e3) / 1e9
-        if device_ms:
-            entry["device_median_ms"] = float(np.median(device_ms))
-        results.append(entry)
-    _ratios(results, backends)
+        with contextlib.ExitStack() as opened:  # every backend open at once: they alternate below
+            runners = {kind: opened.enter_context(open_backend(
+                kind, bundle, direction, providers=opts.providers, threads=opts.threads, device=opts.device,
+                checkpoint=opts.checkpoint)) for kind in backends}
+            for n in sizes:
+                x = np.ascontiguousarray(np.resize(source, (n, *source.shape[1:])))
+                calls = {kind: functools.partial(b.infer, {feed_name: x}) for kind, b in runners.items()}
+                for run in calls.values():  # warm-up, once per backend before any round
+                    deadline = time.perf_counter() + opts.warmup_s
+                    run()
+                    while time.perf_counter() < deadline:
+                        run()
+                counts = _split(opts.iterations, rounds) if opts.iterations else [None] * rounds
+                measured: dict[str, list[tuple[list[float], list[float]]]] = {kind: [] for kind in calls}
+                for r in range(rounds):
+                    order = list(calls)[r % len(calls):] + list(calls)[: r % len(calls)]  # rotate: no backend always first
+                    for kind in order:
+                        measured[kind].append(_measure(calls[kind], runners[kind], counts[r], opts.duration_s / rounds))
+                        done += 1
+                        progress(f"{runners[kind].name} {direction} batch {n}, round {r + 1}/{rounds}", done / steps)
+                for kind, parts in measured.items():
+                    results.append(_entry(runners[kind].name, kind, direction, n, parts, flops))
+    _compare(results, backends)
     return {
         "bundle": str(bundle.path),
         "precision": bundle.precision,
         "model": {"config": cfg.to_dict(), "gflop_per_image": flops / 1e9},
         "machine": machine_info() | {"fp32_matmul_gflops": matmul_gflops()},
         "threads": opts.threads,
-        "settings": {"warmup_s": opts.warmup_s, "duration_s": opts.duration_s, "iterations": opts.iterations},
+        "settings": {"warmup_s": opts.warmup_s, "duration_s": opts.duration_s, "iterations": opts.iterations,
+                     "rounds": rounds, "allocator": allocator, "noisy_spread": NOISY_SPREAD},
         "results": results,
     }
 
 
-def _ratios(results: list[dict[str, Any]], backends: list[str]) -> None:
-    """speedup = baseline mean latency / this mean latency; baseline torch if present, else the first."""
+def _measure(run: Callable[[], Any], backend, count: int | None, seconds: float) -> tuple[list[float], list[float]]:
+    """Host latencies (s) and device times (ms, where the backend measures them) of one round:
+    `count` runs, or as many as fit in `seconds` (at least one)."""
+    latencies, device_ms = [], []
+    start = time.perf_counter()
+    while not latencies or (len(latencies) < count if count else time.perf_counter() - start < seconds):
+        latencies.append(_timed(run))
+        if backend.last_device_ms is not None:
+            device_ms.append(backend.last_device_ms)
+    return latencies, device_ms
+
+
+def _entry(name: str, kind: str, direction: str, batch: int, parts, flops: int) -> dict[str, Any]:
+    latencies = [t for lat, _ in parts for t in lat]
+    entry = {"backend": name, "kind": kind, "direction": direction, "batch": batch, **_stats(latencies, batch)}
+    entry["gflops"] = flops * batch / (entry["median_ms"] / 1e3) / 1e9
+    entry["rounds"] = [{"runs": len(lat), "median_ms": float(np.median(lat) * 1e3), "min_ms": float(min(lat) * 1e3),
+                        "max_ms": float(max(lat) * 1e3)} for lat, _ in parts]
+    device = [t for _, dev in parts for t in dev]
+    if device:
+        entry["device_median_ms"] = float(np.median(device))
+    return entry
+
+
+def _compare(results: list[dict[str, Any]], backends: list[str]) -> None:
+    """speedup = baseline median / this median (baseline torch if benched, else the first backend),
+    with the ratio of every round (measured side by side) and a noisy flag where they disagree."""
     base = "torch" if "torch" in backends else backends[0]
     by_key = {(r["direction"], r["batch"]): r for r in results if r["kind"] == base}
     for r in results:
         ref = by_key.get((r["direction"], r["batch"]))
         r["baseline"] = ref["backend"] if ref else None
-        r["speedup"] = ref["mean_ms"] / r["mean_ms"] if ref else None
+        if ref is None:
+            r["speedup"] = r["speedup_rounds"] = None
+            r["noisy"] = False
+            continue
+        r["speedup"] = ref["median_ms"] / r["median_ms"]
+        r["speedup_rounds"] = [b["median_ms"] / m["median_ms"] for b, m in zip(ref["rounds"], r["rounds"])]
+        spread = (max(r["speedup_rounds"]) - min(r["speedup_rounds"])) / r["speedup"]
+        r["noisy"] = bool(spread > NOISY_SPREAD)
