@@ -1,6 +1,6 @@
 """Reads pickled PyTorch files without running code from them, in bounded time and memory.
 
-Every checkpoint irevnet opens goes through `load`, never through `torch.load` or `pickle.load`:
+Every checkpoint irevnet opens goes through `loads`, never through `torch.load` or `pickle.load`:
 
 - globals resolve only to an allowlist: inert stand-ins for the reference code's and torch.nn's
   module classes (`Pickled`), storage types, dtypes, OrderedDict/Counter/set, and this module's
