@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from . import validation as check
+from .allocator import exact_rss
 from .devices import Device
 from .errors import IRevNetError
 
@@ -56,12 +57,16 @@ def _cpu_peak() -> int:
 
 
 def measure_step(preset: str, batch: int, memory_efficient: bool, device: str = "cpu", image_size: int | None = None) -> dict[str, Any]:
-    """Peak activation memory and time of one SGD training step.
+    """Memory and time of one SGD training step, as a user's training loop pays them.
 
-    Run it in a fresh process (`measure_in_subprocess`). On the CPU: the peak resident memory
-    during the step (VmHWM, reset right before it) minus the resident memory before it, when
-    parameters, gradients and momentum buffers already exist. On CUDA: torch's max allocated
-    memory minus the allocated memory before the step.
+    Run it in a fresh process (`measure_in_subprocess`). The step is a loop's iteration: the batch
+    is created inside it, `zero_grad()` frees the gradients (PyTorch's default) and backward
+    allocates them again, then SGD with momentum steps. Two steps at the measured batch size come
+    first (lazy state such as momentum buffers exists after them; the second is timed), then the
+    measured one. On the CPU: its peak resident memory (VmHWM, reset right before it) minus the
+    resident memory before it, with malloc made to return freed memory (`allocator.exact_rss`); on CUDA:
+    torch's max allocated minus allocated before. `step_bytes` is that total; `activation_bytes`
+    is what is left of it after the gradients and the batch, which both modes need alike.
     """
     from .config import get_config
     from .devices import resolve_device
@@ -75,39 +80,47 @@ def measure_step(preset: str, batch: int, memory_efficient: bool, device: str = 
     model.memory_efficient = memory_efficient
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     shape = model.config.in_shape
-    # gradients and momentum buffers exist before the measured step (a step on a batch of 2)
-    _step(model, opt, torch.randn(2, *shape, device=dev), torch.zeros(2, dtype=torch.long, device=dev))
-    x = torch.randn(batch, *shape, device=dev)
-    y = torch.randint(0, model.config.num_classes, (batch,), device=dev)
+
+    def step() -> None:
+        x = torch.randn(batch, *shape, device=dev)
+        y = torch.randint(0, model.config.num_classes, (batch,), device=dev)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x)[0], y).backward()
+        opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    step()  # lazy state: momentum buffers, first-use caches
+    start = time.perf_counter()
+    step()
+    seconds = time.perf_counter() - start
+    opt.zero_grad()  # at rest between iterations: parameters and momentum, no gradients
     if dev.type == "cuda":
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
     else:
+        exact = exact_rss()
         before = _cpu_before_step()
-    start = time.perf_counter()
-    _step(model, opt, x, y)
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+    step()
     peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else _cpu_peak()
     params = sum(p.numel() * p.element_size() for p in model.parameters())
+    batch_bytes = batch * int(torch.Size(shape).numel()) * 4 + batch * 8
+    step_bytes = max(peak - before, 0)
+    how = ("CUDA max allocated during the step minus allocated before it" if dev.type == "cuda" else
+           f"peak resident memory during the step minus resident memory before it"
+           f"{' (malloc returning freed memory)' if exact else ''}")
     return {
         "preset": preset, "batch": batch, "image_size": shape[1], "device": str(dev),
         "memory_efficient": memory_efficient,
-        "activation_bytes": max(peak - before, 0),
+        "step_bytes": step_bytes,
+        "gradient_bytes": params,
+        "batch_bytes": batch_bytes,
+        "activation_bytes": max(step_bytes - params - batch_bytes, 0),
         "parameter_bytes": params,
         "step_seconds": seconds,
-        "measured_as": "CUDA max allocated minus allocated before the step" if dev.type == "cuda"
-        else "peak resident memory during the step minus resident memory before it (params, grads, momentum allocated)",
+        "measured_as": f"{how}; a training-loop step: batch created inside, gradients freed by zero_grad() and "
+                       f"allocated by backward; activations = step - gradients - batch",
     }
-
-
-def _step(model, opt, x, y) -> None:
-    opt.zero_grad(set_to_none=False)
-    loss = nn.functional.cross_entropy(model(x)[0], y)
-    loss.backward()
-    opt.step()
 
 
 @dataclass(frozen=True)

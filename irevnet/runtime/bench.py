@@ -16,12 +16,10 @@ being reported as a headline. PyTorch eager runs with glibc's malloc thresholds 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import os
 import platform
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from .. import validation as check
+from ..allocator import steady_allocator
 from ..config import IRevNetConfig
 from ..errors import IRevNetError
 from .backends import open_backend, resolve_backend
@@ -128,29 +127,6 @@ def machine_info() -> dict[str, Any]:
 
 
 NOISY_SPREAD = 0.25  # (max - min) / median of a speedup's round ratios above which it is noisy
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
-
-
-def steady_allocator() -> str | None:
-    """Fixes glibc malloc's mmap threshold (32 MiB) and trim threshold (2 GiB) for this process.
-
-    By default glibc raises the mmap threshold as large blocks are freed and trims the heap, so
-    PyTorch eager's per-call activations alternate between mmap/munmap and heap reuse: its batch-1
-    latency on irevnet-301 swung between ~230 and ~350 ms from run to run. Fixed thresholds keep it
-    in the fast steady state (what `MALLOC_MMAP_THRESHOLD_` and `MALLOC_TRIM_THRESHOLD_` do at
-    process start). Returns what was set, or None where the C library is not glibc.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return None
-    if mallopt(_M_MMAP_THRESHOLD, 32 << 20) != 1 or mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1) != 1:
-        return None
-    return "glibc mallopt: M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 2 GiB"
-
-
 def _stats(latencies_s: list[float], batch: int) -> dict[str, float]:
     ms = np.array(latencies_s) * 1e3
     return {
@@ -179,7 +155,7 @@ def bench(opts: BenchOptions, progress: Callable[[str, float], None] = lambda wh
     for n in sizes:
         if not 1 <= n <= bundle.max_batch:
             raise IRevNetError(f"batch size {n} is outside the bundle's range 1..{bundle.max_batch}; re-export with --max-batch")
-    allocator = steady_allocator()
+    allocator = steady_allocator()  # for the PyTorch baseline
     cfg = bundle.config
     flops = conv_flops(cfg)
     reference = bundle.reference("images", "z")  # real inputs and the z PyTorch made of them, tiled to each batch
