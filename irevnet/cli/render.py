@@ -201,7 +201,7 @@ def bench(r: dict[str, Any]) -> None:
 def memory(rows: list[dict[str, Any]]) -> None:
     t = Table("preset", "batch", "image", "activations MB (std / eff)", "saving", "whole step MB (std / eff)",
               "step s (std / eff)", "time", title=f"one SGD step on {rows[0]['standard']['device']}")
-    mb = lambda e, key: f"{e[key] / 2**20:,.0f}"  # noqa: E731
+    mb = lambda e, key: f"{e[key] / 2**20:,.0f}"
     for r in rows:
         std, eff = r["standard"], r["memory_efficient"]
         t.add_row(r["preset"], str(std["batch"]), str(std["image_size"]),

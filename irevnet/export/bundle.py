@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 
 from .. import validation as check
@@ -43,7 +44,8 @@ from ..runtime.bundle import (
 )
 from ..runtime.comparison import TOLERANCES, compare
 from ..runtime.verify import parity_checks
-from .onnx_export import DEFAULT_OPSET, branch_signatures, check_graph, export_graph, graph_summary, save_model
+from .onnx_export import DEFAULT_OPSET, branch_signatures, check_graph, export_graph, graph_summary
+from .weights import WEIGHTS, SharedWeights
 
 BLOCK_REFERENCE_BYTES = 64 << 20  # per-block reference activations kept in reference.npz, at most
 
@@ -101,23 +103,24 @@ def export_bundle(opts: ExportOptions, log=lambda msg: None) -> dict[str, Any]:
                 (FORWARD_BLOCKS, ForwardBlocksGraph(prepare(model, precision)), cfg.in_shape, False),
                 (INVERSE_BLOCKS, InverseBlocksGraph(prepare(model, precision), opts.projection), cfg.z_shape, False),
             ]
+        shared = SharedWeights(tmp / WEIGHTS)  # every graph's weights, each tensor once
         for name, module, shape, strict in plan:
             log(f"exporting {name} graph")
             start = time.perf_counter()
             example = torch.zeros(min(2, opts.max_batch), *shape)
             proto = export_graph(module, example, max_batch=opts.max_batch, opset=opts.opset)
             check_graph(proto, f"{name}.onnx", strict=strict)
-            rel = f"{name}.onnx" if strict else f"debug/{name}.onnx"
-            (tmp / rel).parent.mkdir(exist_ok=True)
-            written = save_model(proto, tmp / rel)
             signatures = branch_signatures(proto)
+            shared.externalize(proto)
+            onnx.save_model(proto, str(tmp / f"{name}.onnx"))
             graphs[name] = {
-                "file": rel,
+                "file": f"{name}.onnx",
                 **graph_summary(proto),
                 "branches_sha256": hashlib.sha256("".join(signatures.values()).encode()).hexdigest(),
                 "export_seconds": round(time.perf_counter() - start, 2),
-                "files": [str(p.relative_to(tmp)) for p in written],
+                "files": [f"{name}.onnx", WEIGHTS],
             }
+        weights = shared.close()
 
         log("verifying with ONNX Runtime (CPU)")
         verification, reference = _verify(tmp, graphs, model, images, labels, normalization, precision, opts)
@@ -153,6 +156,7 @@ def export_bundle(opts: ExportOptions, log=lambda msg: None) -> dict[str, Any]:
                 "expected to evaluate to the same bits when both run on the same kernels; `irevnet verify` measures it",
             },
             "graphs": graphs,
+            "weights": weights,
             "fidelity": fidelity,
             "versions": _versions(),
             "tolerances": TOLERANCES[precision.value].to_dict(),

@@ -18,7 +18,6 @@ import io
 import re
 import warnings
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import onnx
@@ -29,7 +28,6 @@ from ..errors import IRevNetError
 
 DEFAULT_OPSET = 18  # the dynamo exporter's floor; TensorRT 10 parses opsets 9-20
 BATCH_DIM = "N"
-INLINE_LIMIT = 1_800_000_000  # bytes; protobuf's 2 GiB cap, with margin, before external data
 
 # Ops that TensorRT's ONNX parser supports (onnx-tensorrt docs/operators.md, TensorRT 10),
 # restricted to those an i-RevNet graph can plausibly contain.
@@ -129,20 +127,6 @@ def check_graph(model: onnx.ModelProto, what: str, strict: bool = True) -> None:
     leftover = sorted(set(ops) & FORBIDDEN_OPS)
     if strict and leftover:
         raise IRevNetError(f"{what}: graph still contains {leftover}; this is an export bug")
-
-
-def save_model(model: onnx.ModelProto, path: Path) -> list[Path]:
-    """Writes the graph; weights go inline unless they exceed protobuf's 2 GiB limit.
-
-    Returns the files written (the .onnx, plus `<name>.data` for external weights).
-    """
-    size = sum(len(t.raw_data) for t in model.graph.initializer)
-    if size < INLINE_LIMIT:
-        onnx.save_model(model, str(path))
-        return [path]
-    data = path.with_name(path.name + ".data")
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name)
-    return [path, data]
 
 
 def graph_summary(model: onnx.ModelProto) -> dict[str, Any]:

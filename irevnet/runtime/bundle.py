@@ -24,7 +24,7 @@ import math
 import posixpath
 import re
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,9 @@ import numpy as np
 from ..config import IRevNetConfig
 from ..errors import BundleError, ConfigError
 
-SCHEMA_VERSION = 1
+# 1: every graph holds its weights inline. 2: graphs keep their weights in one shared file
+# (weights.bin, the manifest's `weights`), each tensor once. Both are read.
+SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 REFERENCE = "reference.npz"
 SAMPLE_Z = "sample_z.npy"
@@ -60,6 +62,8 @@ class Bundle:
 
     path: Path
     manifest: dict[str, Any]
+    # checked bytes of external-data files, read once per Bundle and shared by every session
+    _blobs: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(cls, path: str | Path, *, check_hashes: bool = True) -> Bundle:
@@ -78,10 +82,10 @@ class Bundle:
             file = bundle._locate(name, f"files[{name[:80]!r}]")
             if check_hashes and _sha256_file(file) != manifest["files"][name]:
                 raise BundleError(f"{path}: {name} does not match its sha256 in the manifest (modified or corrupt); re-export")
-        for field, name in bundle._referenced_files():
+        for key, name in bundle._referenced_files():
             if name not in manifest["files"]:
                 raise BundleError(
-                    f"{manifest_path}: field {field!r} names {name[:80]!r}, which `files` does not list (so it is not "
+                    f"{manifest_path}: field {key!r} names {name[:80]!r}, which `files` does not list (so it is not "
                     f"hashed); re-export the bundle"
                 )
         return bundle
@@ -115,6 +119,8 @@ class Bundle:
         refs = [(f"graphs.{g}.file", spec["file"]) for g, spec in self.graphs.items()]
         engines = self.manifest.get("tensorrt", {}).get("engines", {})
         refs += [(f"tensorrt.engines.{g}.file", spec["file"]) for g, spec in engines.items()]
+        if "weights" in self.manifest:
+            refs.append(("weights.file", self.manifest["weights"]["file"]))
         return refs + [("(reference samples)", REFERENCE)]
 
     def read(self, name: str) -> bytes:
@@ -128,23 +134,41 @@ class Bundle:
         return data
 
     def graph_bytes(self, graph: str) -> bytes:
-        """The ONNX model of `graph` as bytes, its external data (if any) read from checked files
-        inside the bundle and placed inline."""
+        """The ONNX model of `graph` as bytes with its weights inline (TensorRT's parser); the
+        external data is read from checked files inside the bundle."""
+        name, model, external = self._external_tensors(graph)
+        if not external:
+            return self.read(name)
+        for tensor, data in external:
+            tensor.raw_data = data.tobytes()
+            del tensor.external_data[:]
+            tensor.data_location = _onnx().TensorProto.DEFAULT
+        if model.ByteSize() > MAX_GRAPH_BYTES:
+            raise BundleError(f"{self.path}: {graph} is over 2 GB with its weights inline; it cannot be loaded from memory")
+        return model.SerializeToString()
+
+    def session_inputs(self, graph: str) -> tuple[bytes, dict[str, np.ndarray]]:
+        """What an ONNX Runtime session of `graph` needs: the model's checked bytes and its external
+        initializers as read-only arrays over the bundle's checked weights. The arrays of one Bundle
+        share memory, so the forward and inverse sessions hold the weights once."""
+        name, _, external = self._external_tensors(graph)
+        return self.read(name), {tensor.name: data for tensor, data in external}
+
+    def _external_tensors(self, graph: str):
+        """(file, model, [(tensor, array over the checked external data)]) of a graph."""
         if graph not in self.graphs:
             raise BundleError(f"{self.path}: the bundle has no {graph} graph (export it without --no-debug)")
+        onnx = _onnx()
         name = self.graphs[graph]["file"]
         data = self.read(name)
-        import onnx
-
         try:
             model = onnx.load_model_from_string(data)
         except Exception as e:  # noqa: BLE001 - protobuf raises its own DecodeError and others
             raise BundleError(f"{self.path}: {name} is not an ONNX model ({str(e)[:100]}); re-export the bundle") from None
-        external = [t for t in _all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL]
-        if not external:
-            return data
-        blobs: dict[str, bytes] = {}
-        for tensor in external:
+        external = []
+        for tensor in _all_tensors(model):
+            if tensor.data_location != onnx.TensorProto.EXTERNAL:
+                continue
             info = {entry.key: entry.value for entry in tensor.external_data}
             location = posixpath.normpath(posixpath.join(posixpath.dirname(name), info.get("location", "")))
             if location not in self.manifest["files"]:  # also catches ../ and absolute locations
@@ -152,19 +176,17 @@ class Bundle:
                     f"{self.path}: {name} keeps tensor {tensor.name[:60]!r} in {info.get('location', '')[:80]!r}, which is "
                     f"not a file of the bundle; refused"
                 )
-            blob = blobs.get(location) or blobs.setdefault(location, self.read(location))
+            blob = self._blobs.get(location) or self._blobs.setdefault(location, self.read(location))
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+            count = int(np.prod(tensor.dims, dtype=np.int64))
             try:
-                offset, length = int(info.get("offset", 0)), int(info.get("length", len(blob)))
+                offset, length = int(info.get("offset", 0)), int(info.get("length", count * dtype.itemsize))
             except ValueError:
                 raise BundleError(f"{self.path}: {name} gives tensor {tensor.name[:60]!r} a non-numeric offset") from None
-            if not 0 <= offset <= offset + length <= len(blob):
-                raise BundleError(f"{self.path}: {name} reads tensor {tensor.name[:60]!r} beyond the end of {location}")
-            tensor.raw_data = blob[offset : offset + length]
-            del tensor.external_data[:]
-            tensor.data_location = onnx.TensorProto.DEFAULT
-        if model.ByteSize() > MAX_GRAPH_BYTES:
-            raise BundleError(f"{self.path}: {graph} is over 2 GB with its weights inline; it cannot be loaded from memory")
-        return model.SerializeToString()
+            if not 0 <= offset <= offset + length <= len(blob) or length != count * dtype.itemsize:
+                raise BundleError(f"{self.path}: {name} reads tensor {tensor.name[:60]!r} outside {location} or with a wrong size")
+            external.append((tensor, np.frombuffer(blob, dtype=dtype, count=count, offset=offset).reshape(tensor.dims)))
+        return name, model, external
 
     def engine_bytes(self, graph: str) -> bytes | None:
         """The serialized TensorRT engine of `graph`, checked; None when none was built."""
@@ -333,6 +355,12 @@ def _type_name(schema: dict[str, Any]) -> str:
         schema = manifest_validator().schema["$defs"][schema["$ref"].rsplit("/", 1)[1]]
     kind = schema.get("type", "value")
     return _TYPE_NAMES.get(kind[0] if isinstance(kind, list) else kind, "valid value")
+
+
+def _onnx():
+    import onnx  # only where graphs are opened: the manifest checks need no onnx
+
+    return onnx
 
 
 def _all_tensors(model) -> list:

@@ -23,8 +23,8 @@ def _ops(path):
 def test_bundle_contents_and_tensor_names(bundles):
     b = bundles["fp32"]
     names = sorted(p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file())
-    assert names == ["debug/forward_blocks.onnx", "debug/inverse_blocks.onnx", "forward.onnx", "inverse.onnx",
-                     "manifest.json", "reference.npz", "sample_z.npy"]
+    assert names == ["forward.onnx", "forward_blocks.onnx", "inverse.onnx", "inverse_blocks.onnx",
+                     "manifest.json", "reference.npz", "sample_z.npy", "weights.bin"]
     m = json.loads((b / "manifest.json").read_text())
     fwd, inv = m["graphs"]["forward"], m["graphs"]["inverse"]
     assert [i["name"] for i in fwd["inputs"]] == ["image"] and [o["name"] for o in fwd["outputs"]] == ["logits", "z"]
@@ -33,6 +33,36 @@ def test_bundle_contents_and_tensor_names(bundles):
     assert m["normalization"]["dataset"] == "digits" and len(m["normalization"]["mean"]) == 1
     assert m["range_projection"] is True and m["model"]["type"] == "injective"
     assert set(m["versions"]) >= {"torch", "onnx", "onnxruntime"}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "mixed"])
+def test_one_weights_file_shared_by_every_graph(bundles, precision):
+    """Every graph's weights live in weights.bin, each distinct tensor once: the forward, inverse
+    and debug graphs share F's weights instead of carrying four copies."""
+    from onnx.external_data_helper import uses_external_data
+
+    b = bundles[precision]
+    m = json.loads((b / "manifest.json").read_text())
+    assert m["schema_version"] == 2 and m["weights"]["file"] == "weights.bin"
+    stored = (b / "weights.bin").stat().st_size
+    assert stored == m["weights"]["bytes"] and m["weights"]["alignment"] == 4096
+    external = {}  # content -> names, over all graphs
+    for graph in ("forward", "inverse", "forward_blocks", "inverse_blocks"):
+        model = onnx.load(str(b / f"{graph}.onnx"))  # loads the external data from weights.bin, as ONNX tools do
+        plain = onnx.load(str(b / f"{graph}.onnx"), load_external_data=False)
+        for tensor, raw in zip(plain.graph.initializer, model.graph.initializer):
+            if uses_external_data(tensor):
+                info = {e.key: e.value for e in tensor.external_data}
+                assert info["location"] == "weights.bin" and int(info["offset"]) % 4096 == 0
+                external.setdefault(raw.raw_data, set()).add(tensor.name)
+            else:
+                assert len(tensor.raw_data) < 1024, "only small tensors stay inline"
+    unique = sum(len(data) for data in external)
+    # each distinct tensor stored once (plus alignment padding, < 4 KiB per tensor)
+    assert unique <= stored < unique + 4096 * len(external)
+    assert m["weights"]["referenced_bytes"] > 2 * unique, "the graphs share the stored tensors"
+    # the two directions' F weights are stored under one name each
+    assert all(len(names) == 1 for names in external.values())
 
 
 def test_manifest_hashes_every_file(bundles):

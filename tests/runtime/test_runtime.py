@@ -144,3 +144,27 @@ def test_bench_reports_percentiles_and_ratios(bundles):
     # without --batch-sizes: 1, 8 and the bundle's max, so a bundle exported with --max-batch 8 benches
     default = bench(BenchOptions(bundle=str(bundles["fp32"]), direction="inverse", warmup_s=0, iterations=1))
     assert [e["batch"] for e in default["results"]] == [1, 8]
+
+
+def test_an_old_layout_bundle_still_verifies(bundles, tmp_path):
+    """Schema 1 bundles (weights inline in every graph, no weights.bin) open and verify as before."""
+    import hashlib
+
+    import onnx
+
+    old = _copy(bundles["fp32"], tmp_path / "old")
+    for graph in ("forward", "inverse", "forward_blocks", "inverse_blocks"):
+        model = onnx.load(str(old / f"{graph}.onnx"))  # weights read back from weights.bin
+        onnx.save_model(model, str(old / f"{graph}.onnx"))  # and written inline
+    (old / "weights.bin").unlink()
+
+    def to_schema_1(m):
+        m["schema_version"] = 1
+        del m["weights"], m["files"]["weights.bin"]
+        for graph, spec in m["graphs"].items():
+            spec["files"] = [spec["file"]]
+            m["files"][spec["file"]] = hashlib.sha256((old / spec["file"]).read_bytes()).hexdigest()
+
+    edit_manifest(old, to_schema_1)
+    r = verify(VerifyOptions(bundles=[str(old)]))
+    assert r["passed"] and r["blocks"][0]["round_trip"], "round trips, parity and the per-block analysis"

@@ -131,7 +131,8 @@ def test_a_200000_deep_manifest_and_non_json_numbers_are_one_line(bundles, decoy
     assert "overflows a double" in _run(bundle, decoys).output
 
 
-@pytest.mark.parametrize("name", ["forward.onnx", "inverse.onnx", "debug/forward_blocks.onnx", "reference.npz", "sample_z.npy"])
+@pytest.mark.parametrize("name", ["forward.onnx", "inverse.onnx", "forward_blocks.onnx", "weights.bin", "reference.npz",
+                                  "sample_z.npy"])
 @pytest.mark.parametrize("how", ["flip", "truncate", "swap", "symlink-out", "delete"])
 def test_every_file_flipped_truncated_swapped_linked_or_deleted(bundles, decoys, tmp_path, name, how):
     bundle = shutil.copytree(bundles["fp32"], tmp_path / "b")

@@ -250,7 +250,8 @@ static std::vector<int64_t> feature_shape(const Json& io) {
 Manifest Manifest::load(const std::string& bundle_dir) {
     Json j = Json::parse_file(bundle_dir + "/manifest.json");
     int schema = static_cast<int>(j["schema_version"].number());
-    if (schema > 1) throw std::runtime_error("manifest schema " + std::to_string(schema) + " is newer than this example reads (1)");
+    // schema 2 moved the graphs' weights into one shared file; nothing this example reads changed
+    if (schema > 2) throw std::runtime_error("manifest schema " + std::to_string(schema) + " is newer than this example reads (2)");
     Manifest m;
     m.precision = j["precision"].string();
     m.mean = j["normalization"]["mean"].numbers();

@@ -52,9 +52,10 @@ def open_backend(
     if kind == "onnxruntime":
         from .ort_backend import OrtBackend
 
+        model, initializers = bundle.session_inputs(graph)
         return OrtBackend(
-            bundle.graph_bytes(graph), providers=providers, threads=threads, cache_dir=ort_cache_dir(bundle, graph),
-            max_batch=bundle.max_batch,
+            model, providers=providers, threads=threads, cache_dir=ort_cache_dir(bundle, graph),
+            max_batch=bundle.max_batch, initializers=initializers,
         )
     if kind == "tensorrt":
         from .trt_backend import TrtBackend

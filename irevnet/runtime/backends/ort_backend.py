@@ -71,6 +71,8 @@ class OrtBackend(Backend):
         threads: intra-op threads (default: ONNX Runtime's, one per physical core).
         cache_dir: where the TensorRT provider keeps engines and its timing cache.
         max_batch: largest batch the graph was exported for (inputs beyond it are refused).
+        initializers: the model's external initializers as arrays (Bundle.session_inputs); ONNX
+            Runtime uses their memory as it is, so sessions given the same arrays share it.
     """
 
     name = "onnxruntime"
@@ -83,12 +85,17 @@ class OrtBackend(Backend):
         threads: int | None = None,
         cache_dir: Path | None = None,
         max_batch: int | None = None,
+        initializers: dict[str, np.ndarray] | None = None,
     ):
         ort = _ort()
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only; the CLI reports what matters
         if threads:
             options.intra_op_num_threads = threads
+        # kept for the session's lifetime: ONNX Runtime does not copy them
+        self.initializers = [ort.OrtValue.ortvalue_from_numpy(a) for a in (initializers or {}).values()]
+        if initializers:
+            options.add_external_initializers(list(initializers), self.initializers)
         self.session = ort.InferenceSession(
             model if isinstance(model, bytes) else str(model), options, providers=_provider_list(providers or available_providers(), cache_dir)
         )
