@@ -6,6 +6,7 @@ is text, not a style), and styles are given as styles.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -114,6 +115,10 @@ def export(manifest: dict[str, Any], out: str) -> None:
     if "top1_pytorch" in v:
         extra += f"; top-1 PyTorch {v['top1_pytorch']:.1f}% vs ONNX {v['top1_onnx']:.1f}%"
     console.print(extra)
+    if "weights" in manifest:
+        on_disk = sum((Path(out) / name).stat().st_size for name in manifest["files"]) + (Path(out) / "manifest.json").stat().st_size
+        console.print(f"{on_disk / 1e6:,.1f} MB on disk, of which {manifest['weights']['bytes'] / 1e6:,.1f} MB of weights in "
+                      f"{manifest['weights']['file']}, shared by all {len(manifest['graphs'])} graphs")
     console.print(f"bundle written to {out}" if v["passed"] else f"bundle written to {out} despite failed checks (--allow-mismatch)")
 
 

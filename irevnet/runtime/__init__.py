@@ -13,5 +13,9 @@ backend imports torch, when it is opened.
 from .backends import BACKENDS, Backend, InputError, open_backend
 from .bundle import Bundle
 from .comparison import TOLERANCES, Comparison, Tolerance, compare
+from .invertible import Invertible
 
-__all__ = ["BACKENDS", "TOLERANCES", "Backend", "Bundle", "Comparison", "InputError", "Tolerance", "compare", "open_backend"]
+__all__ = [
+    "BACKENDS", "TOLERANCES", "Backend", "Bundle", "Comparison", "InputError", "Invertible", "Tolerance", "compare",
+    "open_backend",
+]

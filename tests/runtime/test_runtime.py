@@ -161,7 +161,7 @@ def test_an_old_layout_bundle_still_verifies(bundles, tmp_path):
     def to_schema_1(m):
         m["schema_version"] = 1
         del m["weights"], m["files"]["weights.bin"]
-        for graph, spec in m["graphs"].items():
+        for spec in m["graphs"].values():
             spec["files"] = [spec["file"]]
             m["files"][spec["file"]] = hashlib.sha256((old / spec["file"]).read_bytes()).hexdigest()
 
