@@ -54,7 +54,7 @@ class InvertOptions:
         for name in ("checkpoint", "out"):
             check.path(name, getattr(self, name))
             object.__setattr__(self, name, str(getattr(self, name)))
-        object.__setattr__(self, "device", Device(self.device).value)
+        object.__setattr__(self, "device", check.choice("device", self.device, Device).value)
         parse_spec(self.dataset)
         check.integer("samples", self.samples, 1, 1024)
         check.integer("image_size", self.image_size, 1, optional=True)

@@ -134,7 +134,7 @@ class MemoryOptions:
         from .config import get_config
 
         object.__setattr__(self, "presets", tuple(self.presets))
-        object.__setattr__(self, "device", Device(self.device).value)
+        object.__setattr__(self, "device", check.choice("device", self.device, Device).value)
         check.integer("batch_size", self.batch_size, 1, 1 << 16)
         check.integer("image_size", self.image_size, 1, optional=True)
         if not self.presets:

@@ -65,12 +65,8 @@ class TrainOptions:
         parse_spec(self.dataset)
         get_config(self.model)  # an unknown preset names the choices
         for name, enum in (("recipe", RecipeName), ("device", Device)):
-            value = getattr(self, name)
-            if value is not None:
-                try:
-                    object.__setattr__(self, name, enum(value).value)  # plain strings in run.json
-                except ValueError:
-                    raise IRevNetError(f"unknown {name} {value!r}; choose one of {', '.join(e.value for e in enum)}") from None
+            if getattr(self, name) is not None:  # plain strings in run.json
+                object.__setattr__(self, name, check.choice(name, getattr(self, name), enum).value)
         check.integer("epochs", self.epochs, 1, 100_000, optional=True)
         check.integer("batch_size", self.batch_size, 1, 1 << 20, optional=True)
         check.number("lr", self.lr, 0.0, low_open=True, optional=True)
@@ -203,7 +199,7 @@ class EvaluateOptions:
     def __post_init__(self) -> None:
         check.path("checkpoint", self.checkpoint)
         object.__setattr__(self, "checkpoint", str(self.checkpoint))
-        object.__setattr__(self, "device", Device(self.device).value)
+        object.__setattr__(self, "device", check.choice("device", self.device, Device).value)
         parse_spec(self.dataset)
         check.integer("image_size", self.image_size, 1, optional=True)
         check.integer("batch_size", self.batch_size, 1, 1 << 16)

@@ -6,7 +6,10 @@ Messages name the command-line flag, since that is where most values come from.
 from __future__ import annotations
 
 import math
-from typing import Any
+from enum import Enum
+from typing import Any, TypeVar
+
+E = TypeVar("E", bound=Enum)
 
 from .errors import IRevNetError
 
@@ -57,3 +60,12 @@ def path(name: str, value: Any) -> None:
     """An output or input path given as text: not empty (an empty one would mean the current folder)."""
     if not str(value).strip():
         raise IRevNetError(f"{flag(name)} is empty; give a path")
+
+
+def choice(name: str, value: Any, enum: type[E]) -> E:
+    """`value` as a member of `enum` (given as the member or its value), or a one-line error."""
+    try:
+        return enum(value)
+    except ValueError:
+        choices = ", ".join(str(e.value) for e in enum)
+        raise IRevNetError(f"{flag(name)} must be one of {choices}, got {value!r}") from None

@@ -68,7 +68,7 @@ class ExportOptions:
         for name in ("checkpoint", "out"):
             check.path(name, getattr(self, name))
             object.__setattr__(self, name, str(getattr(self, name)))
-        object.__setattr__(self, "precision", Precision(self.precision))
+        object.__setattr__(self, "precision", check.choice("precision", self.precision, Precision))
         check.integer("image_size", self.image_size, 1, optional=True)
         # the exporter needs opset 18; TensorRT 10 parses up to 20
         check.integer("opset", self.opset, 18, 20)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import validation as check
 from ..errors import IRevNetError
 from ..files import atomic_output, sha256_file, write_json
 from ..runtime.backends.trt_backend import import_tensorrt, make_logger
@@ -45,11 +46,7 @@ class BuildOptions:
     debug: bool = False  # also build the per-block debug graphs
 
     def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "hardware_compat", HardwareCompat(self.hardware_compat))
-        except ValueError:
-            choices = ", ".join(h.value for h in HardwareCompat)
-            raise IRevNetError(f"--hardware-compat must be one of {choices}, got {self.hardware_compat!r}") from None
+        object.__setattr__(self, "hardware_compat", check.choice("hardware_compat", self.hardware_compat, HardwareCompat))
         if not 0 <= self.opt_level <= 5:
             raise IRevNetError(f"--opt-level must be 0..5, got {self.opt_level}")
         if self.workspace_mb is not None and not 1 <= self.workspace_mb <= 1 << 24:

@@ -58,7 +58,7 @@ class BenchOptions:
     rounds: int = 5  # alternating rounds per measurement; each round gets 1/rounds of the time
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "direction", Direction(self.direction))
+        self.direction = check.choice("direction", self.direction, Direction)
         check.integer("rounds", self.rounds, 1, 1000)
         self.backends = [resolve_backend(b) for b in self.backends]
         for n in self.batch_sizes or []:
