@@ -18,9 +18,11 @@ from typing import Annotated, Any
 
 import typer
 
+from .. import files
 from .._version import __version__
 from ..devices import Device
 from ..errors import CheckFailed, IRevNetError
+from . import render
 
 app = typer.Typer(
     name="irevnet",
@@ -113,21 +115,16 @@ def options(cls: type, values: dict[str, Any], **extra: Any):
 
 def check_outputs(*paths: str | None) -> None:
     """Refuses output files that cannot be written before the command does its work."""
-    from ..files import check_writable
-
     for path in paths:
         if path is not None:
-            check_writable(path)
+            files.check_writable(path)
 
 
 def write_json(path: str | None, data: Any) -> None:
+    """--json: the command's result as JSON (atomically), and a line saying where."""
     if path is not None:
-        from ..files import write_json as write
-
-        write(path, data)
-        from .render import console
-
-        console.print(f"wrote {path}")
+        files.write_json(path, data)
+        render.console.print(f"wrote {path}")
 
 
 def _version(value: bool) -> None:
