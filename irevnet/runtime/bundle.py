@@ -92,14 +92,14 @@ class Bundle:
 
     # -- files ---------------------------------------------------------------------------------
 
-    def _locate(self, name: str, field: str) -> Path:
+    def _locate(self, name: str, where: str) -> Path:
         """The file behind a relative name of the manifest, if it is a regular file inside the bundle."""
         if (
             not isinstance(name, str) or not name or "\\" in name or "\0" in name or name.startswith("/")
             or any(part in ("", ".", "..") for part in name.split("/"))
         ):
             raise BundleError(
-                f"{self.path / MANIFEST}: field {field} = {str(name)[:80]!r} is not a plain relative path inside the "
+                f"{self.path / MANIFEST}: field {where} = {str(name)[:80]!r} is not a plain relative path inside the "
                 f"bundle; re-export the bundle"
             )
         file = self.path / name
