@@ -116,20 +116,23 @@ def atomic_directory(path: str | os.PathLike, *, owned: Callable[[Path], bool], 
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+# The temporaries of the writers here: `.NAME.PID.RANDOM.tmp`, and `.NAME.PID.RANDOM.old` for a
+# folder moved aside. The writer's pid lets a later run tell a dead writer's leftovers from a live one's.
+TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.(?P<kind>tmp|old)$")
+
+
 def _temp_prefix(path: Path) -> str:
-    # The writer's pid in the name lets a later run tell a dead writer's leftovers from a live one's.
     return f".{path.name}.{os.getpid()}."
 
 
 def _remove_leftovers(path: Path) -> None:
     """Removes temporaries of `path` left by dead processes; restores a folder renamed aside
     (`.old`) by a writer that died before it put the new one in place."""
-    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)\.[^.]+\.(tmp|old)$")
     for entry in path.parent.iterdir():
-        m = pattern.match(entry.name)
-        if not m or _alive(int(m.group(1))):
+        m = TEMPORARY.match(entry.name)
+        if not m or m["name"] != path.name or _alive(int(m["pid"])):
             continue
-        if m.group(2) == "old" and not (path.exists() or path.is_symlink()):
+        if m["kind"] == "old" and not (path.exists() or path.is_symlink()):
             os.replace(entry, path)
         elif entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)

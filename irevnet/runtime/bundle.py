@@ -22,7 +22,6 @@ import io
 import json
 import math
 import posixpath
-import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 
 from ..config import IRevNetConfig
 from ..errors import BundleError, ConfigError
+from ..files import TEMPORARY, sha256_file
 
 # 1: every graph holds its weights inline. 2: graphs keep their weights in one shared file
 # (weights.bin, the manifest's `weights`), each tensor once. Both are read.
@@ -80,7 +80,7 @@ class Bundle:
         bundle = cls(path, manifest)
         for name in manifest["files"]:
             file = bundle._locate(name, f"files[{name[:80]!r}]")
-            if check_hashes and _sha256_file(file) != manifest["files"][name]:
+            if check_hashes and sha256_file(file) != manifest["files"][name]:
                 raise BundleError(f"{path}: {name} does not match its sha256 in the manifest (modified or corrupt); re-export")
         for key, name in bundle._referenced_files():
             if name not in manifest["files"]:
@@ -136,11 +136,11 @@ class Bundle:
     def graph_bytes(self, graph: str) -> bytes:
         """The ONNX model of `graph` as bytes with its weights inline (TensorRT's parser); the
         external data is read from checked files inside the bundle."""
-        name, model, external = self._external_tensors(graph)
+        data, model, external = self._external_tensors(graph)
         if not external:
-            return self.read(name)
-        for tensor, data in external:
-            tensor.raw_data = data.tobytes()
+            return data
+        for tensor, array in external:
+            tensor.raw_data = array.tobytes()
             del tensor.external_data[:]
             tensor.data_location = _onnx().TensorProto.DEFAULT
         if model.ByteSize() > MAX_GRAPH_BYTES:
@@ -151,11 +151,12 @@ class Bundle:
         """What an ONNX Runtime session of `graph` needs: the model's checked bytes and its external
         initializers as read-only arrays over the bundle's checked weights. The arrays of one Bundle
         share memory, so the forward and inverse sessions hold the weights once."""
-        name, _, external = self._external_tensors(graph)
-        return self.read(name), {tensor.name: data for tensor, data in external}
+        data, _, external = self._external_tensors(graph)
+        return data, {tensor.name: array for tensor, array in external}
 
     def _external_tensors(self, graph: str):
-        """(file, model, [(tensor, array over the checked external data)]) of a graph."""
+        """(the graph file's checked bytes, the model parsed from them, [(tensor, array over the
+        checked external data)]): the file is read once, and those bytes are what runs."""
         if graph not in self.graphs:
             raise BundleError(f"{self.path}: the bundle has no {graph} graph (export it without --no-debug)")
         onnx = _onnx()
@@ -186,7 +187,7 @@ class Bundle:
             if not 0 <= offset <= offset + length <= len(blob) or length != count * dtype.itemsize:
                 raise BundleError(f"{self.path}: {name} reads tensor {tensor.name[:60]!r} outside {location} or with a wrong size")
             external.append((tensor, np.frombuffer(blob, dtype=dtype, count=count, offset=offset).reshape(tensor.dims)))
-        return name, model, external
+        return data, model, external
 
     def engine_bytes(self, graph: str) -> bytes | None:
         """The serialized TensorRT engine of `graph`, checked; None when none was built."""
@@ -213,7 +214,7 @@ class Bundle:
     def normalization(self) -> dict[str, Any]:
         return self.manifest["normalization"]
 
-    @property
+    @functools.cached_property
     def config(self) -> IRevNetConfig:
         """The model's architecture (validated when the bundle was opened)."""
         return IRevNetConfig.from_dict(self.manifest["model"]["config"])
@@ -266,7 +267,6 @@ class Bundle:
 
 # What irevnet itself writes into a bundle besides the files the manifest lists.
 _GENERATED = {MANIFEST, "debug", "ort_trt_cache", "timing.cache"}
-_TEMPORARY = re.compile(r"^\..+\.\d+\.[^.]+\.(tmp|old)$")  # irevnet.files' temporaries
 
 
 def is_bundle_folder(path: Path) -> bool:
@@ -283,7 +283,7 @@ def is_bundle_folder(path: Path) -> bool:
             and isinstance(manifest.get("irevnet_version"), str) and isinstance(manifest.get("files"), dict)):
         return False
     ours = _GENERATED | {str(name).split("/")[0] for name in manifest["files"]}
-    return all(entry.name in ours or _TEMPORARY.match(entry.name) for entry in path.iterdir())
+    return all(entry.name in ours or TEMPORARY.match(entry.name) for entry in path.iterdir())
 
 
 def _parse_manifest(manifest_path: Path) -> dict[str, Any]:
@@ -368,11 +368,3 @@ def _all_tensors(model) -> list:
     from onnx.external_data_helper import _get_all_tensors
 
     return list(_get_all_tensors(model))
-
-
-def _sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
