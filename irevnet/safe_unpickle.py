@@ -188,7 +188,7 @@ _GLOBALS: dict[str, Any] = {
 }
 # Classes whose instances a pickle may create with NEWOBJ; all others are refused.
 _NEW_OK = (*STAND_INS.values(), collections.OrderedDict, collections.Counter, set, frozenset)
-_FILLABLE = (list, dict, collections.OrderedDict, collections.Counter, set)
+_MAPPINGS = (dict, collections.OrderedDict, collections.Counter)  # what SETITEM(S) may fill
 
 
 class _Unpickler(pickle._Unpickler):
@@ -293,46 +293,35 @@ class _Unpickler(pickle._Unpickler):
             raise Refused("a module's state is not a dict of names")
         inst.__dict__.update(state)
 
-    def _fillable(self, obj: Any) -> Any:
-        if type(obj) not in _FILLABLE:
-            raise Refused(f"the file adds items to a {type(obj).__name__}, which is not allowed")
-        return obj
+    def _target(self, kinds: tuple[type, ...]) -> Any:
+        """The object under the items, if it is exactly one of `kinds` (never a subclass, a
+        class or anything the process already had)."""
+        target = self.stack[-1]
+        if type(target) not in kinds:
+            raise Refused(f"the file adds items to a {type(target).__name__}, which is not allowed")
+        return target
 
     def load_append(self) -> None:
         value = self.stack.pop()
-        target = self._fillable(self.stack[-1])
-        if type(target) is not list:
-            raise Refused("APPEND to something that is not a list")
-        target.append(value)
+        self._target((list,)).append(value)
 
     def load_appends(self) -> None:
         items = self.pop_mark()
-        target = self._fillable(self.stack[-1])
-        if type(target) is not list:
-            raise Refused("APPENDS to something that is not a list")
-        target.extend(items)
+        self._target((list,)).extend(items)
 
     def load_setitem(self) -> None:
         value, key = self.stack.pop(), self.stack.pop()
-        target = self._fillable(self.stack[-1])
-        if isinstance(target, set):
-            raise Refused("SETITEM on a set")
-        target[key] = value
+        self._target(_MAPPINGS)[key] = value
 
     def load_setitems(self) -> None:
         items = self.pop_mark()
-        target = self._fillable(self.stack[-1])
-        if isinstance(target, set):
-            raise Refused("SETITEMS on a set")
+        target = self._target(_MAPPINGS)
         for i in range(0, len(items) - 1, 2):
             target[items[i]] = items[i + 1]
 
     def load_additems(self) -> None:
         items = self.pop_mark()
-        target = self.stack[-1]
-        if type(target) is not set:
-            raise Refused("ADDITEMS to something that is not a set")
-        target.update(items)
+        self._target((set,)).update(items)
 
     def load_reduce(self) -> None:
         args = self.stack.pop()
@@ -363,14 +352,15 @@ for _opcode, _handler in (
     _Unpickler.dispatch[_opcode[0]] = _handler
 
 
+class _Plain(_Unpickler):
+    """Plain values only (the legacy header and key list): no global at all."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise Refused(f"Unsupported global: GLOBAL {module}.{name}")
+
+
 def _primitive(f: BinaryIO) -> Any:
-    """One pickle of plain values (the legacy header and key list): no global at all."""
-
-    class Plain(_Unpickler):
-        def find_class(self, module: str, name: str) -> Any:
-            raise Refused(f"Unsupported global: GLOBAL {module}.{name}")
-
-    return Plain(f).load()
+    return _Plain(f).load()
 
 
 # -- the two layouts ------------------------------------------------------------------------
