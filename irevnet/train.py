@@ -15,6 +15,7 @@ import os
 import shlex
 import sys
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -60,8 +61,7 @@ class TrainOptions:
     memory_efficient: bool = False  # backprop through block inverses (irevnet.reversible)
 
     def __post_init__(self) -> None:
-        check.path("out", self.out)
-        object.__setattr__(self, "out", str(self.out))
+        check.paths(self, "out")
         parse_spec(self.dataset)
         get_config(self.model)  # an unknown preset names the choices
         for name, enum in (("recipe", RecipeName), ("device", Device)):
@@ -197,8 +197,7 @@ class EvaluateOptions:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        check.path("checkpoint", self.checkpoint)
-        object.__setattr__(self, "checkpoint", str(self.checkpoint))
+        check.paths(self, "checkpoint")
         object.__setattr__(self, "device", check.choice("device", self.device, Device).value)
         parse_spec(self.dataset)
         check.integer("image_size", self.image_size, 1, optional=True)
@@ -265,24 +264,20 @@ def _recorded_options(out: Path) -> dict[str, Any] | None:
     return options
 
 
-# The type of every TrainOptions field as it appears in run.json ("int?": an int or null).
-_OPTION_TYPES = {
-    "model": "str", "dataset": "str", "out": "str", "recipe": "str?", "epochs": "int?", "batch_size": "int?",
-    "lr": "float?", "weight_decay": "float?", "seed": "int", "device": "str", "amp": "bool", "channels_last": "bool?",
-    "workers": "int", "resume": "bool", "download": "bool", "memory_efficient": "bool",
-}
+def _option_type(name: str) -> tuple[type, bool]:
+    """The type of a TrainOptions field and whether it may be None, from its annotation."""
+    hint = typing.get_type_hints(TrainOptions)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    return args[0], type(None) in typing.get_args(hint)
 
 
-def _fits(value: Any, kind: str) -> bool:
-    if kind.endswith("?"):
-        if value is None:
-            return True
-        kind = kind[:-1]
-    if kind == "bool":
-        return isinstance(value, bool)
-    if isinstance(value, bool):
-        return False
-    return isinstance(value, {"str": str, "int": int, "float": (int, float)}[kind])
+def _fits(value: Any, kind: type, optional: bool) -> bool:
+    """A value from run.json has the field's type (JSON has no float/int distinction for floats)."""
+    if value is None:
+        return optional
+    if kind is bool or isinstance(value, bool):
+        return kind is bool and isinstance(value, bool)
+    return isinstance(value, (int, float) if kind is float else kind)
 
 
 def _check_training_state(path: Path, state: dict[str, Any]) -> None:
@@ -323,10 +318,11 @@ def resume_options(out: str | Path, **changes: Any) -> TrainOptions:
     fields = {f.name for f in dataclasses.fields(TrainOptions)}
     merged = {k: v for k, v in recorded.items() if k in fields}
     for key, value in merged.items():
-        if not _fits(value, _OPTION_TYPES[key]):
+        kind, optional = _option_type(key)
+        if not _fits(value, kind, optional):
             raise IRevNetError(
-                f"{Path(out) / 'run.json'}: option {key!r} is {str(value)[:40]!r}, not a {_OPTION_TYPES[key]}; the run "
-                f"record is corrupt, so start a new run in another --out"
+                f"{Path(out) / 'run.json'}: option {key!r} is {str(value)[:40]!r}, not a {kind.__name__}"
+                f"{'?' if optional else ''}; the run record is corrupt, so start a new run in another --out"
             )
     merged.update(changes, out=str(out), resume=True)
     return TrainOptions(**merged)
