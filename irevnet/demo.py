@@ -26,8 +26,7 @@ class DemoOptions:
     fast: bool = False  # 6 epochs, one precision, a shorter bench: under a minute
 
     def __post_init__(self) -> None:
-        check.path("out", self.out)
-        object.__setattr__(self, "out", str(self.out))
+        check.paths(self, "out")
 
     @property
     def epochs(self) -> int:

@@ -51,9 +51,7 @@ class InvertOptions:
     def __post_init__(self) -> None:
         from .data import parse_spec
 
-        for name in ("checkpoint", "out"):
-            check.path(name, getattr(self, name))
-            object.__setattr__(self, name, str(getattr(self, name)))
+        check.paths(self, "checkpoint", "out")
         object.__setattr__(self, "device", check.choice("device", self.device, Device).value)
         parse_spec(self.dataset)
         check.integer("samples", self.samples, 1, 1024)

@@ -56,10 +56,14 @@ def threads(value: int | None) -> None:
     integer("threads", value, 1, MAX_THREADS, optional=True)
 
 
-def path(name: str, value: Any) -> None:
-    """An output or input path given as text: not empty (an empty one would mean the current folder)."""
-    if not str(value).strip():
-        raise IRevNetError(f"{flag(name)} is empty; give a path")
+def paths(options: Any, *names: str) -> None:
+    """Path fields of an options dataclass (frozen or not): none empty (an empty one would mean the
+    current folder), each stored as text, so that run records and manifests hold strings."""
+    for name in names:
+        value = getattr(options, name)
+        if not str(value).strip():
+            raise IRevNetError(f"{flag(name)} is empty; give a path")
+        object.__setattr__(options, name, str(value))
 
 
 def choice(name: str, value: Any, enum: type[E]) -> E:

@@ -26,7 +26,7 @@ from .app import (
 
 def _rebuild_stale(bundles: list[str], backends: list[str]) -> None:
     """--rebuild: engines built for another GPU or TensorRT are rebuilt once, before anything runs."""
-    if any(b.lower() in ("tensorrt", "trt") for b in backends):
+    if "tensorrt" in backends:  # resolved names (the options resolved aliases such as trt)
         from ..export.trt_build import rebuild_stale_engines
 
         for bundle in bundles:

@@ -65,9 +65,7 @@ class ExportOptions:
     allow_mismatch: bool = False  # keep a bundle that misses its tolerances
 
     def __post_init__(self) -> None:
-        for name in ("checkpoint", "out"):
-            check.path(name, getattr(self, name))
-            object.__setattr__(self, name, str(getattr(self, name)))
+        check.paths(self, "checkpoint", "out")
         object.__setattr__(self, "precision", check.choice("precision", self.precision, Precision))
         check.integer("image_size", self.image_size, 1, optional=True)
         # the exporter needs opset 18; TensorRT 10 parses up to 20
