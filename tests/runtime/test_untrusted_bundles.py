@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from irevnet.cli import app
 from irevnet.errors import BundleError
 from irevnet.runtime import Bundle, open_backend
+from irevnet.runtime.backends import ort_offline
 from tests.conftest import edit_manifest
 
 runner = CliRunner()
@@ -230,10 +231,17 @@ def test_reference_npz_without_images_or_with_objects_is_one_line(bundles, decoy
         assert result.exit_code == 2 and "reference.npz" in result.output, (name, result.output)
 
 
-def test_what_is_hashed_is_what_runs(bundles, tmp_path):
-    """A graph swapped after Bundle.open checked it is refused when the backend reads it."""
+def test_what_is_hashed_is_what_runs(bundles, tmp_path, monkeypatch):
+    """A graph swapped after Bundle.open checked it never runs: read from the bundle, it is refused;
+    already optimized into this machine's cache, the cached graph is the one the manifest's sha256
+    names (the cache is keyed by it), so the swapped file is not even read."""
     bundle_path = shutil.copytree(bundles["fp32"], tmp_path / "b")
     bundle = Bundle.open(bundle_path)
+    x = bundle.reference("images")["images"]
+    expected = open_backend("onnxruntime", bundle, "forward").infer({"image": x})["z"]  # now cached
     shutil.copy(bundle_path / "inverse.onnx", bundle_path / "forward.onnx")
+    assert np.array_equal(open_backend("onnxruntime", bundle, "forward").infer({"image": x})["z"], expected)
+
+    monkeypatch.setattr(ort_offline, "cache_root", lambda: tmp_path / "empty cache")
     with pytest.raises(BundleError, match="forward.onnx does not match its sha256"):
         open_backend("onnxruntime", bundle, "forward")

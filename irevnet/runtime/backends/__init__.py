@@ -52,11 +52,7 @@ def open_backend(
     if kind == "onnxruntime":
         from .ort_backend import OrtBackend
 
-        model, initializers = bundle.session_inputs(graph)
-        return OrtBackend(
-            model, providers=providers, threads=threads, cache_dir=ort_cache_dir(bundle, graph),
-            max_batch=bundle.max_batch, initializers=initializers,
-        )
+        return OrtBackend.from_bundle(bundle, graph, providers=providers, threads=threads, cache_dir=ort_cache_dir(bundle, graph))
     if kind == "tensorrt":
         from .trt_backend import TrtBackend
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ...errors import IRevNetError
+from ..bundle import Bundle
 from .base import Backend
 
 PROVIDERS = {
@@ -71,8 +73,11 @@ class OrtBackend(Backend):
         threads: intra-op threads (default: ONNX Runtime's, one per physical core).
         cache_dir: where the TensorRT provider keeps engines and its timing cache.
         max_batch: largest batch the graph was exported for (inputs beyond it are refused).
-        initializers: the model's external initializers as arrays (Bundle.session_inputs); ONNX
-            Runtime uses their memory as it is, so sessions given the same arrays share it.
+        initializers: the model's external initializers as arrays (Bundle.session_inputs).
+        shared_folder: for a graph saved by ONNX Runtime's offline mode (see ort_offline): the
+            folder of its external data. The graph then runs with optimizations off (they were
+            applied when it was saved) and takes `initializers` as they are, without a copy, so
+            sessions given the same arrays share their memory.
     """
 
     name = "onnxruntime"
@@ -86,16 +91,25 @@ class OrtBackend(Backend):
         cache_dir: Path | None = None,
         max_batch: int | None = None,
         initializers: dict[str, np.ndarray] | None = None,
+        shared_folder: Path | None = None,
     ):
         ort = _ort()
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only; the CLI reports what matters
         if threads:
             options.intra_op_num_threads = threads
-        # kept for the session's lifetime: ONNX Runtime does not copy them
-        self.initializers = [ort.OrtValue.ortvalue_from_numpy(a) for a in (initializers or {}).values()]
-        if initializers:
-            options.add_external_initializers(list(initializers), self.initializers)
+        initializers = initializers or {}
+        # kept for the session's lifetime: ONNX Runtime reads their memory as it is
+        self.arrays = list(initializers.values())
+        self.initializers = [ort.OrtValue.ortvalue_from_numpy(a) for a in self.arrays]
+        if shared_folder is not None:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            # the graph's external data is found (existence checked) there, then overridden here
+            options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(shared_folder))
+            for name, value in zip(initializers, self.initializers):
+                options.add_initializer(name, value)
+        elif initializers:
+            options.add_external_initializers(list(initializers), self.initializers)  # copied into the session
         self.session = ort.InferenceSession(
             model if isinstance(model, bytes) else str(model), options, providers=_provider_list(providers or available_providers(), cache_dir)
         )
@@ -103,6 +117,29 @@ class OrtBackend(Backend):
         self.inputs = [self._spec(v) for v in self.session.get_inputs()]
         self.outputs = [self._spec(v) for v in self.session.get_outputs()]
         self.name = f"onnxruntime[{','.join(p.removesuffix('ExecutionProvider').lower() for p in self.providers)}]"
+
+    @classmethod
+    def from_bundle(
+        cls, bundle: Bundle, graph: str, *, providers: list[str] | None = None, threads: int | None = None,
+        cache_dir: Path | None = None,
+    ) -> OrtBackend:
+        """Opens a bundle's graph. On the CPU provider alone the graph is optimized once per
+        machine (ort_offline), so every session of the process shares one copy of the weights;
+        where that cache cannot be written the session optimizes on its own, with its own copy."""
+        providers = providers or available_providers()
+        if providers == ["cpu"]:
+            from .ort_offline import prepared_session_inputs
+
+            try:
+                model, initializers, folder = prepared_session_inputs(bundle, graph)
+            except OSError as e:
+                logging.getLogger(__name__).warning("cannot cache the optimized %s graph (%s); its session keeps its own copy of the weights", graph, e)
+            else:
+                return cls(model, providers=providers, threads=threads, max_batch=bundle.max_batch,
+                           initializers=initializers, shared_folder=folder)
+        model, initializers = bundle.session_inputs(graph)
+        return cls(model, providers=providers, threads=threads, cache_dir=cache_dir, max_batch=bundle.max_batch,
+                   initializers=initializers)
 
     @staticmethod
     def _spec(value) -> dict[str, Any]:
