@@ -8,7 +8,9 @@ numpy only. A bundle may come from another machine, so everything in it is check
   `..`, absolute paths and links that resolve outside are refused, and so are ONNX external-data
   locations that leave the bundle;
 - `Bundle.read` reads a file once, checks its sha256 and returns those bytes: what was hashed is
-  what runs (the graphs go to ONNX Runtime and TensorRT as bytes, never as paths).
+  what runs (the graphs go to ONNX Runtime and TensorRT as bytes, never as paths). On ONNX
+  Runtime's CPU provider what runs is this machine's optimized copy of those bytes, cached under
+  the graph's and weights' sha256 (backends/ort_offline.py).
 
 The manifest is not signed: whoever can write the bundle can rewrite its hashes too. The checks
 catch corruption, files swapped or added by mistake, and paths that reach outside the bundle.
@@ -149,8 +151,7 @@ class Bundle:
 
     def session_inputs(self, graph: str) -> tuple[bytes, dict[str, np.ndarray]]:
         """What an ONNX Runtime session of `graph` needs: the model's checked bytes and its external
-        initializers as read-only arrays over the bundle's checked weights. The arrays of one Bundle
-        share memory, so the forward and inverse sessions hold the weights once."""
+        initializers as read-only arrays over the bundle's checked weights, read once per Bundle."""
         data, _, external = self._external_tensors(graph)
         return data, {tensor.name: array for tensor, array in external}
 

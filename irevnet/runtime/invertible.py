@@ -6,8 +6,8 @@
         logits, z = net.encode(images)        # (N, C, H, W) float32, normalised
         images_back = net.decode(z)           # inverse(forward(x)) == x to fp32 rounding
 
-The forward and inverse sessions are opened through one Bundle, so on ONNX Runtime they share
-the bundle's weights in memory (one read, one hash, one copy).
+On ONNX Runtime's CPU provider the two sessions hold one copy of the weights between them
+(backends/ort_offline.py): irevnet-301 takes 558 MiB for 477 MiB of weights.
 """
 
 from __future__ import annotations
