@@ -6,8 +6,9 @@ from enum import Enum
 
 
 class Precision(str, Enum):
-    """Where the graphs compute in fp16 (TensorRT 10.12+/11 builds exactly these types)."""
+    """Where the graphs compute in reduced precision (TensorRT 10.12+/11 builds exactly these types)."""
 
     fp32 = "fp32"  # everything fp32
     fp16 = "fp16"  # weights and activations fp16; fp32 inputs and outputs
     mixed = "mixed"  # the bottleneck branches F in fp16, the coupling stream (adds, psi, padding) fp32
+    int8 = "int8"  # F's convolutions int8 (explicit Q/DQ, export/quantize.py), everything else fp32

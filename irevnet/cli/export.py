@@ -16,7 +16,7 @@ from .app import CheckpointOpt, ImageSizeOpt, command, options
 def export(
     checkpoint: CheckpointOpt,
     out: Annotated[str, typer.Option("--out", "-o", help="Bundle folder to write (replaced whole on success).")],
-    precision: Annotated[Precision, typer.Option(help="fp32 | fp16 | mixed (F in fp16, coupling stream in fp32).")] = Precision.fp32,
+    precision: Annotated[Precision, typer.Option(help="fp32 | fp16 | mixed (F in fp16, coupling stream in fp32) | int8 (F's convolutions int8, calibrated on --dataset).")] = Precision.fp32,
     image_size: ImageSizeOpt = None,
     opset: Annotated[int, typer.Option(help="ONNX opset (18-20).")] = 18,
     max_batch: Annotated[int, typer.Option(help="Largest batch of the dynamic batch dimension N.")] = 32,

@@ -45,6 +45,7 @@ from ..runtime.bundle import (
 from ..runtime.comparison import TOLERANCES, compare
 from ..runtime.verify import parity_checks
 from .onnx_export import DEFAULT_OPSET, branch_signatures, check_graph, export_graph, graph_summary
+from .quantize import calibrate, quantize_branches
 from .weights import WEIGHTS, SharedWeights
 
 BLOCK_REFERENCE_BYTES = 64 << 20  # per-block reference activations kept in reference.npz, at most
@@ -60,6 +61,7 @@ class ExportOptions:
     max_batch: int = 32  # dynamic batch range 1..max_batch
     dataset: str | None = None  # real images for the verification (and the normalisation)
     samples: int = 8  # verification batch
+    calibration: int = 256  # int8: images the activation ranges are measured on (the dataset's training split)
     projection: bool = True  # range projection in the inverse (injective models)
     debug_graphs: bool = True  # per-block debug graphs for `irevnet verify`
     allow_mismatch: bool = False  # keep a bundle that misses its tolerances
@@ -72,6 +74,7 @@ class ExportOptions:
         check.integer("opset", self.opset, 18, 20)
         check.integer("max_batch", self.max_batch, 1, check.MAX_BATCH)
         check.integer("samples", self.samples, 1, 4096)
+        check.integer("calibration", self.calibration, 1, 65536)
 
 
 def export_bundle(opts: ExportOptions, log=lambda msg: None) -> dict[str, Any]:
@@ -102,11 +105,17 @@ def export_bundle(opts: ExportOptions, log=lambda msg: None) -> dict[str, Any]:
                 (INVERSE_BLOCKS, InverseBlocksGraph(prepare(model, precision), opts.projection), cfg.z_shape, False),
             ]
         shared = SharedWeights(tmp / WEIGHTS)  # every graph's weights, each tensor once
+        calibration = None
         for name, module, shape, strict in plan:
             log(f"exporting {name} graph")
             start = time.perf_counter()
             example = torch.zeros(min(2, opts.max_batch), *shape)
             proto = export_graph(module, example, max_batch=opts.max_batch, opset=opts.opset)
+            if precision is Precision.int8:
+                if calibration is None:  # from the fp32 forward (first in the plan), for every graph
+                    log("calibrating the int8 activation ranges")
+                    calibration = _calibrate(proto, ckpt, opts, images)
+                quantize_branches(proto, calibration["ranges"])
             check_graph(proto, f"{name}.onnx", strict=strict)
             signatures = branch_signatures(proto)
             shared.externalize(proto)
@@ -155,6 +164,7 @@ def export_bundle(opts: ExportOptions, log=lambda msg: None) -> dict[str, Any]:
             },
             "graphs": graphs,
             "weights": weights,
+            **({"calibration": {k: v for k, v in calibration.items() if k != "ranges"}} if calibration else {}),
             "fidelity": fidelity,
             "versions": _versions(),
             "tolerances": TOLERANCES[precision.value].to_dict(),
@@ -173,7 +183,20 @@ def export_bundle(opts: ExportOptions, log=lambda msg: None) -> dict[str, Any]:
     return manifest
 
 
-# -- inputs for the verification ----------------------------------------------------------------
+# -- inputs for the verification and the int8 calibration ----------------------------------------
+
+
+def _calibrate(forward: onnx.ModelProto, ckpt: Checkpoint, opts: ExportOptions, images: torch.Tensor) -> dict[str, Any]:
+    """Activation ranges of F's convolutions, measured on the dataset's training images (never the
+    held-out ones the verification judges), or on the verification's random inputs without one."""
+    if opts.dataset:
+        data = load_datasets(opts.dataset, ckpt.config.in_shape, augment=False)
+        x, source = first_images(data.train, opts.calibration), f"dataset {opts.dataset}, training split"
+    else:
+        x, source = images, "seeded random N(0, 1) (no --dataset: ranges of noise, not of images)"
+    ranges = calibrate(forward, x.float().numpy(), opts.max_batch)
+    return {"source": source, "images": len(x), "method": "max |value| per tensor", "ranges": ranges}
+
 
 
 def _samples(ckpt: Checkpoint, dataset: str | None, n: int):

@@ -98,6 +98,12 @@ class Tolerance:
     round_trip: float  # largest relative L2 error of inverse(forward(x)) against x
     top1: float  # smallest fraction of samples whose arg-max class agrees with PyTorch
     reason: str
+    # z made elsewhere (PyTorch fp32, another backend) inverted by this bundle; default round_trip
+    cross_round_trip: float | None = None
+
+    @property
+    def cross(self) -> float:
+        return self.round_trip if self.cross_round_trip is None else self.cross_round_trip
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,6 +121,13 @@ TOLERANCES = {
         logits=2e-2, z=2e-2, round_trip=1e-2, top1=0.75,
         reason="F in fp16 (11-bit significand, ~5e-4 per rounding): outputs drift ~1e-3; the round trip stays "
         "near fp32 only while forward and inverse evaluate F to the same bits, else ~5e-4",
+    ),
+    "int8": Tolerance(
+        logits=5e-2, z=1e-1, round_trip=5e-2, top1=0.75, cross_round_trip=1e-1,
+        reason="F's convolutions in int8 (8 bits, ranges from calibration): measured logits 0.9-1.2e-2 and z "
+        "1.2-2.4e-2 from fp32 (trained digits, irevnet-301). F is identical in both graphs, so most samples round-trip "
+        "fp32-exactly (median 4e-8), but the recovered coupling stream differs from the forward's by fp32 rounding, "
+        "which can move an F input across an int8 rounding boundary: 1 of 360 digits then reconstructs at 1.4e-2",
     ),
     "fp16": Tolerance(
         logits=2e-2, z=2e-2, round_trip=1e-2, top1=0.75,
