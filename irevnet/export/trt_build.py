@@ -1,7 +1,7 @@
 """`irevnet build`: a bundle's ONNX graphs -> TensorRT engines, recorded in its manifest.
 
 Written against the TensorRT 10.x and 11.x Python API; needs only `tensorrt` and a GPU (no torch):
-- strongly typed networks: precision is what the ONNX graph says (fp32, fp16 or mixed casts).
+- strongly typed networks: precision is what the ONNX graph says (fp32, fp16 or mixed casts, int8 Q/DQ).
   The STRONGLY_TYPED creation flag is computed from the enum (its value differs between 10.x,
   where it is required, and 11.x, where it is deprecated and every network is strongly typed);
 - TF32 is cleared unless asked for: it rounds fp32 convolution inputs to 10 mantissa bits, which

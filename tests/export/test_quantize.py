@@ -70,3 +70,12 @@ def test_verify_reports_int8_f_bits_and_agreement(int8_bundle):
     assert blocks["f_identical_fraction"][-1] == 1.0, "the last block's F sees the same input in both graphs"
     parity = result["parity"][0]
     assert parity["top1_agreement"] == 1.0 and parity["logits"]["rel_l2"] > 1e-4
+
+
+def test_the_torch_backend_refuses_int8(int8_bundle):
+    """PyTorch would run the checkpoint in fp32: an int8 label on fp32 figures would mislead."""
+    from irevnet.errors import IRevNetError
+    from irevnet.runtime import open_backend
+
+    with pytest.raises(IRevNetError, match="no int8 path"):
+        open_backend("torch", int8_bundle, "forward")

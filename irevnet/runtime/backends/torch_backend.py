@@ -53,6 +53,9 @@ class TorchBackend(Backend):
         from ...checkpoint import load_checkpoint
         from ...devices import resolve_device
 
+        if precision == "int8":
+            raise IRevNetError("the torch backend has no int8 path (it would run fp32 and call it int8); run int8 "
+                               "bundles on onnxruntime or tensorrt")
         if threads:
             torch.set_num_threads(threads)
         self.torch = torch
