@@ -159,7 +159,7 @@ DatasetOpt = Annotated[
 DeviceOpt = Annotated[Device, typer.Option("--device", help="auto picks cuda when torch sees a GPU.")]
 BackendOpt = Annotated[
     list[str] | None,
-    typer.Option("--backend", "-b", help="onnxruntime | tensorrt | torch; repeat for several (default: onnxruntime)."),
+    typer.Option("--backend", "-b", help="onnxruntime | tensorrt | torch | openvino | openvino-bf16 (F in bf16, mixed bundles); repeat for several (default: onnxruntime)."),
 ]
 ProviderOpt = Annotated[
     list[str] | None, typer.Option("--provider", help="ONNX Runtime providers in order: tensorrt, cuda, cpu (default: all available).")

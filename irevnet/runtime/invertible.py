@@ -26,7 +26,7 @@ class Invertible:
 
     Args:
         bundle: a bundle folder or an opened Bundle.
-        backend: onnxruntime (default), tensorrt or torch.
+        backend: onnxruntime (default), tensorrt, torch, openvino or openvino-bf16.
         **options: passed to `open_backend` (providers, threads, device, checkpoint).
     """
 

@@ -1,5 +1,6 @@
 """int8 bundles: Q/DQ only inside F, the same F in both graphs, and what ONNX Runtime makes of them."""
 
+import importlib.util
 import re
 
 import numpy as np
@@ -64,12 +65,15 @@ def test_int8_on_onnx_runtime_round_trips_and_agrees_with_fp32(int8_bundle):
 
 
 def test_verify_reports_int8_f_bits_and_agreement(int8_bundle):
-    result = verify(VerifyOptions([str(int8_bundle.path)], threads=1))
+    """On ONNX Runtime and, where installed, OpenVINO (which lowers the Q/DQ pattern to its own int8
+    convolutions): F bit-identical in both graphs, top-1 kept, logits moved by int8."""
+    backends = ["onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
+    result = verify(VerifyOptions([str(int8_bundle.path)], backends=backends, threads=1))
     assert result["passed"], result
-    blocks = result["blocks"][0]
-    assert blocks["f_identical_fraction"][-1] == 1.0, "the last block's F sees the same input in both graphs"
-    parity = result["parity"][0]
-    assert parity["top1_agreement"] == 1.0 and parity["logits"]["rel_l2"] > 1e-4
+    assert len(result["blocks"]) == len(result["parity"]) == len(backends)
+    for blocks, parity in zip(result["blocks"], result["parity"]):
+        assert blocks["f_identical_fraction"][-1] == 1.0, "the last block's F sees the same input in both graphs"
+        assert parity["top1_agreement"] == 1.0 and parity["logits"]["rel_l2"] > 1e-4
 
 
 def test_the_torch_backend_refuses_int8(int8_bundle):

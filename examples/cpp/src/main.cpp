@@ -1,12 +1,11 @@
-// irevnet_invert: z (.npy) -> image, through a bundle's inverse TensorRT engine.
+// irevnet_invert: z (.npy) -> image, through a bundle's inverse (TensorRT engine or OpenVINO on
+// the CPU, as configured; see inverse_engine.h).
 //
 //   irevnet_invert BUNDLE_DIR [z.npy] [out_prefix]
 //
-// Reads BUNDLE_DIR/manifest.json and BUNDLE_DIR/inverse.engine, inverts z (default: the bundle's
-// sample_z.npy), de-normalises with the manifest's mean/std and writes out_prefix.npy (pixels in
-// [0, 1], float32, (N, C, H, W)) and out_prefix_<n>.ppm/.pgm per image.
-#include <NvInferVersion.h>
-
+// Reads BUNDLE_DIR/manifest.json and the inverse, inverts z (default: the bundle's sample_z.npy),
+// de-normalises with the manifest's mean/std and writes out_prefix.npy (pixels in [0, 1], float32,
+// (N, C, H, W)) and out_prefix_<n>.ppm/.pgm per image.
 #include <chrono>
 #include <iostream>
 #include <string>
@@ -24,20 +23,14 @@ int main(int argc, char** argv) {
     const std::string prefix = argc > 3 ? argv[3] : "reconstruction";
     try {
         irevnet::Manifest manifest = irevnet::Manifest::load(bundle);
-        if (manifest.inverse_engine.empty()) {
-            std::cerr << "error: " << bundle << " has no TensorRT engines; run `irevnet build " << bundle << "` first\n";
-            return 2;
-        }
-        std::cerr << "bundle: " << manifest.precision << ", engines built with TensorRT " << manifest.tensorrt_version
-                  << ", this binary was compiled against " << NV_TENSORRT_MAJOR << "." << NV_TENSORRT_MINOR << "."
-                  << NV_TENSORRT_PATCH << "\n";
         irevnet::Tensor z = irevnet::read_npy(z_path);
         if (z.shape.size() != 4 || std::vector<int64_t>(z.shape.begin() + 1, z.shape.end()) != manifest.z_shape) {
             std::cerr << "error: " << z_path << " does not have the bundle's z shape (N, " << manifest.z_shape[0] << ", "
                       << manifest.z_shape[1] << ", " << manifest.z_shape[2] << ")\n";
             return 2;
         }
-        irevnet::InverseEngine engine(bundle + "/" + manifest.inverse_engine);
+        irevnet::InverseEngine engine(bundle, manifest);
+        std::cerr << "bundle: " << manifest.precision << "; " << engine.describe() << "\n";
         auto start = std::chrono::steady_clock::now();
         irevnet::Tensor image = engine.run(z);
         double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();

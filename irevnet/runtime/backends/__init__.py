@@ -10,8 +10,10 @@ from ...errors import BundleError, IRevNetError
 from ..bundle import Bundle
 from .base import Backend, InputError
 
-BACKENDS = ("onnxruntime", "tensorrt", "torch")
-ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch"}
+# openvino-bf16: OpenVINO with F in bf16 (mixed bundles), a backend of its own so that verify and
+# bench show it beside the f32 one
+BACKENDS = ("onnxruntime", "tensorrt", "torch", "openvino", "openvino-bf16")
+ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch", "ov": "openvino"}
 
 __all__ = ["BACKENDS", "Backend", "InputError", "open_backend", "resolve_backend"]
 
@@ -53,6 +55,10 @@ def open_backend(
         from .ort_backend import OrtBackend
 
         return OrtBackend.from_bundle(bundle, graph, providers=providers, threads=threads, cache_dir=ort_cache_dir(bundle, graph))
+    if kind in ("openvino", "openvino-bf16"):
+        from .ov_backend import OpenVinoBackend
+
+        return OpenVinoBackend(bundle, graph, bf16=kind == "openvino-bf16", threads=threads)
     if kind == "tensorrt":
         from .trt_backend import TrtBackend
 

@@ -1,14 +1,13 @@
-// The inverse of an i-RevNet as a TensorRT engine: z (N, C, h, w) -> image (N, C', H, W).
-// Links only against the TensorRT runtime (nvinfer) and the CUDA runtime (cudart).
+// The inverse of an i-RevNet: z (N, C, h, w) -> image (N, C', H, W), on the backend chosen when
+// the example is configured (CMake IREVNET_BACKEND):
+//   TENSORRT  the bundle's inverse.engine from `irevnet build`, on a CUDA GPU (links nvinfer, cudart);
+//   OPENVINO  the bundle's inverse.onnx and weights.bin, on the CPU (links openvino::runtime).
+// The header names neither, so the app and its I/O code are the same for both.
 #pragma once
-
-#include <NvInferRuntime.h>
-#include <cuda_runtime_api.h>
 
 #include <cstdint>
 #include <memory>
 #include <string>
-#include <vector>
 
 #include "irevnet/io.h"
 
@@ -16,8 +15,8 @@ namespace irevnet {
 
 class InverseEngine {
 public:
-    // Deserializes `engine_path` (inverse.engine from `irevnet build`) on the current CUDA device.
-    explicit InverseEngine(const std::string& engine_path);
+    // Opens the bundle's inverse for this build's backend; throws std::runtime_error with the fix.
+    InverseEngine(const std::string& bundle_dir, const Manifest& manifest);
     ~InverseEngine();
     InverseEngine(const InverseEngine&) = delete;
     InverseEngine& operator=(const InverseEngine&) = delete;
@@ -25,26 +24,13 @@ public:
     // Runs the inverse on a batch of z (float32, (N, C, h, w)); returns the normalised image.
     Tensor run(const Tensor& z);
 
-    int64_t max_batch() const { return max_batch_; }
+    int64_t max_batch() const;
+    // One line for the log: backend, its version, device and precision.
+    std::string describe() const;
 
 private:
-    class Logger : public nvinfer1::ILogger {
-    public:
-        void log(Severity severity, const char* msg) noexcept override;
-    };
-
-    void reserve(size_t input_bytes, size_t output_bytes);
-
-    Logger logger_;
-    std::unique_ptr<nvinfer1::IRuntime> runtime_;
-    std::unique_ptr<nvinfer1::ICudaEngine> engine_;
-    std::unique_ptr<nvinfer1::IExecutionContext> context_;
-    cudaStream_t stream_ = nullptr;
-    std::string input_name_, output_name_;
-    void* d_input_ = nullptr;
-    void* d_output_ = nullptr;
-    size_t input_capacity_ = 0, output_capacity_ = 0;
-    int64_t max_batch_ = 0;
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
 };
 
 }  // namespace irevnet

@@ -1,9 +1,15 @@
-#include "irevnet/inverse_engine.h"
+// InverseEngine on TensorRT: the bundle's inverse.engine on the current CUDA device.
+#include <NvInferRuntime.h>
+#include <NvInferVersion.h>
+#include <cuda_runtime_api.h>
 
 #include <fstream>
 #include <iostream>
 #include <iterator>
 #include <stdexcept>
+#include <vector>
+
+#include "irevnet/inverse_engine.h"
 
 namespace irevnet {
 
@@ -25,13 +31,34 @@ size_t volume(const nvinfer1::Dims& dims) {
     return n;
 }
 
+class Logger : public nvinfer1::ILogger {
+public:
+    void log(Severity severity, const char* msg) noexcept override {
+        if (severity <= Severity::kWARNING) std::cerr << "[TensorRT] " << msg << "\n";
+    }
+};
+
 }  // namespace
 
-void InverseEngine::Logger::log(Severity severity, const char* msg) noexcept {
-    if (severity <= Severity::kWARNING) std::cerr << "[TensorRT] " << msg << "\n";
-}
+struct InverseEngine::Impl {
+    Impl(const std::string& engine_path, const std::string& built_with);
+    ~Impl();
+    void reserve(size_t input_bytes, size_t output_bytes);
+    Tensor run(const Tensor& z);
 
-InverseEngine::InverseEngine(const std::string& engine_path) {
+    Logger logger_;
+    std::unique_ptr<nvinfer1::IRuntime> runtime_;
+    std::unique_ptr<nvinfer1::ICudaEngine> engine_;
+    std::unique_ptr<nvinfer1::IExecutionContext> context_;
+    cudaStream_t stream_ = nullptr;
+    std::string input_name_, output_name_, built_with_;
+    void* d_input_ = nullptr;
+    void* d_output_ = nullptr;
+    size_t input_capacity_ = 0, output_capacity_ = 0;
+    int64_t max_batch_ = 0;
+};
+
+InverseEngine::Impl::Impl(const std::string& engine_path, const std::string& built_with) : built_with_(built_with) {
     std::vector<char> blob = read_bytes(engine_path);
     runtime_.reset(nvinfer1::createInferRuntime(logger_));
     if (!runtime_) throw std::runtime_error("could not create the TensorRT runtime");
@@ -52,13 +79,13 @@ InverseEngine::InverseEngine(const std::string& engine_path) {
     check(cudaStreamCreate(&stream_), "cudaStreamCreate");
 }
 
-InverseEngine::~InverseEngine() {
+InverseEngine::Impl::~Impl() {
     if (d_input_) cudaFree(d_input_);
     if (d_output_) cudaFree(d_output_);
     if (stream_) cudaStreamDestroy(stream_);
 }
 
-void InverseEngine::reserve(size_t input_bytes, size_t output_bytes) {
+void InverseEngine::Impl::reserve(size_t input_bytes, size_t output_bytes) {
     if (input_bytes > input_capacity_) {
         if (d_input_) check(cudaFree(d_input_), "cudaFree");
         check(cudaMalloc(&d_input_, input_bytes), "cudaMalloc");
@@ -71,7 +98,7 @@ void InverseEngine::reserve(size_t input_bytes, size_t output_bytes) {
     }
 }
 
-Tensor InverseEngine::run(const Tensor& z) {
+Tensor InverseEngine::Impl::run(const Tensor& z) {
     if (z.shape.size() != 4) throw std::runtime_error("z must be (N, C, H, W)");
     if (z.shape[0] < 1 || z.shape[0] > max_batch_)
         throw std::runtime_error("batch " + std::to_string(z.shape[0]) + " is outside the engine's 1.." + std::to_string(max_batch_));
@@ -94,6 +121,24 @@ Tensor InverseEngine::run(const Tensor& z) {
     check(cudaMemcpyAsync(image.data.data(), d_output_, out_bytes, cudaMemcpyDeviceToHost, stream_), "copy the image back");
     check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
     return image;
+}
+
+InverseEngine::InverseEngine(const std::string& bundle_dir, const Manifest& manifest) {
+    if (manifest.inverse_engine.empty())
+        throw std::runtime_error(bundle_dir + " has no TensorRT engines; run `irevnet build " + bundle_dir + "` first");
+    impl_ = std::make_unique<Impl>(bundle_dir + "/" + manifest.inverse_engine, manifest.tensorrt_version);
+}
+
+InverseEngine::~InverseEngine() = default;
+
+Tensor InverseEngine::run(const Tensor& z) { return impl_->run(z); }
+
+int64_t InverseEngine::max_batch() const { return impl_->max_batch_; }
+
+std::string InverseEngine::describe() const {
+    return "TensorRT engine built with " + impl_->built_with_ + ", this binary compiled against " +
+           std::to_string(NV_TENSORRT_MAJOR) + "." + std::to_string(NV_TENSORRT_MINOR) + "." +
+           std::to_string(NV_TENSORRT_PATCH) + ", CUDA GPU";
 }
 
 }  // namespace irevnet
