@@ -84,7 +84,7 @@ def run_demo(opts: DemoOptions, report: Report = lambda step, result: None, obse
     save_inversion(*_onnx_round_trip(out / "bundle-fp32"), norm["mean"], norm["std"], grid)
     report("invert", grid)
 
-    speed = bench(BenchOptions(bundle=str(out / "bundle-fp32"), backends=["onnxruntime", "torch"], batch_sizes=[32],
+    speed = bench(BenchOptions(bundles=[str(out / "bundle-fp32")], backends=["onnxruntime", "torch"], batch_sizes=[32],
                                warmup_s=0.3, duration_s=0.5 if opts.fast else 1.5))
     report("bench", speed)
 

@@ -75,7 +75,7 @@ def verify(
 
 @command
 def bench(
-    bundle: Annotated[str, typer.Argument(help="Bundle folder.")],
+    bundles: Annotated[list[str], typer.Argument(help="Bundle folders of one model (say fp32, mixed, int8), side by side.")],
     backends: BackendOpt = None,
     direction: Annotated[Direction, typer.Option(help="Which graphs to time.")] = Direction.both,
     batch_sizes: Annotated[
@@ -91,9 +91,9 @@ def bench(
     rebuild: RebuildOpt = False,
     json: JsonOpt = None,
 ) -> None:
-    """Latency percentiles and throughput of the bundle's graphs, side by side per backend.
+    """Latency percentiles and throughput of the bundles' graphs, side by side per backend.
 
-    Example: `irevnet bench bundles/fp32 -b onnxruntime -b torch --batch-sizes 1,32`
+    Example: `irevnet bench bundles/fp32 bundles/int8 -b onnxruntime -b openvino --batch-sizes 1,32`
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -107,7 +107,7 @@ def bench(
     opts = options(BenchOptions, locals(), backends=backends or ["onnxruntime"], batch_sizes=sizes)
     check_outputs(json)
     if rebuild:
-        _rebuild_stale([bundle], opts.backends)
+        _rebuild_stale(opts.bundles, opts.backends)
     with Progress(TextColumn("{task.description}", markup=False), BarColumn(), TimeElapsedColumn(), console=render.console,
                   transient=True) as p:
         task = p.add_task("bench", total=1.0)

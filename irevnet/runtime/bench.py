@@ -9,7 +9,8 @@ Comparisons between backends are made so that noise cannot make them: every back
 and warmed up first, then measured in alternating rounds (the order rotates each round), so all
 of them see the same machine; a speedup is a ratio of medians, each round gives its own ratio,
 and a comparison whose rounds disagree by more than NOISY_SPREAD is marked noisy instead of
-being reported as a headline. PyTorch eager runs with glibc's malloc thresholds fixed
+being reported as a headline. Several bundles of one model (fp32, mixed, int8) are benched
+together the same way, each backend on each bundle a candidate of the same rounds. PyTorch eager runs with glibc's malloc thresholds fixed
 (`steady_allocator`): with the adaptive mmap threshold its latency swings by 1.5x between runs.
 """
 
@@ -44,7 +45,7 @@ class Direction(str, Enum):
 
 @dataclass
 class BenchOptions:
-    bundle: str
+    bundles: list[str]  # bundles of one model, side by side (say its fp32, mixed and int8 exports)
     backends: list[str] = field(default_factory=lambda: ["onnxruntime"])
     direction: Direction = Direction.both
     batch_sizes: list[int] | None = None  # default: 1, 8 and the bundle's max batch, those within it
@@ -58,6 +59,9 @@ class BenchOptions:
     rounds: int = 5  # alternating rounds per measurement; each round gets 1/rounds of the time
 
     def __post_init__(self) -> None:
+        if not self.bundles:
+            raise IRevNetError("give at least one bundle folder")
+        self.bundles = [str(b) for b in self.bundles]
         self.direction = check.choice("direction", self.direction, Direction)
         check.integer("rounds", self.rounds, 1, 1000)
         self.backends = [resolve_backend(b) for b in self.backends]
@@ -147,50 +151,54 @@ def _split(total: int, parts: int) -> list[int]:
 
 
 def bench(opts: BenchOptions, progress: Callable[[str, float], None] = lambda what, frac: None) -> dict[str, Any]:
-    """Measures every (backend, direction, batch size) in alternating rounds; see the module docstring."""
-    bundle = Bundle.open(opts.bundle)
+    """Measures every (bundle, backend, direction, batch size) in alternating rounds; see the module docstring."""
+    bundles = [Bundle.open(b) for b in opts.bundles]
+    bundle = bundles[0]  # its reference samples are every candidate's inputs
+    if any(b.config != bundle.config for b in bundles):
+        raise IRevNetError("the bundles come from different models; bench them one at a time")
+    max_batch = min(b.max_batch for b in bundles)
     directions = [FORWARD, INVERSE] if opts.direction is Direction.both else [opts.direction.value]
-    backends = opts.backends
-    sizes = opts.batch_sizes or sorted({n for n in (1, 8, bundle.max_batch) if n <= bundle.max_batch})
+    # (bundle index, backend kind): what alternates in the rounds
+    candidates = [(i, kind) for i in range(len(bundles)) for kind in opts.backends]
+    sizes = opts.batch_sizes or sorted({n for n in (1, 8, max_batch) if n <= max_batch})
     for n in sizes:
-        if not 1 <= n <= bundle.max_batch:
-            raise IRevNetError(f"batch size {n} is outside the bundle's range 1..{bundle.max_batch}; re-export with --max-batch")
+        if not 1 <= n <= max_batch:
+            raise IRevNetError(f"batch size {n} is outside the bundles' range 1..{max_batch}; re-export with --max-batch")
     allocator = steady_allocator()  # for the PyTorch baseline
     cfg = bundle.config
     flops = conv_flops(cfg)
     reference = bundle.reference("images", "z")  # real inputs and the z PyTorch made of them, tiled to each batch
     rounds = min(opts.rounds, opts.iterations) if opts.iterations else opts.rounds
     results = []
-    steps, done = len(directions) * len(sizes) * rounds * len(backends), 0
+    steps, done = len(directions) * len(sizes) * rounds * len(candidates), 0
     for direction in directions:
         feed_name = "image" if direction == FORWARD else "z"
         source = reference["images" if direction == FORWARD else "z"]
         with contextlib.ExitStack() as opened:  # every backend open at once: they alternate below
-            runners = {kind: opened.enter_context(open_backend(
-                kind, bundle, direction, providers=opts.providers, threads=opts.threads, device=opts.device,
-                checkpoint=opts.checkpoint)) for kind in backends}
+            runners = {(i, kind): opened.enter_context(open_backend(
+                kind, bundles[i], direction, providers=opts.providers, threads=opts.threads, device=opts.device,
+                checkpoint=opts.checkpoint)) for i, kind in candidates}
             for n in sizes:
                 x = np.ascontiguousarray(np.resize(source, (n, *source.shape[1:])))
-                calls = {kind: functools.partial(b.infer, {feed_name: x}) for kind, b in runners.items()}
+                calls = {key: functools.partial(b.infer, {feed_name: x}) for key, b in runners.items()}
                 for run in calls.values():  # warm-up, once per backend before any round
                     deadline = time.perf_counter() + opts.warmup_s
                     run()
                     while time.perf_counter() < deadline:
                         run()
                 counts = _split(opts.iterations, rounds) if opts.iterations else [None] * rounds
-                measured: dict[str, list[tuple[list[float], list[float]]]] = {kind: [] for kind in calls}
+                measured: dict[tuple[int, str], list[tuple[list[float], list[float]]]] = {key: [] for key in calls}
                 for r in range(rounds):
-                    order = list(calls)[r % len(calls):] + list(calls)[: r % len(calls)]  # rotate: no backend always first
-                    for kind in order:
-                        measured[kind].append(_measure(calls[kind], runners[kind], counts[r], opts.duration_s / rounds))
+                    order = list(calls)[r % len(calls):] + list(calls)[: r % len(calls)]  # rotate: no candidate always first
+                    for key in order:
+                        measured[key].append(_measure(calls[key], runners[key], counts[r], opts.duration_s / rounds))
                         done += 1
-                        progress(f"{runners[kind].name} {direction} batch {n}, round {r + 1}/{rounds}", done / steps)
-                for kind, parts in measured.items():
-                    results.append(_entry(runners[kind].name, kind, direction, n, parts, flops))
-    _compare(results, backends)
+                        progress(f"{runners[key].name} {direction} batch {n}, round {r + 1}/{rounds}", done / steps)
+                for (i, kind), parts in measured.items():
+                    results.append(_entry(runners[i, kind].name, kind, bundles[i], direction, n, parts, flops))
+    _compare(results)
     return {
-        "bundle": str(bundle.path),
-        "precision": bundle.precision,
+        "bundles": [{"path": str(b.path), "precision": b.precision} for b in bundles],
         "model": {"config": cfg.to_dict(), "gflop_per_image": flops / 1e9},
         "machine": machine_info() | {"fp32_matmul_gflops": matmul_gflops()},
         "threads": opts.threads,
@@ -212,9 +220,10 @@ def _measure(run: Callable[[], Any], backend, count: int | None, seconds: float)
     return latencies, device_ms
 
 
-def _entry(name: str, kind: str, direction: str, batch: int, parts, flops: int) -> dict[str, Any]:
+def _entry(name: str, kind: str, bundle: Bundle, direction: str, batch: int, parts, flops: int) -> dict[str, Any]:
     latencies = [t for lat, _ in parts for t in lat]
-    entry = {"backend": name, "kind": kind, "direction": direction, "batch": batch, **_stats(latencies, batch)}
+    entry = {"backend": name, "kind": kind, "bundle": str(bundle.path), "precision": bundle.precision,
+             "direction": direction, "batch": batch, **_stats(latencies, batch)}
     entry["gflops"] = flops * batch / (entry["median_ms"] / 1e3) / 1e9
     entry["rounds"] = [{"runs": len(lat), "median_ms": float(np.median(lat) * 1e3), "min_ms": float(min(lat) * 1e3),
                         "max_ms": float(max(lat) * 1e3)} for lat, _ in parts]
@@ -224,14 +233,17 @@ def _entry(name: str, kind: str, direction: str, batch: int, parts, flops: int) 
     return entry
 
 
-def _compare(results: list[dict[str, Any]], backends: list[str]) -> None:
-    """speedup = baseline median / this median (baseline torch if benched, else the first backend),
-    with the ratio of every round (measured side by side) and a noisy flag where they disagree."""
-    base = "torch" if "torch" in backends else backends[0]
-    by_key = {(r["direction"], r["batch"]): r for r in results if r["kind"] == base}
+def _compare(results: list[dict[str, Any]]) -> None:
+    """speedup = baseline median / this median (baseline: torch on the first bundle if benched, else
+    the first candidate), with the ratio of every round (measured side by side) and a noisy flag
+    where they disagree."""
+    first = results[0]["bundle"]
+    torch_first = [r for r in results if r["kind"] == "torch" and r["bundle"] == first]
+    base = (torch_first or results)[0]
+    by_key = {(r["direction"], r["batch"]): r for r in results if (r["kind"], r["bundle"]) == (base["kind"], base["bundle"])}
     for r in results:
         ref = by_key.get((r["direction"], r["batch"]))
-        r["baseline"] = ref["backend"] if ref else None
+        r["baseline"] = f"{ref['backend']} {ref['precision']}" if ref else None
         if ref is None:
             r["speedup"] = r["speedup_rounds"] = None
             r["noisy"] = False

@@ -45,7 +45,7 @@ def test_backends_alternate_in_rounds_and_every_round_is_reported(bundles, monke
 
     monkeypatch.setattr(bench_module, "open_backend", lambda kind, *a, **k: Recorder(kind))
     r = bench_module.bench(bench_module.BenchOptions(
-        bundle=str(bundles["fp32"]), backends=["onnxruntime", "torch"], direction="forward", batch_sizes=[2],
+        bundles=[str(bundles["fp32"])], backends=["onnxruntime", "torch"], direction="forward", batch_sizes=[2],
         warmup_s=0, iterations=6, rounds=3))
     # warm-up (one call each), then 3 rounds of 2 runs each, the first backend rotating
     measured = calls[2:]
@@ -61,15 +61,34 @@ def test_a_ratio_whose_rounds_disagree_is_marked_noisy():
     from irevnet.runtime.bench import NOISY_SPREAD, _compare
 
     def entry(kind, medians):
-        return {"kind": kind, "backend": kind, "direction": "forward", "batch": 1,
+        return {"kind": kind, "backend": kind, "bundle": "b", "precision": "fp32", "direction": "forward", "batch": 1,
                 "median_ms": sorted(medians)[len(medians) // 2], "rounds": [{"median_ms": m} for m in medians]}
 
     steady = [entry("torch", [200, 202, 198]), entry("onnxruntime", [100, 101, 99])]
-    _compare(steady, ["onnxruntime", "torch"])
+    _compare(steady)
     assert steady[1]["speedup"] == 2.0 and not steady[1]["noisy"]  # rounds 1.98-2.02: spread 2%
     # the issue's case: PyTorch caught in a slow state in one round only
     swinging = [entry("torch", [230, 350, 235]), entry("onnxruntime", [151, 150, 152])]
-    _compare(swinging, ["onnxruntime", "torch"])
+    _compare(swinging)
     ratios = swinging[1]["speedup_rounds"]
     assert (max(ratios) - min(ratios)) / swinging[1]["speedup"] > NOISY_SPREAD and swinging[1]["noisy"]
     assert swinging[0]["speedup"] == 1.0 and not swinging[0]["noisy"], "the baseline against itself"
+
+
+def test_bundles_of_one_model_are_benched_side_by_side(bundles, trained_tiny, trained_tiny_bijective, tmp_path):
+    """fp32 and int8 exports of one model alternate in the same rounds; the speedup of each is
+    against the first bundle's first backend, the rows say which bundle they timed."""
+    from irevnet.errors import IRevNetError
+    from irevnet.runtime import bench as bench_module
+    from tests.conftest import export_tiny
+
+    int8 = export_tiny(trained_tiny, tmp_path / "int8", "int8", debug_graphs=False)
+    r = bench_module.bench(bench_module.BenchOptions(
+        bundles=[str(bundles["fp32"]), str(int8)], direction="forward", batch_sizes=[1], warmup_s=0, iterations=2))
+    assert [b["precision"] for b in r["bundles"]] == ["fp32", "int8"]
+    assert [(e["precision"], e["kind"]) for e in r["results"]] == [("fp32", "onnxruntime"), ("int8", "onnxruntime")]
+    assert r["results"][0]["speedup"] == 1.0 and r["results"][1]["baseline"] == "onnxruntime[cpu] fp32"
+
+    other = export_tiny(trained_tiny_bijective, tmp_path / "other", debug_graphs=False)
+    with pytest.raises(IRevNetError, match="different models"):
+        bench_module.bench(bench_module.BenchOptions(bundles=[str(bundles["fp32"]), str(other)], iterations=1))

@@ -31,7 +31,7 @@ def test_runtime_runs_where_torch_cannot_be_imported(bundles):
         from irevnet.runtime.verify import VerifyOptions, verify
         from irevnet.runtime.bench import BenchOptions, bench
         r = verify(VerifyOptions(bundles=[{str(bundles["fp32"])!r}]))
-        b = bench(BenchOptions(bundle={str(bundles["fp32"])!r}, batch_sizes=[1], warmup_s=0, iterations=2))
+        b = bench(BenchOptions(bundles=[{str(bundles["fp32"])!r}], batch_sizes=[1], warmup_s=0, iterations=2))
         print(json.dumps({{"passed": r["passed"], "reference": r["reference"], "bench": len(b["results"])}}))
     """)
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
@@ -130,19 +130,19 @@ def test_verify_fails_against_a_tighter_tolerance(bundles, tmp_path):
 
 
 def test_bench_reports_percentiles_and_ratios(bundles):
-    r = bench(BenchOptions(bundle=str(bundles["fp32"]), backends=["onnxruntime", "torch"], batch_sizes=[1, 4],
+    r = bench(BenchOptions(bundles=[str(bundles["fp32"])], backends=["onnxruntime", "torch"], batch_sizes=[1, 4],
                            warmup_s=0, iterations=5))
     assert len(r["results"]) == 2 * 2 * 2
     for e in r["results"]:
         assert e["iterations"] == 5
         assert e["min_ms"] <= e["median_ms"] <= e["p90_ms"] <= e["p95_ms"] <= e["p99_ms"] <= e["max_ms"]
-        assert e["images_per_s"] > 0 and e["gflops"] > 0 and e["baseline"] == "torch[cpu]"
+        assert e["images_per_s"] > 0 and e["gflops"] > 0 and e["baseline"] == "torch[cpu] fp32"
     assert all(e["speedup"] == 1.0 for e in r["results"] if e["kind"] == "torch")
     assert r["machine"]["cpu_count"] >= 1 and r["machine"]["fp32_matmul_gflops"] > 0
-    with pytest.raises(IRevNetError, match="outside the bundle's range 1..8"):
-        bench(BenchOptions(bundle=str(bundles["fp32"]), batch_sizes=[64]))
+    with pytest.raises(IRevNetError, match="outside the bundles' range 1..8"):
+        bench(BenchOptions(bundles=[str(bundles["fp32"])], batch_sizes=[64]))
     # without --batch-sizes: 1, 8 and the bundle's max, so a bundle exported with --max-batch 8 benches
-    default = bench(BenchOptions(bundle=str(bundles["fp32"]), direction="inverse", warmup_s=0, iterations=1))
+    default = bench(BenchOptions(bundles=[str(bundles["fp32"])], direction="inverse", warmup_s=0, iterations=1))
     assert [e["batch"] for e in default["results"]] == [1, 8]
 
 
