@@ -1,47 +1,73 @@
-"""The OpenVINO backend: the inference precision comes from the bundle, never the plugin's default."""
+"""The OpenVINO backend: the inference precision comes from the bundle, never the plugin's default.
 
-import numpy as np
+Each check runs in a fresh interpreter: with OpenVINO loaded into the test process, a later and
+unrelated test (tests/test_files.py, the crash-recovery test after tests/test_cli.py) ended the
+process with a segmentation fault, reproducibly, with no Python frame in the fault handler's
+output. The cause is not known; keeping OpenVINO out of the test process keeps the suite's
+verdict about irevnet.
+"""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
 import pytest
 
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
+                                reason="the openvino backend needs the openvino wheel (irevnet[openvino])")
+
+_MEASURE = """
+import json, sys
+import numpy as np
+import openvino
 from irevnet.errors import IRevNetError
-from irevnet.runtime import Bundle, Invertible, open_backend
+from irevnet.runtime import Bundle, Invertible
 
-openvino = pytest.importorskip("openvino", reason="the openvino backend needs the openvino wheel (irevnet[openvino])")
-HAS_BF16 = "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+bundle, backend = Bundle.open(sys.argv[1]), sys.argv[2]
+ref = bundle.reference("images", "logits", "z")
+rel = lambda a, b: float(np.linalg.norm(a - b) / np.linalg.norm(b))
+try:
+    with Invertible(bundle, backend, threads=1) as net:
+        logits, z = net.encode(ref["images"])
+        print(json.dumps({
+            "name": net.forward.name, "has_bf16": "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"),
+            "hint": str(net.forward.compiled.get_property("INFERENCE_PRECISION_HINT")),
+            "logits": rel(logits, ref["logits"]), "z": rel(z, ref["z"]), "round_trip": rel(net.decode(z), ref["images"]),
+        }))
+except IRevNetError as e:
+    print(json.dumps({"error": str(e)}))
+"""
 
 
-def _rel(a, b) -> float:
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+def _measure(bundle, backend: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", _MEASURE, str(bundle), backend], check=False, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.splitlines()[-1])
 
 
 def test_fp32_bundle_runs_in_f32_and_round_trips_exactly(bundles):
     """The CPU plugin's default on AVX-512 BF16 CPUs is bf16 everywhere (round trip ~2e-3 measured
     on the trained digits); set to f32 it matches ONNX Runtime to fp32 rounding."""
-    bundle = Bundle.open(bundles["fp32"])
-    ref = bundle.reference("images", "logits")
-    with Invertible(bundle, "openvino", threads=1) as net:
-        assert net.forward.compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.f32
-        assert net.forward.name == "openvino[cpu,f32]"
-        logits, z = net.encode(ref["images"])
-        assert _rel(logits, ref["logits"]) <= 1e-5, "fp32 (measured ~3e-7)"
-        assert _rel(net.decode(z), ref["images"]) <= 1e-6, "fp32 round trip (measured 1.5e-7)"
+    m = _measure(bundles["fp32"], "openvino")
+    assert m["name"] == "openvino[cpu,f32]" and m["hint"] == "<Type: 'float32'>"
+    assert m["logits"] <= 1e-5, "fp32 (measured ~3e-7)"
+    assert m["round_trip"] <= 1e-6, "fp32 round trip (measured 1.5e-7)"
 
 
-@pytest.mark.skipif(not HAS_BF16, reason="this CPU has no bf16 (AVX-512 BF16 / AMX), so OpenVINO would emulate it")
 def test_bf16_runs_f_in_bf16_and_keeps_the_coupling_fp32(bundles):
     """On a mixed bundle the casts around F keep OpenVINO's bf16 inside F: z moves by bf16's
     rounding (measured 4e-3) while the round trip stays near fp32 (measured 3.4e-5 on the injective
     model: a few bf16 roundings flip between directions; 5e-8 on the bijective one). bf16
     everywhere, coupling included, measured 2.2e-3."""
-    bundle = Bundle.open(bundles["mixed"])
-    ref = bundle.reference("images", "z")
-    with Invertible(bundle, "openvino-bf16", threads=1) as net:
-        assert net.forward.compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.bf16
-        _, z = net.encode(ref["images"])
-        assert _rel(z, ref["z"]) > 1e-3, "F really ran in bf16"
-        assert _rel(net.decode(z), ref["images"]) <= 3e-4
+    m = _measure(bundles["mixed"], "openvino-bf16")
+    if not m["has_bf16"]:
+        pytest.skip("this CPU has no bf16 (AVX-512 BF16 / AMX), so OpenVINO would emulate it")
+    assert m["hint"] == "<Type: 'bfloat16'>"
+    assert m["z"] > 1e-3, "F really ran in bf16"
+    assert m["round_trip"] <= 3e-4
 
 
 def test_bf16_is_refused_where_it_would_reach_the_coupling(bundles):
-    with pytest.raises(IRevNetError, match="export with --precision mixed"):
-        open_backend("openvino-bf16", Bundle.open(bundles["fp32"]), "forward")
+    assert "export with --precision mixed" in _measure(bundles["fp32"], "openvino-bf16")["error"]

@@ -99,9 +99,10 @@ class OrtBackend(Backend):
         if threads:
             options.intra_op_num_threads = threads
         initializers = initializers or {}
-        # kept for the session's lifetime: ONNX Runtime reads their memory as it is
+        # kept for the session's lifetime: ONNX Runtime reads their memory as it is (see __del__)
         self.arrays = list(initializers.values())
         self.initializers = [ort.OrtValue.ortvalue_from_numpy(a) for a in self.arrays]
+        self.session = None
         if shared_folder is not None:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             # the graph's external data is found (existence checked) there, then overridden here
@@ -154,4 +155,9 @@ class OrtBackend(Backend):
         return dict(zip(names, self.session.run(names, feeds)))
 
     def close(self) -> None:
+        self.session = None
+
+    def __del__(self) -> None:
+        # the session goes before the initializers it was given (add_initializer does not copy
+        # them): left to the garbage collector, the arrays could be freed first
         self.session = None
