@@ -187,6 +187,12 @@ def _umask() -> int:
     return mask
 
 
+def machine_cache() -> Path:
+    """This machine's cache folder for what irevnet derives from bundles (optimized graphs,
+    engines): $XDG_CACHE_HOME/irevnet or ~/.cache/irevnet. Never inside a bundle."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "irevnet"
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Writes `data` as indented JSON, atomically."""
     with atomic_output(path) as tmp:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from ... import validation as check
 from ...errors import BundleError, IRevNetError
+from ...files import machine_cache
 from ..bundle import Bundle
 from .base import Backend, InputError
 
@@ -29,8 +29,7 @@ def ort_cache_dir(bundle: Bundle, graph: str) -> Path:
     """Where ONNX Runtime's TensorRT provider caches the engine it builds for a graph: this
     machine's cache folder, keyed by the graph's sha256. Not the bundle: an engine is code for
     one GPU, and a cache that came with a bundle would be loaded unchecked."""
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "irevnet" / "ort_trt" / bundle.manifest["files"][bundle.graphs[graph]["file"]][:32]
+    return machine_cache() / "ort_trt" / bundle.manifest["files"][bundle.graphs[graph]["file"]][:32]
 
 
 def open_backend(

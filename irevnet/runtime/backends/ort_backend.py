@@ -133,8 +133,9 @@ class OrtBackend(Backend):
 
             try:
                 model, initializers, folder = prepared_session_inputs(bundle, graph)
-            except OSError as e:
-                logging.getLogger(__name__).warning("cannot cache the optimized %s graph (%s); its session keeps its own copy of the weights", graph, e)
+            except (OSError, RuntimeError) as e:  # an unwritable cache; ONNX Runtime failing to save the graph
+                logging.getLogger(__name__).warning(
+                    "cannot cache the optimized %s graph (%s); its session keeps its own copy of the weights", graph, str(e)[:200])
             else:
                 return cls(model, providers=providers, threads=threads, max_batch=bundle.max_batch,
                            initializers=initializers, shared_folder=folder)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...files import atomic_output
+from ...files import atomic_output, machine_cache
 from ..bundle import Bundle
 
 _TENSOR_FILE = re.compile(r"^[0-9a-f]{64}\.bin$")
@@ -54,8 +54,7 @@ def cache_root() -> Path:
         cpu += next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith(("flags", "Features")))
     except (OSError, StopIteration):
         pass
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "irevnet" / "ort_cpu"
-    return root / f"{onnxruntime.__version__}-{hashlib.sha256(cpu.encode()).hexdigest()[:16]}"
+    return machine_cache() / "ort_cpu" / f"{onnxruntime.__version__}-{hashlib.sha256(cpu.encode()).hexdigest()[:16]}"
 
 
 def graph_key(bundle: Bundle, graph: str) -> str:
