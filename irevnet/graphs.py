@@ -34,6 +34,23 @@ class HalfBranch(nn.Module):
         return self.f(x.half()).float()
 
 
+def to_grid(x: torch.Tensor, k: int) -> torch.Tensor:
+    """x rounded to multiples of 2^-k (half to even, as ONNX Round): the exact coupling stream of
+    export/coupling.py. Scaling by powers of two is exact, so only the rounding rounds."""
+    return torch.round(x * 2.0**k) * 2.0**-k
+
+
+class OnGrid(nn.Module):
+    """A branch F whose output is rounded to the exact coupling's grid 2^-k."""
+
+    def __init__(self, branch: nn.Module, k: int):
+        super().__init__()
+        self.f, self.k = branch, k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return to_grid(self.f(x), self.k)
+
+
 def fold_batchnorm(branch: nn.Sequential) -> nn.Sequential:
     """F with every BatchNorm that follows a convolution folded into it and dropout removed.
 

@@ -24,6 +24,11 @@ def export(
         str | None, typer.Option("--dataset", "-d", help="Verify on real test images (default: seeded random).")
     ] = None,
     samples: Annotated[int, typer.Option(help="Images in the verification batch.")] = 8,
+    calibration: Annotated[int, typer.Option(help="int8 and --exact-coupling: training images measured for ranges.")] = 256,
+    exact_coupling: Annotated[
+        bool | None, typer.Option("--exact-coupling/--no-exact-coupling", help="Coupling stream on a fixed-point grid, so the "
+                                  "inverse sees the forward's bits (default: on for int8 and mixed).")
+    ] = None,
     projection: Annotated[bool, typer.Option(help="Range projection in the inverse (injective models).")] = True,
     debug_graphs: Annotated[bool, typer.Option("--debug/--no-debug", help="Also write per-block debug graphs (used by `irevnet verify`).")] = True,
     allow_mismatch: Annotated[bool, typer.Option(help="Keep the bundle even if it misses its tolerances.")] = False,

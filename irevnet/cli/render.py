@@ -150,8 +150,9 @@ def verification(r: dict[str, Any]) -> None:
         _blocks(e)
     if any("round_trip" in e for e in r["blocks"]):
         console.print("fwd drift: block input vs PyTorch fp32; inverse error: recovered block input vs this backend's "
-                      "forward; F bits equal: share of F outputs identical in both graphs (only the last block sees "
-                      "the same input in both; earlier ones inherit the recovered input's rounding).")
+                      "forward; F bits equal: share of F outputs identical in both graphs (without the exact coupling "
+                      "only the last block is sure to see the same input in both; earlier ones inherit the recovered "
+                      "input's rounding).")
     if r.get("plot"):
         console.print(f"plot written to {r['plot']}")
 

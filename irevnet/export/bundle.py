@@ -7,6 +7,7 @@ tolerances; a failed or interrupted export leaves any previous bundle untouched.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import platform
@@ -42,8 +43,9 @@ from ..runtime.bundle import (
     SCHEMA_VERSION,
     is_bundle_folder,
 )
-from ..runtime.comparison import TOLERANCES, compare
+from ..runtime.comparison import TOLERANCES, Tolerance, compare
 from ..runtime.verify import parity_checks
+from .coupling import MANTISSA_BITS, grid_exponent, snap_coupling
 from .onnx_export import DEFAULT_OPSET, branch_signatures, check_graph, export_graph, graph_summary
 from .quantize import calibrate, quantize_branches
 from .weights import WEIGHTS, SharedWeights
@@ -61,7 +63,9 @@ class ExportOptions:
     max_batch: int = 32  # dynamic batch range 1..max_batch
     dataset: str | None = None  # real images for the verification (and the normalisation)
     samples: int = 8  # verification batch
-    calibration: int = 256  # int8: images the activation ranges are measured on (the dataset's training split)
+    calibration: int = 256  # int8 and the exact coupling: images measured (the dataset's training split)
+    # the coupling stream on a fixed-point grid (export/coupling.py); default: on for int8 and mixed
+    exact_coupling: bool | None = None
     projection: bool = True  # range projection in the inverse (injective models)
     debug_graphs: bool = True  # per-block debug graphs for `irevnet verify`
     allow_mismatch: bool = False  # keep a bundle that misses its tolerances
@@ -75,6 +79,11 @@ class ExportOptions:
         check.integer("max_batch", self.max_batch, 1, check.MAX_BATCH)
         check.integer("samples", self.samples, 1, 4096)
         check.integer("calibration", self.calibration, 1, 65536)
+        if self.exact_coupling is None:
+            object.__setattr__(self, "exact_coupling", self.precision in (Precision.int8, Precision.mixed))
+        elif self.exact_coupling and self.precision is Precision.fp16:
+            raise IRevNetError("--exact-coupling needs an fp32 coupling stream; fp16 bundles compute it in fp16 "
+                               "(use --precision mixed)")
 
 
 def export_bundle(opts: ExportOptions, log=lambda msg: None) -> dict[str, Any]:
@@ -106,6 +115,7 @@ def export_bundle(opts: ExportOptions, log=lambda msg: None) -> dict[str, Any]:
             ]
         shared = SharedWeights(tmp / WEIGHTS)  # every graph's weights, each tensor once
         calibration = None
+        grid = _grid(model, ckpt, opts, images) if opts.exact_coupling else None
         for name, module, shape, strict in plan:
             log(f"exporting {name} graph")
             start = time.perf_counter()
@@ -116,6 +126,8 @@ def export_bundle(opts: ExportOptions, log=lambda msg: None) -> dict[str, Any]:
                     log("calibrating the int8 activation ranges")
                     calibration = _calibrate(proto, ckpt, opts, images)
                 quantize_branches(proto, calibration["ranges"])
+            if grid:
+                snap_coupling(proto, grid["exponent"], "image" if name in (FORWARD, FORWARD_BLOCKS) else None)
             check_graph(proto, f"{name}.onnx", strict=strict)
             signatures = branch_signatures(proto)
             shared.externalize(proto)
@@ -130,7 +142,8 @@ def export_bundle(opts: ExportOptions, log=lambda msg: None) -> dict[str, Any]:
         weights = shared.close()
 
         log("verifying with ONNX Runtime (CPU)")
-        verification, reference = _verify(tmp, graphs, model, images, labels, normalization, precision, opts)
+        tolerance = _tolerance(precision, grid)
+        verification, reference = _verify(tmp, graphs, model, images, labels, normalization, tolerance, opts)
         np.savez(tmp / REFERENCE, **reference)
         z0 = reference["z"][:1]
         np.save(tmp / "sample_z.npy", z0)  # a z for the C++ example to invert
@@ -165,9 +178,10 @@ def export_bundle(opts: ExportOptions, log=lambda msg: None) -> dict[str, Any]:
             "graphs": graphs,
             "weights": weights,
             **({"calibration": {k: v for k, v in calibration.items() if k != "ranges"}} if calibration else {}),
+            **({"exact_coupling": grid} if grid else {}),
             "fidelity": fidelity,
             "versions": _versions(),
-            "tolerances": TOLERANCES[precision.value].to_dict(),
+            "tolerances": tolerance.to_dict(),
             "verification": verification,
             "files": {f: sha256_file(tmp / f) for f in files},
         }
@@ -186,16 +200,42 @@ def export_bundle(opts: ExportOptions, log=lambda msg: None) -> dict[str, Any]:
 # -- inputs for the verification and the int8 calibration ----------------------------------------
 
 
-def _calibrate(forward: onnx.ModelProto, ckpt: Checkpoint, opts: ExportOptions, images: torch.Tensor) -> dict[str, Any]:
-    """Activation ranges of F's convolutions, measured on the dataset's training images (never the
-    held-out ones the verification judges), or on the verification's random inputs without one."""
+def _calibration_images(ckpt: Checkpoint, opts: ExportOptions, images: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """The dataset's training images (never the held-out ones the verification judges), or the
+    verification's random inputs without a dataset."""
     if opts.dataset:
         data = load_datasets(opts.dataset, ckpt.config.in_shape, augment=False)
-        x, source = first_images(data.train, opts.calibration), f"dataset {opts.dataset}, training split"
-    else:
-        x, source = images, "seeded random N(0, 1) (no --dataset: ranges of noise, not of images)"
-    ranges = calibrate(forward, x.float().numpy(), opts.max_batch)
+        return first_images(data.train, opts.calibration).float(), f"dataset {opts.dataset}, training split"
+    return images.float(), "seeded random N(0, 1) (no --dataset: ranges of noise, not of images)"
+
+
+def _calibrate(forward: onnx.ModelProto, ckpt: Checkpoint, opts: ExportOptions, images: torch.Tensor) -> dict[str, Any]:
+    """Activation ranges of F's convolutions (int8), from the fp32 forward graph."""
+    x, source = _calibration_images(ckpt, opts, images)
+    ranges = calibrate(forward, x.numpy(), opts.max_batch)
     return {"source": source, "images": len(x), "method": "max |value| per tensor", "ranges": ranges}
+
+
+def _grid(model, ckpt: Checkpoint, opts: ExportOptions, images: torch.Tensor) -> dict[str, Any]:
+    """The exact coupling's grid 2^-k, from the largest coupling value of the fp32 model."""
+    x, source = _calibration_images(ckpt, opts, images)
+    with torch.no_grad():
+        largest = max(float(t.abs().max()) for pair in model.forward_pairs(x) for t in pair if t.numel())
+    k = grid_exponent(largest)
+    return {"exponent": k, "step": 2.0**-k, "bound": 2.0 ** (MANTISSA_BITS - k), "max_abs_measured": largest,
+            "source": source, "images": len(x)}
+
+
+def _tolerance(precision: Precision, grid: dict[str, Any] | None) -> Tolerance:
+    """The precision's tolerances; with the exact coupling, the round trip is the input's rounding."""
+    tol = TOLERANCES[precision.value]
+    if grid is None:
+        return tol
+    return dataclasses.replace(
+        tol, round_trip=1e-5, cross_round_trip=tol.cross,
+        reason=f"{tol.reason}. Exact coupling: forward and inverse see the same bits, the round trip is the input's "
+        f"rounding to the grid 2^-{grid['exponent']} (measured 5e-7 on the digits)",
+    )
 
 
 
@@ -232,8 +272,7 @@ def _normalization_for(ckpt: Checkpoint) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def _verify(tmp: Path, graphs, model, images, labels, normalization, precision: Precision, opts: ExportOptions):
-    tol = TOLERANCES[precision.value]
+def _verify(tmp: Path, graphs, model, images, labels, normalization, tol: Tolerance, opts: ExportOptions):
     x = images.float()
     logits_ref, z_ref = model(x)
     rec_ref = model.inverse(z_ref, project=opts.projection)

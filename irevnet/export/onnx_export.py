@@ -33,8 +33,8 @@ BATCH_DIM = "N"
 # restricted to those an i-RevNet graph can plausibly contain.
 TRT_SUPPORTED_OPS = frozenset({
     "Add", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Constant", "Conv", "DepthToSpace",
-    "DequantizeLinear", "Div", "Flatten", "Gemm", "GlobalAveragePool", "Identity", "MatMul", "Mul", "Neg", "Pad", "QuantizeLinear", "ReduceMean", "Relu",
-    "Reshape", "Slice", "SpaceToDepth", "Split", "Squeeze", "Sub", "Transpose", "Unsqueeze",
+    "DequantizeLinear", "Div", "Flatten", "Gemm", "GlobalAveragePool", "Identity", "MatMul", "Mul", "Neg", "Pad",
+    "QuantizeLinear", "ReduceMean", "Relu", "Round", "Reshape", "Slice", "SpaceToDepth", "Split", "Squeeze", "Sub", "Transpose", "Unsqueeze",
 })
 # Nodes that a static-shape, eval-mode graph has no reason to contain.
 FORBIDDEN_OPS = frozenset({"Identity", "Shape", "Gather", "Dropout", "ConstantOfShape"})

@@ -75,5 +75,5 @@ def open_backend(
     return TorchBackend(
         ckpt, graph, precision=bundle.precision, projection=bundle.manifest["range_projection"],
         image_size=bundle.config.in_shape[1], device=device, threads=threads, max_batch=bundle.max_batch,
-        sha256=bundle.manifest["checkpoint"]["sha256"],
+        sha256=bundle.manifest["checkpoint"]["sha256"], grid=bundle.manifest.get("exact_coupling", {}).get("exponent"),
     )

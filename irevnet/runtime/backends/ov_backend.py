@@ -67,14 +67,16 @@ class OpenVinoBackend(Backend):
             raise IRevNetError(f"OpenVINO could not compile {graph} of {bundle.path}: {str(e).splitlines()[0][:200]}") from None
         self.request = self.compiled.create_infer_request()
         self.max_batch = bundle.max_batch
-        self.inputs = [self._spec(p) for p in self.compiled.inputs]
-        self.outputs = [self._spec(p) for p in self.compiled.outputs]
+        self.inputs = [self._spec(p, p.get_any_name()) for p in self.compiled.inputs]
+        # by the graph's names: OpenVINO merges an output that aliases another (h0 = image) into one
+        # port with two names, and get_any_name() would give one of them twice
+        self.outputs = [self._spec(self.compiled.output(o["name"]), o["name"]) for o in bundle.graphs[graph]["outputs"]]
         self.name = f"openvino[cpu,{self.precision}]"
 
     @staticmethod
-    def _spec(port) -> dict[str, Any]:
+    def _spec(port, name: str) -> dict[str, Any]:
         shape = ["N" if i == 0 else int(d.get_length()) for i, d in enumerate(port.get_partial_shape())]
-        return {"name": port.get_any_name(), "shape": shape, "dtype": _DTYPES.get(port.get_element_type().get_type_name(), "float32")}
+        return {"name": name, "shape": shape, "dtype": _DTYPES.get(port.get_element_type().get_type_name(), "float32")}
 
     def _infer(self, feeds: dict[str, np.ndarray], outputs: list[str] | None) -> dict[str, np.ndarray]:
         results = self.request.infer({name: np.ascontiguousarray(a) for name, a in feeds.items()})

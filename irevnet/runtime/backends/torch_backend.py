@@ -25,6 +25,7 @@ class TorchBackend(Backend):
         checkpoint: the checkpoint file (default: the one the manifest names).
         graph: forward | inverse | forward_blocks | inverse_blocks.
         precision, projection, image_size: as the bundle was exported.
+        grid: the bundle's exact-coupling exponent k (manifest `exact_coupling`), None when off.
         device: cpu | cuda | auto.
         threads: torch intra-op threads.
         sha256: the checkpoint's digest in the manifest; another file is refused before loading.
@@ -44,6 +45,7 @@ class TorchBackend(Backend):
         threads: int | None = None,
         max_batch: int | None = None,
         sha256: str | None = None,
+        grid: int | None = None,
     ):
         try:
             import torch
@@ -62,6 +64,10 @@ class TorchBackend(Backend):
         self.device = resolve_device(device)
         model = load_checkpoint(checkpoint, image_size=image_size, sha256=sha256).model
         net = g.prepare(model, precision, fold_bn=False)
+        self.grid, self.to_grid = grid, g.to_grid
+        if grid is not None:  # the bundle's exact coupling: F's outputs (and below, the input image) on its grid
+            for block in net.stack:
+                block.bottleneck_block = g.OnGrid(block.bottleneck_block, grid)
         module = {
             "forward": lambda: g.ForwardGraph(net),
             "inverse": lambda: g.InverseGraph(net, projection),
@@ -82,6 +88,8 @@ class TorchBackend(Backend):
         cuda = self.device.type == "cuda"
         with torch.inference_mode():
             t = torch.from_numpy(x).to(self.device)
+            if self.grid is not None and self.inputs[0]["name"] == "image":
+                t = self.to_grid(t, self.grid)
             if cuda:
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
