@@ -155,6 +155,13 @@ def verification(r: dict[str, Any]) -> None:
                       "input's rounding).")
     if r.get("plot"):
         console.print(f"plot written to {r['plot']}")
+    skipped(r)
+
+
+def skipped(r: dict[str, Any]) -> None:
+    """The (bundle, backend) pairs verify or bench left out, and why."""
+    for s in r.get("skipped", []):
+        console.print(f"skipped {s['backend']} on {s['bundle']}: {s['reason']}", soft_wrap=True)
 
 
 def _blocks(e: dict[str, Any]) -> None:
@@ -202,6 +209,7 @@ def bench(r: dict[str, Any]) -> None:
                   f"speedup = baseline median / median (baseline: {r['results'][0]['baseline']}), backends measured in "
                   f"{settings['rounds']} alternating rounds, noisy where the rounds' ratios spread over "
                   f"{settings['noisy_spread']:.0%}; allocator: {settings['allocator'] or 'as started'}", soft_wrap=True)
+    skipped(r)
 
 
 def memory(rows: list[dict[str, Any]]) -> None:

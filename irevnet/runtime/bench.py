@@ -33,7 +33,7 @@ from .. import validation as check
 from ..allocator import steady_allocator
 from ..config import IRevNetConfig
 from ..errors import IRevNetError
-from .backends import open_backend, resolve_backend
+from .backends import open_backend, resolve_backend, unsupported
 from .bundle import FORWARD, INVERSE, Bundle
 
 
@@ -158,8 +158,14 @@ def bench(opts: BenchOptions, progress: Callable[[str, float], None] = lambda wh
         raise IRevNetError("the bundles come from different models; bench them one at a time")
     max_batch = min(b.max_batch for b in bundles)
     directions = [FORWARD, INVERSE] if opts.direction is Direction.both else [opts.direction.value]
-    # (bundle index, backend kind): what alternates in the rounds
-    candidates = [(i, kind) for i in range(len(bundles)) for kind in opts.backends]
+    # (bundle index, backend kind): what alternates in the rounds. With several bundles a pair the
+    # backend cannot run (int8 on torch) is skipped; alone, the backend says why it refuses.
+    pairs = [(i, kind) for i in range(len(bundles)) for kind in opts.backends]
+    why = {(i, kind): unsupported(kind, bundles[i].precision) if len(bundles) > 1 else None for i, kind in pairs}
+    candidates = [pair for pair in pairs if not why[pair]]
+    skipped = [{"bundle": str(bundles[i].path), "backend": kind, "reason": why[i, kind]} for i, kind in pairs if why[i, kind]]
+    if not candidates:
+        raise IRevNetError(f"no backend can run these bundles: {skipped[0]['reason']}")
     sizes = opts.batch_sizes or sorted({n for n in (1, 8, max_batch) if n <= max_batch})
     for n in sizes:
         if not 1 <= n <= max_batch:
@@ -199,6 +205,7 @@ def bench(opts: BenchOptions, progress: Callable[[str, float], None] = lambda wh
     _compare(results)
     return {
         "bundles": [{"path": str(b.path), "precision": b.precision} for b in bundles],
+        "skipped": skipped,
         "model": {"config": cfg.to_dict(), "gflop_per_image": flops / 1e9},
         "machine": machine_info() | {"fp32_matmul_gflops": matmul_gflops()},
         "threads": opts.threads,

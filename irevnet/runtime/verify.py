@@ -26,7 +26,7 @@ from .. import validation as check
 from ..errors import IRevNetError
 from ..images import plot_error_vs_depth, reconstruction_metrics
 from ..metrics import rel_l2, top1_accuracy
-from .backends import open_backend, resolve_backend
+from .backends import open_backend, resolve_backend, unsupported
 from .bundle import FORWARD, FORWARD_BLOCKS, INVERSE, INVERSE_BLOCKS, Bundle
 from .comparison import TOLERANCES, Agreement, Tolerance, compare
 
@@ -72,13 +72,18 @@ def verify(opts: VerifyOptions, log: Callable[[str], None] = lambda m: None) -> 
         "cross_round_trip": [],
         "parity": [],
         "blocks": [],
+        "skipped": [],
     }
     for bundle in bundles:
+        # with several bundles, a pair the backend cannot run (int8 on torch) is skipped; alone, it refuses
+        kinds = [kind for kind in backends if len(bundles) == 1 or not unsupported(kind, bundle.precision)]
+        result["skipped"] += [{"bundle": str(bundle.path), "backend": kind, "reason": unsupported(kind, bundle.precision)}
+                              for kind in backends if kind not in kinds]
         tol = tolerances(bundle)
         norm = bundle.normalization
         with contextlib.ExitStack() as opened:  # each session opened once, reused for the cross checks
             inverses, outputs = {}, {}
-            for kind in backends:
+            for kind in kinds:
                 log(f"{bundle.precision}: running {kind}")
                 fwd = opened.enter_context(_open(kind, bundle, FORWARD, opts))
                 inv = opened.enter_context(_open(kind, bundle, INVERSE, opts))
@@ -101,7 +106,7 @@ def verify(opts: VerifyOptions, log: Callable[[str], None] = lambda m: None) -> 
                             _round_trip(bundle, a_name, b_name, x_cross, x, norm, tol.cross)
                         )
         if opts.blocks:
-            for kind in backends:
+            for kind in kinds:
                 result["blocks"].append(_blocks(bundle, kind, x, reference, opts, log))
 
     judged = result["round_trip"] + result["cross_round_trip"] + result["parity"]

@@ -77,17 +77,24 @@ def test_a_ratio_whose_rounds_disagree_is_marked_noisy():
 
 def test_bundles_of_one_model_are_benched_side_by_side(bundles, trained_tiny, trained_tiny_bijective, tmp_path):
     """fp32 and int8 exports of one model alternate in the same rounds; the speedup of each is
-    against the first bundle's first backend, the rows say which bundle they timed."""
+    against PyTorch on the first bundle, the rows say which bundle they timed, and the pair no
+    backend can run (torch on int8) is skipped with its reason, by bench and by verify."""
     from irevnet.errors import IRevNetError
     from irevnet.runtime import bench as bench_module
+    from irevnet.runtime.verify import VerifyOptions, verify
     from tests.conftest import export_tiny
 
     int8 = export_tiny(trained_tiny, tmp_path / "int8", "int8", debug_graphs=False)
-    r = bench_module.bench(bench_module.BenchOptions(
-        bundles=[str(bundles["fp32"]), str(int8)], direction="forward", batch_sizes=[1], warmup_s=0, iterations=2))
+    r = bench_module.bench(bench_module.BenchOptions(bundles=[str(bundles["fp32"]), str(int8)], backends=["onnxruntime", "torch"],
+                                                     direction="forward", batch_sizes=[1], warmup_s=0, iterations=2))
     assert [b["precision"] for b in r["bundles"]] == ["fp32", "int8"]
-    assert [(e["precision"], e["kind"]) for e in r["results"]] == [("fp32", "onnxruntime"), ("int8", "onnxruntime")]
-    assert r["results"][0]["speedup"] == 1.0 and r["results"][1]["baseline"] == "onnxruntime[cpu] fp32"
+    assert [(e["precision"], e["kind"]) for e in r["results"]] == [("fp32", "onnxruntime"), ("fp32", "torch"), ("int8", "onnxruntime")]
+    assert [(s["bundle"], s["backend"]) for s in r["skipped"]] == [(str(int8), "torch")], "torch has no int8 path: skipped"
+    assert all(e["baseline"] == "torch[cpu] fp32" for e in r["results"]) and r["results"][1]["speedup"] == 1.0
+
+    verified = verify(VerifyOptions([str(bundles["fp32"]), str(int8)], backends=["onnxruntime", "torch"], blocks=False))
+    assert [(s["bundle"], s["backend"]) for s in verified["skipped"]] == [(str(int8), "torch")]
+    assert len(verified["round_trip"]) == 3 and verified["passed"]
 
     other = export_tiny(trained_tiny_bijective, tmp_path / "other", debug_graphs=False)
     with pytest.raises(IRevNetError, match="different models"):

@@ -8,14 +8,14 @@ from ... import validation as check
 from ...errors import BundleError, IRevNetError
 from ...files import machine_cache
 from ..bundle import Bundle
-from .base import Backend, InputError
+from .base import Backend, InputError, unsupported
 
 # openvino-bf16: OpenVINO with F in bf16 (mixed bundles), a backend of its own so that verify and
 # bench show it beside the f32 one
 BACKENDS = ("onnxruntime", "tensorrt", "torch", "openvino", "openvino-bf16")
 ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch", "ov": "openvino"}
 
-__all__ = ["BACKENDS", "Backend", "InputError", "open_backend", "resolve_backend"]
+__all__ = ["BACKENDS", "Backend", "InputError", "open_backend", "resolve_backend", "unsupported"]
 
 
 def resolve_backend(name: str) -> str:

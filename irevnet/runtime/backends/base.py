@@ -14,6 +14,18 @@ class InputError(IRevNetError):
     """A feed that does not fit the graph: wrong name, dtype, shape or non-finite values."""
 
 
+def unsupported(kind: str, precision: str) -> str | None:
+    """Why backend `kind` cannot run a bundle of `precision` (None: it can). verify and bench skip
+    such pairs when given several bundles; alone, the backend refuses with this message."""
+    if kind == "torch" and precision == "int8":
+        return ("the torch backend has no int8 path (it would run fp32 and call it int8); run int8 bundles on "
+                "onnxruntime, openvino or tensorrt")
+    if kind == "openvino-bf16" and precision != "mixed":
+        return (f"openvino-bf16 runs F of a mixed bundle in bf16; in a {precision} bundle OpenVINO would compute the "
+                f"coupling in bf16 too (round trip ~2e-3); export with --precision mixed")
+    return None
+
+
 class Backend(ABC):
     """One graph on one runtime (Polygraphy's runner shape: activate, infer, deactivate).
 

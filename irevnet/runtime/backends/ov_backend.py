@@ -19,7 +19,7 @@ import numpy as np
 
 from ...errors import IRevNetError
 from ..bundle import Bundle
-from .base import Backend
+from .base import Backend, unsupported
 
 # bundle precision -> the CPU plugin's inference precision
 INFERENCE_PRECISION = {"fp32": "f32", "fp16": "f32", "mixed": "f32", "int8": "f32"}
@@ -48,11 +48,8 @@ class OpenVinoBackend(Backend):
 
     def __init__(self, bundle: Bundle, graph: str, *, bf16: bool = False, threads: int | None = None):
         ov = _openvino()
-        if bf16 and bundle.precision != "mixed":
-            raise IRevNetError(
-                f"openvino-bf16 runs F of a mixed bundle in bf16; {bundle.path} is {bundle.precision}, where OpenVINO "
-                f"would compute the coupling in bf16 too (round trip ~2e-3); export with --precision mixed"
-            )
+        if bf16 and (reason := unsupported("openvino-bf16", bundle.precision)):
+            raise IRevNetError(f"{bundle.path}: {reason}")
         self.precision = "bf16" if bf16 else INFERENCE_PRECISION[bundle.precision]
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": "LATENCY"}
         if threads:

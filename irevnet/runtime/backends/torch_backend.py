@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import IRevNetError
-from .base import Backend
+from .base import Backend, unsupported
 
 
 class TorchBackend(Backend):
@@ -55,9 +55,8 @@ class TorchBackend(Backend):
         from ...checkpoint import load_checkpoint
         from ...devices import resolve_device
 
-        if precision == "int8":
-            raise IRevNetError("the torch backend has no int8 path (it would run fp32 and call it int8); run int8 "
-                               "bundles on onnxruntime or tensorrt")
+        if reason := unsupported("torch", precision):
+            raise IRevNetError(reason)
         if threads:
             torch.set_num_threads(threads)
         self.torch = torch
