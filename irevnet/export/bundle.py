@@ -115,7 +115,8 @@ def export_bundle(opts: ExportOptions, log=lambda msg: None) -> dict[str, Any]:
             ]
         shared = SharedWeights(tmp / WEIGHTS)  # every graph's weights, each tensor once
         calibration = None
-        grid = _grid(model, ckpt, opts, images) if opts.exact_coupling else None
+        measured = _calibration_images(ckpt, opts, images) if precision is Precision.int8 or opts.exact_coupling else None
+        grid = _grid(model, *measured) if opts.exact_coupling else None
         for name, module, shape, strict in plan:
             log(f"exporting {name} graph")
             start = time.perf_counter()
@@ -124,7 +125,7 @@ def export_bundle(opts: ExportOptions, log=lambda msg: None) -> dict[str, Any]:
             if precision is Precision.int8:
                 if calibration is None:  # from the fp32 forward (first in the plan), for every graph
                     log("calibrating the int8 activation ranges")
-                    calibration = _calibrate(proto, ckpt, opts, images)
+                    calibration = _calibrate(proto, *measured, opts.max_batch)
                 quantize_branches(proto, calibration["ranges"])
             if grid:
                 snap_coupling(proto, grid["exponent"], "image" if name in (FORWARD, FORWARD_BLOCKS) else None)
@@ -209,16 +210,14 @@ def _calibration_images(ckpt: Checkpoint, opts: ExportOptions, images: torch.Ten
     return images.float(), "seeded random N(0, 1) (no --dataset: ranges of noise, not of images)"
 
 
-def _calibrate(forward: onnx.ModelProto, ckpt: Checkpoint, opts: ExportOptions, images: torch.Tensor) -> dict[str, Any]:
+def _calibrate(forward: onnx.ModelProto, x: torch.Tensor, source: str, max_batch: int) -> dict[str, Any]:
     """Activation ranges of F's convolutions (int8), from the fp32 forward graph."""
-    x, source = _calibration_images(ckpt, opts, images)
-    ranges = calibrate(forward, x.numpy(), opts.max_batch)
+    ranges = calibrate(forward, x.numpy(), max_batch)
     return {"source": source, "images": len(x), "method": "max |value| per tensor", "ranges": ranges}
 
 
-def _grid(model, ckpt: Checkpoint, opts: ExportOptions, images: torch.Tensor) -> dict[str, Any]:
+def _grid(model, x: torch.Tensor, source: str) -> dict[str, Any]:
     """The exact coupling's grid 2^-k, from the largest coupling value of the fp32 model."""
-    x, source = _calibration_images(ckpt, opts, images)
     with torch.no_grad():
         largest = max(float(t.abs().max()) for pair in model.forward_pairs(x) for t in pair if t.numel())
     k = grid_exponent(largest)

@@ -25,6 +25,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .onnx_export import BRANCH_NODE
+
 MANTISSA_BITS = 24  # fp32's significand, the implicit bit included
 MARGIN = 4  # headroom over the largest coupling value measured at calibration
 
@@ -49,7 +51,7 @@ def snap_coupling(model: onnx.ModelProto, k: int, input_name: str | None) -> int
     graph_outputs = {o.name for o in model.graph.output}
 
     def in_branch(node: onnx.NodeProto | None) -> re.Match | None:
-        return re.match(r"block(\d+)/F/", node.name) if node is not None else None
+        return BRANCH_NODE.match(node.name) if node is not None else None
 
     # F's output: a tensor made inside F and read outside it (the coupling's Add or Sub, a debug output)
     outputs = {}
@@ -61,7 +63,7 @@ def snap_coupling(model: onnx.ModelProto, k: int, input_name: str | None) -> int
     if input_name is not None:
         snaps.append((input_name, "coupling/input/snap", None))
 
-    added: dict[int, list[onnx.NodeProto]] = {}  # index of the producer -> nodes to insert after it
+    added: dict[int, list[onnx.NodeProto]] = {}  # id() of the producer -> nodes to insert after it
     front: list[onnx.NodeProto] = []
     for tensor, prefix, producer in snaps:
         raw = f"{prefix}/raw"

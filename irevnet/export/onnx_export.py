@@ -31,6 +31,8 @@ BATCH_DIM = "N"
 
 # Ops that TensorRT's ONNX parser supports (onnx-tensorrt docs/operators.md, TensorRT 10),
 # restricted to those an i-RevNet graph can plausibly contain.
+# Nodes of a block's bottleneck F are named block{i}/F/... identically in the forward and inverse graphs.
+BRANCH_NODE = re.compile(r"^block(\d+)/F/")
 TRT_SUPPORTED_OPS = frozenset({
     "Add", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Constant", "Conv", "DepthToSpace",
     "DequantizeLinear", "Div", "Flatten", "Gemm", "GlobalAveragePool", "Identity", "MatMul", "Mul", "Neg", "Pad",
@@ -159,7 +161,7 @@ def branch_signatures(model: onnx.ModelProto) -> dict[int, str]:
     weights = {t.name: t for t in model.graph.initializer}
     digests: dict[int, Any] = {}
     for node in model.graph.node:
-        m = re.match(r"block(\d+)/F/", node.name)
+        m = BRANCH_NODE.match(node.name)
         if not m:
             continue
         h = digests.setdefault(int(m.group(1)), hashlib.sha256())

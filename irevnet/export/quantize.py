@@ -18,18 +18,21 @@ int8 F exactly whenever F sees the same input bits in both directions.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-_BRANCH_CONV = re.compile(r"^block\d+/F/.*Conv$")
+from .onnx_export import BRANCH_NODE
+
 INT8_MAX = 127
 
 
+def _is_branch_conv(node: onnx.NodeProto) -> bool:
+    return node.op_type == "Conv" and BRANCH_NODE.match(node.name) is not None
+
+
 def branch_convs(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    return [n for n in model.graph.node if n.op_type == "Conv" and _BRANCH_CONV.match(n.name)]
+    return [n for n in model.graph.node if _is_branch_conv(n)]
 
 
 def calibrate(model: onnx.ModelProto, images: np.ndarray, batch: int) -> dict[str, float]:
@@ -70,7 +73,7 @@ def quantize_branches(model: onnx.ModelProto, ranges: dict[str, float]) -> None:
     added: list[onnx.TensorProto] = []
     dropped: set[str] = set()
     for node in model.graph.node:
-        if node.op_type != "Conv" or not _BRANCH_CONV.match(node.name):
+        if not _is_branch_conv(node):
             nodes.append(node)
             continue
         name = node.name

@@ -55,11 +55,8 @@ class OpenVinoBackend(Backend):
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         core = ov.Core()
-        # kept for the backend's lifetime: OpenVINO may use constants in the model's memory as they are
-        self.graph = bundle.graph_bytes(graph)
         try:
-            self.model = core.read_model(self.graph)
-            self.compiled = core.compile_model(self.model, "CPU", config)
+            self.compiled = core.compile_model(core.read_model(bundle.graph_bytes(graph)), "CPU", config)
         except RuntimeError as e:
             raise IRevNetError(f"OpenVINO could not compile {graph} of {bundle.path}: {str(e).splitlines()[0][:200]}") from None
         self.request = self.compiled.create_infer_request()
@@ -84,4 +81,3 @@ class OpenVinoBackend(Backend):
     def close(self) -> None:
         self.request = None
         self.compiled = None
-        self.model = None
