@@ -6,6 +6,8 @@ mode for anything containing BatchNorm). tests/test_layers.py checks it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -190,11 +192,18 @@ class IRevNetBlock(nn.Module):
         return cls(spec.in_ch, spec.out_ch, spec.stride, spec.first, config.dropout, config.affine_bn, config.mult,
                    zero_x2=zero_x2)
 
-    def forward(self, x: Pair) -> Pair:
+    def forward(self, x: Pair, branch: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Pair:
+        """(x1, x2) -> (x2, F(x2) + psi(x1)).
+
+        Args:
+            x: the input pair.
+            branch: evaluates F in place of `self.bottleneck_block` (the reversible backward
+                passes one that records F's ReLU masks, see `irevnet.reversible`).
+        """
         x1, x2 = x
         if self.pad:
             x1, x2 = split(self.inj_pad(merge(x1, x2)), self.out_ch)
-        fx2 = self.bottleneck_block(x2)
+        fx2 = (branch or self.bottleneck_block)(x2)
         if self.stride == 2:
             x1 = self.psi(x1)
             x2 = self.psi(x2)

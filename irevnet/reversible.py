@@ -14,14 +14,20 @@ What makes the recomputed F the forward's F in train mode:
 - BatchNorm normalises with batch statistics, which depend only on F's input, the same tensor;
   its running statistics are snapshotted and restored, so each step updates them once;
 - dropout draws the same masks: the RNG state before each block's F is saved in the forward
-  and restored for the recomputation.
-Gradients match standard backprop to fp32 rounding (measured in tests/test_memory.py).
+  and restored for the recomputation;
+- every ReLU uses the forward's mask, kept at one bit per element (1/32 of the fp32 activation
+  it gates). The recovered x1 = psi^-1(y1 - F(x2)) differs from the forward's by fp32 rounding
+  (~1e-7 relative per block), and a ReLU input that lies within that distance of 0 would flip
+  its gradient from g to 0: one flipped element moves a batch's gradient by ~1/sqrt(elements),
+  measured 2.3e-2 on irevnet-tiny. Which element sits that close to 0 depends on the CPU's
+  rounding, so without the masks the error is rare, machine-dependent and large.
+Gradients then match standard backprop to fp32 rounding (tests/test_memory.py sweeps seeds).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -66,6 +72,52 @@ def _replayed_rng(state: tuple | None, device: torch.device) -> Iterator[None]:
         yield
 
 
+class PackedMask:
+    """A boolean tensor kept at one bit per element (uint8 bytes, element k in bit k % 8)."""
+
+    _WEIGHTS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+    def __init__(self, mask: torch.Tensor):
+        self.shape = mask.shape
+        flat = mask.reshape(-1)
+        if flat.numel() % 8:
+            flat = torch.cat((flat, flat.new_zeros(8 - flat.numel() % 8)))
+        weights = torch.tensor(self._WEIGHTS, dtype=torch.uint8, device=mask.device)
+        self.bytes = (flat.view(-1, 8).to(torch.uint8) * weights).sum(dim=1, dtype=torch.uint8)
+
+    def unpack(self, dtype: torch.dtype) -> torch.Tensor:
+        """The mask as 0/1 values of `dtype`, in its original shape."""
+        shifts = torch.arange(8, dtype=torch.uint8, device=self.bytes.device)
+        bits = (self.bytes.unsqueeze(1) >> shifts) & 1  # (bytes, 8)
+        return bits.reshape(-1)[: self.shape.numel()].view(self.shape).to(dtype)
+
+
+def _recording_relu_masks(f: nn.Sequential, masks: list[PackedMask]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """F, layer by layer, appending each ReLU's mask (input > 0) to `masks`."""
+
+    def branch(x: torch.Tensor) -> torch.Tensor:
+        for layer in f:
+            if isinstance(layer, nn.ReLU):
+                masks.append(PackedMask(x > 0))
+            x = layer(x)
+        return x
+
+    return branch
+
+
+def _replaying_relu_masks(f: nn.Sequential, masks: list[PackedMask]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """F, layer by layer, each ReLU replaced by multiplication with the forward's mask: its
+    gradient is then the forward's ReLU gradient whatever rounding the recomputed input carries."""
+
+    def branch(x: torch.Tensor) -> torch.Tensor:
+        recorded = iter(masks)
+        for layer in f:
+            x = x * next(recorded).unpack(x.dtype) if isinstance(layer, nn.ReLU) else layer(x)
+        return x
+
+    return branch
+
+
 class _InvertibleStack(torch.autograd.Function):
     """(x1, x2, anchor) -> the last block's output pair; stores only that pair.
 
@@ -81,13 +133,15 @@ class _InvertibleStack(torch.autograd.Function):
         ctx.blocks = blocks
         ctx.device = x2.device
         ctx.rng = []
-        ctx.input_split = x1.shape[1]
+        ctx.relu_masks = []
         pair = (x1, x2)
         with torch.no_grad():
             for block in blocks:
                 draws = any(isinstance(m, nn.Dropout) and m.p > 0 for m in block.bottleneck_block.modules())
                 ctx.rng.append(_rng_state(x2.device) if draws else None)  # dropout masks to replay
-                pair = block(pair)
+                masks: list[PackedMask] = []
+                ctx.relu_masks.append(masks)
+                pair = block(pair, branch=_recording_relu_masks(block.bottleneck_block, masks))
         y1, y2 = pair
         ctx.save_for_backward(y1, y2)
         return y1, y2
@@ -100,15 +154,18 @@ class _InvertibleStack(torch.autograd.Function):
         out = tuple(t.detach() for t in ctx.saved_tensors)
         grads = (g1, g2)
         for i in reversed(range(len(blocks))):
-            out, grads = _block_backward(blocks[i], out, grads, ctx.rng[i], ctx.device)
+            masks, ctx.relu_masks[i] = ctx.relu_masks[i], None  # freed block by block
+            out, grads = _block_backward(blocks[i], out, grads, ctx.rng[i], masks, ctx.device)
         # Parameter gradients went into .grad block by block; returning them instead would hold a
         # second copy of every gradient (500 MB for irevnet-301) until the whole stack is done.
         return None, grads[0], grads[1], None
 
 
-def _block_backward(block: IRevNetBlock, out: Pair, grads: Pair, rng: tuple | None, device: torch.device) -> tuple[Pair, Pair]:
+def _block_backward(
+    block: IRevNetBlock, out: Pair, grads: Pair, rng: tuple | None, relu_masks: list[PackedMask], device: torch.device
+) -> tuple[Pair, Pair]:
     """One block: recover its input from `out`, accumulate its parameters' gradients, and return
-    the input and the gradient with respect to it."""
+    the input and the gradient with respect to it. `relu_masks` are F's, recorded in the forward."""
     o1, o2 = out
     g1, g2 = grads
     psi = block.psi if block.stride == 2 else None
@@ -119,7 +176,7 @@ def _block_backward(block: IRevNetBlock, out: Pair, grads: Pair, rng: tuple | No
         with torch.enable_grad():
             x2 = (psi.inverse(o1) if psi else o1).detach().requires_grad_(True)
             with _replayed_rng(rng, device):
-                fx2 = block.bottleneck_block(x2)
+                fx2 = _replaying_relu_masks(block.bottleneck_block, relu_masks)(x2)
         with torch.no_grad():
             x1 = o2 - fx2.to(o2.dtype)
             x1 = psi.inverse(x1) if psi else x1
