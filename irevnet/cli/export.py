@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..precision import Precision
+from ..precision import Calibration, Precision
 from ..runtime.engines import HardwareCompat
 from . import render
 from .app import CheckpointOpt, ImageSizeOpt, command, options
@@ -25,6 +25,10 @@ def export(
     ] = None,
     samples: Annotated[int, typer.Option(help="Images in the verification batch.")] = 8,
     calibration: Annotated[int, typer.Option(help="int8 and --exact-coupling: training images measured for ranges.")] = 256,
+    calibration_method: Annotated[
+        Calibration, typer.Option(help="int8: each activation's range: mse (least squared quantization error), "
+                                  "percentile (99.99th of |value|) or max (|value|).")
+    ] = Calibration.mse,
     exact_coupling: Annotated[
         bool | None, typer.Option("--exact-coupling/--no-exact-coupling", help="Coupling stream on a fixed-point grid, so the "
                                   "inverse sees the forward's bits (default: on for int8 and mixed).")

@@ -31,7 +31,7 @@ from ..graphs import ForwardBlocksGraph, ForwardGraph, InverseBlocksGraph, Inver
 from ..images import reconstruction_metrics
 from ..invert import first_images
 from ..metrics import top1_accuracy
-from ..precision import Precision
+from ..precision import Calibration, Precision
 from ..runtime.backends.ort_backend import OrtBackend
 from ..runtime.bundle import (
     FORWARD,
@@ -47,7 +47,7 @@ from ..runtime.comparison import TOLERANCES, Tolerance, compare
 from ..runtime.verify import parity_checks
 from .coupling import MANTISSA_BITS, grid_exponent, snap_coupling
 from .onnx_export import DEFAULT_OPSET, branch_signatures, check_graph, export_graph, graph_summary
-from .quantize import calibrate, quantize_branches
+from .quantize import CALIBRATION_METHODS, calibrate, quantize_branches
 from .weights import WEIGHTS, SharedWeights
 
 BLOCK_REFERENCE_BYTES = 64 << 20  # per-block reference activations kept in reference.npz, at most
@@ -64,6 +64,7 @@ class ExportOptions:
     dataset: str | None = None  # real images for the verification (and the normalisation)
     samples: int = 8  # verification batch
     calibration: int = 256  # int8 and the exact coupling: images measured (the dataset's training split)
+    calibration_method: Calibration = Calibration.mse  # int8: how each activation's range is chosen
     # the coupling stream on a fixed-point grid (export/coupling.py); default: on for int8 and mixed
     exact_coupling: bool | None = None
     projection: bool = True  # range projection in the inverse (injective models)
@@ -73,6 +74,7 @@ class ExportOptions:
     def __post_init__(self) -> None:
         check.paths(self, "checkpoint", "out")
         object.__setattr__(self, "precision", check.choice("precision", self.precision, Precision))
+        object.__setattr__(self, "calibration_method", check.choice("calibration_method", self.calibration_method, Calibration))
         check.integer("image_size", self.image_size, 1, optional=True)
         # the exporter needs opset 18; TensorRT 10 parses up to 20
         check.integer("opset", self.opset, 18, 20)
@@ -125,7 +127,7 @@ def export_bundle(opts: ExportOptions, log=lambda msg: None) -> dict[str, Any]:
             if precision is Precision.int8:
                 if calibration is None:  # from the fp32 forward (first in the plan), for every graph
                     log("calibrating the int8 activation ranges")
-                    calibration = _calibrate(proto, *measured, opts.max_batch)
+                    calibration = _calibrate(proto, *measured, opts.max_batch, opts.calibration_method)
                 quantize_branches(proto, calibration["ranges"])
             if grid:
                 snap_coupling(proto, grid["exponent"], "image" if name in (FORWARD, FORWARD_BLOCKS) else None)
@@ -210,10 +212,11 @@ def _calibration_images(ckpt: Checkpoint, opts: ExportOptions, images: torch.Ten
     return images.float(), "seeded random N(0, 1) (no --dataset: ranges of noise, not of images)"
 
 
-def _calibrate(forward: onnx.ModelProto, x: torch.Tensor, source: str, max_batch: int) -> dict[str, Any]:
+def _calibrate(forward: onnx.ModelProto, x: torch.Tensor, source: str, max_batch: int,
+               method: Calibration) -> dict[str, Any]:
     """Activation ranges of F's convolutions (int8), from the fp32 forward graph."""
-    ranges = calibrate(forward, x.numpy(), max_batch)
-    return {"source": source, "images": len(x), "method": "max |value| per tensor", "ranges": ranges}
+    ranges = calibrate(forward, x.numpy(), max_batch, method)
+    return {"source": source, "images": len(x), "method": CALIBRATION_METHODS[method], "ranges": ranges}
 
 
 def _grid(model, x: torch.Tensor, source: str) -> dict[str, Any]:

@@ -63,7 +63,9 @@ def test_bf16_runs_f_in_bf16_and_keeps_the_coupling_fp32(bundles):
     everywhere, coupling included, measured 2.2e-3."""
     m = _measure(bundles["mixed"], "openvino-bf16")
     if not m["has_bf16"]:
-        pytest.skip("this CPU has no bf16 (AVX-512 BF16 / AMX), so OpenVINO would emulate it")
+        assert m["name"] == "openvino[cpu,f32]", "no bf16 on this CPU: the label says what ran"
+        pytest.skip("this CPU has no bf16 (AVX-512 BF16 / AMX): OpenVINO ran F in f32 and says so")
+    assert m["name"] == "openvino[cpu,bf16]"
     assert m["hint"] == "<Type: 'bfloat16'>"
     assert m["z"] > 1e-3, "F really ran in bf16"
     assert m["round_trip"] <= 3e-4

@@ -8,7 +8,8 @@ only: there explicit casts separate F from the coupling, so OpenVINO runs F in b
 additions and subtractions in f32 (measured: the round trip stays at 5e-8 on the trained
 bijective digits model). On fp32 bundles the plugin fuses the coupling's subtraction into F's
 last convolution and computes it in bf16, with or without the "precise" runtime-info mark on
-the coupling nodes, so bf16 is refused there.
+the coupling nodes, so bf16 is refused there. The backend's name says what OpenVINO reports it
+ran (the convolutions' runtime precision), which is f32 under a bf16 hint on CPUs without bf16.
 """
 
 from __future__ import annotations
@@ -65,7 +66,10 @@ class OpenVinoBackend(Backend):
         # by the graph's names: OpenVINO merges an output that aliases another (h0 = image) into one
         # port with two names, and get_any_name() would give one of them twice
         self.outputs = [self._spec(self.compiled.output(o["name"]), o["name"]) for o in bundle.graphs[graph]["outputs"]]
-        self.name = f"openvino[cpu,{self.precision}]"
+        # what ran, not what was asked: a CPU without bf16 (AVX2, AVX-512 without BF16) runs a
+        # bf16 hint in f32, and int8 convolutions run as u8/i8
+        self.ran = _convolution_precisions(self.compiled) or self.precision
+        self.name = f"openvino[cpu,{self.ran}]"
 
     @staticmethod
     def _spec(port, name: str) -> dict[str, Any]:
@@ -81,3 +85,14 @@ class OpenVinoBackend(Backend):
     def close(self) -> None:
         self.request = None
         self.compiled = None
+
+
+def _convolution_precisions(compiled) -> str:
+    """The precisions OpenVINO's runtime model reports for its convolutions (runtimePrecision),
+    joined with '+': 'f32', 'bf16', 'u8', 'i8+u8'; '' for a graph without convolutions."""
+    found = set()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if "layerType" in info and info["layerType"].astype(str) == "Convolution":
+            found.add(info["runtimePrecision"].astype(str))
+    return "+".join(sorted(found))
