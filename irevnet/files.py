@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -116,6 +117,46 @@ def atomic_directory(path: str | os.PathLike, *, owned: Callable[[Path], bool], 
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def work_folder(parent: str | os.PathLike, name: str) -> Iterator[Path]:
+    """A scratch folder `.NAME.PID.RANDOM.tmp` in `parent`, removed afterwards. Scratch folders
+    of the same name left by processes that died (killed mid-work) are removed first."""
+    anchor = Path(parent) / name
+    anchor.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(anchor)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(anchor), suffix=".tmp", dir=anchor.parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_regular(path: str | os.PathLike, limit: int) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes, opened without following a link
+    and without blocking (a FIFO or device in its place is refused, not waited on).
+
+    Raises:
+        FileNotFoundError: nothing is there.
+        ValueError: a link, not a regular file, over `limit`, or changed while read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as e:  # ELOOP: a link
+        raise ValueError(f"{path} cannot be opened as a plain file ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        if info.st_size > limit:
+            raise ValueError(f"{path} holds {info.st_size} bytes, more than the {limit} expected")
+        data = f.read(info.st_size + 1)
+    if len(data) != info.st_size:
+        raise ValueError(f"{path} changed while it was read")
+    return data
+
+
 # The temporaries of the writers here: `.NAME.PID.RANDOM.tmp`, and `.NAME.PID.RANDOM.old` for a
 # folder moved aside. The writer's pid lets a later run tell a dead writer's leftovers from a live one's.
 TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.(?P<kind>tmp|old)$")
@@ -189,8 +230,11 @@ def _umask() -> int:
 
 def machine_cache() -> Path:
     """This machine's cache folder for what irevnet derives from bundles (optimized graphs,
-    engines): $XDG_CACHE_HOME/irevnet or ~/.cache/irevnet. Never inside a bundle."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "irevnet"
+    engines): $XDG_CACHE_HOME/irevnet or ~/.cache/irevnet. Never inside a bundle. A relative
+    XDG_CACHE_HOME is ignored, as the XDG Base Directory spec says (it would put the cache in
+    whatever folder the command runs from, a bundle's included)."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "irevnet"
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:

@@ -101,6 +101,9 @@ def test_the_cache_is_checked_and_rebuilt(bundles):
 
     external[0].external_data[0].value = "../" + external[0].external_data[0].value
     graph.write_bytes(model.SerializeToString())
+    with pytest.raises(ValueError, match="does not match the sha256 recorded"):
+        ort_offline._load(graph)
+    graph.with_suffix(".sha256").write_text(hashlib.sha256(graph.read_bytes()).hexdigest())  # the record rewritten too
     with pytest.raises(ValueError, match="not a file of the cache"):
         ort_offline._load(graph)
     assert np.array_equal(open_backend("onnxruntime", bundle, "forward", threads=1).infer({"image": x})["z"], expected)

@@ -14,27 +14,34 @@ onnxruntime version, so they live in this machine's cache, never in a bundle:
 
     ~/.cache/irevnet/ort_cpu/<onnxruntime version>-<CPU>/
         <graph key>.onnx     the optimized graph, its large initializers as external data
+        <graph key>.sha256   the sha256 of that graph, recorded when it was made
         <sha256>.bin         one distinct tensor, named by the sha256 of its bytes
 
-Tensors are stored once however many graphs and bundles use them, and checked against their name
-when read. The graph key hashes the bundle's graph and weights files (their manifest sha256s).
+Tensors are stored once however many graphs and bundles use them. The graph key hashes the
+bundle's graph and weights files (their manifest sha256s). The cache is an input like any other:
+every file is opened without following links or blocking, sized before it is read (a tensor must
+have exactly the size its graph gives it), and checked against its recorded sha256 (a graph) or
+its name (a tensor). Anything off, and the graph is prepared again from the bundle's checked
+bytes, with one warning line: what runs is what the bundle's hashes name, whatever the cache holds.
+A preparation killed halfway leaves a `.prepare.PID.*.tmp` folder, which the next one removes.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import platform
 import re
-import tempfile
+import stat
 import weakref
 from pathlib import Path
 
 import numpy as np
 
-from ...files import atomic_output, machine_cache
-from ..bundle import Bundle
+from ...files import atomic_output, machine_cache, read_regular, work_folder
+from ..bundle import MAX_GRAPH_BYTES, Bundle
 
 _TENSOR_FILE = re.compile(r"^[0-9a-f]{64}\.bin$")
 MIN_EXTERNAL_BYTES = 1024  # smaller initializers stay inline in the saved graph
@@ -66,29 +73,33 @@ def graph_key(bundle: Bundle, graph: str) -> str:
 def prepared_session_inputs(bundle: Bundle, graph: str) -> tuple[bytes, dict[str, np.ndarray], Path]:
     """(optimized model bytes, its external initializers from the shared pool, their folder),
     for a session with graph optimizations off. Optimizes and saves the graph first if this
-    machine has not yet.
+    machine has not yet, or if what the cache holds fails its checks.
 
     Raises:
         OSError: the cache folder cannot be written.
+        RuntimeError: ONNX Runtime could not save the optimized graph (a full disk, say).
     """
-    root = cache_root()
-    path = root / f"{graph_key(bundle, graph)}.onnx"
-    if path.is_file():
-        try:
-            return _load(path)
-        except ValueError:  # a tensor file changed or went missing: prepare again
-            pass
+    path = cache_root() / f"{graph_key(bundle, graph)}.onnx"
+    try:
+        return _load(path)
+    except FileNotFoundError:  # not prepared on this machine yet
+        pass
+    except ValueError as e:
+        logging.getLogger(__name__).warning("the cached optimized %s graph is not usable (%s); preparing it again",
+                                            graph, str(e)[:200])
     _prepare(bundle, graph, path)
-    return _load(path)
+    try:
+        return _load(path)
+    except (FileNotFoundError, ValueError) as e:  # changed again under us: do not loop
+        raise RuntimeError(f"the cache at {path.parent} does not keep what is written to it ({str(e)[:200]})") from None
 
 
 def _prepare(bundle: Bundle, graph: str, path: Path) -> None:
     import onnx
     import onnxruntime as ort
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     model, initializers = bundle.session_inputs(graph)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".prepare.") as tmp:
+    with work_folder(path.parent, "prepare") as tmp:
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -98,7 +109,10 @@ def _prepare(bundle: Bundle, graph: str, path: Path) -> None:
         values = [ort.OrtValue.ortvalue_from_numpy(a) for a in initializers.values()]
         options.add_external_initializers(list(initializers), values)
         ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])  # saves the optimized graph
-        optimized = onnx.load(Path(tmp) / "graph.onnx", load_external_data=False)
+        try:
+            optimized = onnx.load(Path(tmp) / "graph.onnx", load_external_data=False)
+        except Exception as e:  # noqa: BLE001 - protobuf's DecodeError: ONNX Runtime wrote part of it (a full disk)
+            raise RuntimeError(f"ONNX Runtime saved an unreadable optimized graph ({str(e)[:100]})") from None
         with open(Path(tmp) / "graph.data", "rb") as data:
             for tensor in _external(optimized):
                 info = {entry.key: entry.value for entry in tensor.external_data}
@@ -111,47 +125,75 @@ def _prepare(bundle: Bundle, graph: str, path: Path) -> None:
                 for key, value in (("location", f"{digest}.bin"), ("length", str(len(raw)))):
                     entry = tensor.external_data.add()
                     entry.key, entry.value = key, value
-    with atomic_output(path) as out:  # written last: a graph in the cache has all its tensors
-        out.write_bytes(optimized.SerializeToString())
+    data = optimized.SerializeToString()
+    with atomic_output(path) as out:  # after its tensors: a graph in the cache has all of them
+        out.write_bytes(data)
+    with atomic_output(_record(path)) as out:  # last: the digest vouches for a complete graph
+        out.write_text(hashlib.sha256(data).hexdigest())
+
+
+def _record(path: Path) -> Path:
+    return path.with_suffix(".sha256")
 
 
 def _load(path: Path) -> tuple[bytes, dict[str, np.ndarray], Path]:
+    """The cached graph at `path` and its tensors, every file checked.
+
+    Raises:
+        FileNotFoundError: the graph or its record is not there (never prepared).
+        ValueError: anything fails a check.
+    """
     import onnx
 
-    data = path.read_bytes()
-    model = onnx.load_model_from_string(data)
+    recorded = read_regular(_record(path), 64).decode("ascii", "replace")
+    data = read_regular(path, MAX_GRAPH_BYTES)
+    if hashlib.sha256(data).hexdigest() != recorded:
+        raise ValueError(f"{path} does not match the sha256 recorded when it was made")
+    try:
+        model = onnx.load_model_from_string(data)
+    except Exception as e:  # noqa: BLE001 - protobuf's DecodeError; cannot happen for the bytes recorded
+        raise ValueError(f"{path} is not an ONNX model ({str(e)[:100]})") from None
     initializers = {}
     for tensor in _external(model):
         info = {entry.key: entry.value for entry in tensor.external_data}
         name = info.get("location", "")
-        if not _TENSOR_FILE.match(name) or int(info.get("offset", 0)) != 0:
+        if not _TENSOR_FILE.match(name) or info.get("offset", "0") != "0":
             raise ValueError(f"{path}: tensor {tensor.name[:60]!r} is not a file of the cache")
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+        size = int(np.prod(tensor.dims, dtype=np.int64)) * dtype.itemsize
+        if any(d < 0 for d in tensor.dims) or size > MAX_GRAPH_BYTES:
+            raise ValueError(f"{path}: tensor {tensor.name[:60]!r} has dims {list(tensor.dims)[:8]}")
         digest = name.removesuffix(".bin")
         owner = _pool.get(digest)
         if owner is None:
-            owner = _read_aligned(path.parent / name)
+            owner = _read_aligned(path.parent / name, size)
             if hashlib.sha256(_aligned(owner)).hexdigest() != digest:
                 raise ValueError(f"{path.parent / name} does not match its name")
             owner.flags.writeable = False
             _pool[digest] = owner
         array = _aligned(owner)
-        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
-        if array.nbytes != int(np.prod(tensor.dims, dtype=np.int64)) * dtype.itemsize:
+        if array.nbytes != size:
             raise ValueError(f"{path}: tensor {tensor.name[:60]!r} does not fit {name}")
         initializers[tensor.name] = array.view(dtype).reshape(tensor.dims)  # a view: the pool's memory
     return data, initializers, path.parent
 
 
-def _read_aligned(file: Path) -> np.ndarray:
-    """A buffer holding the file's bytes at a 64-byte aligned address (see _aligned): the NCHWc
-    kernels load whole cache lines of weights, and unaligned weights cost 10% at batch 1."""
+def _read_aligned(file: Path, size: int) -> np.ndarray:
+    """A buffer holding the file's `size` bytes at a 64-byte aligned address (see _aligned): the
+    NCHWc kernels load whole cache lines of weights, and unaligned weights cost 10% at batch 1.
+    The file is opened as read_regular does and must hold exactly `size` bytes: nothing is
+    allocated for a file of another size."""
     try:
-        with open(file, "rb") as f:
-            owner = np.empty(os.fstat(f.fileno()).st_size + ALIGNMENT, dtype=np.uint8)
-            if f.readinto(memoryview(_aligned(owner))) != owner.size - ALIGNMENT:
-                raise ValueError(f"{file} changed while it was read")
-    except OSError:
-        raise ValueError(f"{file} is missing") from None
+        fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise ValueError(f"{file} cannot be opened as a plain file ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_size != size:
+            raise ValueError(f"{file} is not a regular file of {size} bytes")
+        owner = np.empty(size + ALIGNMENT, dtype=np.uint8)
+        if f.readinto(memoryview(_aligned(owner))) != size:
+            raise ValueError(f"{file} changed while it was read")
     return owner
 
 

@@ -1,0 +1,127 @@
+"""The machine cache (optimized ONNX Runtime graphs) is an input like any other: whatever it holds,
+a bundle computes what its hashes name, and a damaged cache is prepared again, never trusted,
+waited on or allocated for."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from irevnet.files import machine_cache
+from irevnet.runtime import Bundle, open_backend
+from irevnet.runtime.backends import ort_offline
+
+
+@pytest.fixture
+def warm(bundles):
+    """(bundle, images, z of an intact cache, the cached forward graph's path), the cache warm."""
+    bundle = Bundle.open(bundles["fp32"])
+    x = bundle.reference("images")["images"]
+    z = open_backend("onnxruntime", bundle, "forward", threads=1).infer({"image": x})["z"]
+    ort_offline._pool.clear()
+    return bundle, x, z, ort_offline.cache_root() / f"{ort_offline.graph_key(bundle, 'forward')}.onnx"
+
+
+def _z(bundle, x):
+    ort_offline._pool.clear()  # read the cache again, as a new process would
+    return open_backend("onnxruntime", bundle, "forward", threads=1).infer({"image": x})["z"]
+
+
+def _largest_tensor(graph: Path) -> Path:
+    model = onnx.load(graph, load_external_data=False)
+    external = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    return graph.parent / max(external, key=lambda t: np.prod(t.dims)).external_data[0].value
+
+
+def _flip_inline_byte(graph: Path) -> None:
+    """Changes one value of an inline initializer: still a valid graph, computing other numbers."""
+    model = onnx.load(graph, load_external_data=False)
+    tensor = next(t for t in model.graph.initializer if t.raw_data and t.data_type == onnx.TensorProto.FLOAT)
+    raw = bytearray(tensor.raw_data)
+    raw[3] ^= 0x40
+    tensor.raw_data = bytes(raw)
+    graph.write_bytes(model.SerializeToString())
+
+
+@pytest.mark.parametrize("damage", ["byte", "truncate", "fifo", "link", "record"])
+def test_a_damaged_cached_graph_is_prepared_again(warm, damage, tmp_path, caplog):
+    bundle, x, z, graph = warm
+    if damage == "byte":
+        _flip_inline_byte(graph)
+    elif damage == "truncate":
+        graph.write_bytes(graph.read_bytes()[:1000])
+    elif damage == "fifo":
+        graph.unlink()
+        os.mkfifo(graph)  # reading it would wait for a writer forever
+    elif damage == "link":
+        (tmp_path / "other.onnx").write_bytes(graph.read_bytes())
+        _flip_inline_byte(tmp_path / "other.onnx")
+        graph.unlink()
+        graph.symlink_to(tmp_path / "other.onnx")
+    else:  # a record that names other bytes
+        graph.with_suffix(".sha256").write_text("0" * 64)
+    with caplog.at_level(logging.WARNING):
+        assert np.array_equal(_z(bundle, x), z), "the bundle's numbers, whatever the cache held"
+    assert "preparing it again" in caplog.text
+    assert graph.is_file() and not graph.is_symlink(), "replaced by a freshly prepared graph"
+
+
+def test_a_huge_sparse_cached_tensor_is_not_read(warm):
+    """An 8 GiB sparse file in place of a cached tensor costs a stat, not 8 GiB: a fresh process
+    (so that nothing earlier hides its peak) stays under 1 GB and computes the bundle's numbers."""
+    bundle, _, z, graph = warm
+    tensor = _largest_tensor(graph)
+    with open(tensor, "r+b") as f:
+        f.truncate(8 << 30)
+    code = (
+        "import json, resource, sys, numpy as np\n"
+        "from irevnet.runtime import Bundle, open_backend\n"
+        "b = Bundle.open(sys.argv[1]); x = b.reference('images')['images']\n"
+        "z = open_backend('onnxruntime', b, 'forward', threads=1).infer({'image': x})['z']\n"
+        "np.save(sys.argv[2], z)\n"
+        "print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))\n"
+    )
+    out = Path(str(graph) + ".z.npy")
+    proc = subprocess.run([sys.executable, "-c", code, str(bundle.path), str(out)], check=False, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.splitlines()[-1]) < 1 << 30
+    assert np.array_equal(np.load(out), z)
+    assert tensor.stat().st_size < 1 << 30, "the tensor was written again from the bundle"
+
+
+def test_work_folders_of_dead_preparations_are_removed(warm):
+    bundle, x, z, graph = warm
+    dead = 1
+    while True:  # a pid no process has now
+        dead += 7919
+        try:
+            os.kill(dead, 0)
+        except ProcessLookupError:
+            break
+        except PermissionError:
+            continue
+    stale = graph.parent / f".prepare.{dead}.abcd1234.tmp"
+    stale.mkdir()
+    (stale / "graph.data").write_bytes(b"\0" * 4096)  # a killed preparation's half-written copy
+    graph.with_suffix(".sha256").unlink()  # the next open prepares the graph again
+    assert np.array_equal(_z(bundle, x), z)
+    assert not stale.exists()
+    assert not [p for p in graph.parent.iterdir() if p.name.startswith(".prepare.")], "its own folder is gone too"
+
+
+def test_a_relative_xdg_cache_home_is_ignored(monkeypatch):
+    """The XDG spec: relative paths are invalid and ignored. Else the cache would land in whatever
+    folder a command runs from, a bundle's included."""
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")
+    assert machine_cache() == Path.home() / ".cache" / "irevnet"
+    monkeypatch.setenv("XDG_CACHE_HOME", "/abs/cache")
+    assert machine_cache() == Path("/abs/cache/irevnet")
