@@ -45,6 +45,20 @@ SCHEMA_FILE = Path(__file__).with_name("manifest.schema.json")
 MAX_MANIFEST_BYTES = 16 << 20
 MAX_GRAPH_BYTES = (2 << 30) - 1  # protobuf's limit for a model handed over in memory
 
+# What irevnet's exporter writes into a graph (default ONNX domain, its opsets). A graph with any
+# other operator, a subgraph, a function or a sparse tensor is refused before a runtime sees it:
+# control flow (Loop, If, Scan) can run without bound, and sparse initializers and attribute
+# subgraphs are places where tensors could come from outside the bundle's checked bytes.
+EXPORTED_OPERATORS = frozenset({
+    "Add", "BatchNormalization", "Cast", "Concat", "Constant", "Conv", "DepthToSpace", "DequantizeLinear", "Div",
+    "Flatten", "Gemm", "GlobalAveragePool", "Identity", "Mul", "Pad", "QuantizeLinear", "ReduceMean", "Relu",
+    "Reshape", "Round", "Slice", "SpaceToDepth", "Squeeze", "Sub", "Transpose", "Unsqueeze",
+})
+EXPORTED_OPSETS = range(18, 21)
+# ONNX AttributeProto types a node of those operators may carry: FLOAT, INT, STRING, TENSOR,
+# FLOATS, INTS, STRINGS (not GRAPH(S), SPARSE_TENSOR(S), TENSORS, TYPE_PROTO(S))
+_ATTRIBUTE_TYPES = frozenset({1, 2, 3, 4, 6, 7, 8})
+
 # The graphs of a bundle, and the engine file each is compiled into.
 FORWARD, INVERSE = "forward", "inverse"
 FORWARD_BLOCKS, INVERSE_BLOCKS = "forward_blocks", "inverse_blocks"
@@ -167,6 +181,7 @@ class Bundle:
             model = onnx.load_model_from_string(data)
         except Exception as e:  # noqa: BLE001 - protobuf raises its own DecodeError and others
             raise BundleError(f"{self.path}: {name} is not an ONNX model ({str(e)[:100]}); re-export the bundle") from None
+        self._check_graph(model, graph, name)
         external = []
         for tensor in _all_tensors(model):
             if tensor.data_location != onnx.TensorProto.EXTERNAL:
@@ -189,6 +204,35 @@ class Bundle:
                 raise BundleError(f"{self.path}: {name} reads tensor {tensor.name[:60]!r} outside {location} or with a wrong size")
             external.append((tensor, np.frombuffer(blob, dtype=dtype, count=count, offset=offset).reshape(tensor.dims)))
         return data, model, external
+
+    def _check_graph(self, model, graph: str, name: str) -> None:
+        """Refuses a graph that is not what irevnet's exporter writes or not what the manifest
+        describes, before any runtime sees it (see EXPORTED_OPERATORS)."""
+        where = f"{self.path}: {name}"
+        if model.functions or len(model.graph.sparse_initializer):
+            raise BundleError(f"{where} carries functions or sparse initializers, which irevnet never exports; refused")
+        for opset in model.opset_import:
+            if opset.domain not in ("", "ai.onnx") or opset.version not in EXPORTED_OPSETS:
+                raise BundleError(f"{where} imports opset {opset.domain or 'ai.onnx'} {opset.version}, which irevnet never "
+                                  f"exports (ai.onnx {EXPORTED_OPSETS.start}-{EXPORTED_OPSETS.stop - 1}); refused")
+        for node in model.graph.node:
+            if node.domain not in ("", "ai.onnx") or node.op_type not in EXPORTED_OPERATORS:
+                raise BundleError(f"{where} uses operator {(node.domain + '.' if node.domain else '') + node.op_type!r} "
+                                  f"(node {node.name[:60]!r}), which irevnet never exports; refused")
+            for attribute in node.attribute:
+                if attribute.type not in _ATTRIBUTE_TYPES or attribute.ref_attr_name:
+                    raise BundleError(f"{where}: node {node.name[:60]!r} has a subgraph or sparse attribute "
+                                      f"{attribute.name[:40]!r}, which irevnet never exports; refused")
+        initialized = {t.name for t in model.graph.initializer}
+        found = {
+            "inputs": [(v.name, v.type.tensor_type.elem_type) for v in model.graph.input if v.name not in initialized],
+            "outputs": [(v.name, v.type.tensor_type.elem_type) for v in model.graph.output],
+        }
+        for kind, tensors in found.items():
+            expected = [(t["name"], _ONNX_DTYPES.get(t["dtype"])) for t in self.graphs[graph][kind]]
+            if tensors != expected:
+                raise BundleError(f"{where} has {kind} {[n[:40] for n, _ in tensors][:8]} where the manifest describes "
+                                  f"{[n[:40] for n, _ in expected][:8]} (names and dtypes); re-export the bundle")
 
     def engine_bytes(self, graph: str) -> bytes | None:
         """The serialized TensorRT engine of `graph`, checked; None when none was built."""
@@ -265,6 +309,9 @@ class Bundle:
                     f"do not fit the model; re-export the bundle"
                 )
 
+
+# manifest dtype -> ONNX TensorProto element type
+_ONNX_DTYPES = {"float32": 1, "float16": 10, "int64": 7, "int32": 6, "int8": 3, "uint8": 2}
 
 # What irevnet itself writes into a bundle besides the files the manifest lists.
 _GENERATED = {MANIFEST, "debug", "ort_trt_cache", "timing.cache"}

@@ -9,6 +9,7 @@ decoys outside it, and an audit hook records every file Python opens.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import shutil
 import sys
@@ -245,3 +246,70 @@ def test_what_is_hashed_is_what_runs(bundles, tmp_path, monkeypatch):
     monkeypatch.setattr(ort_offline, "cache_root", lambda: tmp_path / "empty cache")
     with pytest.raises(BundleError, match="forward.onnx does not match its sha256"):
         open_backend("onnxruntime", bundle, "forward")
+
+
+def _rewrite_forward(bundle, edit) -> None:
+    """Applies `edit` to forward.onnx (its weights stay in weights.bin) and rewrites the hash, as
+    whoever can write the bundle could."""
+    model = onnx.load(bundle / "forward.onnx", load_external_data=False)
+    edit(model)
+    (bundle / "forward.onnx").write_bytes(model.SerializeToString())
+    digest = hashlib.sha256((bundle / "forward.onnx").read_bytes()).hexdigest()
+    edit_manifest(bundle, lambda m: m["files"].update({"forward.onnx": digest}))
+
+
+def _sparse_initializer_outside(model) -> None:
+    """A sparse initializer whose values live in a file outside the bundle, relative to the working
+    directory (ONNX Runtime would read it: its bytes came back as logits)."""
+    values = onnx.helper.make_tensor("sparse/values", onnx.TensorProto.FLOAT, [4], [0.0] * 4)
+    for key, value in (("location", "../../secret.bin"), ("offset", "0"), ("length", "16")):
+        entry = values.external_data.add()  # onnx's own helper refuses such a location; a hand edit does not
+        entry.key, entry.value = key, value
+    values.ClearField("float_data")
+    values.data_location = onnx.TensorProto.EXTERNAL
+    indices = onnx.helper.make_tensor("sparse/indices", onnx.TensorProto.INT64, [4], [0, 1, 2, 3])
+    model.graph.sparse_initializer.append(onnx.helper.make_sparse_tensor(values, indices, [4]))
+
+
+def _endless_loop(model) -> None:
+    """A Loop of 2^40 steps whose body only copies its condition: verify would never end."""
+    body = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["cond_in"], ["cond_out"])], "body",
+        [onnx.helper.make_tensor_value_info("i", onnx.TensorProto.INT64, []),
+         onnx.helper.make_tensor_value_info("cond_in", onnx.TensorProto.BOOL, [])],
+        [onnx.helper.make_tensor_value_info("cond_out", onnx.TensorProto.BOOL, [])])
+    model.graph.initializer.extend([onnx.numpy_helper.from_array(np.array(1 << 40, np.int64), "trips"),
+                                    onnx.numpy_helper.from_array(np.array(True), "go")])
+    model.graph.node.insert(0, onnx.helper.make_node("Loop", ["trips", "go"], [], body=body, name="spin"))
+
+
+def _custom_operator(model) -> None:
+    node = model.graph.node[0]
+    node.domain, node.op_type = "com.example", "Exfiltrate"
+
+
+def _renamed_output(model) -> None:
+    old = model.graph.output[1].name  # z
+    for node in model.graph.node:
+        node.output[:] = ["zz" if o == old else o for o in node.output]
+        node.input[:] = ["zz" if i == old else i for i in node.input]
+    model.graph.output[1].name = "zz"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_sparse_initializer_outside, "sparse initializers, which irevnet never exports"),
+    (_endless_loop, "uses operator 'Loop'"),
+    (_custom_operator, "uses operator 'com.example.Exfiltrate'"),
+    (_renamed_output, "has outputs ['logits', 'zz'] where the manifest describes ['logits', 'z']"),
+])
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_graphs_the_exporter_never_writes_are_refused_before_any_runtime(bundles, decoys, tmp_path, edit, message, backend):
+    """Hash-consistent graphs with a sparse initializer outside the bundle, an endless Loop, an
+    operator of another domain, or outputs the manifest does not name: one line, exit 2, nothing
+    outside the bundle opened, no runtime session started (the Loop would not return)."""
+    if backend == "openvino" and importlib.util.find_spec("openvino") is None:
+        pytest.skip("the openvino wheel is not installed")
+    bundle = shutil.copytree(bundles["fp32"], tmp_path / "b")
+    _rewrite_forward(bundle, edit)
+    result = _run(bundle, decoys, "-b", backend, "--no-blocks")
+    assert result.exit_code == 2 and message in result.output, result.output
