@@ -22,26 +22,39 @@ from .errors import IRevNetError
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yields a temporary path beside `path` and renames it over `path` once the block succeeds.
+    """Yields a temporary path and puts what was written there at `path` once the block succeeds.
 
-    On any exception (KeyboardInterrupt and SIGTERM included) the temporary file is removed and
-    `path` keeps its previous contents. Temporaries left by a process that was killed are removed
-    by the next write to the same path.
+    A regular file is replaced by a rename: on any exception (KeyboardInterrupt and SIGTERM
+    included) the temporary file is removed and `path` keeps its previous contents, and the
+    replaced file's permissions carry over. A link is followed: what it points to is written, the
+    link stays. A device, FIFO or socket (`/dev/stdout`, a pipe) is written into, never replaced.
+    Temporaries left by a process that was killed are removed by the next write to the same path.
     """
     path = Path(path)
-    check_writable(path)
-    with _naming(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_leftovers(path)
-        fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
+    if path.exists() and not path.is_file():  # behind it (links followed) a device, FIFO, socket or pipe
+        if path.is_dir():
+            raise IRevNetError(f"{path} is a folder; give a file path")
+        with tempfile.TemporaryDirectory(prefix="irevnet.") as scratch:
+            tmp = Path(scratch) / "output"
+            yield tmp
+            with open(tmp, "rb") as source, open(path, "wb") as sink:  # written into, never replaced
+                shutil.copyfileobj(source, sink)
+        return
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    check_writable(target)
+    mode = stat.S_IMODE(target.stat().st_mode) if target.is_file() else 0o666 & ~_umask()
+    with _naming(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(target)
+        fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+    os.chmod(tmp, mode)  # mkstemp makes 0600: the replaced file's permissions, else the usual ones
     try:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -114,3 +115,41 @@ def test_sigterm_during_export_exits_143_in_one_line_and_leaves_the_old_bundle(t
     assert stderr.strip().splitlines() == [expected], stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"], "no temporary folder left"
     assert (out / "manifest.json").read_bytes() == before
+
+
+def test_outputs_follow_links_keep_modes_and_write_into_pipes(tmp_path):
+    """--json and every other single-file output: a link stays a link (its target is written), a
+    replaced file keeps its permissions, and a FIFO or device (`--json /dev/stdout`) is written
+    into, never replaced by a regular file."""
+    import stat
+    import threading
+
+    from irevnet.files import write_json
+
+    private = tmp_path / "private.json"
+    private.write_text("{}")
+    private.chmod(0o600)
+    write_json(private, {"a": 1})
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600 and json.loads(private.read_text()) == {"a": 1}
+
+    link = tmp_path / "link.json"
+    link.symlink_to(private)
+    write_json(link, {"b": 2})
+    assert link.is_symlink() and json.loads(private.read_text()) == {"b": 2}
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()))
+    reader.start()
+    write_json(fifo, {"c": 3})
+    reader.join(timeout=30)
+    assert json.loads(received[0]) == {"c": 3} and stat.S_ISFIFO(fifo.stat().st_mode)
+
+    stdout_link = tmp_path / "stdout"
+    stdout_link.symlink_to(fifo)  # as /dev/stdout -> /proc/self/fd/1 -> a pipe
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()))
+    reader.start()
+    write_json(stdout_link, {"d": 4})
+    reader.join(timeout=30)
+    assert json.loads(received[1]) == {"d": 4} and stdout_link.is_symlink() and stat.S_ISFIFO(fifo.stat().st_mode)
