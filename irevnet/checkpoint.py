@@ -29,7 +29,7 @@ import torch
 from . import safe_unpickle
 from .config import IRevNetConfig
 from .errors import CheckpointError, ConfigError
-from .files import atomic_output
+from .files import atomic_output, sha256_file
 from .model import IRevNet, state_shapes
 
 FORMAT_NAME = "irevnet-checkpoint"
@@ -123,12 +123,16 @@ def read_bytes(path: str | Path, *, sha256: str | None = None) -> bytes:
         raise CheckpointError(f"checkpoint not found: {path}")
     if not path.is_file():
         raise CheckpointError(f"{path} is not a regular file; give a checkpoint file")
+    mismatch = CheckpointError(
+        f"{path} is not the checkpoint the bundle was exported from (its sha256 differs from the manifest's); "
+        f"pass --checkpoint with the exported file"
+    )
+    # hashed as a stream first: a manifest may name any large file, which is then not read into memory
+    if sha256 is not None and sha256_file(path) != sha256:
+        raise mismatch
     data = path.read_bytes()
-    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-        raise CheckpointError(
-            f"{path} is not the checkpoint the bundle was exported from (its sha256 differs from the manifest's); "
-            f"pass --checkpoint with the exported file"
-        )
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:  # changed since: these bytes are parsed
+        raise mismatch
     return data
 
 

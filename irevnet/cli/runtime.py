@@ -79,7 +79,7 @@ def bench(
     backends: BackendOpt = None,
     direction: Annotated[Direction, typer.Option(help="Which graphs to time.")] = Direction.both,
     batch_sizes: Annotated[
-        str | None, typer.Option(help="Comma-separated batch sizes (default: 1, 8 and the bundle's --max-batch).")
+        str | None, typer.Option(help="Comma-separated batch sizes (default: 1 and 8, within the bundle's --max-batch).")
     ] = None,
     warmup_s: Annotated[float, typer.Option(help="Warm-up seconds per measurement.")] = 1.0,
     duration_s: Annotated[float, typer.Option(help="Measured seconds per measurement.")] = 3.0,

@@ -286,13 +286,32 @@ class Bundle:
                 missing = [k for k in ("images", "logits", "z") if k in wanted and k not in data.files]
                 if missing:
                     raise BundleError(f"{self.path}: {REFERENCE} lacks {missing}; re-export the bundle")
-                arrays = {k: data[k] for k in wanted if k in data.files}
+                present = [k for k in wanted if k in data.files]
+                for key in present:
+                    self._check_member(data.zip, key)
+                arrays = {k: data[k] for k in present}
         except BundleError:
             raise
         except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
             raise BundleError(f"{self.path}: {REFERENCE} is unreadable ({str(e)[:100]}); re-export the bundle") from None
         self._check_reference(arrays)
         return arrays
+
+    def _check_member(self, archive: zipfile.ZipFile, key: str) -> None:
+        """Refuses an array of reference.npz whose header declares more bytes than its member holds,
+        or that is compressed (export writes them stored: a compressed one could inflate without
+        bound), before numpy allocates it."""
+        info = archive.getinfo(f"{key}.npy")
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise BundleError(f"{self.path}: {REFERENCE}[{key!r}] is compressed, which irevnet never writes; re-export")
+        with archive.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(member)
+        declared = math.prod(shape) * dtype.itemsize
+        if declared > info.file_size:
+            raise BundleError(f"{self.path}: {REFERENCE}[{key!r}] declares shape {list(shape)[:8]} ({declared} bytes) "
+                              f"but holds {info.file_size} bytes; re-export the bundle")
 
     def _check_reference(self, arrays: dict[str, np.ndarray]) -> None:
         cfg = self.config

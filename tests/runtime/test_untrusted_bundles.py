@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 import json
 import shutil
+import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import onnx
@@ -313,3 +316,78 @@ def test_graphs_the_exporter_never_writes_are_refused_before_any_runtime(bundles
     _rewrite_forward(bundle, edit)
     result = _run(bundle, decoys, "-b", backend, "--no-blocks")
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def _npz(path, members: dict[str, bytes], compressed: bool = False) -> None:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED) as archive:
+        for name, data in members.items():
+            archive.writestr(f"{name}.npy", data)
+
+
+def _npy(array: np.ndarray, shape=None) -> bytes:
+    """The .npy bytes of `array`, with a header declaring `shape` instead of its own when given."""
+    out = io.BytesIO()
+    header = {"descr": np.lib.format.dtype_to_descr(array.dtype), "fortran_order": False, "shape": shape or array.shape}
+    np.lib.format.write_array_header_1_0(out, header)
+    out.write(array.tobytes())
+    return out.getvalue()
+
+
+def test_reference_arrays_are_bounded_by_the_bytes_present(bundles, decoys, tmp_path):
+    """A header declaring a 64 TiB array, and a compressed member (a 1.6 GB array inflating from a
+    few MB): one line each, before numpy allocates anything (peak memory in a fresh process)."""
+    real = Bundle.open(bundles["fp32"]).reference("images", "logits", "z")
+    for name, members, compressed in [
+        ("huge-header", {"images": _npy(real["images"], shape=(1 << 24, 1, 1024, 1024)),
+                         "logits": _npy(real["logits"]), "z": _npy(real["z"])}, False),
+        ("compressed", {"images": _npy(np.zeros((6000, *real["images"].shape[1:]), np.float32)),
+                        "logits": _npy(real["logits"]), "z": _npy(real["z"])}, True),
+    ]:
+        bundle = shutil.copytree(bundles["fp32"], tmp_path / name)
+        _npz(bundle / "reference.npz", members, compressed)
+        digest = hashlib.sha256((bundle / "reference.npz").read_bytes()).hexdigest()
+        edit_manifest(bundle, lambda m, digest=digest: m["files"].update({"reference.npz": digest}))
+        result = _run(bundle, decoys, "--no-blocks")
+        assert result.exit_code == 2 and "reference.npz" in result.output, (name, result.output)
+        peak = _peak_of([sys.executable, "-m", "irevnet", "verify", str(bundle), "--no-blocks"])
+        assert peak < 1 << 30, (name, peak)
+
+
+def test_a_manifest_checkpoint_path_to_a_large_file_is_hashed_as_a_stream(bundles, tmp_path):
+    """checkpoint.path may name any file: a 2 GiB one that is not the checkpoint is refused after
+    hashing it in chunks, never read into memory (peak in a fresh process under 1 GB)."""
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as f:
+        f.truncate(2 << 30)
+    bundle = shutil.copytree(bundles["fp32"], tmp_path / "b")
+    edit_manifest(bundle, lambda m: m["checkpoint"].update(path=str(big)))
+    peak = _peak_of([sys.executable, "-m", "irevnet", "verify", str(bundle), "--no-blocks"], expect_exit=2)
+    assert peak < 1 << 30
+
+
+def test_bench_batch_sizes_do_not_follow_an_unchecked_batch_max(bundles, tmp_path):
+    """A manifest's batch.max may say anything up to the schema's bound; bench's default batch sizes
+    are 1 and 8 (within it), and a larger batch is asked for, not implied."""
+    from irevnet.runtime import bench as bench_module
+
+    bundle = shutil.copytree(bundles["fp32"], tmp_path / "b")
+    edit_manifest(bundle, lambda m: m["batch"].update(max=65536))
+    r = bench_module.bench(bench_module.BenchOptions(bundles=[str(bundle)], backends=["onnxruntime"], direction="forward",
+                                                     warmup_s=0, iterations=2, rounds=1))
+    assert sorted({e["batch"] for e in r["results"]}) == [1, 8]
+
+
+def _peak_of(cmd: list[str], expect_exit: int = 2) -> int:
+    """Peak resident bytes of a fresh process running `cmd` (its own ru_maxrss, not the tests')."""
+    wrapper = ("import resource, runpy, sys\n"
+               "sys.argv = sys.argv[1:]\n"
+               "try:\n    runpy.run_module('irevnet', run_name='__main__')\n"
+               "except SystemExit as e:\n    code = e.code\n"
+               "else:\n    code = 0\n"
+               "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, code)\n")
+    proc = subprocess.run([sys.executable, "-c", wrapper, *cmd[2:]], check=False, capture_output=True, text=True,
+                          timeout=300)
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("PEAK"))
+    _, peak, code = line.split()
+    assert code == str(expect_exit), proc.stdout[-2000:] + proc.stderr[-2000:]
+    return int(peak)
