@@ -41,6 +41,7 @@ from ..runtime.bundle import (
     MANIFEST,
     REFERENCE,
     SCHEMA_VERSION,
+    check_manifest,
     is_bundle_folder,
 )
 from ..runtime.comparison import TOLERANCES, Tolerance, compare
@@ -196,6 +197,7 @@ def export_bundle(opts: ExportOptions, log=lambda msg: None) -> dict[str, Any]:
                 f"export verification failed ({failed}) against the {precision.value} tolerances; "
                 f"no bundle written (--allow-mismatch keeps it anyway)"
             )
+        check_manifest(manifest, f"the manifest of {out}")  # what Bundle.open enforces, before the swap
         write_json(tmp / MANIFEST, manifest)
     return manifest
 

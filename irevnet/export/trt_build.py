@@ -25,7 +25,7 @@ from .. import validation as check
 from ..errors import IRevNetError
 from ..files import atomic_output, sha256_file, write_json
 from ..runtime.backends.trt_backend import import_tensorrt, make_logger
-from ..runtime.bundle import FORWARD, FORWARD_BLOCKS, INVERSE, INVERSE_BLOCKS, MANIFEST, Bundle
+from ..runtime.bundle import FORWARD, FORWARD_BLOCKS, INVERSE, INVERSE_BLOCKS, MANIFEST, Bundle, check_manifest
 from ..runtime.engines import EngineMismatch, HardwareCompat, check_compatible, make_profile
 from ..runtime.gpu import cuda_api
 
@@ -211,4 +211,5 @@ def _record(bundle: Bundle, section: dict[str, Any], cache_path: Path) -> None:
     if cache_path.parent.resolve() == bundle.path.resolve():
         files[cache_path.name] = sha256_file(cache_path)
     manifest["files"] = dict(sorted(files.items()))
+    check_manifest(manifest, f"the manifest of {bundle.path}")  # what Bundle.open enforces, before it is written
     write_json(bundle.path / MANIFEST, manifest)

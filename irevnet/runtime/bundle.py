@@ -94,9 +94,14 @@ class Bundle:
             raise BundleError(f"{path} is not a bundle: {MANIFEST} is missing; create one with `irevnet export`")
         manifest = _parse_manifest(manifest_path)
         bundle = cls(path, manifest)
+        digests: dict[tuple[int, int], str] = {}  # each distinct file hashed once, however many names reach it
         for name in manifest["files"]:
             file = bundle._locate(name, f"files[{name[:80]!r}]")
-            if check_hashes and sha256_file(file) != manifest["files"][name]:
+            if not check_hashes:
+                continue
+            info = file.stat()
+            digest = digests.get((info.st_dev, info.st_ino)) or digests.setdefault((info.st_dev, info.st_ino), sha256_file(file))
+            if digest != manifest["files"][name]:
                 raise BundleError(f"{path}: {name} does not match its sha256 in the manifest (modified or corrupt); re-export")
         for key, name in bundle._referenced_files():
             if name not in manifest["files"]:
@@ -372,6 +377,25 @@ def _parse_manifest(manifest_path: Path) -> dict[str, Any]:
         raise BundleError(f"{manifest_path}: nested too deeply to be an irevnet manifest; re-export the bundle") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise BundleError(f"{manifest_path}: not valid JSON ({str(e)[:120]}); re-export the bundle") from None
+    return _check_rules(manifest, manifest_path)
+
+
+def check_manifest(manifest: dict[str, Any], where: str | Path) -> None:
+    """What the exporter and the engine builder call before they write a manifest: the rules
+    `Bundle.open` enforces (schema, version, config, normalization), applied to the JSON that
+    will be written, so a bundle is never written that cannot be read.
+
+    Raises:
+        BundleError: one line naming the field, prefixed with `where`.
+    """
+    try:
+        written = json.loads(json.dumps(manifest, allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise BundleError(f"{where}: a value cannot be written as JSON ({str(e)[:120]})") from None
+    _check_rules(written, where)
+
+
+def _check_rules(manifest: Any, manifest_path: str | Path) -> dict[str, Any]:
     version = manifest.get("schema_version") if isinstance(manifest, dict) else None
     if not isinstance(version, int) or isinstance(version, bool):
         raise BundleError(f"{manifest_path}: no schema_version; not an irevnet manifest")

@@ -155,6 +155,23 @@ def test_failed_verification_leaves_no_bundle_and_keeps_the_old_one(trained_tiny
     assert not (tmp_path / "new").exists()
 
 
+def test_a_manifest_the_reader_would_refuse_is_never_written(trained_tiny, tmp_path, monkeypatch):
+    """The exporter checks its manifest with the rules Bundle.open enforces before the swap: a field
+    over the schema's bounds (here a version string, as a long dataset path once was) or a value
+    JSON cannot carry is one line, and the good bundle already there stays."""
+    from irevnet.errors import BundleError
+    from irevnet.export import bundle as export_module
+
+    out = export_tiny(trained_tiny, tmp_path / "bundle", debug_graphs=False)
+    before = (out / "manifest.json").read_bytes()
+    for versions, message in (({"torch": "x" * 1000}, "field 'versions.torch' is invalid"),
+                              ({"torch": b"2.14"}, "cannot be written as JSON")):
+        monkeypatch.setattr(export_module, "_versions", lambda versions=versions: versions)
+        with pytest.raises(BundleError, match=message):
+            export_tiny(trained_tiny, out, debug_graphs=False)
+        assert (out / "manifest.json").read_bytes() == before
+
+
 def test_reference_format_checkpoints_export(tmp_path):
     model = small_model("irevnet-301")
     path = tmp_path / "ILSVRC_trained_irevnet.pth.tar"

@@ -391,3 +391,22 @@ def _peak_of(cmd: list[str], expect_exit: int = 2) -> int:
     _, peak, code = line.split()
     assert code == str(expect_exit), proc.stdout[-2000:] + proc.stderr[-2000:]
     return int(peak)
+
+
+def test_many_names_for_one_file_are_hashed_once(bundles, tmp_path, monkeypatch):
+    """2,000 in-bundle links to one file, each listed with its hash: the file is hashed once (the
+    issue's case linked a 256 MiB sparse file 2,000 times: half a terabyte of hashing)."""
+    from irevnet.runtime import bundle as bundle_module
+
+    bundle = shutil.copytree(bundles["fp32"], tmp_path / "b")
+    listed = len(json.loads((bundle / "manifest.json").read_text())["files"])
+    digest = hashlib.sha256((bundle / "weights.bin").read_bytes()).hexdigest()
+    (bundle / "extra").mkdir()
+    for i in range(2000):
+        (bundle / "extra" / f"w{i}.bin").symlink_to(bundle / "weights.bin")
+    edit_manifest(bundle, lambda m: m["files"].update({f"extra/w{i}.bin": digest for i in range(2000)}))
+    hashed = []
+    real = bundle_module.sha256_file
+    monkeypatch.setattr(bundle_module, "sha256_file", lambda path: hashed.append(path) or real(path))
+    Bundle.open(bundle)
+    assert len(hashed) == listed, "one hash per distinct file, not 2,000 more"
