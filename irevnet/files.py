@@ -21,7 +21,7 @@ from .errors import IRevNetError
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_output(path: str | os.PathLike, *, replace_special: bool = False) -> Iterator[Path]:
     """Yields a temporary path and puts what was written there at `path` once the block succeeds.
 
     A regular file is replaced by a rename: on any exception (KeyboardInterrupt and SIGTERM
@@ -29,9 +29,14 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     replaced file's permissions carry over. A link is followed: what it points to is written, the
     link stays. A device, FIFO or socket (`/dev/stdout`, a pipe) is written into, never replaced.
     Temporaries left by a process that was killed are removed by the next write to the same path.
+    `replace_special`: a folder irevnet owns (the machine cache) replaces whatever non-regular
+    file or link stands at `path` instead.
     """
     path = Path(path)
-    if path.exists() and not path.is_file():  # behind it (links followed) a device, FIFO, socket or pipe
+    if replace_special:
+        if path.is_dir() and not path.is_symlink():
+            raise IRevNetError(f"{path} is a folder; give a file path")
+    elif path.exists() and not path.is_file():  # behind it (links followed) a device, FIFO, socket or pipe
         if path.is_dir():
             raise IRevNetError(f"{path} is a folder; give a file path")
         with tempfile.TemporaryDirectory(prefix="irevnet.") as scratch:
@@ -40,9 +45,9 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
             with open(tmp, "rb") as source, open(path, "wb") as sink:  # written into, never replaced
                 shutil.copyfileobj(source, sink)
         return
-    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    target = Path(os.path.realpath(path)) if path.is_symlink() and not replace_special else path
     check_writable(target)
-    mode = stat.S_IMODE(target.stat().st_mode) if target.is_file() else 0o666 & ~_umask()
+    mode = stat.S_IMODE(target.stat().st_mode) if target.is_file() and not target.is_symlink() else 0o666 & ~_umask()
     with _naming(target):
         target.parent.mkdir(parents=True, exist_ok=True)
         _remove_leftovers(target)

@@ -65,16 +65,18 @@ def test_parser_errors_name_the_node(fake_trt, bundles, tmp_path):
     import onnx
 
     from irevnet.export.trt_build import BuildOptions, build_engines
+    from tests.runtime import trt_double
 
     fake_trt("10.13.0.35")
     bundle = shutil.copytree(bundles["fp32"], tmp_path / "b")
     model = onnx.load(str(bundle / "forward.onnx"))
-    model.graph.node[5].op_type = "Unsupported"
+    model.graph.node[5].doc_string = trt_double.UNSUPPORTED
     onnx.save(model, str(bundle / "forward.onnx"))
     from irevnet.files import sha256_file
 
     edit_manifest(bundle, lambda m: m["files"].update({"forward.onnx": sha256_file(bundle / "forward.onnx")}))
-    with pytest.raises(IRevNetError, match=rf"could not parse forward.onnx: node {model.graph.node[5].name} \(Unsupported\)"):
+    node = model.graph.node[5]
+    with pytest.raises(IRevNetError, match=rf"could not parse forward.onnx: node {node.name} \({node.op_type}\)"):
         build_engines(BuildOptions(bundle=str(bundle)))
 
 

@@ -119,16 +119,16 @@ def _prepare(bundle: Bundle, graph: str, path: Path) -> None:
                 data.seek(int(info.get("offset", 0)))
                 raw = data.read(int(info["length"]))
                 digest = hashlib.sha256(raw).hexdigest()
-                with atomic_output(path.parent / f"{digest}.bin") as out:  # also replaces a damaged one
+                with atomic_output(path.parent / f"{digest}.bin", replace_special=True) as out:  # also replaces a damaged one
                     out.write_bytes(raw)
                 del tensor.external_data[:]
                 for key, value in (("location", f"{digest}.bin"), ("length", str(len(raw)))):
                     entry = tensor.external_data.add()
                     entry.key, entry.value = key, value
     data = optimized.SerializeToString()
-    with atomic_output(path) as out:  # after its tensors: a graph in the cache has all of them
+    with atomic_output(path, replace_special=True) as out:  # after its tensors: a graph in the cache has all of them
         out.write_bytes(data)
-    with atomic_output(_record(path)) as out:  # last: the digest vouches for a complete graph
+    with atomic_output(_record(path), replace_special=True) as out:  # last: the digest vouches for a complete graph
         out.write_text(hashlib.sha256(data).hexdigest())
 
 
