@@ -106,6 +106,11 @@ def bundles(trained_tiny, tmp_path_factory):
     }
 
 
+# Python code for the peak resident bytes of the process running it: VmHWM. Not ru_maxrss, which
+# Linux carries across exec, so a child of a large test process would report the parent's size.
+PEAK_RSS = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) * 1024"
+
+
 def edit_manifest(bundle: Path, change: Callable[[dict], object]) -> Path:
     """Applies `change` to a bundle's manifest.json in place, as a hand edit (or an attacker) would:
     the manifest is not covered by its own hashes."""

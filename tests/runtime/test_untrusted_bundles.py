@@ -26,7 +26,7 @@ from irevnet.cli import app
 from irevnet.errors import BundleError
 from irevnet.runtime import Bundle, open_backend
 from irevnet.runtime.backends import ort_offline
-from tests.conftest import edit_manifest
+from tests.conftest import PEAK_RSS, edit_manifest
 
 runner = CliRunner()
 _OPENED: list[str] | None = None  # files opened while a case runs (None: not recording)
@@ -378,13 +378,13 @@ def test_bench_batch_sizes_do_not_follow_an_unchecked_batch_max(bundles, tmp_pat
 
 
 def _peak_of(cmd: list[str], expect_exit: int = 2) -> int:
-    """Peak resident bytes of a fresh process running `cmd` (its own ru_maxrss, not the tests')."""
-    wrapper = ("import resource, runpy, sys\n"
+    """Peak resident bytes of a fresh process running `cmd` (`irevnet ...`)."""
+    wrapper = ("import runpy, sys\n"
                "sys.argv = sys.argv[1:]\n"
                "try:\n    runpy.run_module('irevnet', run_name='__main__')\n"
                "except SystemExit as e:\n    code = e.code\n"
                "else:\n    code = 0\n"
-               "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, code)\n")
+               f"print('PEAK', {PEAK_RSS}, code)\n")
     proc = subprocess.run([sys.executable, "-c", wrapper, *cmd[2:]], check=False, capture_output=True, text=True,
                           timeout=300)
     line = next(line for line in proc.stdout.splitlines() if line.startswith("PEAK"))
