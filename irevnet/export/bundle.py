@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
+import math
 import platform
 import time
 from dataclasses import dataclass
@@ -225,6 +226,9 @@ def _grid(model, x: torch.Tensor, source: str) -> dict[str, Any]:
     """The exact coupling's grid 2^-k, from the largest coupling value of the fp32 model."""
     with torch.no_grad():
         largest = max(float(t.abs().max()) for pair in model.forward_pairs(x) for t in pair if t.numel())
+    if not math.isfinite(largest):
+        raise IRevNetError(f"the model's coupling values are not finite on the {source} (the fp32 model overflows); "
+                           f"check the checkpoint, or export without --exact-coupling")
     k = grid_exponent(largest)
     return {"exponent": k, "step": 2.0**-k, "bound": 2.0 ** (MANTISSA_BITS - k), "max_abs_measured": largest,
             "source": source, "images": len(x)}

@@ -156,3 +156,38 @@ def test_calibration_methods_choose_ranges_from_the_histogram():
     best = min(error(t) for t in np.linspace(largest / 400, largest, 400))
     chosen = mse_range(counts, largest)
     assert error(chosen) <= 1.02 * best < error(largest)
+
+
+def test_calibration_on_overflowing_activations_is_one_line():
+    """A model whose fp32 activations overflow cannot be calibrated: one line naming the tensor,
+    not an OverflowError from turning infinity into a scale."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from irevnet.errors import IRevNetError
+    from irevnet.export.quantize import calibrate
+
+    weight = numpy_helper.from_array(np.full((1, 1, 1, 1), 1e38, np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w"], ["y"], name="block0/F/0/Conv")], "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, 1, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1, 2, 2])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    with pytest.raises(IRevNetError, match="'y' is not finite"):
+        calibrate(model, np.full((2, 1, 2, 2), 1e10, np.float32), batch=2)
+
+
+def test_an_overflowing_model_cannot_get_an_exact_coupling_grid():
+    """The grid's exponent comes from the largest coupling value: infinite there, one line instead
+    of an OverflowError from ceil(log2(inf))."""
+    import torch
+
+    import irevnet
+    from irevnet.errors import IRevNetError
+    from irevnet.export.bundle import _grid
+
+    model = irevnet.create_model("irevnet-tiny-bijective").eval()
+    with torch.no_grad():
+        for conv in (m for m in model.stack[0].modules() if isinstance(m, torch.nn.Conv2d)):
+            conv.weight.fill_(3e38)
+    with pytest.raises(IRevNetError, match="not finite"):
+        _grid(model, torch.ones(2, 1, 32, 32), "test images")
