@@ -63,8 +63,14 @@ def test_cpp_reads_npy_and_manifest_and_denormalizes_like_python(io_check, bundl
     np.testing.assert_allclose(pixels, expected, rtol=2e-7, atol=1e-7)
 
     pgm = _read_pnm(tmp_path / "px_0.pgm")
-    expected_u8 = np.clip(np.round(expected[0].transpose(1, 2, 0) * 255.0), 0, 255).astype(np.uint8)
-    assert pgm.shape == (16, 16, 1) and np.array_equal(pgm, expected_u8), "same rounding (half to even) as numpy"
+    scaled = expected[0].transpose(1, 2, 0).astype(np.float64) * 255.0
+    expected_u8 = np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+    assert pgm.shape == (16, 16, 1)
+    # the same rounding (half to even) as numpy, except where the value sits within float32 rounding
+    # of a half (C++ rounds its double, numpy the float32): there the two may pick neighbours
+    tie = np.abs(scaled - np.floor(scaled) - 0.5) < 1e-4
+    assert np.array_equal(pgm[~tie], expected_u8[~tie])
+    assert np.abs(pgm.astype(int) - expected_u8.astype(int)).max() <= 1
 
 
 @needs_toolchain
