@@ -15,7 +15,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import IRevNetError
 
@@ -33,12 +33,8 @@ def atomic_output(path: str | os.PathLike, *, replace_special: bool = False) -> 
     file or link stands at `path` instead.
     """
     path = Path(path)
-    if replace_special:
-        if path.is_dir() and not path.is_symlink():
-            raise IRevNetError(f"{path} is a folder; give a file path")
-    elif path.exists() and not path.is_file():  # behind it (links followed) a device, FIFO, socket or pipe
-        if path.is_dir():
-            raise IRevNetError(f"{path} is a folder; give a file path")
+    if not replace_special and path.exists() and not (path.is_file() or path.is_dir()):
+        # behind it (links followed) a device, FIFO, socket or pipe
         with tempfile.TemporaryDirectory(prefix="irevnet.") as scratch:
             tmp = Path(scratch) / "output"
             yield tmp
@@ -149,13 +145,14 @@ def work_folder(parent: str | os.PathLike, name: str) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def read_regular(path: str | os.PathLike, limit: int) -> bytes:
-    """The bytes of a regular file of at most `limit` bytes, opened without following a link
-    and without blocking (a FIFO or device in its place is refused, not waited on).
+@contextlib.contextmanager
+def open_regular(path: str | os.PathLike) -> Iterator[tuple[BinaryIO, int]]:
+    """(the open file, its size) of a regular file, opened without following a link and without
+    blocking: a FIFO or device in its place is refused, not waited on.
 
     Raises:
         FileNotFoundError: nothing is there.
-        ValueError: a link, not a regular file, over `limit`, or changed while read.
+        ValueError: a link, or not a regular file.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -167,10 +164,21 @@ def read_regular(path: str | os.PathLike, limit: int) -> bytes:
         info = os.fstat(f.fileno())
         if not stat.S_ISREG(info.st_mode):
             raise ValueError(f"{path} is not a regular file")
-        if info.st_size > limit:
-            raise ValueError(f"{path} holds {info.st_size} bytes, more than the {limit} expected")
-        data = f.read(info.st_size + 1)
-    if len(data) != info.st_size:
+        yield f, info.st_size
+
+
+def read_regular(path: str | os.PathLike, limit: int) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes, opened as `open_regular` does.
+
+    Raises:
+        FileNotFoundError: nothing is there.
+        ValueError: a link, not a regular file, over `limit`, or changed while read.
+    """
+    with open_regular(path) as (f, size):
+        if size > limit:
+            raise ValueError(f"{path} holds {size} bytes, more than the {limit} expected")
+        data = f.read(size + 1)
+    if len(data) != size:
         raise ValueError(f"{path} changed while it was read")
     return data
 

@@ -100,8 +100,10 @@ class Bundle:
             if not check_hashes:
                 continue
             info = file.stat()
-            digest = digests.get((info.st_dev, info.st_ino)) or digests.setdefault((info.st_dev, info.st_ino), sha256_file(file))
-            if digest != manifest["files"][name]:
+            inode = (info.st_dev, info.st_ino)
+            if inode not in digests:
+                digests[inode] = sha256_file(file)
+            if digests[inode] != manifest["files"][name]:
                 raise BundleError(f"{path}: {name} does not match its sha256 in the manifest (modified or corrupt); re-export")
         for key, name in bundle._referenced_files():
             if name not in manifest["files"]:

@@ -31,16 +31,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import os
 import platform
 import re
-import stat
 import weakref
 from pathlib import Path
 
 import numpy as np
 
-from ...files import atomic_output, machine_cache, read_regular, work_folder
+from ...files import atomic_output, machine_cache, open_regular, read_regular, work_folder
 from ..bundle import MAX_GRAPH_BYTES, Bundle
 
 _TENSOR_FILE = re.compile(r"^[0-9a-f]{64}\.bin$")
@@ -181,19 +179,17 @@ def _load(path: Path) -> tuple[bytes, dict[str, np.ndarray], Path]:
 def _read_aligned(file: Path, size: int) -> np.ndarray:
     """A buffer holding the file's `size` bytes at a 64-byte aligned address (see _aligned): the
     NCHWc kernels load whole cache lines of weights, and unaligned weights cost 10% at batch 1.
-    The file is opened as read_regular does and must hold exactly `size` bytes: nothing is
-    allocated for a file of another size."""
+    The file is opened as files.open_regular does and must hold exactly `size` bytes: nothing
+    is allocated for a file of another size."""
     try:
-        fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as e:
-        raise ValueError(f"{file} cannot be opened as a plain file ({e.strerror})") from None
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode) or info.st_size != size:
-            raise ValueError(f"{file} is not a regular file of {size} bytes")
-        owner = np.empty(size + ALIGNMENT, dtype=np.uint8)
-        if f.readinto(memoryview(_aligned(owner))) != size:
-            raise ValueError(f"{file} changed while it was read")
+        with open_regular(file) as (f, actual):
+            if actual != size:
+                raise ValueError(f"{file} holds {actual} bytes, not the {size} its graph gives it")
+            owner = np.empty(size + ALIGNMENT, dtype=np.uint8)
+            if f.readinto(memoryview(_aligned(owner))) != size:
+                raise ValueError(f"{file} changed while it was read")
+    except FileNotFoundError:
+        raise ValueError(f"{file} is missing") from None
     return owner
 
 

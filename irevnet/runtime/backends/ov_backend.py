@@ -68,8 +68,7 @@ class OpenVinoBackend(Backend):
         self.outputs = [self._spec(self.compiled.output(o["name"]), o["name"]) for o in bundle.graphs[graph]["outputs"]]
         # what ran, not what was asked: a CPU without bf16 (AVX2, AVX-512 without BF16) runs a
         # bf16 hint in f32, and int8 convolutions run as u8/i8
-        self.ran = _convolution_precisions(self.compiled) or self.precision
-        self.name = f"openvino[cpu,{self.ran}]"
+        self.name = f"openvino[cpu,{_convolution_precisions(self.compiled) or self.precision}]"
 
     @staticmethod
     def _spec(port, name: str) -> dict[str, Any]:
