@@ -28,7 +28,7 @@ import torch
 
 from . import safe_unpickle
 from .config import IRevNetConfig
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, shown
 from .files import atomic_output, sha256_file
 from .model import IRevNet, state_shapes
 
@@ -148,16 +148,11 @@ def _unpickle(path: Path, data: bytes) -> Any:
                 f"known i-RevNet/torch.nn class (loading never runs code from a file); "
                 f"if you trust it, re-save its state_dict with the code that made it"
             ) from None
-        raise CheckpointError(f"{path}: refused to load ({_first_line(e)}); the file is malformed or hostile") from None
+        raise CheckpointError(f"{path}: refused to load ({shown(e)}); the file is malformed or hostile") from None
     except Exception as e:  # noqa: BLE001 - corrupt bytes make an unpickler raise almost anything
         raise CheckpointError(
-            f"{path}: truncated or corrupt checkpoint ({_first_line(e)}); re-download or re-save it"
+            f"{path}: truncated or corrupt checkpoint ({shown(e)}); re-download or re-save it"
         ) from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:200]
 
 
 def load_checkpoint(
@@ -202,7 +197,7 @@ def load_checkpoint(
             return _from_state_dict(path, _tensors(path, obj, "the file"), "state-dict", {}, image_size, in_channels)
     except ConfigError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    keys = sorted(map(str, obj))[:6] if isinstance(obj, dict) else type(obj).__name__
+    keys = shown(sorted(k for k in obj if isinstance(k, str))[:6]) if isinstance(obj, dict) else type(obj).__name__
     raise CheckpointError(
         f"{path}: unknown checkpoint layout ({keys}); expected an irevnet checkpoint, a reference "
         f"ImageNet file with 'state_dict', a reference CIFAR .t7 with 'model', a pytorchcv i-RevNet "
@@ -211,9 +206,10 @@ def load_checkpoint(
 
 
 def _plain(v: Any) -> Any:
+    """A scalar of a reference file's dict as shown by `info`; anything else as a short repr."""
     if isinstance(v, torch.Tensor) and v.numel() == 1:
         return v.item()
-    return v if isinstance(v, (int, float, str, bool)) else str(v)[:100]
+    return v if isinstance(v, (int, float, str, bool)) else shown(v)
 
 
 def _tensors(path: Path, state: Any, what: str) -> dict[str, torch.Tensor]:
@@ -222,14 +218,14 @@ def _tensors(path: Path, state: Any, what: str) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: {what} is a {type(state).__name__}, not a dict of tensors; the file is malformed")
     for key, value in state.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"{path}: {what} holds {str(key)[:80]!r}, which is not a named tensor; the file is malformed")
+            raise CheckpointError(f"{path}: {what} holds {shown(key)}, which is not a named tensor; the file is malformed")
     return state
 
 
 def _from_irevnet(path: Path, obj: dict, image_size: int | None) -> Checkpoint:
     version = obj.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise CheckpointError(f"{path}: format_version is {str(version)[:40]!r}, not a positive integer; the file is malformed")
+        raise CheckpointError(f"{path}: format_version is {shown(version)}, not a positive integer; the file is malformed")
     if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: checkpoint format version {version} is newer than this irevnet reads "
@@ -469,9 +465,9 @@ def _bottleneck_mult(widths: list[tuple[int, int]]) -> int:
         low = max(low, out_ch // (inner + 1) + 1)
         high = out_ch // inner if high is None else min(high, out_ch // inner)
     if high is None or low > high:
-        shown = ", ".join(f"{o} -> {i}" for o, i in dict.fromkeys(widths))
+        listed = ", ".join(f"{o} -> {i}" for o, i in dict.fromkeys(widths))
         raise ConfigError(
-            f"no bottleneck mult gives every block's inner width (out_ch -> inner: {shown}); "
+            f"no bottleneck mult gives every block's inner width (out_ch -> inner: {listed}); "
             f"the weights are not of one i-RevNet"
         )
     return 4 if low <= 4 <= high else low

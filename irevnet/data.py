@@ -7,20 +7,20 @@ so that exported inverses can turn z back into pixels.
 
 from __future__ import annotations
 
-import _codecs
+import math
 import os
-import pickle
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .errors import DatasetError
+from .errors import DatasetError, shown
+from .restricted_pickle import Refused, RestrictedUnpickler, latin1
 
 CIFAR_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
@@ -164,41 +164,92 @@ _CIFAR_FILES = {
 }
 
 
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles CIFAR batch files (dicts of numpy arrays, lists, strings) and nothing else."""
+class _NDArrayName:
+    """What the name numpy.ndarray resolves to in a CIFAR batch: only `_reconstruct`'s first argument."""
 
-    _ALLOWED = frozenset({
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("_codecs", "encode"),
-        ("__builtin__", "bytes"),  # an empty bytes object under protocol 2 (an empty array's buffer)
-        ("builtins", "bytes"),
-    })
 
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"CIFAR batch files hold arrays only, this one names {module}.{name}")
-        if module == "_codecs":
-            return _codecs.encode
-        if name == "bytes":
-            return bytes
-        if module == "numpy":
-            return getattr(np, name)
-        try:  # numpy >= 2 moved numpy.core to numpy._core
-            from numpy._core.multiarray import _reconstruct
-        except ImportError:
-            from numpy.core.multiarray import _reconstruct
-        return _reconstruct
+_NDARRAY = _NDArrayName()
+_CIFAR_DTYPES = frozenset({"u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8"})  # pixels and labels
+
+
+def _reconstruct(cls: Any, shape: Any, typecode: Any) -> np.ndarray:
+    """Stands in for numpy's `_reconstruct(ndarray, (0,), b"b")`: an empty array to fill by BUILD."""
+    if cls is not _NDARRAY or shape != (0,) or typecode not in (b"b", "b"):
+        raise Refused("a CIFAR array is reconstructed with arguments numpy never writes")
+    return np.ndarray((0,), np.uint8)
+
+
+def _dtype(name: Any, align: Any = False, copy: Any = True) -> np.dtype:
+    """Stands in for numpy.dtype(name, align, copy): integer types only, always a new object."""
+    if name not in _CIFAR_DTYPES:
+        raise Refused(f"a CIFAR array has dtype {shown(name)}, not an integer type")
+    return np.dtype(name, bool(align), True)
+
+
+def _empty_bytes(*args: Any) -> bytes:
+    """Stands in for bytes(), which protocol 2 calls for an empty array's buffer."""
+    if args not in ((), ([],), ("",), (b"",)):
+        raise Refused("the file calls bytes() with arguments other than nothing")
+    return b""
+
+
+class _ArrayUnpickler(RestrictedUnpickler):
+    """Reads CIFAR batch files (dicts of integer arrays, lists and strings) and nothing else.
+
+    An array's bytes come from the file and must be exactly what its shape and dtype need,
+    checked before numpy sees them, so a batch file cannot allocate more than its own size.
+    """
+
+    GLOBALS: ClassVar[dict[str, Any]] = {
+        "numpy.core.multiarray._reconstruct": _reconstruct,
+        "numpy._core.multiarray._reconstruct": _reconstruct,
+        "numpy.ndarray": _NDARRAY,
+        "numpy.dtype": _dtype,
+        "_codecs.encode": latin1,
+        "builtins.bytes": _empty_bytes,
+    }
+    CALLABLES = (_reconstruct, _dtype, latin1, _empty_bytes)
+
+    def call(self, func: Any, args: tuple) -> Any:
+        obj = func(*args)
+        if func in (_reconstruct, _dtype):
+            self.created.add(id(obj))
+        return obj
+
+    def build(self, inst: Any, state: Any) -> None:
+        if id(inst) not in self.created or not isinstance(state, tuple):
+            raise Refused(f"the file sets the state of a {type(inst).__name__}, which is not allowed")
+        if isinstance(inst, np.dtype):
+            if len(state) > 9 or not all(type(v) in (int, str, type(None)) for v in state):
+                raise Refused("a CIFAR dtype's state is not numpy's")
+            inst.__setstate__(state)
+            return
+        if len(state) != 5:
+            raise Refused("a CIFAR array's state is not numpy's (version, shape, dtype, order, bytes)")
+        _, shape, dtype, _, raw = state
+        if not (isinstance(shape, tuple) and len(shape) <= 8 and all(type(n) is int and n >= 0 for n in shape)):
+            raise Refused("a CIFAR array's shape is not a tuple of sizes")
+        if id(dtype) not in self.created or type(raw) is not bytes:
+            raise Refused("a CIFAR array's dtype or bytes are not numpy's")
+        if math.prod(shape) * dtype.itemsize != len(raw):
+            raise Refused(f"a CIFAR array of shape {shape} holds {len(raw)} bytes")
+        inst.__setstate__(state)
 
 
 def _read_cifar_py(file: Path, fine: bool) -> tuple[np.ndarray, np.ndarray]:
     with open(file, "rb") as f:
-        entry = _ArrayUnpickler(f, encoding="latin1").load()
-    entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
-    data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-    labels = np.asarray(entry["fine_labels" if fine else "labels"], dtype=np.int64)
+        entry = _ArrayUnpickler(f).load()
+    if not isinstance(entry, dict):
+        raise DatasetError(f"{file}: holds a {type(entry).__name__}, not a CIFAR batch (a dict); re-download it")
+    entry = {k.decode("latin-1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
+    labels = entry.get("fine_labels" if fine else "labels")
+    if not (isinstance(labels, np.ndarray) or (isinstance(labels, list) and all(type(n) is int for n in labels))):
+        raise DatasetError(f"{file}: its labels are not a list of integers; re-download it")
+    data = entry.get("data")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.size % 3072:
+        raise DatasetError(f"{file}: its data is not an array of 3x32x32 uint8 images; re-download it")
+    data = data.reshape(-1, 3, 32, 32)
+    labels = np.asarray(labels, dtype=np.int64)
     return _checked_cifar(file, data, labels, fine)
 
 
@@ -223,6 +274,19 @@ def _checked_cifar(file: Path, data: np.ndarray, labels: np.ndarray, fine: bool)
     if bad.size:
         raise DatasetError(f"{file}: label {labels[bad[0]]} of image {bad[0]} is outside 0..{classes - 1}; re-download it")
     return data, labels
+
+
+def _read_batch(read: Callable[[Path, bool], tuple[np.ndarray, np.ndarray]], file: Path, kind: str):
+    """One batch file's (images, labels), or a one-line error naming the file."""
+    try:
+        return read(file, kind == "cifar100")
+    except DatasetError:
+        raise
+    except Refused as e:
+        what = str(e).replace("Unsupported global: GLOBAL ", "it names ")
+        raise DatasetError(f"{file}: refused ({what}); CIFAR batches hold arrays only, re-download it") from None
+    except Exception as e:  # noqa: BLE001 - a corrupt pickle makes the unpickler raise almost anything
+        raise DatasetError(f"{file}: unreadable {kind} batch file ({shown(e)}); re-download it") from None
 
 
 def _find_cifar(kind: str, root: Path) -> tuple[str, Path] | None:
@@ -262,13 +326,8 @@ def _cifar(kind: str, root: Path, in_shape, augment: bool, download: bool) -> Da
     _, train_files, test_files = _CIFAR_FILES[kind][layout]
     read = _read_cifar_py if layout == "py" else _read_cifar_bin
     fine = kind == "cifar100"
-    try:
-        train = [read(base / f, fine) for f in train_files]
-        test = [read(base / f, fine) for f in test_files]
-    except DatasetError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a corrupt pickle makes the unpickler raise almost anything
-        raise DatasetError(f"{base}: unreadable {kind} batch file ({e}); re-download it") from None
+    train = [_read_batch(read, base / f, kind) for f in train_files]
+    test = [_read_batch(read, base / f, kind) for f in test_files]
     mean, std = CIFAR_STATS[kind]
     c, h, w = in_shape
     if c != 3:

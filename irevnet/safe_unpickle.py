@@ -2,12 +2,13 @@
 
 Every checkpoint irevnet opens goes through `loads`, never through `torch.load` or `pickle.load`:
 
+- the opcodes are restricted as irevnet.restricted_pickle describes (no code runs, no object of
+  the process changes, keys are scalars, `_codecs.encode` is latin-1 only);
 - globals resolve only to an allowlist: inert stand-ins for the reference code's and torch.nn's
   module classes (`Pickled`), storage types, dtypes, OrderedDict/Counter/set, and this module's
-  own tensor-rebuild functions. Any other name is refused before anything is called;
+  own tensor-rebuild functions;
 - BUILD (an object's pickled state) is applied only to stand-in instances that this load created,
-  through their `__dict__`; APPEND/SETITEM/ADDITEMS fill only plain lists, dicts and sets. No
-  opcode can change a class, a function or any other object of the process;
+  through their `__dict__`;
 - ("module", class, file, source) records, which pre-1.6 PyTorch wrote beside each pickled
   nn.Module, return the stand-in; their source is never compared, loaded or written anywhere;
 - a storage's bytes are read only after its size was checked against what the file holds, and a
@@ -21,25 +22,21 @@ the storage keys, then each storage as an int64 element count and its little-end
 
 from __future__ import annotations
 
-import _compat_pickle
-import codecs
 import collections
 import io
-import pickle
 import struct
 import zipfile
-from typing import Any, BinaryIO, ClassVar
+from typing import Any, BinaryIO
 
 import torch
+
+from .errors import shown
+from .restricted_pickle import COLLECTIONS, Refused, RestrictedUnpickler, latin1
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER
 LEGACY_PROTOCOL = 1001
 MAX_DIMS = 64  # tensors of more dimensions are refused (PyTorch allows 64)
 MAX_ZIP_ENTRIES = 1_000_000
-
-
-class Refused(pickle.UnpicklingError):
-    """The file asks for something the loader does not do; the message says what."""
 
 
 class Pickled:
@@ -175,7 +172,7 @@ _GLOBALS: dict[str, Any] = {
     "collections.Counter": collections.Counter,  # MultiStepLR's milestones in a scheduler state
     "builtins.set": set,
     "builtins.frozenset": frozenset,
-    "_codecs.encode": codecs.encode,  # bytes objects under protocol 2
+    "_codecs.encode": latin1,  # bytes objects under protocol 2
     "copyreg._reconstructor": _reconstructor,
     "torch._utils._rebuild_tensor": _rebuild_tensor,
     "torch._utils._rebuild_tensor_v2": _rebuild_tensor,
@@ -186,38 +183,20 @@ _GLOBALS: dict[str, Any] = {
     **{f"torch.cuda.{name}": _StorageType(dtype) for name, dtype in _STORAGE_DTYPES.items()},
     **{f"torch.{name}": value for name, value in vars(torch).items() if isinstance(value, torch.dtype)},
 }
-# Classes whose instances a pickle may create with NEWOBJ; all others are refused.
-_NEW_OK = (*STAND_INS.values(), collections.OrderedDict, collections.Counter, set, frozenset)
-_MAPPINGS = (dict, collections.OrderedDict, collections.Counter)  # what SETITEM(S) may fill
+class _Unpickler(RestrictedUnpickler):
+    """The restricted unpickler (irevnet.restricted_pickle) with torch's storages and tensors,
+    and BUILD applied only to module stand-ins this load made."""
 
-
-class _Unpickler(pickle._Unpickler):
-    """pickle's pure-Python unpickler with the opcodes that change objects restricted.
-
-    The C unpickler cannot be restricted per opcode, so this one replaces the handlers of
-    BUILD, NEWOBJ, NEWOBJ_EX, INST, OBJ, APPEND(S), SETITEM(S) and ADDITEMS.
-    """
-
-    dispatch: ClassVar[dict] = dict(pickle._Unpickler.dispatch)  # this class's own copy, edited below
+    GLOBALS = _GLOBALS
+    CALLABLES = (*COLLECTIONS, latin1, _reconstructor, _rebuild_tensor, _rebuild_parameter, _no_backend)
+    NEW_OK = (*STAND_INS.values(), *COLLECTIONS)
+    MAPPINGS = (dict, collections.OrderedDict, collections.Counter)
 
     def __init__(self, file: BinaryIO, storages: dict[str, _Storage] | None = None, read_storage=None):
-        super().__init__(file, encoding="latin1")
+        super().__init__(file)
         self.storages = storages if storages is not None else {}
         self.read_storage = read_storage  # zip: key -> bytes of the record
-        self.created: set[int] = set()  # ids of the stand-ins this load made (kept alive by the memo)
         self.dry_run = False  # legacy first pass: storages have no bytes yet, tensors are None
-
-    def find_class(self, module: str, name: str) -> Any:
-        if not isinstance(module, str) or not isinstance(name, str):
-            raise Refused("a global's name is not a string")
-        # Python 2 names (protocol-2 pickles say __builtin__.set), renamed as pickle's own
-        # find_class does; no Python 3 module has these names.
-        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
-        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-        full = f"{module}.{name}"
-        if full not in _GLOBALS:
-            raise Refused(f"Unsupported global: GLOBAL {full}")
-        return _GLOBALS[full]
 
     def persistent_load(self, pid: Any) -> Any:
         if not isinstance(pid, tuple) or not pid:
@@ -229,7 +208,7 @@ class _Unpickler(pickle._Unpickler):
                 raise Refused("a module record names a class that is not a known module class")
             return cls
         if kind != "storage" or len(pid) not in (5, 6):
-            raise Refused(f"unknown persistent record {str(kind)[:40]!r}")
+            raise Refused(f"unknown persistent record {shown(kind)}")
         storage_type, key, numel = pid[1], pid[2], pid[4]
         view = pid[5] if len(pid) == 6 else None
         if not isinstance(storage_type, _StorageType):
@@ -251,38 +230,18 @@ class _Unpickler(pickle._Unpickler):
             raise Refused("a storage view record is malformed")
         return _StorageView(storage, _int(view[1], "a view offset"), _int(view[2], "a view size"))
 
-    # -- the restricted opcodes --------------------------------------------------------------
-
-    def _new(self, cls: Any, args: Any) -> Any:
-        if not (isinstance(cls, type) and cls in _NEW_OK) or not isinstance(args, tuple):
-            raise Refused(f"the file creates a {getattr(cls, '__name__', type(cls).__name__)}, which is not allowed")
+    def new(self, cls: type) -> Any:
+        obj = cls()
         if issubclass(cls, Pickled):
-            if args:
-                raise Refused("a module stand-in takes no arguments")
-            obj = cls()
             self.created.add(id(obj))
-            return obj
-        return cls(*args) if cls in (set, frozenset) else cls()
+        return obj
 
-    def load_newobj(self) -> None:
-        args = self.stack.pop()
-        self.stack[-1] = self._new(self.stack[-1], args)
+    def call(self, func: Any, args: tuple) -> Any:
+        if self.dry_run and func in (_rebuild_tensor, _rebuild_parameter):
+            return None
+        return func(*args)
 
-    def load_newobj_ex(self) -> None:
-        kwargs, args = self.stack.pop(), self.stack.pop()
-        if kwargs:
-            raise Refused("keyword arguments in object creation are not allowed")
-        self.stack[-1] = self._new(self.stack[-1], args)
-
-    def load_inst(self) -> None:
-        raise Refused("the INST opcode (protocol 0 object creation) is not allowed")
-
-    def load_obj(self) -> None:
-        raise Refused("the OBJ opcode (protocol 1 object creation) is not allowed")
-
-    def load_build(self) -> None:
-        state = self.stack.pop()
-        inst = self.stack[-1]
+    def build(self, inst: Any, state: Any) -> None:
         if isinstance(state, tuple) and len(state) == 2 and state[1] is None:
             state = state[0]
         if type(inst) in (collections.OrderedDict, collections.Counter):
@@ -292,64 +251,6 @@ class _Unpickler(pickle._Unpickler):
         if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
             raise Refused("a module's state is not a dict of names")
         inst.__dict__.update(state)
-
-    def _target(self, kinds: tuple[type, ...]) -> Any:
-        """The object under the items, if it is exactly one of `kinds` (never a subclass, a
-        class or anything the process already had)."""
-        target = self.stack[-1]
-        if type(target) not in kinds:
-            raise Refused(f"the file adds items to a {type(target).__name__}, which is not allowed")
-        return target
-
-    def load_append(self) -> None:
-        value = self.stack.pop()
-        self._target((list,)).append(value)
-
-    def load_appends(self) -> None:
-        items = self.pop_mark()
-        self._target((list,)).extend(items)
-
-    def load_setitem(self) -> None:
-        value, key = self.stack.pop(), self.stack.pop()
-        self._target(_MAPPINGS)[key] = value
-
-    def load_setitems(self) -> None:
-        items = self.pop_mark()
-        target = self._target(_MAPPINGS)
-        for i in range(0, len(items) - 1, 2):
-            target[items[i]] = items[i + 1]
-
-    def load_additems(self) -> None:
-        items = self.pop_mark()
-        self._target((set,)).update(items)
-
-    def load_reduce(self) -> None:
-        args = self.stack.pop()
-        func = self.stack[-1]
-        if not isinstance(args, tuple):
-            raise Refused("REDUCE arguments are not a tuple")
-        if isinstance(func, type) and func not in (collections.OrderedDict, collections.Counter, set, frozenset):
-            raise Refused(f"the file calls the class {func.__name__}, which is not allowed")
-        if not any(func is allowed for allowed in _CALLABLE):
-            raise Refused("the file calls something that is not an allowed function")
-        if self.dry_run and func in (_rebuild_tensor, _rebuild_parameter):
-            self.stack[-1] = None
-            return
-        self.stack[-1] = func(*args)
-
-
-_CALLABLE = {
-    collections.OrderedDict, collections.Counter, set, frozenset, codecs.encode, _reconstructor,
-    _rebuild_tensor, _rebuild_parameter, _no_backend,
-}
-for _opcode, _handler in (
-    (pickle.NEWOBJ, _Unpickler.load_newobj), (pickle.NEWOBJ_EX, _Unpickler.load_newobj_ex),
-    (pickle.INST, _Unpickler.load_inst), (pickle.OBJ, _Unpickler.load_obj), (pickle.BUILD, _Unpickler.load_build),
-    (pickle.APPEND, _Unpickler.load_append), (pickle.APPENDS, _Unpickler.load_appends),
-    (pickle.SETITEM, _Unpickler.load_setitem), (pickle.SETITEMS, _Unpickler.load_setitems),
-    (pickle.ADDITEMS, _Unpickler.load_additems), (pickle.REDUCE, _Unpickler.load_reduce),
-):
-    _Unpickler.dispatch[_opcode[0]] = _handler
 
 
 class _Plain(_Unpickler):

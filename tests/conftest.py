@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -109,6 +111,24 @@ def bundles(trained_tiny, tmp_path_factory):
 # Python code for the peak resident bytes of the process running it: VmHWM. Not ru_maxrss, which
 # Linux carries across exec, so a child of a large test process would report the parent's size.
 PEAK_RSS = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) * 1024"
+
+
+def peak_of_cli(args: list[str], expect_exit: int = 2, timeout: float = 120) -> int:
+    """Peak resident bytes of a fresh process running `irevnet ARGS`, after checking its exit code
+    (a subprocess: this test process's own peak would hide the allocation)."""
+    wrapper = ("import runpy, sys\n"
+               "sys.argv = ['irevnet', *sys.argv[1:]]\n"
+               "try:\n    runpy.run_module('irevnet', run_name='__main__')\n"
+               "except SystemExit as e:\n    code = e.code\n"
+               "else:\n    code = 0\n"
+               f"print('PEAK', {PEAK_RSS}, code)\n")
+    proc = subprocess.run([sys.executable, "-c", wrapper, *args], check=False, capture_output=True, text=True,
+                          timeout=timeout)
+    line = next((line for line in proc.stdout.splitlines() if line.startswith("PEAK")), None)
+    assert line is not None, proc.stdout[-2000:] + proc.stderr[-2000:]
+    _, peak, code = line.split()
+    assert code == str(expect_exit), proc.stdout[-2000:] + proc.stderr[-2000:]
+    return int(peak)
 
 
 def edit_manifest(bundle: Path, change: Callable[[dict], object]) -> Path:

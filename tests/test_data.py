@@ -1,5 +1,7 @@
 import pickle
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -7,6 +9,7 @@ import torch
 
 from irevnet.data import DIGITS_TEST_SIZE, load_datasets, parse_spec
 from irevnet.errors import DatasetError
+from tests.conftest import PEAK_RSS
 
 
 def test_digits_split_is_fixed_and_real():
@@ -119,7 +122,7 @@ def test_corrupt_cifar_batches_give_one_line_errors(tmp_path):
     ]
     for data in corrupt:
         batch.write_bytes(data)
-        with pytest.raises(DatasetError, match="unreadable cifar10 batch file") as err:
+        with pytest.raises(DatasetError, match=r"cifar-10-batches-py.*re-download it$") as err:
             load_datasets(f"cifar10:{tmp_path}", (3, 32, 32))
         assert "\n" not in str(err.value)
 
@@ -191,3 +194,47 @@ def test_empty_cifar_binary_file_is_named(tmp_path):
     (folder / "test_batch.bin").write_bytes(b"")
     with pytest.raises(DatasetError, match="test_batch.bin: no images in this batch file"):
         load_datasets(f"cifar10:{tmp_path}", (3, 32, 32))
+
+
+def _tower(leaf, levels: int) -> list:
+    """[t, t] `levels` times over `leaf`: pickled once per level (linear), 2^levels leaves when
+    numpy or str() walks it."""
+    for _ in range(levels):
+        leaf = [leaf, leaf]
+    return leaf
+
+
+def _peak_loading(root) -> tuple[int, str]:
+    """Peak resident bytes of a fresh process loading cifar10:ROOT, and its error line."""
+    code = ("import sys\nfrom irevnet.data import load_datasets\nfrom irevnet.errors import DatasetError\n"
+            f"try:\n    load_datasets('cifar10:{root}', (3, 32, 32))\n    line = 'loaded'\n"
+            "except DatasetError as e:\n    line = str(e)\n"
+            f"print({PEAK_RSS}, line)\n")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120).stdout
+    peak, line = out.strip().splitlines()[-1].split(" ", 1)
+    return int(peak), line
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [
+        {b"data": np.zeros((1, 3072), np.uint8), b"labels": _tower(0, 26)},  # 2^26 labels: 512 MB as int64
+        {b"data": _tower([0] * 3072, 17), b"labels": [0]},  # 2^17 images of nested lists: 400 MB+
+        {b"data": np.zeros((1, 3072), np.uint8), b"labels": np.zeros(1, dtype=object)},  # object arrays run pickles
+    ],
+    ids=["label-tower", "image-tower", "object-array"],
+)
+def test_a_few_kilobytes_of_cifar_cannot_allocate_gigabytes(tmp_path, batch):
+    """The issue's 3.6 KB CIFAR folder made `evaluate` use 2.4 GB: batch files are read by a
+    restricted unpickler and only arrays whose bytes are in the file become images."""
+    intact = tmp_path / "intact"
+    _write_cifar_py(intact, n_train=5, n_test=1)
+    hostile = tmp_path / "hostile"
+    _write_cifar_py(hostile, n_train=5, n_test=1)
+    (hostile / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
+    assert sum(f.stat().st_size for f in (hostile / "cifar-10-batches-py").iterdir()) < 40_000
+    intact_peak, line = _peak_loading(intact)
+    assert line == "loaded"
+    peak, line = _peak_loading(hostile)
+    assert "test_batch" in line and "re-download it" in line, line
+    assert peak < intact_peak + (64 << 20), (peak, intact_peak)

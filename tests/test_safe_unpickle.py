@@ -11,6 +11,7 @@ import torch
 from irevnet import safe_unpickle
 from irevnet.checkpoint import load_checkpoint
 from irevnet.errors import CheckpointError
+from tests.conftest import peak_of_cli
 
 
 def text(s: str) -> bytes:
@@ -145,3 +146,66 @@ def test_compressed_zip_records_are_refused(tmp_path):
             dst.writestr(info.filename, src.read(info.filename))
     with pytest.raises(CheckpointError, match="compressed or larger than the file"):
         load_checkpoint(bomb)
+
+
+# -- a few hundred bytes must not grow into gigabytes ---------------------------------------------
+
+
+def codec_chain(links: int) -> bytes:
+    """state_dict = encode(...encode(encode("a", "latin1"), "hex")..., "hex"): each link doubles it."""
+    expr = b"h\x00" + text("a") + text("latin1") + b"\x86R"
+    for _ in range(links):
+        expr = b"h\x00" + expr + text("hex") + b"\x86R"
+    return legacy_stream(b"\x80\x02}" + text("state_dict") + glob("_codecs", "encode") + b"q\x000" + expr + b"s.")
+
+
+def shared_tuples(levels: int, as_key: bool) -> bytes:
+    """t = (t, t) `levels` times: linear in the file, exponential when printed or hashed. As a
+    reference-ImageNet file's "arch" (shown by `info`), or as a dict key (hashed when set)."""
+    tower = b")q\x000" + b"h\x00h\x00\x86q\x000" * levels
+    if as_key:
+        main = b"\x80\x02" + tower + b"}" + text("state_dict") + b"}h\x00K\x01ss."
+    else:
+        main = b"\x80\x02" + tower + b"}(" + text("state_dict") + b"}" + text("arch") + b"h\x00u."
+    return legacy_stream(main)
+
+
+@pytest.fixture(scope="module")
+def intact_info_peak(tmp_path_factory):
+    """Peak memory of `irevnet info` on an intact file: what the process costs without the attack."""
+    path = tmp_path_factory.mktemp("intact") / "intact.pt"
+    torch.save({"state_dict": {}}, path, _use_new_zipfile_serialization=False)
+    return peak_of_cli(["info", "-c", str(path)])
+
+
+@pytest.mark.parametrize(
+    "build, refusal",
+    [
+        # 28 doublings: a 268 MB string from 1 KB of file (the issue's 258-byte file reached 2 GB)
+        (lambda: codec_chain(28), "_codecs.encode with something other than text and latin-1"),
+        # str() of 2^24 shared tuples: 100 MB+ for `info`'s meta line (2^40: hours and terabytes)
+        (lambda: shared_tuples(24, as_key=False), "no i-RevNet blocks found"),
+        (lambda: shared_tuples(40, as_key=True), "a key or set item is a tuple, not a scalar"),
+    ],
+    ids=["codec-chain", "shared-tuples-shown", "shared-tuples-hashed"],
+)
+def test_small_files_cannot_allocate_or_loop_without_bound(tmp_path, intact_info_peak, build, refusal):
+    path = tmp_path / "small.pt"
+    path.write_bytes(build())
+    assert path.stat().st_size < 2048
+    with pytest.raises(CheckpointError, match=refusal):
+        load_checkpoint(path)
+    # In a fresh process, so that this one's earlier peaks hide nothing: the file costs no more
+    # than 64 MiB beyond an intact file's run (the attacks above need 100 MB to terabytes).
+    peak = peak_of_cli(["info", "-c", str(path)], timeout=60)
+    assert peak < intact_info_peak + (64 << 20), (peak, intact_info_peak)
+
+
+def test_collections_are_built_from_scalars_only():
+    """set/frozenset/Counter/OrderedDict arguments are checked like keys: a tuple tower as a set
+    item would be hashed as it is added."""
+    tower = b")q\x000" + b"h\x00h\x00\x86q\x000" * 40
+    for builder in (glob("builtins", "set"), glob("collections", "Counter"), glob("builtins", "frozenset")):
+        main = b"\x80\x02" + tower + builder + b"]h\x00a\x85R."
+        with pytest.raises(safe_unpickle.Refused, match="key or set item is a tuple"):
+            safe_unpickle.loads(legacy_stream(main))

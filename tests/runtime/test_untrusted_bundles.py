@@ -26,7 +26,7 @@ from irevnet.cli import app
 from irevnet.errors import BundleError
 from irevnet.runtime import Bundle, open_backend
 from irevnet.runtime.backends import ort_offline
-from tests.conftest import PEAK_RSS, edit_manifest
+from tests.conftest import edit_manifest, peak_of_cli
 
 runner = CliRunner()
 _OPENED: list[str] | None = None  # files opened while a case runs (None: not recording)
@@ -349,7 +349,7 @@ def test_reference_arrays_are_bounded_by_the_bytes_present(bundles, decoys, tmp_
         edit_manifest(bundle, lambda m, digest=digest: m["files"].update({"reference.npz": digest}))
         result = _run(bundle, decoys, "--no-blocks")
         assert result.exit_code == 2 and "reference.npz" in result.output, (name, result.output)
-        peak = _peak_of([sys.executable, "-m", "irevnet", "verify", str(bundle), "--no-blocks"])
+        peak = peak_of_cli(["verify", str(bundle), "--no-blocks"])
         assert peak < 1 << 30, (name, peak)
 
 
@@ -361,7 +361,7 @@ def test_a_manifest_checkpoint_path_to_a_large_file_is_hashed_as_a_stream(bundle
         f.truncate(2 << 30)
     bundle = shutil.copytree(bundles["fp32"], tmp_path / "b")
     edit_manifest(bundle, lambda m: m["checkpoint"].update(path=str(big)))
-    peak = _peak_of([sys.executable, "-m", "irevnet", "verify", str(bundle), "--no-blocks"], expect_exit=2)
+    peak = peak_of_cli(["verify", str(bundle), "--no-blocks"], expect_exit=2)
     assert peak < 1 << 30
 
 
@@ -375,22 +375,6 @@ def test_bench_batch_sizes_do_not_follow_an_unchecked_batch_max(bundles, tmp_pat
     r = bench_module.bench(bench_module.BenchOptions(bundles=[str(bundle)], backends=["onnxruntime"], direction="forward",
                                                      warmup_s=0, iterations=2, rounds=1))
     assert sorted({e["batch"] for e in r["results"]}) == [1, 8]
-
-
-def _peak_of(cmd: list[str], expect_exit: int = 2) -> int:
-    """Peak resident bytes of a fresh process running `cmd` (`irevnet ...`)."""
-    wrapper = ("import runpy, sys\n"
-               "sys.argv = sys.argv[1:]\n"
-               "try:\n    runpy.run_module('irevnet', run_name='__main__')\n"
-               "except SystemExit as e:\n    code = e.code\n"
-               "else:\n    code = 0\n"
-               f"print('PEAK', {PEAK_RSS}, code)\n")
-    proc = subprocess.run([sys.executable, "-c", wrapper, *cmd[2:]], check=False, capture_output=True, text=True,
-                          timeout=300)
-    line = next(line for line in proc.stdout.splitlines() if line.startswith("PEAK"))
-    _, peak, code = line.split()
-    assert code == str(expect_exit), proc.stdout[-2000:] + proc.stderr[-2000:]
-    return int(peak)
 
 
 def test_many_names_for_one_file_are_hashed_once(bundles, tmp_path, monkeypatch):
