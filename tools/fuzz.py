@@ -29,7 +29,6 @@ import hashlib
 import io
 import json
 import os
-import pickle
 import random
 import resource
 import shutil
@@ -132,7 +131,7 @@ def _pickle_ints(data: bytes) -> list[tuple[int, int]]:
             if width:
                 places.append((pos + 1, width))
     except Exception:  # noqa: BLE001 - a stream already mutated: use what was read
-        pass
+        return places
     return places
 
 
@@ -363,7 +362,8 @@ def classify(code: int, text: str, max_rss: int, limit: int, killed: bool) -> st
 
 def run_cases(cases, jobs: int, timeout: float, limit: int, work: Path):
     """Runs (case id, mutation kind, argv, cleanup) tuples, `jobs` at a time; yields results."""
-    vm = int(next(line for line in open("/proc/self/status") if line.startswith("VmSize")).split()[1]) * 1024
+    status = Path("/proc/self/status").read_text().splitlines()
+    vm = int(next(line for line in status if line.startswith("VmSize")).split()[1]) * 1024
     memory_cap = vm + 4 * GIB  # a runaway case fails its allocation here instead of taking the machine
     running: dict[int, tuple] = {}
     cases = iter(cases)
@@ -398,6 +398,31 @@ def run_cases(cases, jobs: int, timeout: float, limit: int, work: Path):
         case[3]()
 
 
+def _in_child(fn, *args):
+    """fn(*args) in a forked child, its result pickled back: this process stays small, so the
+    cases forked from it start at the size of a fresh `irevnet` process."""
+    import pickle
+
+    result = Path(tempfile.mkstemp(prefix="irevnet-fuzz-")[1])
+    pid = os.fork()
+    if pid == 0:
+        try:
+            result.write_bytes(pickle.dumps(fn(*args)))
+            os._exit(0)
+        except BaseException:  # noqa: BLE001 - reported by the parent
+            import traceback
+
+            traceback.print_exc()
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    try:
+        if status != 0:
+            raise SystemExit("making the seeds failed (see above)")
+        return pickle.loads(result.read_bytes())
+    finally:
+        result.unlink()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoints", type=int, default=10_000, help="mutated checkpoints to run through `irevnet info`")
@@ -413,11 +438,11 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="irevnet-fuzz-"))
     os.environ["XDG_CACHE_HOME"] = str(work / "cache")  # the machine cache of the cases, removed at the end
     try:
-        import irevnet.cli  # noqa: F401 - imported once here, so every forked case starts warm
+        import irevnet.cli
         import irevnet.runtime.backends.ort_backend  # noqa: F401
 
         print("making seeds (training irevnet-tiny for 2 epochs, exporting a bundle) ...", flush=True)
-        seeds, seed_bundle = make_seeds(work / "seeds")
+        seeds, seed_bundle = _in_child(make_seeds, work / "seeds")
         rng = random.Random(args.seed)
         limit = int(args.max_memory * GIB)
 

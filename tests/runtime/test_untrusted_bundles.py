@@ -13,7 +13,6 @@ import importlib.util
 import io
 import json
 import shutil
-import subprocess
 import sys
 import zipfile
 
