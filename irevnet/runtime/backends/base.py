@@ -7,11 +7,16 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import IRevNetError
+from ...errors import BundleError, IRevNetError, shown
 
 
 class InputError(IRevNetError):
     """A feed that does not fit the graph: wrong name, dtype, shape or non-finite values."""
+
+
+class GraphFailed(BundleError):
+    """A graph the runtime accepted failed while running: the bundle is malformed (a bug of a
+    runtime is reported the same way, with the runtime's own first line)."""
 
 
 def unsupported(kind: str, precision: str) -> str | None:
@@ -35,6 +40,8 @@ class Backend(ABC):
     """
 
     name = "backend"
+    origin = "the graph"  # where the graph came from, for messages ("BUNDLE: forward")
+    runtime_errors: tuple[type[BaseException], ...] = ()  # the runtime's exceptions of a failed run
     inputs: list[dict[str, Any]]
     outputs: list[dict[str, Any]]
     max_batch: int | None = None
@@ -56,7 +63,15 @@ class Backend(ABC):
             output name -> array.
         """
         self._check(feeds)
-        return self._infer(feeds, outputs)
+        try:
+            return self._infer(feeds, outputs)
+        except self.runtime_errors as e:
+            raise GraphFailed(f"{self.origin}: {self.name} failed running it ({self._error_line(e)}); the graph is malformed, "
+                              f"re-export the bundle") from None
+
+    def _error_line(self, e: BaseException) -> str:
+        """The runtime's exception in one short line."""
+        return shown(e)
 
     @abstractmethod
     def _infer(self, feeds: dict[str, np.ndarray], outputs: list[str] | None) -> dict[str, np.ndarray]: ...

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import IRevNetError
+from ...errors import IRevNetError, shown
 from ..bundle import Bundle
-from .base import Backend
+from .base import Backend, GraphFailed
 
 PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
@@ -28,6 +28,14 @@ def _ort():
             "onnxruntime is not installed; pip install 'irevnet[ort]' (CPU) or 'irevnet[gpu]' (CUDA/TensorRT)"
         ) from None
     return onnxruntime
+
+
+def ort_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions ONNX Runtime raises for a graph it cannot load or run (its pybind11
+    classes derive from Exception directly)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return tuple(v for v in vars(state).values() if isinstance(v, type) and issubclass(v, Exception))
 
 
 def available_providers() -> list[str]:
@@ -92,6 +100,7 @@ class OrtBackend(Backend):
         max_batch: int | None = None,
         initializers: dict[str, np.ndarray] | None = None,
         shared_folder: Path | None = None,
+        origin: str = "the graph",
     ):
         ort = _ort()
         options = ort.SessionOptions()
@@ -111,9 +120,15 @@ class OrtBackend(Backend):
                 options.add_initializer(name, value)
         elif initializers:
             options.add_external_initializers(list(initializers), self.initializers)  # copied into the session
-        self.session = ort.InferenceSession(
-            model if isinstance(model, bytes) else str(model), options, providers=_provider_list(providers or available_providers(), cache_dir)
-        )
+        self.runtime_errors = ort_errors()
+        try:
+            self.session = ort.InferenceSession(
+                model if isinstance(model, bytes) else str(model), options,
+                providers=_provider_list(providers or available_providers(), cache_dir),
+            )
+        except self.runtime_errors as e:
+            raise GraphFailed(f"{origin}: ONNX Runtime cannot load it ({shown(e)}); the graph is malformed, re-export the bundle") from None
+        self.origin = origin
         self.max_batch = max_batch
         self.inputs = [self._spec(v) for v in self.session.get_inputs()]
         self.outputs = [self._spec(v) for v in self.session.get_outputs()]
@@ -138,10 +153,10 @@ class OrtBackend(Backend):
                     "cannot cache the optimized %s graph (%s); its session keeps its own copy of the weights", graph, str(e)[:200])
             else:
                 return cls(model, providers=providers, threads=threads, max_batch=bundle.max_batch,
-                           initializers=initializers, shared_folder=folder)
+                           initializers=initializers, shared_folder=folder, origin=f"{bundle.path}: {graph}")
         model, initializers = bundle.session_inputs(graph)
         return cls(model, providers=providers, threads=threads, cache_dir=cache_dir, max_batch=bundle.max_batch,
-                   initializers=initializers)
+                   initializers=initializers, origin=f"{bundle.path}: {graph}")
 
     @staticmethod
     def _spec(value) -> dict[str, Any]:

@@ -96,6 +96,8 @@ def _prepare(bundle: Bundle, graph: str, path: Path) -> None:
     import onnx
     import onnxruntime as ort
 
+    from .ort_backend import ort_errors
+
     model, initializers = bundle.session_inputs(graph)
     with work_folder(path.parent, "prepare") as tmp:
         options = ort.SessionOptions()
@@ -106,7 +108,10 @@ def _prepare(bundle: Bundle, graph: str, path: Path) -> None:
         options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", str(MIN_EXTERNAL_BYTES))
         values = [ort.OrtValue.ortvalue_from_numpy(a) for a in initializers.values()]
         options.add_external_initializers(list(initializers), values)
-        ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])  # saves the optimized graph
+        try:
+            ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])  # saves the optimized graph
+        except ort_errors() as e:  # a full disk, or a graph ONNX Runtime refuses: the caller opens it plainly
+            raise RuntimeError(f"ONNX Runtime could not save the optimized graph ({str(e)[:200]})") from None
         try:
             optimized = onnx.load(Path(tmp) / "graph.onnx", load_external_data=False)
         except Exception as e:  # noqa: BLE001 - protobuf's DecodeError: ONNX Runtime wrote part of it (a full disk)

@@ -20,7 +20,7 @@ import numpy as np
 
 from ...errors import IRevNetError
 from ..bundle import Bundle
-from .base import Backend, unsupported
+from .base import Backend, GraphFailed, unsupported
 
 # bundle precision -> the CPU plugin's inference precision
 INFERENCE_PRECISION = {"fp32": "f32", "fp16": "f32", "mixed": "f32", "int8": "f32"}
@@ -59,8 +59,10 @@ class OpenVinoBackend(Backend):
         try:
             self.compiled = core.compile_model(core.read_model(bundle.graph_bytes(graph)), "CPU", config)
         except RuntimeError as e:
-            raise IRevNetError(f"OpenVINO could not compile {graph} of {bundle.path}: {str(e).splitlines()[0][:200]}") from None
+            raise GraphFailed(f"{bundle.path}: {graph}: OpenVINO cannot compile it ({_message(e)}); the graph is malformed, "
+                              f"re-export the bundle") from None
         self.request = self.compiled.create_infer_request()
+        self.origin, self.runtime_errors = f"{bundle.path}: {graph}", (RuntimeError,)
         self.max_batch = bundle.max_batch
         self.inputs = [self._spec(p, p.get_any_name()) for p in self.compiled.inputs]
         # by the graph's names: OpenVINO merges an output that aliases another (h0 = image) into one
@@ -69,6 +71,9 @@ class OpenVinoBackend(Backend):
         # what ran, not what was asked: a CPU without bf16 (AVX2, AVX-512 without BF16) runs a
         # bf16 hint in f32, and int8 convolutions run as u8/i8
         self.name = f"openvino[cpu,{_convolution_precisions(self.compiled) or self.precision}]"
+
+    def _error_line(self, e: BaseException) -> str:
+        return _message(e)
 
     @staticmethod
     def _spec(port, name: str) -> dict[str, Any]:
@@ -84,6 +89,12 @@ class OpenVinoBackend(Backend):
     def close(self) -> None:
         self.request = None
         self.compiled = None
+
+
+def _message(e: BaseException) -> str:
+    """The informative line of an OpenVINO exception (its first lines name the C++ source file)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip() and not line.startswith("Exception from ")]
+    return (lines[0] if lines else type(e).__name__)[:200]
 
 
 def _convolution_precisions(compiled) -> str:
