@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,8 +20,9 @@ from irevnet.images import denormalize
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cpp"
 needs_toolchain = pytest.mark.skipif(
-    shutil.which("cmake") is None or (shutil.which("c++") or shutil.which("g++")) is None,
-    reason="needs cmake and a C++17 compiler to build examples/cpp",
+    shutil.which("cmake") is None or (shutil.which("c++") or shutil.which("g++")) is None
+    or not Path("/usr/include/openssl/evp.h").exists(),
+    reason="needs cmake, a C++17 compiler and OpenSSL's headers (libssl-dev) to build examples/cpp",
 )
 
 
@@ -135,3 +137,66 @@ def test_cpp_app_refuses_a_z_of_the_wrong_shape(invert_openvino, bundles, tmp_pa
     out = subprocess.run([str(invert_openvino), str(bundles["fp32"]), str(tmp_path / "z.npy"), str(tmp_path / "x")],
                          check=False, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "z shape" in out.stderr and not (tmp_path / "x.npy").exists()
+
+
+def _tampered(bundles, tmp_path, how: str) -> Path:
+    """A copy of the fp32 bundle changed after `irevnet verify` saw it, as the issue's probe did."""
+    bundle = shutil.copytree(bundles["fp32"], tmp_path / "bundle")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    if how == "graph-linked-out":  # the fixed name inverse.onnx pointed at another model
+        other = shutil.copytree(bundles["mixed"], tmp_path / "other")
+        (bundle / "inverse.onnx").unlink()
+        (bundle / "inverse.onnx").symlink_to(other / "inverse.onnx")
+    elif how == "weights-changed":
+        data = bytearray((bundle / "weights.bin").read_bytes())
+        data[len(data) // 2] ^= 0x40
+        (bundle / "weights.bin").write_bytes(bytes(data))
+    elif how == "graph-renamed":  # the manifest names a graph that `files` does not list (not hashed)
+        shutil.copy(bundle / "inverse.onnx", bundle / "unlisted.onnx")
+        manifest["graphs"]["inverse"]["file"] = "unlisted.onnx"
+        manifest["graphs"]["inverse"]["files"] = ["unlisted.onnx", "weights.bin"]
+    elif how == "path-leaves":
+        manifest["graphs"]["inverse"]["files"] = ["inverse.onnx", "../other/weights.bin"]
+    elif how == "fifo":
+        (bundle / "weights.bin").unlink()
+        os.mkfifo(bundle / "weights.bin")
+    elif how == "sample-changed":
+        np.save(bundle / "sample_z.npy", np.ones((1, 256, 4, 4), np.float32))
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    return bundle
+
+
+@needs_toolchain
+@pytest.mark.parametrize("how, message", [
+    ("graph-linked-out", "outside the bundle; refused"),
+    ("weights-changed", "weights.bin does not match its sha256"),
+    ("graph-renamed", "unlisted.onnx is used but not listed in files"),
+    ("path-leaves", "../other/weights.bin is not a plain relative path"),
+    ("fifo", "weights.bin is not a regular file"),
+    ("sample-changed", "sample_z.npy does not match its sha256"),
+])
+def test_cpp_app_runs_only_files_the_manifest_lists_and_hashes(invert_openvino, bundles, tmp_path, how, message):
+    """The app opens the manifest's inverse files only, checks each sha256 on the bytes it then
+    uses, and refuses links out of the bundle: a bundle changed after `irevnet verify` does not
+    run. Before, it opened the fixed name inverse.onnx, a link to another model, and produced
+    that model's pixels. Its private copy of the graph is removed (TMPDIR is left empty)."""
+    bundle = _tampered(bundles, tmp_path, how)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    # without a z argument the app inverts the bundle's own sample_z.npy into ./reconstruction.npy
+    args = [str(bundle)] if how == "sample-changed" else [str(bundle), str(bundle / "sample_z.npy"), "reconstruction"]
+    out = subprocess.run([str(invert_openvino), *args], check=False, capture_output=True, text=True, timeout=60,
+                         cwd=tmp_path, env={**os.environ, "TMPDIR": str(scratch)})
+    assert out.returncode == 1 and message in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "reconstruction.npy").exists()
+    assert not list(scratch.iterdir()), "the private copy must be removed"
+
+
+@needs_toolchain
+def test_cpp_app_leaves_no_private_copy_behind(invert_openvino, bundles, tmp_path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    out = subprocess.run([str(invert_openvino), str(bundles["fp32"]), str(bundles["fp32"] / "sample_z.npy"), str(tmp_path / "x")],
+                         check=False, capture_output=True, text=True, timeout=60, env={**os.environ, "TMPDIR": str(scratch)})
+    assert out.returncode == 0, out.stderr
+    assert not list(scratch.iterdir())

@@ -1,12 +1,18 @@
-// InverseEngine on OpenVINO: the bundle's inverse.onnx (its weights in weights.bin beside it) on
-// the CPU. The inference precision is set to f32: on CPUs with AVX-512 BF16 or AMX the plugin's
+// InverseEngine on OpenVINO: the bundle's inverse graph (its weights in weights.bin beside it) on
+// the CPU, from bytes checked against the manifest's sha256. The inference precision is set to f32: on CPUs with AVX-512 BF16 or AMX the plugin's
 // default is bf16 for every node, coupling included, which costs the inverse its exactness
 // (round trip ~2e-3 instead of ~1e-7). The graph's own types still apply (fp16 F in mixed
 // bundles, int8 F in int8 bundles).
 #include <openvino/openvino.hpp>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "irevnet/inverse_engine.h"
 
@@ -18,12 +24,63 @@ struct InverseEngine::Impl {
     int64_t max_batch = 0;
 };
 
+namespace {
+
+// A folder of this process's own (0700), removed with everything in it when the object goes.
+class PrivateFolder {
+public:
+    PrivateFolder() {
+        const char* base = std::getenv("TMPDIR");
+        std::string pattern = std::string(base && *base ? base : "/tmp") + "/irevnet_invert.XXXXXX";
+        std::vector<char> buffer(pattern.begin(), pattern.end());
+        buffer.push_back('\0');
+        if (!mkdtemp(buffer.data())) throw std::runtime_error("cannot create a private folder under " + pattern);
+        path_ = buffer.data();
+    }
+    ~PrivateFolder() {
+        for (const std::string& name : written_) std::remove((path_ + "/" + name).c_str());
+        for (auto it = folders_.rbegin(); it != folders_.rend(); ++it) rmdir(it->c_str());
+        rmdir(path_.c_str());
+    }
+    PrivateFolder(const PrivateFolder&) = delete;
+    PrivateFolder& operator=(const PrivateFolder&) = delete;
+
+    // Writes bytes under the relative name (already checked by Manifest::load); returns the path.
+    std::string write(const std::string& name, const std::string& bytes) {
+        for (size_t slash = name.find('/'); slash != std::string::npos; slash = name.find('/', slash + 1)) {
+            std::string folder = path_ + "/" + name.substr(0, slash);
+            if (mkdir(folder.c_str(), 0700) == 0) folders_.push_back(folder);
+        }
+        std::string file = path_ + "/" + name;
+        std::ofstream out(file, std::ios::binary);
+        out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+        if (!out.flush()) throw std::runtime_error("cannot write " + file + " (disk full?)");
+        written_.push_back(name);
+        return file;
+    }
+
+private:
+    std::string path_;
+    std::vector<std::string> written_, folders_;
+};
+
+}  // namespace
+
 InverseEngine::InverseEngine(const std::string& bundle_dir, const Manifest& manifest) : impl_(std::make_unique<Impl>()) {
-    // A fixed name, not one read from the manifest: a file cannot choose what this app opens.
-    const std::string graph = bundle_dir + "/inverse.onnx";
+    // Only the files the manifest lists for the inverse, each checked against its sha256 as it is
+    // read; OpenVINO then reads those very bytes from a private copy (it resolves the graph's
+    // external data by path, so the copy keeps the bundle's relative names). Nothing in the
+    // bundle is opened by OpenVINO itself, so no file swapped in after the check can run.
+    const std::string graph = bundle_dir + "/" + manifest.inverse_graph;
     try {
+        PrivateFolder copy;
+        std::string model_path;
+        for (const std::string& name : manifest.inverse_files) {
+            std::string written = copy.write(name, read_verified(bundle_dir, manifest, name));
+            if (name == manifest.inverse_graph) model_path = written;
+        }
         ov::Core core;
-        std::shared_ptr<ov::Model> model = core.read_model(graph);
+        std::shared_ptr<ov::Model> model = core.read_model(model_path);
         impl_->compiled = core.compile_model(model, "CPU", ov::hint::inference_precision(ov::element::f32),
                                              ov::hint::performance_mode(ov::hint::PerformanceMode::LATENCY));
     } catch (const ov::Exception& e) {

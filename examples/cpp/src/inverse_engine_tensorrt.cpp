@@ -3,9 +3,7 @@
 #include <NvInferVersion.h>
 #include <cuda_runtime_api.h>
 
-#include <fstream>
 #include <iostream>
-#include <iterator>
 #include <stdexcept>
 #include <vector>
 
@@ -17,12 +15,6 @@ namespace {
 
 void check(cudaError_t status, const char* what) {
     if (status != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(status));
-}
-
-std::vector<char> read_bytes(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw std::runtime_error("cannot open " + path);
-    return std::vector<char>(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
 size_t volume(const nvinfer1::Dims& dims) {
@@ -41,7 +33,7 @@ public:
 }  // namespace
 
 struct InverseEngine::Impl {
-    Impl(const std::string& engine_path, const std::string& built_with);
+    Impl(const std::string& engine_path, const std::string& blob, const std::string& built_with);
     ~Impl();
     void reserve(size_t input_bytes, size_t output_bytes);
     Tensor run(const Tensor& z);
@@ -58,8 +50,8 @@ struct InverseEngine::Impl {
     int64_t max_batch_ = 0;
 };
 
-InverseEngine::Impl::Impl(const std::string& engine_path, const std::string& built_with) : built_with_(built_with) {
-    std::vector<char> blob = read_bytes(engine_path);
+InverseEngine::Impl::Impl(const std::string& engine_path, const std::string& blob, const std::string& built_with)
+    : built_with_(built_with) {
     runtime_.reset(nvinfer1::createInferRuntime(logger_));
     if (!runtime_) throw std::runtime_error("could not create the TensorRT runtime");
     engine_.reset(runtime_->deserializeCudaEngine(blob.data(), blob.size()));
@@ -126,7 +118,9 @@ Tensor InverseEngine::Impl::run(const Tensor& z) {
 InverseEngine::InverseEngine(const std::string& bundle_dir, const Manifest& manifest) {
     if (manifest.inverse_engine.empty())
         throw std::runtime_error(bundle_dir + " has no TensorRT engines; run `irevnet build " + bundle_dir + "` first");
-    impl_ = std::make_unique<Impl>(bundle_dir + "/" + manifest.inverse_engine, manifest.tensorrt_version);
+    // the engine's bytes, checked against the manifest's sha256, are what TensorRT deserializes
+    impl_ = std::make_unique<Impl>(bundle_dir + "/" + manifest.inverse_engine,
+                                   read_verified(bundle_dir, manifest, manifest.inverse_engine), manifest.tensorrt_version);
 }
 
 InverseEngine::~InverseEngine() = default;

@@ -1,7 +1,15 @@
 #include "irevnet/io.h"
 
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <climits>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -30,13 +38,15 @@ static std::string header_value(const std::string& header, const std::string& ke
     size_t at = header.find("'" + key + "'");
     if (at == std::string::npos) throw std::runtime_error("npy header lacks '" + key + "'");
     size_t colon = header.find(':', at);
-    size_t start = header.find_first_not_of(" ", colon + 1);
+    size_t start = colon == std::string::npos ? colon : header.find_first_not_of(" ", colon + 1);
+    if (start == std::string::npos) throw std::runtime_error("npy header has no value for '" + key + "'");
     size_t end = header[start] == '(' ? header.find(')', start) + 1 : header.find_first_of(",}", start);
     return header.substr(start, end - start);
 }
 
-Tensor read_npy(const std::string& path) {
-    std::string bytes = read_file(path);
+Tensor read_npy(const std::string& path) { return parse_npy(read_file(path), path); }
+
+Tensor parse_npy(const std::string& bytes, const std::string& path) {
     if (bytes.size() < 10 || bytes.compare(0, 6, "\x93NUMPY") != 0) throw std::runtime_error(path + ": not a .npy file");
     uint8_t major = static_cast<uint8_t>(bytes[6]);
     size_t header_len, offset;
@@ -61,11 +71,19 @@ Tensor read_npy(const std::string& path) {
         if (std::isdigit(static_cast<unsigned char>(c))) {
             number += c;
         } else if (!number.empty()) {
+            // no dimension exceeds the bytes present, so the product below cannot overflow unnoticed
+            if (number.size() > 18 || static_cast<size_t>(std::stoll(number)) > bytes.size())
+                throw std::runtime_error(path + ": a dimension of " + number.substr(0, 20) + " is more than the file holds");
             t.shape.push_back(std::stoll(number));
             number.clear();
         }
     }
-    size_t data_bytes = static_cast<size_t>(t.size()) * sizeof(float);
+    size_t elements = 1;
+    for (int64_t d : t.shape) {
+        if (d != 0 && elements > bytes.size() / static_cast<size_t>(d)) throw std::runtime_error(path + ": data size does not match the shape");
+        elements *= static_cast<size_t>(d);
+    }
+    size_t data_bytes = elements * sizeof(float);
     if (bytes.size() - offset - header_len != data_bytes) throw std::runtime_error(path + ": data size does not match the shape");
     t.data.resize(static_cast<size_t>(t.size()));
     std::memcpy(t.data.data(), bytes.data() + offset + header_len, data_bytes);
@@ -209,6 +227,11 @@ private:
 Json Json::parse(const std::string& text) { return JsonParser(text).document(); }
 Json Json::parse_file(const std::string& path) { return parse(read_file(path)); }
 
+const std::map<std::string, Json>& Json::items() const {
+    if (type_ != Type::Object) throw std::runtime_error("manifest: expected an object");
+    return object_;
+}
+
 bool Json::has(const std::string& key) const { return type_ == Type::Object && object_.count(key) > 0; }
 
 const Json& Json::operator[](const std::string& key) const {
@@ -247,6 +270,20 @@ static std::vector<int64_t> feature_shape(const Json& io) {
     return shape;
 }
 
+// A file name of the manifest must stay inside the bundle: relative, no "..", "." or empty parts.
+static void check_relative(const std::string& name) {
+    bool plain = !name.empty() && name[0] != '/' && name.find('\\') == std::string::npos && name.find('\0') == std::string::npos;
+    size_t start = 0;
+    while (plain && start <= name.size()) {
+        size_t end = name.find('/', start);
+        std::string part = name.substr(start, end == std::string::npos ? std::string::npos : end - start);
+        plain = part != "" && part != "." && part != "..";
+        if (end == std::string::npos) break;
+        start = end + 1;
+    }
+    if (!plain) throw std::runtime_error("manifest: " + name.substr(0, 80) + " is not a plain relative path inside the bundle; refused");
+}
+
 Manifest Manifest::load(const std::string& bundle_dir) {
     Json j = Json::parse_file(bundle_dir + "/manifest.json");
     int schema = static_cast<int>(j["schema_version"].number());
@@ -259,11 +296,81 @@ Manifest Manifest::load(const std::string& bundle_dir) {
     m.z_shape = feature_shape(j["graphs"]["inverse"]["inputs"][0]);
     m.image_shape = feature_shape(j["graphs"]["inverse"]["outputs"][0]);
     m.max_batch = static_cast<int64_t>(j["batch"]["max"].number());
+    m.inverse_graph = j["graphs"]["inverse"]["file"].string();
+    const Json& files = j["graphs"]["inverse"]["files"];
+    for (size_t i = 0; i < files.size(); ++i) m.inverse_files.push_back(files[i].string());
     if (j.has("tensorrt")) {
         m.inverse_engine = j["tensorrt"]["engines"]["inverse"]["file"].string();
         m.tensorrt_version = j["tensorrt"]["version"].string();
     }
+    for (const auto& [name, digest] : j["files"].items()) m.sha256[name] = digest.string();
+    std::vector<std::string> used = m.inverse_files;
+    used.push_back(m.inverse_graph);
+    if (!m.inverse_engine.empty()) used.push_back(m.inverse_engine);
+    for (const std::string& name : used) {
+        check_relative(name);
+        if (!m.sha256.count(name))
+            throw std::runtime_error("manifest: " + name + " is used but not listed in files (so not hashed); re-export the bundle");
+    }
+    if (std::find(m.inverse_files.begin(), m.inverse_files.end(), m.inverse_graph) == m.inverse_files.end())
+        throw std::runtime_error("manifest: graphs.inverse.files does not hold the graph " + m.inverse_graph);
     return m;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Verified reads: the manifest's sha256 of every file, checked on the bytes that are then used.
+
+std::string sha256_hex(const std::string& bytes) {
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int length = 0;
+    if (EVP_Digest(bytes.data(), bytes.size(), digest, &length, EVP_sha256(), nullptr) != 1)
+        throw std::runtime_error("OpenSSL could not compute a sha256");
+    static const char* hex = "0123456789abcdef";
+    std::string out;
+    for (unsigned int i = 0; i < length; ++i) {
+        out += hex[digest[i] >> 4];
+        out += hex[digest[i] & 15];
+    }
+    return out;
+}
+
+static std::string real_path(const std::string& path) {
+    std::unique_ptr<char, decltype(&std::free)> resolved(realpath(path.c_str(), nullptr), &std::free);
+    if (!resolved) throw std::runtime_error(path + " is missing (" + std::strerror(errno) + "); re-export the bundle");
+    return resolved.get();
+}
+
+std::string read_verified(const std::string& bundle_dir, const Manifest& manifest, const std::string& name) {
+    check_relative(name);
+    auto digest = manifest.sha256.find(name);
+    if (digest == manifest.sha256.end())
+        throw std::runtime_error(name + " is not listed in the manifest's files, so it is not opened");
+    const std::string root = real_path(bundle_dir);
+    const std::string file = real_path(bundle_dir + "/" + name);
+    if (file.compare(0, root.size() + 1, root + "/") != 0)
+        throw std::runtime_error(bundle_dir + "/" + name + " is a link to " + file + ", outside the bundle; refused");
+    // the resolved path, not following a link swapped in since, and never blocking on a FIFO
+    int fd = open(file.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) throw std::runtime_error("cannot open " + file + ": " + std::strerror(errno));
+    std::string bytes;
+    struct stat info {};
+    bool regular = fstat(fd, &info) == 0 && S_ISREG(info.st_mode);
+    if (regular) {
+        bytes.resize(static_cast<size_t>(info.st_size));
+        size_t done = 0;
+        while (done < bytes.size()) {
+            ssize_t n = read(fd, &bytes[done], bytes.size() - done);
+            if (n <= 0) break;
+            done += static_cast<size_t>(n);
+        }
+        bytes.resize(done);
+    }
+    close(fd);
+    if (!regular) throw std::runtime_error(bundle_dir + "/" + name + " is not a regular file; re-export the bundle");
+    if (sha256_hex(bytes) != digest->second)
+        throw std::runtime_error(bundle_dir + "/" + name + " does not match its sha256 in the manifest (modified since "
+                                 "it was verified); re-export or re-verify the bundle");
+    return bytes;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -3,9 +3,10 @@
 //
 //   irevnet_invert BUNDLE_DIR [z.npy] [out_prefix]
 //
-// Reads BUNDLE_DIR/manifest.json and the inverse, inverts z (default: the bundle's sample_z.npy),
-// de-normalises with the manifest's mean/std and writes out_prefix.npy (pixels in [0, 1], float32,
-// (N, C, H, W)) and out_prefix_<n>.ppm/.pgm per image.
+// Reads BUNDLE_DIR/manifest.json, then only the files it lists for the inverse, each checked
+// against its sha256 before use (a link out of the bundle is refused); inverts z (default: the
+// bundle's sample_z.npy), de-normalises with the manifest's mean/std and writes out_prefix.npy
+// (pixels in [0, 1], float32, (N, C, H, W)) and out_prefix_<n>.ppm/.pgm per image.
 #include <chrono>
 #include <iostream>
 #include <string>
@@ -19,11 +20,13 @@ int main(int argc, char** argv) {
         return 2;
     }
     const std::string bundle = argv[1];
-    const std::string z_path = argc > 2 ? argv[2] : bundle + "/sample_z.npy";
+    const std::string z_path = argc > 2 ? argv[2] : bundle + "/" + irevnet::SAMPLE_Z;
     const std::string prefix = argc > 3 ? argv[3] : "reconstruction";
     try {
         irevnet::Manifest manifest = irevnet::Manifest::load(bundle);
-        irevnet::Tensor z = irevnet::read_npy(z_path);
+        // the bundle's own sample is one of its listed files, checked like the graph
+        irevnet::Tensor z = argc > 2 ? irevnet::read_npy(z_path)
+                                     : irevnet::parse_npy(irevnet::read_verified(bundle, manifest, irevnet::SAMPLE_Z), z_path);
         if (z.shape.size() != 4 || std::vector<int64_t>(z.shape.begin() + 1, z.shape.end()) != manifest.z_shape) {
             std::cerr << "error: " << z_path << " does not have the bundle's z shape (N, " << manifest.z_shape[0] << ", "
                       << manifest.z_shape[1] << ", " << manifest.z_shape[2] << ")\n";

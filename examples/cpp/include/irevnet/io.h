@@ -10,6 +10,9 @@
 
 namespace irevnet {
 
+// The sample z every bundle holds (listed and hashed in its manifest like the graphs).
+inline const std::string SAMPLE_Z = "sample_z.npy";
+
 // A float32 array in C order, as numpy saves it.
 struct Tensor {
     std::vector<int64_t> shape;
@@ -19,6 +22,8 @@ struct Tensor {
 
 // Reads a .npy file of little-endian float32 in C order (numpy's default); throws std::runtime_error.
 Tensor read_npy(const std::string& path);
+// The same from bytes already read (`path` names them in messages).
+Tensor parse_npy(const std::string& bytes, const std::string& path);
 // Writes a version 1.0 .npy file that np.load reads back exactly.
 void write_npy(const std::string& path, const Tensor& tensor);
 
@@ -37,6 +42,7 @@ public:
     double number() const;
     const std::string& string() const;
     std::vector<double> numbers() const;  // an array of numbers
+    const std::map<std::string, Json>& items() const;  // an object's members; throws for other types
 
 private:
     Type type_ = Type::Null;
@@ -55,10 +61,23 @@ struct Manifest {
     std::vector<int64_t> z_shape;        // (C, H, W) of z, without the batch
     std::vector<int64_t> image_shape;    // (C, H, W) of the image
     int64_t max_batch = 0;
-    std::string inverse_engine;          // file name inside the bundle, empty if not built
+    std::string inverse_graph;           // graphs.inverse.file: the ONNX graph inside the bundle
+    std::vector<std::string> inverse_files;  // graphs.inverse.files: the graph and its external data
+    std::string inverse_engine;          // tensorrt.engines.inverse.file, empty if not built
     std::string tensorrt_version;        // version the engines were built with
+    std::map<std::string, std::string> sha256;  // files: relative path -> hex digest
+    // Reads BUNDLE_DIR/manifest.json; every file name it uses must be a plain relative path that
+    // `files` lists (throws std::runtime_error otherwise).
     static Manifest load(const std::string& bundle_dir);
 };
+
+// The bytes of a file the manifest lists, read once and checked against its recorded sha256, so
+// what runs is what `irevnet verify` hashed. Refuses a name the manifest does not list, a path
+// that resolves outside the bundle (a link out of it), and anything but a regular file.
+std::string read_verified(const std::string& bundle_dir, const Manifest& manifest, const std::string& name);
+
+// SHA-256 of bytes, as lowercase hex (OpenSSL's libcrypto).
+std::string sha256_hex(const std::string& bytes);
 
 // image (N, C, H, W), normalised -> pixel intensities in [0, 1] (not clipped).
 Tensor denormalize(const Tensor& image, const std::vector<double>& mean, const std::vector<double>& std);
