@@ -41,5 +41,10 @@ class BundleError(IRevNetError):
     """An exported bundle that is incomplete, tampered with or from a newer irevnet."""
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt, so that every `finally` runs and
+    temporary files are removed (not an Exception: nothing may swallow it)."""
+
+
 class CheckFailed(Exception):
     """A verification that ran and did not pass (CLI exit code 1)."""

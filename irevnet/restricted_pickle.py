@@ -9,7 +9,8 @@ What the base class enforces, whatever the subclass allows:
   INST and OBJ (protocols 0 and 1 object creation) are refused;
 - BUILD goes to the subclass's `build`, which by default refuses: state is applied only to
   objects this load created, never to a class, a function or anything the process already had;
-- APPEND(S), SETITEM(S) and ADDITEMS fill only plain lists, dicts and sets;
+- APPEND(S), SETITEM(S) and ADDITEMS fill only plain lists, dicts and sets; DICT and FROZENSET
+  check their keys like the others;
 - dict keys and set items are scalars or flat tuples of scalars, so hashing one is bounded (a
   tuple holding itself twice, 40 levels deep, is 1 KB of pickle and hashes for hours);
 - `_codecs.encode` (how protocol 2 writes bytes) is text to latin-1 only: no codec can grow a
@@ -63,8 +64,10 @@ def _collection_args(cls: type, args: tuple) -> tuple:
     """The arguments of a collection the file builds, with every key checked."""
     if not args:
         return args
-    if len(args) != 1 or type(args[0]) not in (list, tuple):
+    if len(args) != 1 or type(args[0]) not in (list, tuple, dict):
         raise Refused(f"the file builds a {cls.__name__} from something other than a list")
+    if type(args[0]) is dict:  # Counter({30: 1, 60: 1}), as a scheduler's milestones pickle
+        return ({key(k): v for k, v in args[0].items()},)
     if cls is collections.OrderedDict:
         if not all(type(pair) in (list, tuple) and len(pair) == 2 for pair in args[0]):
             raise Refused("an OrderedDict is built from something other than pairs")
@@ -76,7 +79,7 @@ class RestrictedUnpickler(pickle._Unpickler):
     """pickle's pure-Python unpickler with every opcode that calls or changes objects restricted.
 
     The C unpickler cannot be restricted per opcode, so this one replaces the handlers of
-    REDUCE, BUILD, NEWOBJ, NEWOBJ_EX, INST, OBJ, APPEND(S), SETITEM(S) and ADDITEMS.
+    REDUCE, BUILD, NEWOBJ, NEWOBJ_EX, INST, OBJ, APPEND(S), SETITEM(S), ADDITEMS, DICT and FROZENSET.
 
     Subclasses set:
         GLOBALS: "module.name" -> the object the name resolves to.
@@ -192,6 +195,13 @@ class RestrictedUnpickler(pickle._Unpickler):
         items = self.pop_mark()
         self._target((set,)).update(keys(items))
 
+    def load_dict(self) -> None:  # DICT: keys hashed as the dict is made
+        items = self.pop_mark()
+        self.append({key(items[i]): items[i + 1] for i in range(0, len(items) - 1, 2)})
+
+    def load_frozenset(self) -> None:  # FROZENSET (protocol 4)
+        self.append(frozenset(keys(self.pop_mark())))
+
 
 for _opcode, _handler in (
     (pickle.REDUCE, RestrictedUnpickler.load_reduce), (pickle.NEWOBJ, RestrictedUnpickler.load_newobj),
@@ -199,6 +209,7 @@ for _opcode, _handler in (
     (pickle.OBJ, RestrictedUnpickler.load_obj), (pickle.BUILD, RestrictedUnpickler.load_build),
     (pickle.APPEND, RestrictedUnpickler.load_append), (pickle.APPENDS, RestrictedUnpickler.load_appends),
     (pickle.SETITEM, RestrictedUnpickler.load_setitem), (pickle.SETITEMS, RestrictedUnpickler.load_setitems),
-    (pickle.ADDITEMS, RestrictedUnpickler.load_additems),
+    (pickle.ADDITEMS, RestrictedUnpickler.load_additems), (pickle.DICT, RestrictedUnpickler.load_dict),
+    (pickle.FROZENSET, RestrictedUnpickler.load_frozenset),
 ):
     RestrictedUnpickler.dispatch[_opcode[0]] = _handler

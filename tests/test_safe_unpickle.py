@@ -201,6 +201,13 @@ def test_small_files_cannot_allocate_or_loop_without_bound(tmp_path, intact_info
     assert peak < intact_info_peak + (64 << 20), (peak, intact_info_peak)
 
 
+@pytest.mark.parametrize("opcodes", [b"(h\x00K\x01d.", b"\x80\x04(h\x00\x91."], ids=["DICT", "FROZENSET"])
+def test_dict_and_frozenset_opcodes_check_their_keys(opcodes):
+    tower = b")q\x000" + b"h\x00h\x00\x86q\x000" * 40
+    with pytest.raises(safe_unpickle.Refused, match="key or set item is a tuple"):
+        safe_unpickle.loads(legacy_stream(b"\x80\x02" + tower + opcodes.removeprefix(b"\x80\x04")))
+
+
 def test_collections_are_built_from_scalars_only():
     """set/frozenset/Counter/OrderedDict arguments are checked like keys: a tuple tower as a set
     item would be hashed as it is added."""

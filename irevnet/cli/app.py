@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import os
 import re
 import signal
 import sys
@@ -21,7 +22,7 @@ import typer
 from .. import files
 from .._version import __version__
 from ..devices import Device
-from ..errors import CheckFailed, IRevNetError
+from ..errors import CheckFailed, IRevNetError, Terminated
 from . import render
 
 app = typer.Typer(
@@ -56,25 +57,49 @@ def _one_line(e: BaseException) -> str:
     return re.sub(r"^[\w.]+Error: ", "", lines[-1].strip())
 
 
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread like KeyboardInterrupt, so that every `finally` runs and
-    temporary files are removed (not an Exception: nothing may swallow it)."""
+_terminating = False
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
-    raise Terminated
+    global _terminating
+    if not _terminating:  # once: a second SIGTERM must not interrupt the cleanup of the first
+        _terminating = True
+        raise Terminated
+
+
+def _watch_for_sigterm(read_fd: int) -> None:
+    """Runs in a thread: Python handles a signal only between bytecodes of the main thread, so
+    while that thread is inside ONNX Runtime a SIGTERM would wait for the run to end (a hostile
+    graph can make that hours). The signal's byte on the wakeup fd asks every run in flight to
+    stop now; the main thread then raises Terminated as soon as the runtime returns."""
+    try:
+        while data := os.read(read_fd, 64):  # empty once the command closed the write end
+            if signal.SIGTERM in data:
+                from ..runtime.backends.base import interrupt_runs
+
+                interrupt_runs()
+    finally:
+        os.close(read_fd)
 
 
 @contextlib.contextmanager
 def _sigterm_as_exception():
+    global _terminating
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    _terminating = False
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    threading.Thread(target=_watch_for_sigterm, args=(read_fd,), daemon=True, name="irevnet-sigterm").start()
     try:
         yield
     finally:
+        signal.set_wakeup_fd(previous_fd)
         signal.signal(signal.SIGTERM, previous)
+        os.close(write_fd)  # the watcher's read returns empty; it closes its end and ends
 
 
 def command(fn: Callable[..., Any]) -> Callable[..., Any]:

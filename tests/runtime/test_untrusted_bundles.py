@@ -13,7 +13,10 @@ import importlib.util
 import io
 import json
 import shutil
+import signal
+import subprocess
 import sys
+import time
 import zipfile
 
 import numpy as np
@@ -423,3 +426,53 @@ def test_graphs_a_runtime_refuses_while_loading_or_running_are_one_line(bundles,
     if backend == "openvino" and result.exit_code == 0:
         return  # OpenVINO reads group=0 as 1 and computes the exported model: a pass is the right answer
     assert result.exit_code == 2 and "forward" in result.output and "re-export" in result.output, result.output
+
+
+def _slow_prologue(model) -> None:
+    """1,000 convolutions of 512 channels ahead of the graph, sharing one weight (a 9 MB file that
+    computes for about a minute per batch of 8 on 2 cores), whose result reaches the outputs as image + 0 * mean(...): only
+    operators irevnet exports, so nothing refuses it and only the run's length is hostile."""
+    graph = model.graph
+    image = graph.input[0].name
+    weights = np.random.default_rng(0).standard_normal((512, 512, 3, 3)).astype(np.float32) * 0.01
+    graph.initializer.extend([
+        onnx.numpy_helper.from_array(np.ones((512, 1, 1, 1), np.float32), "slow/widen"),
+        onnx.numpy_helper.from_array(weights, "slow/w"),
+        onnx.numpy_helper.from_array(np.zeros((), np.float32), "slow/zero"),
+        onnx.numpy_helper.from_array(np.array([1], np.int64), "slow/axes"),
+    ])
+    nodes = [onnx.helper.make_node("Conv", [image, "slow/widen"], ["slow/0"])]
+    for i in range(1000):
+        nodes.append(onnx.helper.make_node("Conv", [f"slow/{i}", "slow/w"], [f"slow/{i + 1}"], pads=[1, 1, 1, 1]))
+    nodes += [onnx.helper.make_node("ReduceMean", ["slow/1000", "slow/axes"], ["slow/mean"], keepdims=1),
+              onnx.helper.make_node("Mul", ["slow/mean", "slow/zero"], ["slow/nothing"]),
+              onnx.helper.make_node("Add", [image, "slow/nothing"], ["slow/image"])]
+    rest = list(graph.node)
+    for node in rest:
+        node.input[:] = ["slow/image" if i == image else i for i in node.input]
+    del graph.node[:]
+    graph.node.extend(nodes + rest)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_sigterm_stops_a_run_inside_the_runtime(bundles, tmp_path, backend):
+    """A graph of allowed operators can still run for minutes; SIGTERM used to wait for the
+    runtime to return (the issue's Loop ignored it). The CLI's watcher asks the run to stop:
+    exit 143 with one line within seconds."""
+    if backend == "openvino" and importlib.util.find_spec("openvino") is None:
+        pytest.skip("the openvino wheel is not installed")
+    bundle = shutil.copytree(bundles["fp32"], tmp_path / "b")
+    _rewrite_forward(bundle, _slow_prologue)
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "irevnet", "verify", str(bundle), "-b", backend, "--no-blocks"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(10)  # inside the first forward run: measured about 1 s to start, then a minute per run
+    assert proc.poll() is None, proc.communicate()
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    stopped_after = time.monotonic() - sent
+    assert proc.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1].startswith("error: terminated (SIGTERM)"), stderr
+    assert "Traceback" not in stderr
+    assert stopped_after < 10, f"took {stopped_after:.1f} s to stop"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from ...errors import BundleError, IRevNetError, shown
+from ...errors import BundleError, IRevNetError, Terminated, shown
 
 
 class InputError(IRevNetError):
@@ -29,6 +32,29 @@ def unsupported(kind: str, precision: str) -> str | None:
         return (f"openvino-bf16 runs F of a mixed bundle in bf16; in a {precision} bundle OpenVINO would compute the "
                 f"coupling in bf16 too (round trip ~2e-3); export with --precision mixed")
     return None
+
+
+_RUNS_IN_FLIGHT: dict[int, Callable[[], None]] = {}  # id -> how to stop that run
+_STOP_REQUESTED = threading.Event()
+
+
+def interrupt_runs() -> None:
+    """Asks every runtime call in flight to stop now (safe from any thread; the SIGTERM watcher
+    of the CLI calls it). The interrupted call raises; later calls run normally."""
+    _STOP_REQUESTED.set()
+    for stop in list(_RUNS_IN_FLIGHT.values()):
+        stop()
+
+
+@contextlib.contextmanager
+def interruptible(stop: Callable[[], None]):
+    """Registers `stop` (which makes the runtime call return early) for the call in the block."""
+    key = id(stop)
+    _RUNS_IN_FLIGHT[key] = stop
+    try:
+        yield
+    finally:
+        del _RUNS_IN_FLIGHT[key]
 
 
 class Backend(ABC):
@@ -63,9 +89,12 @@ class Backend(ABC):
             output name -> array.
         """
         self._check(feeds)
+        _STOP_REQUESTED.clear()
         try:
             return self._infer(feeds, outputs)
         except self.runtime_errors as e:
+            if _STOP_REQUESTED.is_set():
+                raise Terminated from None  # the run was interrupted (SIGTERM), it did not fail
             raise GraphFailed(f"{self.origin}: {self.name} failed running it ({self._error_line(e)}); the graph is malformed, "
                               f"re-export the bundle") from None
 

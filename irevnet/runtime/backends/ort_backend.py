@@ -10,7 +10,7 @@ import numpy as np
 
 from ...errors import IRevNetError, shown
 from ..bundle import Bundle
-from .base import Backend, GraphFailed
+from .base import Backend, GraphFailed, interruptible
 
 PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
@@ -168,7 +168,13 @@ class OrtBackend(Backend):
 
     def _infer(self, feeds: dict[str, np.ndarray], outputs: list[str] | None) -> dict[str, np.ndarray]:
         names = outputs or [o["name"] for o in self.outputs]
-        return dict(zip(names, self.session.run(names, feeds)))
+        run_options = _ort().RunOptions()
+
+        def stop() -> None:  # from another thread: ONNX Runtime checks the flag between nodes
+            run_options.terminate = True
+
+        with interruptible(stop):
+            return dict(zip(names, self.session.run(names, feeds, run_options)))
 
     def close(self) -> None:
         self.session = None

@@ -20,7 +20,7 @@ import numpy as np
 
 from ...errors import IRevNetError
 from ..bundle import Bundle
-from .base import Backend, GraphFailed, unsupported
+from .base import Backend, GraphFailed, interruptible, unsupported
 
 # bundle precision -> the CPU plugin's inference precision
 INFERENCE_PRECISION = {"fp32": "f32", "fp16": "f32", "mixed": "f32", "int8": "f32"}
@@ -81,7 +81,8 @@ class OpenVinoBackend(Backend):
         return {"name": name, "shape": shape, "dtype": _DTYPES.get(port.get_element_type().get_type_name(), "float32")}
 
     def _infer(self, feeds: dict[str, np.ndarray], outputs: list[str] | None) -> dict[str, np.ndarray]:
-        results = self.request.infer({name: np.ascontiguousarray(a) for name, a in feeds.items()})
+        with interruptible(self.request.cancel):  # from another thread: the request stops early
+            results = self.request.infer({name: np.ascontiguousarray(a) for name, a in feeds.items()})
         names = outputs or [o["name"] for o in self.outputs]
         # copies: the request reuses its output buffers on the next call
         return {name: np.array(results[self.compiled.output(name)]) for name in names}
