@@ -261,7 +261,14 @@ def _check_block_count(path: Path, blocks: list, state: dict[str, torch.Tensor])
 
 
 def _check_normalization(path: Path, meta: dict[str, Any], channels: int) -> None:
-    """mean/std in meta become the bundle's normalisation: finite, per channel, std > 0."""
+    """mean/std in meta become the bundle's normalisation: finite, per channel, std > 0; its
+    dataset name, a short string (checked here, before an export does any work)."""
+    dataset = meta.get("dataset")
+    if dataset is not None and not (isinstance(dataset, str) and len(dataset) <= MAX_DATASET_NAME):
+        raise CheckpointError(
+            f"{path}: meta.dataset is {shown(dataset)}, not a name of at most {MAX_DATASET_NAME} characters; "
+            f"the file is malformed (re-save it)"
+        )
     if "mean" not in meta and "std" not in meta:
         return
     for name in ("mean", "std"):
@@ -275,6 +282,8 @@ def _check_normalization(path: Path, meta: dict[str, Any], channels: int) -> Non
                 f"the file is malformed (re-save it, or export with --dataset to take them from the data)"
             )
 
+
+MAX_DATASET_NAME = 256  # meta.dataset: the dataset's name ("cifar10"), the manifest's normalization.dataset
 
 MAX_WRAPPERS = 8  # DataParallel(DataParallel(...)) levels unwrapped at most
 

@@ -29,7 +29,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import get_config
 from .data import Datasets, load_datasets, parse_spec
 from .devices import Device, resolve_device
-from .errors import CheckFailed, IRevNetError
+from .errors import CheckFailed, IRevNetError, shown
 from .files import atomic_output, write_json
 from .model import IRevNet
 from .recipes import DEFAULT_RECIPE, RECIPES, Recipe, RecipeName
@@ -288,6 +288,19 @@ def _check_training_state(path: Path, state: dict[str, Any]) -> None:
             raise IRevNetError(f"{path}: resume state {key!r} is missing or malformed; start a new run in another --out")
     if state["epoch"] < 0 or not all(isinstance(m, dict) for m in state["history"]):
         raise IRevNetError(f"{path}: resume state 'epoch' or 'history' is malformed; start a new run in another --out")
+    # the history is written to metrics.jsonl as strict JSON after every epoch: a NaN in it would
+    # fail there, after an epoch of training, and best.pt would never be written
+    for number, metrics in enumerate(state["history"], 1):
+        bad = [k for k, v in metrics.items() if not isinstance(k, str) or not _finite_number(v)]
+        if bad:
+            raise IRevNetError(f"{path}: resume history entry {number} holds {shown(bad[0])} = {shown(metrics[bad[0]])}, "
+                               f"not a finite number; start a new run in another --out")
+    if not _finite_number(state["best_top1"]):
+        raise IRevNetError(f"{path}: resume state 'best_top1' is not a finite number; start a new run in another --out")
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 RUN_FILES = {"run.json", "last.pt", "best.pt", "metrics.jsonl"}

@@ -113,3 +113,17 @@ def test_corrupt_resume_state_or_run_record_is_one_line(tmp_path, corrupt, messa
     with pytest.raises(IRevNetError, match=message) as err:
         train(resume_options(tmp_path, epochs=2))
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), "0.5"], ids=["nan", "inf", "text"])
+def test_resume_refuses_a_history_it_could_not_write_back_before_training(tmp_path, value):
+    """A last.pt whose history holds NaN trained a whole epoch, then failed writing metrics.jsonl
+    (strict JSON) and never wrote best.pt; it is refused before any training, files untouched."""
+    train(TrainOptions(dataset="digits", out=str(tmp_path), epochs=1, device="cpu"))
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    state["training"]["history"][0]["test_loss"] = value
+    torch.save(state, tmp_path / "last.pt")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(IRevNetError, match="resume history entry 1 holds 'test_loss' = .*, not a finite number"):
+        train(TrainOptions(dataset="digits", out=str(tmp_path), epochs=2, device="cpu", resume=True))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

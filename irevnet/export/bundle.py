@@ -53,6 +53,7 @@ from .quantize import CALIBRATION_METHODS, calibrate, quantize_branches
 from .weights import WEIGHTS, SharedWeights
 
 BLOCK_REFERENCE_BYTES = 64 << 20  # per-block reference activations kept in reference.npz, at most
+MAX_DATASET_SPEC = 4096  # Linux's PATH_MAX; the manifest's "source" fields hold it (schema: 4200)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,8 @@ class ExportOptions:
         check.integer("max_batch", self.max_batch, 1, check.MAX_BATCH)
         check.integer("samples", self.samples, 1, 4096)
         check.integer("calibration", self.calibration, 1, 65536)
+        if self.dataset is not None and len(self.dataset) > MAX_DATASET_SPEC:  # recorded in the manifest's sources
+            raise IRevNetError(f"--dataset is {len(self.dataset)} characters long; give a path of at most {MAX_DATASET_SPEC}")
         if self.exact_coupling is None:
             object.__setattr__(self, "exact_coupling", self.precision in (Precision.int8, Precision.mixed))
         elif self.exact_coupling and self.precision is Precision.fp16:

@@ -6,6 +6,7 @@ import onnx
 import pytest
 import torch
 
+from irevnet.checkpoint import save_checkpoint
 from irevnet.errors import CheckFailed
 from irevnet.export.bundle import ExportOptions, export_bundle
 from irevnet.export.onnx_export import FORBIDDEN_OPS, TRT_SUPPORTED_OPS
@@ -188,3 +189,37 @@ def test_reference_format_checkpoints_export(tmp_path):
     m = export_bundle(ExportOptions(checkpoint=str(t7), out=str(tmp_path / "bcifar"), max_batch=2, samples=2,
                                     debug_graphs=False))
     assert m["checkpoint"]["format"] == "reference-cifar" and m["verification"]["passed"]
+
+
+def test_inputs_are_checked_before_the_work(trained_tiny, tmp_path):
+    """A checkpoint whose meta.dataset holds bytes failed with a JSON TypeError after the whole
+    export; a --dataset longer than a path can be, once the manifest was built. Both are one line
+    before any graph is exported (no temporary bundle is ever created)."""
+    from irevnet.errors import CheckpointError, IRevNetError
+
+    state = torch.load(trained_tiny / "best.pt", weights_only=True)
+    state["meta"]["dataset"] = b"digits"
+    torch.save(state, tmp_path / "bytes.pt")
+    with pytest.raises(CheckpointError, match="meta.dataset is b'digits', not a name"):
+        export_bundle(ExportOptions(checkpoint=str(tmp_path / "bytes.pt"), out=str(tmp_path / "b1")))
+    with pytest.raises(IRevNetError, match="--dataset is 5000 characters long"):
+        ExportOptions(checkpoint=str(trained_tiny / "best.pt"), out=str(tmp_path / "b2"), dataset="x" * 5000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bytes.pt"]
+
+
+def test_a_long_dataset_path_is_recorded_in_a_readable_manifest(trained_tiny, tmp_path):
+    """The issue's long dataset path made a manifest the schema refused; sources hold any path."""
+    from irevnet.runtime import Bundle
+    from tests.test_data import _write_cifar_py
+
+    root = tmp_path
+    for i in range(5):  # a 1,300-character path: five nested folders of 250 characters
+        root = root / (f"{i}" * 250)
+    _write_cifar_py(root, n_train=10, n_test=4)
+    ckpt = tmp_path / "rgb.pt"
+    save_checkpoint(ckpt, small_model("irevnet-cifar"))
+    out = tmp_path / "bundle"
+    export_bundle(ExportOptions(checkpoint=str(ckpt), out=str(out), dataset=f"cifar10:{root}", max_batch=2, samples=4,
+                                debug_graphs=False))
+    manifest = Bundle.open(out).manifest
+    assert str(root) in manifest["normalization"]["source"]
