@@ -340,7 +340,7 @@ class Bundle:
 _ONNX_DTYPES = {"float32": 1, "float16": 10, "int64": 7, "int32": 6, "int8": 3, "uint8": 2}
 
 # What irevnet itself writes into a bundle besides the files the manifest lists.
-_GENERATED = {MANIFEST, "debug", "ort_trt_cache", "timing.cache"}
+_GENERATED = {MANIFEST, "debug", "timing.cache"}
 
 
 def is_bundle_folder(path: Path) -> bool:

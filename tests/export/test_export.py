@@ -223,3 +223,15 @@ def test_a_long_dataset_path_is_recorded_in_a_readable_manifest(trained_tiny, tm
                                 debug_graphs=False))
     manifest = Bundle.open(out).manifest
     assert str(root) in manifest["normalization"]["source"]
+
+
+def test_a_folder_irevnet_no_longer_writes_is_not_taken_for_its_own(trained_tiny, tmp_path):
+    """`ort_trt_cache` was once written into bundles; a user's folder of that name inside an export
+    target must not make it count as irevnet's (a re-export would delete it)."""
+    out = export_tiny(trained_tiny, tmp_path / "bundle", debug_graphs=False)
+    (out / "ort_trt_cache").mkdir()
+    (out / "ort_trt_cache" / "notes.txt").write_text("mine")
+    with pytest.raises(Exception, match="not an irevnet bundle|holds files") as err:
+        export_tiny(trained_tiny, out, debug_graphs=False)
+    assert "\n" not in str(err.value)
+    assert (out / "ort_trt_cache" / "notes.txt").read_text() == "mine"

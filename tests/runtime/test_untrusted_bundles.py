@@ -476,3 +476,11 @@ def test_sigterm_stops_a_run_inside_the_runtime(bundles, tmp_path, backend):
     assert stderr.strip().splitlines()[-1].startswith("error: terminated (SIGTERM)"), stderr
     assert "Traceback" not in stderr
     assert stopped_after < 10, f"took {stopped_after:.1f} s to stop"
+
+
+def test_a_tolerance_without_its_reason_is_one_line(bundles, decoys, tmp_path):
+    """The schema let a tolerance omit `reason`, then verify's Tolerance(**recorded) raised a
+    TypeError traceback; the schema now requires every field the reader needs."""
+    bundle = edit_manifest(shutil.copytree(bundles["fp32"], tmp_path / "b"), lambda m: m["tolerances"].pop("reason"))
+    result = _run(bundle, decoys, "--no-blocks")
+    assert result.exit_code == 2 and "reason" in result.output, result.output
