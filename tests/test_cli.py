@@ -92,6 +92,24 @@ def test_info_on_a_corrupt_file_is_one_line(tmp_path):
     assert "is a folder; give the checkpoint file in it" in line
 
 
+@pytest.mark.parametrize("how", ["flag", "environment"])
+def test_debug_shows_the_cause_behind_a_one_line_error(tmp_path, how, monkeypatch):
+    """`--debug` or IREVNET_DEBUG=1 prints the traceback of the one-line error and of the exception
+    it replaced (hidden by `from None`), so a bug in a reader is not mistaken for a corrupt file."""
+    path = tmp_path / "bad.pt"
+    path.write_bytes(b"garbage")
+    monkeypatch.delenv("IREVNET_DEBUG", raising=False)
+    if how == "environment":
+        monkeypatch.setenv("IREVNET_DEBUG", "1")
+    args = ["--debug", "info", "-c", str(path)] if how == "flag" else ["info", "-c", str(path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert result.output.count("Traceback") == 2, result.output  # the unpickler's error, then the one-line one
+    assert "safe_unpickle.py" in result.output and result.output.strip().splitlines()[-1].startswith("error: ")
+    monkeypatch.delenv("IREVNET_DEBUG", raising=False)
+    assert "Traceback" not in runner.invoke(app, ["info", "-c", str(path)]).output
+
+
 def test_train_evaluate_invert_happy_paths(tmp_path, trained_tiny):
     out = tmp_path / "run"
     result = runner.invoke(app, ["train", "-d", "digits", "-o", str(out), "--epochs", "1", "--device", "cpu"])

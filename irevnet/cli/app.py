@@ -42,10 +42,30 @@ _EXTRA_OF = {
 }
 
 
+def _debugging() -> bool:
+    """`irevnet --debug ...` or IREVNET_DEBUG=1: show the traceback behind a one-line error."""
+    return os.environ.get("IREVNET_DEBUG", "") not in ("", "0")
+
+
 def _fail(message: str, code: int) -> None:
+    if _debugging() and sys.exc_info()[1] is not None:
+        _print_chain(sys.exc_info()[1])
     # plain, unwrapped line: one line however narrow the terminal
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def _print_chain(error: BaseException) -> None:
+    """The error's traceback and every exception it was raised from or during, including those a
+    `raise ... from None` hides (the cause of a "corrupt file" line is often there)."""
+    import traceback
+
+    chain = []
+    while error is not None and error not in chain and len(chain) < 16:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    for e in reversed(chain):
+        sys.stderr.write("".join(traceback.format_exception(type(e), e, e.__traceback__, chain=False)))
 
 
 def _one_line(e: BaseException) -> str:
@@ -163,9 +183,14 @@ def _main(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Print the traceback behind a one-line error (also IREVNET_DEBUG=1).")
+    ] = False,
 ) -> None:
     """i-RevNets (Jacobsen, Smeulders, Oyallon, ICLR 2018): deep networks invertible up to the
     final linear classifier. `irevnet demo` runs the whole pipeline on bundled digits."""
+    if debug:
+        os.environ["IREVNET_DEBUG"] = "1"
 
 
 # -- shared option types (paths are text: an empty one is refused, not taken for ".") -------------

@@ -322,7 +322,8 @@ class Bundle:
 
     def _check_reference(self, arrays: dict[str, np.ndarray]) -> None:
         cfg = self.config
-        n = len(arrays["images"]) if "images" in arrays else None
+        images = arrays.get("images")
+        n = len(images) if images is not None and images.ndim >= 1 else None  # a 0-d one is refused below
         expected = {"images": cfg.in_shape, "reconstruction": cfg.in_shape, "logits": (cfg.num_classes,), "z": cfg.z_shape}
         for key, array in arrays.items():
             if key == "labels":

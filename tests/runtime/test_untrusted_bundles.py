@@ -226,6 +226,8 @@ def test_reference_npz_without_images_or_with_objects_is_one_line(bundles, decoy
         "wrong-shape": {"images": np.zeros((1, 3, 3), np.float32), "z": np.zeros((1, 2), np.float32),
                         "logits": np.zeros((1, 10), np.float32)},
         "truncated": {},  # the real file cut at 5,000 bytes, its hash rewritten to match
+        "scalar-images": {"images": np.float32(0.5), "z": np.zeros((1, 256, 4, 4), np.float32),
+                          "logits": np.zeros((1, 10), np.float32)},  # len() of a 0-d array raised TypeError
     }.items():
         bundle = shutil.copytree(bundles["fp32"], tmp_path / name)
         np.savez(bundle / "reference.npz", **arrays)
