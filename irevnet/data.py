@@ -7,6 +7,7 @@ so that exported inverses can turn z back into pixels.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import tarfile
@@ -237,8 +238,7 @@ class _ArrayUnpickler(RestrictedUnpickler):
 
 
 def _read_cifar_py(file: Path, fine: bool) -> tuple[np.ndarray, np.ndarray]:
-    with open(file, "rb") as f:
-        entry = _ArrayUnpickler(f).load()
+    entry = _ArrayUnpickler(io.BytesIO(file.read_bytes())).load()  # in memory: lengths bounded by the bytes
     if not isinstance(entry, dict):
         raise DatasetError(f"{file}: holds a {type(entry).__name__}, not a CIFAR batch (a dict); re-download it")
     entry = {k.decode("latin-1") if isinstance(k, bytes) else k: v for k, v in entry.items()}

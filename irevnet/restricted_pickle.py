@@ -14,14 +14,18 @@ What the base class enforces, whatever the subclass allows:
 - dict keys and set items are scalars or flat tuples of scalars, so hashing one is bounded (a
   tuple holding itself twice, 40 levels deep, is 1 KB of pickle and hashes for hours);
 - `_codecs.encode` (how protocol 2 writes bytes) is text to latin-1 only: no codec can grow a
-  string (a chain of `hex` encodings doubles it per link).
+  string (a chain of `hex` encodings doubles it per link);
+- the input is bytes in memory (io.BytesIO), so a declared length reads at most what is there,
+  and BYTEARRAY8, which pickle allocates at its declared length before reading, is bounded by them.
 """
 
 from __future__ import annotations
 
 import _compat_pickle
 import collections
+import io
 import pickle
+import struct
 from typing import Any, ClassVar
 
 MAX_KEY_TUPLE = 64  # items of a tuple used as a key
@@ -94,8 +98,9 @@ class RestrictedUnpickler(pickle._Unpickler):
     MAPPINGS: ClassVar[tuple[type, ...]] = (dict,)
     dispatch: ClassVar[dict] = dict(pickle._Unpickler.dispatch)  # this class's own copy, edited below
 
-    def __init__(self, file: Any):
+    def __init__(self, file: io.BytesIO):
         super().__init__(file, encoding="latin1")
+        self.size = len(file.getbuffer())  # no declared length may exceed the bytes present
         self.created: set[int] = set()  # ids of the objects this load made (kept alive by the memo)
 
     def find_class(self, module: str, name: str) -> Any:
@@ -195,6 +200,14 @@ class RestrictedUnpickler(pickle._Unpickler):
         items = self.pop_mark()
         self._target((set,)).update(keys(items))
 
+    def load_bytearray8(self) -> None:  # pickle allocates the declared length before reading
+        (length,) = struct.unpack("<Q", self.read(8))
+        if length > self.size:
+            raise Refused(f"a bytearray declares {length} bytes, the file holds {self.size}")
+        data = bytearray(length)
+        self.readinto(data)
+        self.append(data)
+
     def load_dict(self) -> None:  # DICT: keys hashed as the dict is made
         items = self.pop_mark()
         self.append({key(items[i]): items[i + 1] for i in range(0, len(items) - 1, 2)})
@@ -210,6 +223,6 @@ for _opcode, _handler in (
     (pickle.APPEND, RestrictedUnpickler.load_append), (pickle.APPENDS, RestrictedUnpickler.load_appends),
     (pickle.SETITEM, RestrictedUnpickler.load_setitem), (pickle.SETITEMS, RestrictedUnpickler.load_setitems),
     (pickle.ADDITEMS, RestrictedUnpickler.load_additems), (pickle.DICT, RestrictedUnpickler.load_dict),
-    (pickle.FROZENSET, RestrictedUnpickler.load_frozenset),
+    (pickle.FROZENSET, RestrictedUnpickler.load_frozenset), (pickle.BYTEARRAY8, RestrictedUnpickler.load_bytearray8),
 ):
     RestrictedUnpickler.dispatch[_opcode[0]] = _handler

@@ -208,6 +208,15 @@ def test_dict_and_frozenset_opcodes_check_their_keys(opcodes):
         safe_unpickle.loads(legacy_stream(b"\x80\x02" + tower + opcodes.removeprefix(b"\x80\x04")))
 
 
+def test_a_declared_bytearray_length_is_bounded_by_the_file():
+    """BYTEARRAY8 makes pickle allocate its declared length before reading (found by tools/fuzz.py:
+    a one-byte change declared 2^62 bytes): refused unless the file holds that many."""
+    main = b"\x80\x05\x96" + struct.pack("<Q", 1 << 40) + b"abc."
+    with pytest.raises(safe_unpickle.Refused, match="declares 1099511627776 bytes"):
+        safe_unpickle.loads(legacy_stream(main))
+    assert safe_unpickle.loads(legacy_stream(b"\x80\x05\x96" + struct.pack("<Q", 3) + b"abc.")) == bytearray(b"abc")
+
+
 def test_collections_are_built_from_scalars_only():
     """set/frozenset/Counter/OrderedDict arguments are checked like keys: a tuple tower as a set
     item would be hashed as it is added."""
