@@ -42,9 +42,12 @@ _EXTRA_OF = {
 }
 
 
+_debug_flag = False  # --debug of the running invocation (set by the app's callback)
+
+
 def _debugging() -> bool:
     """`irevnet --debug ...` or IREVNET_DEBUG=1: show the traceback behind a one-line error."""
-    return os.environ.get("IREVNET_DEBUG", "") not in ("", "0")
+    return _debug_flag or os.environ.get("IREVNET_DEBUG", "") not in ("", "0")
 
 
 def _fail(message: str, code: int) -> None:
@@ -189,8 +192,8 @@ def _main(
 ) -> None:
     """i-RevNets (Jacobsen, Smeulders, Oyallon, ICLR 2018): deep networks invertible up to the
     final linear classifier. `irevnet demo` runs the whole pipeline on bundled digits."""
-    if debug:
-        os.environ["IREVNET_DEBUG"] = "1"
+    global _debug_flag
+    _debug_flag = debug
 
 
 # -- shared option types (paths are text: an empty one is refused, not taken for ".") -------------

@@ -30,7 +30,7 @@ def _ort():
     return onnxruntime
 
 
-def ort_errors() -> tuple[type[BaseException], ...]:
+def _ort_errors() -> tuple[type[BaseException], ...]:
     """The exceptions ONNX Runtime raises for a graph it cannot load or run (its pybind11
     classes derive from Exception directly)."""
     from onnxruntime.capi import onnxruntime_pybind11_state as state
@@ -120,7 +120,7 @@ class OrtBackend(Backend):
                 options.add_initializer(name, value)
         elif initializers:
             options.add_external_initializers(list(initializers), self.initializers)  # copied into the session
-        self.runtime_errors = ort_errors()
+        self.runtime_errors = _ort_errors()
         try:
             self.session = ort.InferenceSession(
                 model if isinstance(model, bytes) else str(model), options,
