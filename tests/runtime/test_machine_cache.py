@@ -126,3 +126,25 @@ def test_a_relative_xdg_cache_home_is_ignored(monkeypatch):
     assert machine_cache() == Path.home() / ".cache" / "irevnet"
     monkeypatch.setenv("XDG_CACHE_HOME", "/abs/cache")
     assert machine_cache() == Path("/abs/cache/irevnet")
+
+
+def test_a_cache_that_cannot_be_written_falls_back_with_one_warning(bundles, tmp_path):
+    """A full disk under the cache gave ONNX Runtime's traceback (its errors derive from Exception,
+    not RuntimeError): the graph now opens with its own weights and one warning line per graph.
+    The full disk is RLIMIT_FSIZE: every write past 64 KB fails, as at ENOSPC."""
+    import resource
+    import signal
+
+    def full_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
+
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "irevnet", "verify", str(bundles["fp32"]), "--no-blocks"],
+                          preexec_fn=full_disk, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0 and "verify passed" in proc.stdout, proc.stderr[-2000:]
+    warnings = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(warnings) == 2 and all(w.startswith("cannot cache the optimized") for w in warnings), proc.stderr
+    assert "Traceback" not in proc.stderr
+    leftovers = [p.name for p in (tmp_path / "cache" / "irevnet").rglob("*") if ".prepare." in p.name]
+    assert not leftovers, leftovers
