@@ -486,3 +486,12 @@ def test_a_tolerance_without_its_reason_is_one_line(bundles, decoys, tmp_path):
     bundle = edit_manifest(shutil.copytree(bundles["fp32"], tmp_path / "b"), lambda m: m["tolerances"].pop("reason"))
     result = _run(bundle, decoys, "--no-blocks")
     assert result.exit_code == 2 and "reason" in result.output, result.output
+
+
+def test_a_field_the_manifest_does_not_define_is_refused(bundles, decoys, tmp_path):
+    """Found by tools/fuzz.py: an added top-level field verified as if it were not there (the
+    schema had no additionalProperties: false at the top); a reader cannot tell a field it does
+    not know from a field another tool expects it to honour."""
+    bundle = edit_manifest(shutil.copytree(bundles["fp32"], tmp_path / "b"), lambda m: m.update(signature="trust me"))
+    result = _run(bundle, decoys, "--no-blocks")
+    assert result.exit_code == 2 and "signature" in result.output, result.output
