@@ -18,7 +18,6 @@ Formats:
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from .config import IRevNetConfig
 from .errors import CheckpointError, ConfigError, shown
 from .files import atomic_output, sha256_file
 from .model import IRevNet, state_shapes
+from .validation import finite_number
 
 FORMAT_NAME = "irevnet-checkpoint"
 FORMAT_VERSION = 1
@@ -273,9 +273,7 @@ def _check_normalization(path: Path, meta: dict[str, Any], channels: int) -> Non
         return
     for name in ("mean", "std"):
         values = meta.get(name)
-        ok = isinstance(values, (list, tuple)) and len(values) == channels and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
-        )
+        ok = isinstance(values, (list, tuple)) and len(values) == channels and all(map(finite_number, values))
         if not ok or (name == "std" and min(values) <= 0):
             raise CheckpointError(
                 f"{path}: meta.{name} must be {channels} finite numbers{' above 0' if name == 'std' else ''}; "

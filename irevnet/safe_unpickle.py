@@ -183,6 +183,8 @@ _GLOBALS: dict[str, Any] = {
     **{f"torch.cuda.{name}": _StorageType(dtype) for name, dtype in _STORAGE_DTYPES.items()},
     **{f"torch.{name}": value for name, value in vars(torch).items() if isinstance(value, torch.dtype)},
 }
+
+
 class _Unpickler(RestrictedUnpickler):
     """The restricted unpickler (irevnet.restricted_pickle) with torch's storages and tensors,
     and BUILD applied only to module stand-ins this load made."""

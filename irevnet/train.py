@@ -291,16 +291,12 @@ def _check_training_state(path: Path, state: dict[str, Any]) -> None:
     # the history is written to metrics.jsonl as strict JSON after every epoch: a NaN in it would
     # fail there, after an epoch of training, and best.pt would never be written
     for number, metrics in enumerate(state["history"], 1):
-        bad = [k for k, v in metrics.items() if not isinstance(k, str) or not _finite_number(v)]
+        bad = [k for k, v in metrics.items() if not isinstance(k, str) or not check.finite_number(v)]
         if bad:
             raise IRevNetError(f"{path}: resume history entry {number} holds {shown(bad[0])} = {shown(metrics[bad[0]])}, "
                                f"not a finite number; start a new run in another --out")
-    if not _finite_number(state["best_top1"]):
+    if not check.finite_number(state["best_top1"]):
         raise IRevNetError(f"{path}: resume state 'best_top1' is not a finite number; start a new run in another --out")
-
-
-def _finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 RUN_FILES = {"run.json", "last.pt", "best.pt", "metrics.jsonl"}

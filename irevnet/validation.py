@@ -39,12 +39,17 @@ def integer(name: str, value: Any, low: int, high: int | None = None, *, optiona
         raise IRevNetError(f"{flag(name)} must be at most {high}, got {value}")
 
 
+def finite_number(value: Any) -> bool:
+    """An int or float (not a bool) that is neither NaN nor infinite: what strict JSON can hold."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def number(name: str, value: Any, low: float, high: float | None = None, *, low_open: bool = False,
            optional: bool = False) -> None:
     """`value` is a finite number in [low, high] ((low, high] when low_open; None when optional)."""
     if value is None and optional:
         return
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+    if not finite_number(value):
         raise IRevNetError(f"{flag(name)} must be a finite number, got {value!r}")
     if value < low or (low_open and value == low):
         raise IRevNetError(f"{flag(name)} must be {_lower(low, low_open)}, got {value:g}")
