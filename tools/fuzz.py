@@ -366,6 +366,7 @@ def run_cases(cases, jobs: int, timeout: float, limit: int, work: Path):
     vm = int(next(line for line in status if line.startswith("VmSize")).split()[1]) * 1024
     memory_cap = vm + 4 * GIB  # a runaway case fails its allocation here instead of taking the machine
     running: dict[int, tuple] = {}
+    killed: set[int] = set()  # pids killed for running past the timeout, not yet reaped
     cases = iter(cases)
     exhausted = False
     while running or not exhausted:
@@ -382,19 +383,19 @@ def run_cases(cases, jobs: int, timeout: float, limit: int, work: Path):
         pid, status, usage = os.wait4(-1, os.WNOHANG) if running else (0, 0, None)
         if pid == 0:
             now = time.monotonic()
-            for other, (case, output, started) in running.items():
-                if now - started > timeout:
+            for other, (_, _, started) in running.items():
+                if now - started > timeout and other not in killed:
                     os.kill(other, signal.SIGKILL)
-                    running[other] = (case, output, -1e9)  # marked: killed for time
+                    killed.add(other)
             time.sleep(0.005)
             continue
-        case, output, started = running.pop(pid)
+        case, output, _ = running.pop(pid)
         code = os.waitstatus_to_exitcode(status)
         text = output.read_text(errors="replace")
         output.unlink()
-        killed = started < 0
         max_rss = usage.ru_maxrss * 1024
-        yield case, classify(code, text, max_rss, limit, killed), code, max_rss, text
+        yield case, classify(code, text, max_rss, limit, pid in killed), code, max_rss, text
+        killed.discard(pid)
         case[3]()
 
 
