@@ -9,14 +9,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
-from .config import ConfigError, IRevNetConfig, get_config, list_presets
+from .model.config import ConfigError, IRevNetConfig, get_config, list_presets
 
 __all__ = ["ConfigError", "IRevNet", "IRevNetConfig", "__version__", "create_model", "get_config", "list_presets"]
 
 if TYPE_CHECKING:
-    from .model import IRevNet, create_model
+    from .model.network import IRevNet, create_model
 
-_LAZY = {"IRevNet": "model", "create_model": "model"}
+_LAZY = {"IRevNet": "model.network", "create_model": "model.network"}
 
 
 def __getattr__(name: str) -> Any:

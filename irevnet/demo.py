@@ -15,7 +15,7 @@ import numpy as np
 
 from . import validation as check
 from .errors import IRevNetError
-from .files import atomic_directory, check_replaceable
+from .io.files import atomic_directory, check_replaceable
 
 PRESET = "irevnet-tiny"
 
@@ -43,11 +43,13 @@ Report = Callable[[str, Any], None]
 def run_demo(opts: DemoOptions, report: Report = lambda step, result: None, observer=None) -> dict[str, Any]:
     """Runs every stage into `opts.out`; `report(step, result)` is called as each one finishes."""
     from .export.bundle import ExportOptions, export_bundle
-    from .images import save_inversion
+    from .io.images import save_inversion
     from .runtime.bench import BenchOptions, bench
     from .runtime.bundle import is_bundle_folder
     from .runtime.verify import VerifyOptions, verify
-    from .train import TrainOptions, is_run_folder, train
+    from .training.loop import train
+    from .training.options import TrainOptions
+    from .training.records import is_run_folder
 
     out = Path(opts.out)
     if out.exists() and not out.is_dir():
@@ -98,11 +100,11 @@ def run_demo(opts: DemoOptions, report: Report = lambda step, result: None, obse
 
 def _accuracy(checkpoint: Path, bundle_path: Path) -> dict[str, float]:
     """Top-1 on the whole digits test split: the PyTorch checkpoint and the exported fp32 graph."""
-    from .checkpoint import load_checkpoint
-    from .data import load_datasets
     from .devices import resolve_device
+    from .io.checkpoint import load_checkpoint
     from .runtime import Bundle, open_backend
-    from .train import evaluate
+    from .training.data import load_datasets
+    from .training.evaluate import evaluate
 
     ckpt = load_checkpoint(checkpoint)
     data = load_datasets("digits", ckpt.config.in_shape, augment=False)

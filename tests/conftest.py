@@ -67,7 +67,8 @@ def small_model(family: str, seed: int = 0) -> irevnet.IRevNet:
 
 
 def _train_digits(root, preset: str, epochs: int = 10):
-    from irevnet.train import TrainOptions, train
+    from irevnet.training.loop import train
+    from irevnet.training.options import TrainOptions
 
     out = root / preset
     train(TrainOptions(model=preset, dataset="digits", out=str(out), epochs=epochs, device="cpu"))

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from irevnet.config import IRevNetConfig
+from irevnet.model.config import IRevNetConfig
 
 
 def psi(x: torch.Tensor, bs: int) -> torch.Tensor:

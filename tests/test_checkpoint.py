@@ -7,9 +7,10 @@ import pytest
 import torch
 
 import irevnet
-from irevnet import checkpoint as ckpt
-from irevnet.checkpoint import infer_config, load_checkpoint, save_checkpoint
 from irevnet.errors import CheckpointError
+from irevnet.io import checkpoint as ckpt
+from irevnet.io.checkpoint import load_checkpoint, save_checkpoint
+from irevnet.io.reference_checkpoints import infer_config
 from tests.conftest import peak_of_cli, randomize_batchnorm, small_model
 from tests.reference import reference_forward, reference_state_dict, write_reference_t7
 
@@ -236,7 +237,7 @@ def test_pytorchcv_irevnet301_keys_map_onto_the_paper_model():
     pytest.importorskip("pytorchcv", reason="pytorchcv is in the dev extra: pip install -e '.[dev]'")
     from pytorchcv.models.irevnet import irevnet301
 
-    from irevnet.checkpoint import from_pytorchcv
+    from irevnet.io.reference_checkpoints import from_pytorchcv
 
     with torch.device("meta"):  # shapes only: no 500 MB of weights
         sd = irevnet301().state_dict()

@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from irevnet import __version__
-from irevnet.checkpoint import save_checkpoint
 from irevnet.cli import app
+from irevnet.io.checkpoint import save_checkpoint
 from tests.conftest import edit_manifest, small_model
 
 runner = CliRunner()

@@ -1,7 +1,7 @@
 import pytest
 
-from irevnet.config import PRESETS, IRevNetConfig, get_config, list_presets
 from irevnet.errors import ConfigError
+from irevnet.model.config import PRESETS, IRevNetConfig, get_config, list_presets
 
 
 def test_presets_match_the_paper():

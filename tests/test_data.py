@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from irevnet.data import DIGITS_TEST_SIZE, load_datasets, parse_spec
 from irevnet.errors import DatasetError
+from irevnet.training.data import DIGITS_TEST_SIZE, load_datasets, parse_spec
 from tests.conftest import PEAK_RSS
 
 
@@ -206,7 +206,7 @@ def _tower(leaf, levels: int) -> list:
 
 def _peak_loading(root) -> tuple[int, str]:
     """Peak resident bytes of a fresh process loading cifar10:ROOT, and its error line."""
-    code = ("import sys\nfrom irevnet.data import load_datasets\nfrom irevnet.errors import DatasetError\n"
+    code = ("import sys\nfrom irevnet.training.data import load_datasets\nfrom irevnet.errors import DatasetError\n"
             f"try:\n    load_datasets('cifar10:{root}', (3, 32, 32))\n    line = 'loaded'\n"
             "except DatasetError as e:\n    line = str(e)\n"
             f"print({PEAK_RSS}, line)\n")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from irevnet.checkpoint import load_checkpoint
-from irevnet.data import load_datasets
 from irevnet.export.bundle import ExportOptions, export_bundle
-from irevnet.fidelity import GAIN_WARNING, diagnose
-from irevnet.invert import first_images
+from irevnet.export.fidelity import GAIN_WARNING, diagnose
+from irevnet.io.checkpoint import load_checkpoint
 from irevnet.runtime import Bundle, open_backend
+from irevnet.training.data import load_datasets
+from irevnet.training.invert import first_images
 
 
 def _rel(a, b):

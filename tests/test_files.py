@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from irevnet import files
 from irevnet.errors import IRevNetError
+from irevnet.io import files
 
 
 def _owned(path):
@@ -124,7 +124,7 @@ def test_outputs_follow_links_keep_modes_and_write_into_pipes(tmp_path):
     import stat
     import threading
 
-    from irevnet.files import write_json
+    from irevnet.io.files import write_json
 
     private = tmp_path / "private.json"
     private.write_text("{}")

@@ -12,7 +12,8 @@ pytestmark = [
 
 
 def test_amp_channels_last_training_on_cuda(tmp_path):
-    from irevnet.train import TrainOptions, train
+    from irevnet.training.loop import train
+    from irevnet.training.options import TrainOptions
 
     result = train(TrainOptions(dataset="digits", out=str(tmp_path), epochs=3, device="cuda", amp=True))
     history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -2,8 +2,8 @@
 
 from PIL import Image
 
-from irevnet.images import grid_shape
-from irevnet.invert import InvertOptions, invert_checkpoint
+from irevnet.io.images import grid_shape
+from irevnet.training.invert import InvertOptions, invert_checkpoint
 
 
 def test_inversion_grid_and_psnr_of_a_trained_model(trained_tiny, tmp_path):

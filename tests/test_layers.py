@@ -4,7 +4,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from irevnet.layers import IRevNetBlock, depth_to_space, space_to_depth
+from irevnet.model.layers import IRevNetBlock, depth_to_space, space_to_depth
 from tests.conftest import randomize_batchnorm
 from tests.reference import psi as reference_psi
 

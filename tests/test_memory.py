@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import irevnet
-from irevnet.reversible import first_recomputed_block
+from irevnet.model.reversible import first_recomputed_block
 from tests.conftest import SMALL_FAMILIES, randomize_batchnorm
 
 
@@ -89,7 +89,7 @@ def test_injective_cifar_layout_is_exact_in_fp64_and_close_to_standard_in_fp32()
 
 
 def test_relu_masks_take_one_bit_per_element():
-    from irevnet.reversible import PackedMask
+    from irevnet.model.reversible import PackedMask
 
     mask = torch.rand(3, 5, 7, 11, generator=torch.Generator().manual_seed(0)) > 0.5
     packed = PackedMask(mask)
@@ -108,7 +108,8 @@ def test_second_derivatives_are_refused_clearly():
 
 
 def test_memory_efficient_training_matches_standard_on_digits(tmp_path):
-    from irevnet.train import TrainOptions, train
+    from irevnet.training.loop import train
+    from irevnet.training.options import TrainOptions
 
     std = train(TrainOptions(dataset="digits", out=str(tmp_path / "std"), epochs=6, device="cpu"))
     eff = train(TrainOptions(dataset="digits", out=str(tmp_path / "eff"), epochs=6, device="cpu", memory_efficient=True))
@@ -133,7 +134,7 @@ def test_memory_efficient_ddp_run(tmp_path):
 
 
 def test_memory_measurement_reports_less_activation_memory():
-    from irevnet.memory import measure_in_subprocess
+    from irevnet.training.memory import measure_in_subprocess
 
     std = measure_in_subprocess("irevnet-cifar", 16, False)
     eff = measure_in_subprocess("irevnet-cifar", 16, True)

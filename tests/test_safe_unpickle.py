@@ -8,9 +8,9 @@ import struct
 import pytest
 import torch
 
-from irevnet import safe_unpickle
-from irevnet.checkpoint import load_checkpoint
 from irevnet.errors import CheckpointError
+from irevnet.io import safe_unpickle
+from irevnet.io.checkpoint import load_checkpoint
 from tests.conftest import peak_of_cli
 
 
@@ -136,7 +136,7 @@ def test_a_legacy_storage_larger_than_the_file_is_refused_before_allocating(tmp_
 def test_compressed_zip_records_are_refused(tmp_path):
     import zipfile
 
-    from irevnet.checkpoint import save_checkpoint
+    from irevnet.io.checkpoint import save_checkpoint
     from tests.conftest import small_model
 
     good = save_checkpoint(tmp_path / "good.pt", small_model("irevnet-tiny"))

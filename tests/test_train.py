@@ -6,9 +6,11 @@ import sys
 import pytest
 import torch
 
-from irevnet.checkpoint import load_checkpoint
 from irevnet.errors import IRevNetError
-from irevnet.train import TrainOptions, resume_options, train
+from irevnet.io.checkpoint import load_checkpoint
+from irevnet.training.loop import train
+from irevnet.training.options import TrainOptions
+from irevnet.training.records import resume_options
 
 TIMING_KEYS = {"images_per_s", "epoch_seconds"}
 
@@ -80,6 +82,39 @@ def test_two_process_gloo_run_writes_one_checkpoint(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl", "run.json"]
     (epoch,) = _metrics(out)
     assert epoch["test_images"] == 360, "the sharded evaluation saw every test image exactly once"
+
+
+def test_a_loss_that_diverges_on_one_rank_stops_every_rank(tmp_path):
+    """Rank 1's loss alone turns NaN at its third step (injected by a launcher that wraps the CLI):
+    both ranks must stop with exit 1 and one line, instead of rank 0 waiting forever in the next
+    all-reduce. Bounded by the timeout: a hang fails the test."""
+    launcher = tmp_path / "nan_on_rank1.py"
+    launcher.write_text(
+        "import os, sys, torch\n"
+        "from irevnet.cli import main\n"
+        "calls = [0]\n"
+        "real = torch.nn.functional.cross_entropy\n"
+        "def poisoned(*args, **kwargs):\n"
+        "    loss = real(*args, **kwargs)\n"
+        "    if os.environ['RANK'] == '1' and loss.requires_grad:\n"
+        "        calls[0] += 1\n"
+        "        if calls[0] == 3:\n"
+        "            return loss * float('nan')\n"
+        "    return loss\n"
+        "torch.nn.functional.cross_entropy = poisoned\n"
+        "sys.argv[0] = 'irevnet'\n"
+        "main()\n"
+    )
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(launcher),
+           "train", "-d", "digits", "-o", str(out), "--epochs", "1", "--device", "cpu", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode != 0
+    messages = [line for line in proc.stderr.splitlines() if "training diverged in epoch 1" in line]
+    assert len(messages) == 2, proc.stderr[-3000:]  # one line from each rank
+    assert any("(the loss is nan)" in m for m in messages) and any("(on another process)" in m for m in messages)
+    assert not (out / "last.pt").exists(), "no checkpoint of the diverged epoch"
 
 
 @pytest.mark.parametrize(

@@ -51,7 +51,8 @@ def make_seeds(root: Path) -> tuple[dict[str, Path], Path]:
     import torch
 
     from irevnet.export.bundle import ExportOptions, export_bundle
-    from irevnet.train import TrainOptions, train
+    from irevnet.training.loop import train
+    from irevnet.training.options import TrainOptions
 
     run = root / "run"
     train(TrainOptions(model="irevnet-tiny", dataset="digits", out=str(run), epochs=2, device="cpu"))
@@ -440,8 +441,8 @@ def main() -> int:
     os.environ["XDG_CACHE_HOME"] = str(work / "cache")  # the machine cache of the cases, removed at the end
     try:
         # imported once here, so that every forked case starts as warm as a fresh `irevnet` process
-        import irevnet.checkpoint
         import irevnet.cli
+        import irevnet.io.checkpoint
         import irevnet.runtime.backends.ort_backend  # noqa: F401
 
         print("making seeds (training irevnet-tiny for 2 epochs, exporting a bundle) ...", flush=True)

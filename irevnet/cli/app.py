@@ -19,10 +19,10 @@ from typing import Annotated, Any
 
 import typer
 
-from .. import files
 from .._version import __version__
 from ..devices import Device
 from ..errors import CheckFailed, IRevNetError, Terminated
+from ..io import files
 from . import render
 
 app = typer.Typer(

@@ -28,7 +28,7 @@ def memory(
 
     Example: `irevnet memory -m irevnet-301 -m irevnet-cifar --batch-size 32`
     """
-    from ..memory import MemoryOptions, compare_memory
+    from ..training.memory import MemoryOptions, compare_memory
 
     opts = options(MemoryOptions, locals(), presets=presets or MemoryOptions.presets)
     check_outputs(json)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..precision import Calibration, Precision
+from ..contract import Calibration, Precision
 from ..runtime.engines import HardwareCompat
 from . import render
 from .app import CheckpointOpt, ImageSizeOpt, command, options

@@ -9,7 +9,7 @@ from .app import CheckpointOpt, ImageSizeOpt, JsonOpt, check_outputs, command, w
 @command
 def presets() -> None:
     """List the model presets (paper configurations and tiny test models)."""
-    from ..config import PRESETS
+    from ..model.config import PRESETS
 
     render.presets([(name, *PRESETS[name]) for name in sorted(PRESETS)])
 
@@ -21,7 +21,7 @@ def info(checkpoint: CheckpointOpt, image_size: ImageSizeOpt = None, json: JsonO
     Example: `irevnet info -c runs/digits/best.pt`
     """
     check_outputs(json)
-    from ..checkpoint import load_checkpoint
+    from ..io.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint, image_size=image_size)
     summary = ckpt.summary()

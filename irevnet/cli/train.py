@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from ..devices import Device
-from ..recipes import RecipeName
+from ..training.recipes import RecipeName
 from . import render
 from .app import (
     CheckpointOpt,
@@ -56,8 +56,9 @@ def train(
 
     Multi-GPU: `torchrun --nproc-per-node 8 -m irevnet train -m irevnet-301 -d imagefolder:/data/imagenet`
     """
-    from ..train import TrainOptions, resume_options
-    from ..train import train as run_training
+    from ..training.loop import train as run_training
+    from ..training.options import TrainOptions
+    from ..training.records import resume_options
 
     opts = options(TrainOptions, ctx.params)
     if resume:  # the run's recorded options, except those given on this command line
@@ -85,7 +86,7 @@ def evaluate(
 
     Example: `irevnet evaluate -c ILSVRC_trained_irevnet.pth.tar -d imagefolder:/data/imagenet`
     """
-    from ..train import EvaluateOptions, evaluate_checkpoint
+    from ..training.evaluate import EvaluateOptions, evaluate_checkpoint
 
     opts = options(EvaluateOptions, locals())
     check_outputs(json)
@@ -114,7 +115,7 @@ def invert(
 
     Example: `irevnet invert -c runs/digits/best.pt -d digits -o inversion.png`
     """
-    from ..invert import InvertOptions, invert_checkpoint
+    from ..training.invert import InvertOptions, invert_checkpoint
 
     opts = options(InvertOptions, locals())
     check_outputs(out, json)

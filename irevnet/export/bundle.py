@@ -23,16 +23,13 @@ import torch
 
 from .. import validation as check
 from .._version import __version__
-from ..checkpoint import Checkpoint, load_checkpoint
-from ..data import CIFAR_STATS, IMAGENET_STATS, load_datasets
+from ..contract import Calibration, Precision
 from ..errors import CheckFailed, IRevNetError
-from ..fidelity import diagnose
-from ..files import atomic_directory, check_replaceable, sha256_file, write_json
-from ..graphs import ForwardBlocksGraph, ForwardGraph, InverseBlocksGraph, InverseGraph, prepare
-from ..images import reconstruction_metrics
-from ..invert import first_images
+from ..io.checkpoint import Checkpoint, load_checkpoint
+from ..io.files import atomic_directory, check_replaceable, sha256_file, write_json
+from ..io.images import reconstruction_metrics
 from ..metrics import top1_accuracy
-from ..precision import Calibration, Precision
+from ..model.graphs import ForwardBlocksGraph, ForwardGraph, InverseBlocksGraph, InverseGraph, prepare
 from ..runtime.backends.ort_backend import OrtBackend
 from ..runtime.bundle import (
     FORWARD,
@@ -47,7 +44,10 @@ from ..runtime.bundle import (
 )
 from ..runtime.comparison import TOLERANCES, Tolerance, compare
 from ..runtime.verify import parity_checks
+from ..training.data import CIFAR_STATS, IMAGENET_STATS, load_datasets
+from ..training.invert import first_images
 from .coupling import MANTISSA_BITS, grid_exponent, snap_coupling
+from .fidelity import diagnose
 from .onnx_export import DEFAULT_OPSET, branch_signatures, check_graph, export_graph, graph_summary
 from .quantize import CALIBRATION_METHODS, calibrate, quantize_branches
 from .weights import WEIGHTS, SharedWeights
@@ -329,7 +329,7 @@ def _verify(tmp: Path, graphs, model, images, labels, normalization, tol: Tolera
 
 def _block_reference(model, x: torch.Tensor) -> dict[str, np.ndarray]:
     """h0..hB of the PyTorch fp32 forward for as many samples as fit BLOCK_REFERENCE_BYTES."""
-    from ..layers import merge
+    from ..model.layers import merge
 
     pairs = [merge(*p) for p in model.forward_pairs(x[:1])]
     per_sample = sum(p.numel() * 4 for p in pairs)

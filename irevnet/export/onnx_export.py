@@ -51,7 +51,7 @@ def _translations() -> dict:
     def depth_to_space(x, block_size: int):
         return op.DepthToSpace(x, blocksize=block_size, mode="DCR")
 
-    import irevnet.layers  # noqa: F401 (registers the custom ops)
+    import irevnet.model.layers  # noqa: F401 (registers the custom ops)
 
     return {
         torch.ops.irevnet.space_to_depth.default: space_to_depth,

@@ -22,8 +22,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..contract import Calibration
 from ..errors import IRevNetError
-from ..precision import Calibration
 from .onnx_export import BRANCH_NODE
 
 INT8_MAX = 127  # activations: symmetric int8, zero point 0

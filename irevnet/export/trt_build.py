@@ -23,7 +23,7 @@ from typing import Any
 
 from .. import validation as check
 from ..errors import IRevNetError
-from ..files import atomic_output, sha256_file, write_json
+from ..io.files import atomic_output, sha256_file, write_json
 from ..runtime.backends.trt_backend import import_tensorrt, make_logger
 from ..runtime.bundle import FORWARD, FORWARD_BLOCKS, INVERSE, INVERSE_BLOCKS, MANIFEST, Bundle, check_manifest
 from ..runtime.engines import EngineMismatch, HardwareCompat, check_compatible, make_profile

@@ -31,8 +31,8 @@ import numpy as np
 
 from .. import validation as check
 from ..allocator import steady_allocator
-from ..config import IRevNetConfig
 from ..errors import IRevNetError
+from ..model.config import IRevNetConfig
 from .backends import open_backend, resolve_backend, unsupported
 from .bundle import FORWARD, INVERSE, Bundle
 

@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from ..config import IRevNetConfig
 from ..errors import BundleError, ConfigError
-from ..files import TEMPORARY, sha256_file
+from ..io.files import TEMPORARY, sha256_file
+from ..model.config import IRevNetConfig
 
 # 1: every graph holds its weights inline. 2: graphs keep their weights in one shared file
 # (weights.bin, the manifest's `weights`), each tensor once. Both are read.

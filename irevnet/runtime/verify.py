@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import validation as check
 from ..errors import IRevNetError
-from ..images import plot_error_vs_depth, reconstruction_metrics
+from ..io.images import plot_error_vs_depth, reconstruction_metrics
 from ..metrics import rel_l2, top1_accuracy
 from .backends import open_backend, resolve_backend, unsupported
 from .bundle import FORWARD, FORWARD_BLOCKS, INVERSE, INVERSE_BLOCKS, Bundle
@@ -144,8 +144,8 @@ def _inputs(bundle: Bundle, opts: VerifyOptions) -> tuple[np.ndarray, np.ndarray
     if opts.dataset:
         if not _has_torch():
             raise IRevNetError("--dataset needs torch to read the data; without it verify uses the bundle's reference samples")
-        from ..data import load_datasets
-        from ..invert import first_images
+        from ..training.data import load_datasets
+        from ..training.invert import first_images
 
         data = load_datasets(opts.dataset, bundle.config.in_shape, augment=False)
         x = first_images(data.test, opts.samples).numpy()

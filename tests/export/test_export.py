@@ -6,11 +6,11 @@ import onnx
 import pytest
 import torch
 
-from irevnet.checkpoint import save_checkpoint
 from irevnet.errors import CheckFailed
 from irevnet.export.bundle import ExportOptions, export_bundle
 from irevnet.export.onnx_export import FORBIDDEN_OPS, TRT_SUPPORTED_OPS
-from irevnet.files import sha256_file
+from irevnet.io.checkpoint import save_checkpoint
+from irevnet.io.files import sha256_file
 from irevnet.runtime.backends.ort_backend import OrtBackend
 from irevnet.runtime.comparison import TOLERANCES
 from tests.conftest import export_tiny, small_model

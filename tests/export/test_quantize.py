@@ -61,9 +61,9 @@ def test_int8_on_onnx_runtime_agrees_with_fp32_and_inverts_bit_exactly(int8_bund
     coupling (on by default for int8) every F sees the same bits in both directions, so the inverse
     returns the forward's input, rounded to the grid, bit for bit: on all 360 held-out digits.
     Without it 1 of the 360 reconstructed at 1.4e-2 (an int8 rounding flip)."""
-    from irevnet.data import load_datasets
-    from irevnet.graphs import to_grid
-    from irevnet.invert import first_images
+    from irevnet.model.graphs import to_grid
+    from irevnet.training.data import load_datasets
+    from irevnet.training.invert import first_images
 
     grid = int8_bundle.manifest["exact_coupling"]
     assert grid["exponent"] == 19 and grid["max_abs_measured"] < grid["bound"] / 4, "k from the measured stream, 4x headroom"

@@ -72,7 +72,7 @@ def test_parser_errors_name_the_node(fake_trt, bundles, tmp_path):
     model = onnx.load(str(bundle / "forward.onnx"))
     model.graph.node[5].doc_string = trt_double.UNSUPPORTED
     onnx.save(model, str(bundle / "forward.onnx"))
-    from irevnet.files import sha256_file
+    from irevnet.io.files import sha256_file
 
     edit_manifest(bundle, lambda m: m["files"].update({"forward.onnx": sha256_file(bundle / "forward.onnx")}))
     node = model.graph.node[5]

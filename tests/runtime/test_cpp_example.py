@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from irevnet.images import denormalize
+from irevnet.io.images import denormalize
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cpp"
 needs_toolchain = pytest.mark.skipif(

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import pytest
 
-from irevnet.files import machine_cache
+from irevnet.io.files import machine_cache
 from irevnet.runtime import Bundle, open_backend
 from irevnet.runtime.backends import ort_offline
 from tests.conftest import PEAK_RSS

@@ -11,9 +11,9 @@ import numpy as np
 import onnx
 import pytest
 
-from irevnet.checkpoint import save_checkpoint
 from irevnet.errors import IRevNetError
 from irevnet.export.bundle import ExportOptions, export_bundle
+from irevnet.io.checkpoint import save_checkpoint
 from irevnet.runtime import Bundle, Invertible, open_backend
 from irevnet.runtime.backends import ort_offline
 from irevnet.runtime.backends.ort_backend import OrtBackend

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ... import validation as check
 from ...errors import BundleError, IRevNetError
-from ...files import machine_cache
+from ...io.files import machine_cache
 from ..bundle import Bundle
 from .base import Backend, InputError, unsupported
 

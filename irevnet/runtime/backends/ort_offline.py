@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...files import atomic_output, machine_cache, open_regular, read_regular, work_folder
+from ...io.files import atomic_output, machine_cache, open_regular, read_regular, work_folder
 from ..bundle import MAX_GRAPH_BYTES, Bundle
 
 _TENSOR_FILE = re.compile(r"^[0-9a-f]{64}\.bin$")

@@ -51,9 +51,9 @@ class TorchBackend(Backend):
             import torch
         except ImportError:
             raise IRevNetError("the torch backend needs PyTorch; pip install 'irevnet[torch]'") from None
-        from ... import graphs as g
-        from ...checkpoint import load_checkpoint
         from ...devices import resolve_device
+        from ...io.checkpoint import load_checkpoint
+        from ...model import graphs as g
 
         if reason := unsupported("torch", precision):
             raise IRevNetError(reason)

@@ -11,8 +11,8 @@ import copy
 
 import torch
 
-from .layers import merge, split
-from .model import IRevNet
+from ..model.layers import merge, split
+from ..model.network import IRevNet
 
 GAIN_WARNING = 100.0  # gains above this are named in `irevnet verify`
 LOW_VARIANCE = 1e-3  # BatchNorm running variance below this amplifies by 1/sqrt(var + eps)

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from ..contract import Precision
 from .layers import merge
-from .model import IRevNet
-from .precision import Precision
+from .network import IRevNet
 
 
 class HalfBranch(nn.Module):

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 # Bounds on what a config may ask for, so that a config read from a file cannot make irevnet
 # allocate without bound (an (N, C, H, W) example batch is made from in_shape at export).

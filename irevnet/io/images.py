@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..metrics import rel_l2
 from .files import atomic_output
-from .metrics import rel_l2
 
 GRID_MIN_CELL = 64  # small images (8x8 digits) are enlarged, pixel for pixel, to at least this
 

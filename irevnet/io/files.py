@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .errors import IRevNetError
+from ..errors import IRevNetError
 
 
 @contextlib.contextmanager

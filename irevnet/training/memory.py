@@ -1,5 +1,5 @@
 """`irevnet memory`: activation memory and time of one training step, standard backprop vs
-memory-efficient (irevnet.reversible), each measured in a fresh process."""
+memory-efficient (irevnet.model.reversible), each measured in a fresh process."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import validation as check
-from .allocator import exact_rss
-from .devices import Device
-from .errors import IRevNetError
+from .. import validation as check
+from ..allocator import exact_rss
+from ..devices import Device
+from ..errors import IRevNetError
 
 
 def _status_bytes(field: str) -> int | None:
@@ -68,9 +68,9 @@ def measure_step(preset: str, batch: int, memory_efficient: bool, device: str = 
     torch's max allocated minus allocated before. `step_bytes` is that total; `activation_bytes`
     is what is left of it after the gradients and the batch, which both modes need alike.
     """
-    from .config import get_config
-    from .devices import resolve_device
-    from .model import IRevNet
+    from ..devices import resolve_device
+    from ..model.config import get_config
+    from ..model.network import IRevNet
 
     dev = resolve_device(device)
     config = get_config(preset)
@@ -131,7 +131,7 @@ class MemoryOptions:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        from .config import get_config
+        from ..model.config import get_config
 
         object.__setattr__(self, "presets", tuple(self.presets))
         object.__setattr__(self, "device", check.choice("device", self.device, Device).value)
@@ -164,7 +164,7 @@ def compare_memory(opts: MemoryOptions, progress: Callable[[str], None] = lambda
 def measure_in_subprocess(preset: str, batch: int, memory_efficient: bool, device: str = "cpu",
                           image_size: int | None = None, threads: int | None = None) -> dict[str, Any]:
     """`measure_step` in a fresh Python process, so that earlier peaks do not hide this one."""
-    args = [sys.executable, "-m", "irevnet.memory", preset, str(batch), "1" if memory_efficient else "0", device,
+    args = [sys.executable, "-m", "irevnet.training.memory", preset, str(batch), "1" if memory_efficient else "0", device,
             str(image_size or 0)]
     env = dict(os.environ)
     if threads:

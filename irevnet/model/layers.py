@@ -198,7 +198,7 @@ class IRevNetBlock(nn.Module):
         Args:
             x: the input pair.
             branch: evaluates F in place of `self.bottleneck_block` (the reversible backward
-                passes one that records F's ReLU masks, see `irevnet.reversible`).
+                passes one that records F's ReLU masks, see `irevnet.model.reversible`).
         """
         x1, x2 = x
         if self.pad:

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .errors import DatasetError, shown
-from .restricted_pickle import Refused, RestrictedUnpickler, latin1
+from ..errors import DatasetError, shown
+from ..io.restricted_pickle import Refused, RestrictedUnpickler, latin1
 
 CIFAR_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),

@@ -8,17 +8,17 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from . import validation as check
-from .devices import Device
-from .images import reconstruction_metrics
-from .model import IRevNet
+from .. import validation as check
+from ..devices import Device
+from ..io.images import reconstruction_metrics
+from ..model.network import IRevNet
 
 
 @dataclass
 class Inversion:
     originals: np.ndarray  # (N, C, H, W), normalised, as the model saw them
     reconstructions: np.ndarray  # inverse(forward(x)), normalised
-    metrics: dict  # see irevnet.images.reconstruction_metrics
+    metrics: dict  # see irevnet.io.images.reconstruction_metrics
 
 
 def first_images(dataset: Dataset, n: int) -> torch.Tensor:
@@ -41,7 +41,7 @@ def invert(model: IRevNet, x: torch.Tensor, mean, std, *, project: bool = True) 
 @dataclass(frozen=True)
 class InvertOptions:
     checkpoint: str
-    dataset: str = "digits"  # spec, see irevnet.data
+    dataset: str = "digits"  # spec, see irevnet.training.data
     out: str = "inversion.png"  # originals on top, reconstructions below
     samples: int = 8
     image_size: int | None = None
@@ -60,10 +60,10 @@ class InvertOptions:
 
 def invert_checkpoint(opts: InvertOptions) -> Inversion:
     """Inverts the first test images of a dataset with a checkpoint's model and writes the grid."""
-    from .checkpoint import load_checkpoint
+    from ..devices import resolve_device
+    from ..io.checkpoint import load_checkpoint
+    from ..io.images import save_inversion
     from .data import load_datasets
-    from .devices import resolve_device
-    from .images import save_inversion
 
     ckpt = load_checkpoint(opts.checkpoint, image_size=opts.image_size)
     data = load_datasets(opts.dataset, ckpt.config.in_shape, augment=False)

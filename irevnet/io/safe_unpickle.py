@@ -2,7 +2,7 @@
 
 Every checkpoint irevnet opens goes through `loads`, never through `torch.load` or `pickle.load`:
 
-- the opcodes are restricted as irevnet.restricted_pickle describes (no code runs, no object of
+- the opcodes are restricted as irevnet.io.restricted_pickle describes (no code runs, no object of
   the process changes, keys are scalars, `_codecs.encode` is latin-1 only);
 - globals resolve only to an allowlist: inert stand-ins for the reference code's and torch.nn's
   module classes (`Pickled`), storage types, dtypes, OrderedDict/Counter/set, and this module's
@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-from .errors import shown
+from ..errors import shown
 from .restricted_pickle import COLLECTIONS, Refused, RestrictedUnpickler, latin1
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER
@@ -186,7 +186,7 @@ _GLOBALS: dict[str, Any] = {
 
 
 class _Unpickler(RestrictedUnpickler):
-    """The restricted unpickler (irevnet.restricted_pickle) with torch's storages and tensors,
+    """The restricted unpickler (irevnet.io.restricted_pickle) with torch's storages and tensors,
     and BUILD applied only to module stand-ins this load made."""
 
     GLOBALS = _GLOBALS

@@ -38,7 +38,7 @@ class IRevNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(z_channels, momentum=0.9)
         self.linear = nn.Linear(z_channels, config.num_classes)
         # Train by backpropagating through the block inverses instead of stored activations
-        # (irevnet.reversible): per block only one bit per ReLU input of F is kept, not its activations.
+        # (irevnet.model.reversible): per block only one bit per ReLU input of F is kept, not its activations.
         self.memory_efficient = False
 
     # -- the invertible part -----------------------------------------------------------------
