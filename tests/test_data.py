@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from irevnet.errors import DatasetError
-from irevnet.training.data import DIGITS_TEST_SIZE, load_datasets, parse_spec
+from irevnet.io.datasets import DIGITS_TEST_SIZE, parse_spec
+from irevnet.training.data import load_datasets
 from tests.conftest import PEAK_RSS
 
 
@@ -238,3 +239,18 @@ def test_a_few_kilobytes_of_cifar_cannot_allocate_gigabytes(tmp_path, batch):
     peak, line = _peak_loading(hostile)
     assert "test_batch" in line and "re-download it" in line, line
     assert peak < intact_peak + (64 << 20), (peak, intact_peak)
+
+
+@pytest.mark.parametrize("shape", [(1, 16, 16), (3, 32, 32)])
+def test_torch_free_reader_gives_the_training_pipelines_held_out_images(shape):
+    """irevnet.io.datasets (numpy) and the torch datasets read the same files, split and
+    normalisation: same labels, images equal within float32 rounding of a few operations on
+    values of magnitude ~3 (bilinear weights, mean/std), far below 1e-5."""
+    from irevnet.io.datasets import read_test_images
+    from irevnet.training.invert import first_images
+
+    x, y = read_test_images("digits", shape, 24)
+    data = load_datasets("digits", shape, augment=False)
+    assert x.dtype == np.float32 and x.shape == (24, *shape)
+    np.testing.assert_array_equal(y, [data.test[i][1] for i in range(24)])
+    assert np.abs(x - first_images(data.test, 24).numpy()).max() < 1e-5

@@ -39,7 +39,7 @@ def _rebuild_stale(bundles: list[str], backends: list[str]) -> None:
 def verify(
     bundles: Annotated[list[str], typer.Argument(help="Bundle folder(s); several precisions of one model compare side by side.")],
     backends: BackendOpt = None,
-    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Real test images (needs torch); default: the bundle's reference samples.")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Held-out real images (read without torch); default: the bundle's reference samples.")] = None,
     samples: Annotated[int, typer.Option(help="Images to check.")] = 8,
     checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c", help="Live PyTorch reference (default: the manifest's, when torch is installed).")] = None,
     providers: ProviderOpt = None,

@@ -26,6 +26,7 @@ from .._version import __version__
 from ..contract import Calibration, Precision
 from ..errors import CheckFailed, IRevNetError
 from ..io.checkpoint import Checkpoint, load_checkpoint
+from ..io.datasets import CIFAR_STATS, IMAGENET_STATS
 from ..io.files import atomic_directory, check_replaceable, sha256_file, write_json
 from ..io.images import reconstruction_metrics
 from ..metrics import top1_accuracy
@@ -44,7 +45,7 @@ from ..runtime.bundle import (
 )
 from ..runtime.comparison import TOLERANCES, Tolerance, compare
 from ..runtime.verify import parity_checks
-from ..training.data import CIFAR_STATS, IMAGENET_STATS, load_datasets
+from ..training.data import load_datasets
 from ..training.invert import first_images
 from .coupling import MANTISSA_BITS, grid_exponent, snap_coupling
 from .fidelity import diagnose

@@ -24,6 +24,7 @@ import numpy as np
 
 from .. import validation as check
 from ..errors import IRevNetError
+from ..io.datasets import read_test_images
 from ..io.images import plot_error_vs_depth, reconstruction_metrics
 from ..metrics import rel_l2, top1_accuracy
 from .backends import open_backend, resolve_backend, unsupported
@@ -35,7 +36,7 @@ from .comparison import TOLERANCES, Agreement, Tolerance, compare
 class VerifyOptions:
     bundles: list[str]
     backends: list[str] = field(default_factory=lambda: ["onnxruntime"])
-    dataset: str | None = None  # real images (needs torch); default: the bundle's reference samples
+    dataset: str | None = None  # held-out real images; default: the bundle's reference samples
     samples: int = 8
     checkpoint: str | None = None  # live PyTorch reference; default: the manifest's, when torch is there
     providers: list[str] | None = None  # ONNX Runtime providers
@@ -142,14 +143,7 @@ def _in_batches(backend, name: str, x: np.ndarray) -> dict[str, np.ndarray]:
 
 def _inputs(bundle: Bundle, opts: VerifyOptions) -> tuple[np.ndarray, np.ndarray | None, str]:
     if opts.dataset:
-        if not _has_torch():
-            raise IRevNetError("--dataset needs torch to read the data; without it verify uses the bundle's reference samples")
-        from ..training.data import load_datasets
-        from ..training.invert import first_images
-
-        data = load_datasets(opts.dataset, bundle.config.in_shape, augment=False)
-        x = first_images(data.test, opts.samples).numpy()
-        labels = np.array([data.test[i][1] for i in range(len(x))])
+        x, labels = read_test_images(opts.dataset, bundle.config.in_shape, opts.samples)
         return x, labels, f"dataset {opts.dataset}"
     ref = bundle.reference("images", "labels")
     n = min(opts.samples, len(ref["images"]))

@@ -12,7 +12,8 @@ from .. import validation as check
 from ..devices import Device, resolve_device
 from ..errors import IRevNetError
 from ..io.checkpoint import load_checkpoint
-from .data import load_datasets, parse_spec
+from ..io.datasets import parse_spec
+from .data import load_datasets
 from .distributed import Dist, Shard
 
 

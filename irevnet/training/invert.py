@@ -49,7 +49,7 @@ class InvertOptions:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        from .data import parse_spec
+        from ..io.datasets import parse_spec
 
         check.paths(self, "checkpoint", "out")
         object.__setattr__(self, "device", check.choice("device", self.device, Device).value)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from .. import validation as check
 from ..devices import Device
+from ..io.datasets import parse_spec
 from ..model.config import get_config
-from .data import parse_spec
 from .recipes import DEFAULT_RECIPE, RECIPES, Recipe, RecipeName
 
 MAX_SEED = 2**32 - 1  # numpy's and most tools' seed range; torch's is wider

@@ -24,7 +24,8 @@ def _copy(bundle, tmp_path):
 
 
 def test_runtime_runs_where_torch_cannot_be_imported(bundles):
-    """verify on the stored reference samples, with `import torch` made to fail."""
+    """verify on the stored reference samples and on held-out digits (read by the torch-free
+    dataset reader), and bench, with `import torch` made to fail."""
     code = textwrap.dedent(f"""
         import json, sys
         sys.modules["torch"] = None  # any `import torch` now raises ImportError
@@ -32,13 +33,16 @@ def test_runtime_runs_where_torch_cannot_be_imported(bundles):
         from irevnet.runtime.bench import BenchOptions, bench
         r = verify(VerifyOptions(bundles=[{str(bundles["fp32"])!r}]))
         b = bench(BenchOptions(bundles=[{str(bundles["fp32"])!r}], batch_sizes=[1], warmup_s=0, iterations=2))
-        print(json.dumps({{"passed": r["passed"], "reference": r["reference"], "bench": len(b["results"])}}))
+        d = verify(VerifyOptions(bundles=[{str(bundles["fp32"])!r}], dataset="digits", samples=16, blocks=False))
+        print(json.dumps({{"passed": r["passed"], "reference": r["reference"], "bench": len(b["results"]),
+                          "digits": [d["passed"], d["samples"], d["inputs"], len(d["round_trip"])]}}))
     """)
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["passed"] and result["bench"] == 2
     assert result["reference"] == "PyTorch fp32 outputs stored in the bundle at export"
+    assert result["digits"] == [True, 16, "dataset digits", 1]
 
 
 @pytest.mark.parametrize(
