@@ -1,8 +1,67 @@
-"""The precisions of a bundle. Pure Python: the CLI, the runtime and the manifest use the names."""
+"""The contract between the exporter and every reader of a bundle: each name written once.
+
+Tensor names, the batch axis, file and folder names, graph names and precision names, imported by
+the graphs, the exporter, the engine builder, the runtime, the C++ app's tests and the test suite;
+the manifest's JSON Schema (runtime/manifest.schema.json) states the same values, and a test checks
+that it does (tests/test_contract.py), as it checks that no other module spells them out.
+Pure Python: imported on deployment boxes without torch.
+"""
 
 from __future__ import annotations
 
 from enum import Enum
+
+# 1: every graph holds its weights inline. 2: graphs keep their weights in one shared file
+# (WEIGHTS, the manifest's `weights`), each tensor once. Both are read.
+SCHEMA_VERSION = 2
+
+# -- files and folders of a bundle ----------------------------------------------------------------
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.bin"  # every graph's initializers, each distinct tensor once (export/weights.py)
+REFERENCE = "reference.npz"  # the verification inputs and PyTorch fp32 outputs, stored at export
+SAMPLE_Z = "sample_z.npy"  # one z the C++ app inverts when given none
+TIMING_CACHE = "timing.cache"  # TensorRT's, shared by every engine of the bundle
+DEBUG = "debug"  # the per-block debug engines
+
+# -- graphs: (N, C, H, W) float32 in and out, whatever the precision inside ----------------------
+FORWARD = "forward"  # IMAGE -> LOGITS, Z
+INVERSE = "inverse"  # Z -> IMAGE
+FORWARD_BLOCKS = "forward_blocks"  # IMAGE -> LOGITS, Z, every block_input(i), every branch_output(i)
+INVERSE_BLOCKS = "inverse_blocks"  # Z -> IMAGE, every block_input(i) recovered, every branch_output(i)
+GRAPHS = (FORWARD, INVERSE, FORWARD_BLOCKS, INVERSE_BLOCKS)
+ONNX_SUFFIX = ".onnx"
+ENGINE_SUFFIX = ".engine"
+
+
+def graph_file(graph: str) -> str:
+    """The ONNX file of a graph, relative to the bundle."""
+    return graph + ONNX_SUFFIX
+
+
+def engine_file(graph: str) -> str:
+    """The TensorRT engine of a graph, relative to the bundle (debug engines in their folder)."""
+    return graph + ENGINE_SUFFIX if graph in (FORWARD, INVERSE) else f"{DEBUG}/{graph}{ENGINE_SUFFIX}"
+
+
+# -- tensors ----------------------------------------------------------------------------------------
+IMAGE = "image"  # the normalised image, (N, C, H, W)
+Z = "z"  # the last representation, from which the image is recovered
+LOGITS = "logits"  # (N, classes), the linear classifier on z
+BATCH_DIM = "N"  # the dynamic batch axis of every input and output
+LAYOUT = "NCHW"
+
+
+def block_input(i: int) -> str:
+    """The debug graphs' name of the coupling pair entering block i, merged (h0 .. hB)."""
+    return f"h{i}"
+
+
+def branch_output(i: int) -> str:
+    """The debug graphs' name of block i's F output, the same tensor in both directions."""
+    return f"f{i}"
+
+
+# -- precisions ---------------------------------------------------------------------------------------
 
 
 class Precision(str, Enum):
@@ -13,10 +72,15 @@ class Precision(str, Enum):
     mixed = "mixed"  # the bottleneck branches F in fp16, the coupling stream (adds, psi, padding) fp32
     int8 = "int8"  # F's convolutions int8 (explicit Q/DQ, export/quantize.py), everything else fp32
 
+    def __str__(self) -> str:  # the name, in messages and f-strings (3.11 formats enums as Precision.fp32)
+        return self.value
+
+    __format__ = str.__format__
+
 
 class Calibration(str, Enum):
     """How an int8 activation's range (symmetric, zero point 0, per tensor) is chosen from the
-    values the calibration images produce there (export/quantize.py)."""
+    values the calibration images produce there (export/quantize.py); recorded in the manifest."""
 
     mse = "mse"  # the range that minimises the squared error of quantizing those values (default)
     percentile = "percentile"  # the 99.99th percentile of |value|

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import validation as check
+from .contract import FORWARD, IMAGE, INVERSE, LOGITS, Precision, Z
 from .errors import IRevNetError
 from .io.files import atomic_directory, check_replaceable
 
@@ -34,7 +35,7 @@ class DemoOptions:
 
     @property
     def precisions(self) -> list[str]:
-        return ["fp32"] if self.fast else ["fp32", "mixed", "fp16"]
+        return [Precision.fp32] if self.fast else [Precision.fp32, Precision.mixed, Precision.fp16]
 
 
 Report = Callable[[str, Any], None]
@@ -82,7 +83,7 @@ def run_demo(opts: DemoOptions, report: Report = lambda step, result: None, obse
     report("verify", verified)
 
     grid = out / "inversion.png"
-    norm = bundles["fp32"]["normalization"]
+    norm = bundles[Precision.fp32]["normalization"]
     save_inversion(*_onnx_round_trip(out / "bundle-fp32"), norm["mean"], norm["std"], grid)
     report("invert", grid)
 
@@ -111,12 +112,12 @@ def _accuracy(checkpoint: Path, bundle_path: Path) -> dict[str, float]:
     torch_top1 = evaluate(ckpt.model, data.test, resolve_device("cpu"))["top1"]
     bundle = Bundle.open(bundle_path)
     correct = 0
-    with open_backend("onnxruntime", bundle, "forward") as fwd:
+    with open_backend("onnxruntime", bundle, FORWARD) as fwd:
         for start in range(0, len(data.test), bundle.max_batch):
             items = [data.test[i] for i in range(start, min(start + bundle.max_batch, len(data.test)))]
             x = np.stack([img.numpy() for img, _ in items])
             labels = np.array([label for _, label in items])
-            correct += int((fwd.infer({"image": x})["logits"].argmax(1) == labels).sum())
+            correct += int((fwd.infer({IMAGE: x})[LOGITS].argmax(1) == labels).sum())
     return {"images": len(data.test), "top1_pytorch": torch_top1, "top1_onnx": 100 * correct / len(data.test)}
 
 
@@ -126,14 +127,14 @@ def _onnx_round_trip(bundle_path: Path) -> tuple[np.ndarray, np.ndarray]:
 
     bundle = Bundle.open(bundle_path)
     x = bundle.reference("images")["images"]
-    with open_backend("onnxruntime", bundle, "forward") as fwd, open_backend("onnxruntime", bundle, "inverse") as inv:
-        return x, inv.infer({"z": fwd.infer({"image": x})["z"]})["image"]
+    with open_backend("onnxruntime", bundle, FORWARD) as fwd, open_backend("onnxruntime", bundle, INVERSE) as inv:
+        return x, inv.infer({Z: fwd.infer({IMAGE: x})[Z]})[IMAGE]
 
 
 def _summary(accuracy: dict, verified: dict, speed: dict) -> dict[str, Any]:
     rows: dict[str, dict[str, Any]] = {}
     for entry in verified["round_trip"]:
-        side = "onnxruntime" if entry["forward"].startswith("onnxruntime") else "pytorch"
+        side = "onnxruntime" if entry[FORWARD].startswith("onnxruntime") else "pytorch"
         rows.setdefault(entry["precision"], {"precision": entry["precision"]})[side] = {
             "rel_l2": entry["rel_l2"], "psnr_db": entry["psnr_db"]}
     ratios = {r["direction"]: {k: r[k] for k in ("speedup", "speedup_rounds", "noisy")}

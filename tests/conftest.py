@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import irevnet
+from irevnet.contract import MANIFEST, Precision
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -90,7 +91,7 @@ def trained_tiny_bijective(tmp_path_factory):
     return _train_digits(tmp_path_factory.mktemp("runs"), "irevnet-tiny-bijective")
 
 
-def export_tiny(run, out, precision="fp32", **kw):
+def export_tiny(run, out, precision=Precision.fp32, **kw):
     from irevnet.export.bundle import ExportOptions, export_bundle
 
     export_bundle(ExportOptions(checkpoint=str(run / "best.pt"), out=str(out), precision=precision, dataset="digits",
@@ -103,9 +104,9 @@ def bundles(trained_tiny, tmp_path_factory):
     """fp32, mixed and fp16 bundles of the trained irevnet-tiny, debug graphs included (fp32, mixed)."""
     root = tmp_path_factory.mktemp("bundles")
     return {
-        "fp32": export_tiny(trained_tiny, root / "fp32"),
-        "mixed": export_tiny(trained_tiny, root / "mixed", "mixed"),
-        "fp16": export_tiny(trained_tiny, root / "fp16", "fp16", debug_graphs=False),
+        Precision.fp32: export_tiny(trained_tiny, root / Precision.fp32),
+        Precision.mixed: export_tiny(trained_tiny, root / Precision.mixed, Precision.mixed),
+        Precision.fp16: export_tiny(trained_tiny, root / Precision.fp16, Precision.fp16, debug_graphs=False),
     }
 
 
@@ -135,25 +136,26 @@ def peak_of_cli(args: list[str], expect_exit: int = 2, timeout: float = 120) -> 
 def edit_manifest(bundle: Path, change: Callable[[dict], object]) -> Path:
     """Applies `change` to a bundle's manifest.json in place, as a hand edit (or an attacker) would:
     the manifest is not covered by its own hashes."""
-    path = Path(bundle) / "manifest.json"
+    path = Path(bundle) / MANIFEST
     manifest = json.loads(path.read_text())
     change(manifest)
     path.write_text(json.dumps(manifest))
     return Path(bundle)
 
 
-@pytest.fixture
-def fake_trt(monkeypatch):
+def install_fake_trt(monkeypatch, version: str):
     """Installs the TensorRT test double (tests/runtime/trt_double.py) as `tensorrt`, with a fake
     CUDA device (compute capability 8.9); returns the double's module."""
     from tests.runtime import trt_double
 
-    def install(version):
-        trt = trt_double.make_tensorrt(version)
-        monkeypatch.setitem(__import__("sys").modules, "tensorrt", trt)
-        cuda = trt_double.FakeCuda()
-        monkeypatch.setattr("irevnet.runtime.backends.trt_backend.cuda_api", lambda: cuda)
-        monkeypatch.setattr("irevnet.export.trt_build.cuda_api", lambda: cuda)
-        return trt
+    trt = trt_double.make_tensorrt(version)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    cuda = trt_double.FakeCuda()
+    monkeypatch.setattr("irevnet.runtime.gpu.cuda_api", lambda: cuda)  # the one place CUDA is reached
+    return trt
 
-    return install
+
+@pytest.fixture
+def fake_trt(monkeypatch):
+    """install_fake_trt for one test: call it with a TensorRT version string."""
+    return lambda version: install_fake_trt(monkeypatch, version)

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from irevnet import __version__
 from irevnet.cli import app
+from irevnet.contract import FORWARD, MANIFEST, Precision, graph_file
 from irevnet.io.checkpoint import save_checkpoint
 from tests.conftest import edit_manifest, small_model
 
@@ -151,23 +152,23 @@ def test_train_resume_takes_the_run_options_and_the_flags_given(tmp_path):
 def test_export_verify_bench_happy_paths(tmp_path, trained_tiny, bundles):
     out = tmp_path / "bundle"
     result = runner.invoke(app, ["export", "-c", str(trained_tiny / "best.pt"), "-o", str(out), "--max-batch", "4",
-                                 "--no-debug", "--precision", "fp16"])
+                                 "--no-debug", "--precision", Precision.fp16])
     assert result.exit_code == 0, result.output
-    assert (out / "manifest.json").is_file() and "bundle written to" in result.output
+    assert (out / MANIFEST).is_file() and "bundle written to" in result.output
 
-    result = runner.invoke(app, ["verify", str(bundles["fp32"]), "--json", str(tmp_path / "v.json"), "--plot", str(tmp_path / "p.png")])
+    result = runner.invoke(app, ["verify", str(bundles[Precision.fp32]), "--json", str(tmp_path / "v.json"), "--plot", str(tmp_path / "p.png")])
     assert result.exit_code == 0, result.output
     assert "verify passed" in result.output and json.loads((tmp_path / "v.json").read_text())["passed"]
     assert "onnxruntime[cpu]" in result.output, "backend names are printed, not eaten as markup"
 
-    result = runner.invoke(app, ["bench", str(bundles["fp32"]), "--batch-sizes", "1,2", "--iterations", "3",
+    result = runner.invoke(app, ["bench", str(bundles[Precision.fp32]), "--batch-sizes", "1,2", "--iterations", "3",
                                  "--warmup-s", "0", "--json", str(tmp_path / "b.json")])
     assert result.exit_code == 0, result.output
     assert len(json.loads((tmp_path / "b.json").read_text())["results"]) == 4
 
 
 def test_verify_failure_exits_1_with_the_table(tmp_path, bundles):
-    strict = shutil.copytree(bundles["fp16"], tmp_path / "strict")
+    strict = shutil.copytree(bundles[Precision.fp16], tmp_path / "strict")
     edit_manifest(strict, lambda m: m["tolerances"].update(round_trip=1e-9))
     result = runner.invoke(app, ["verify", str(strict), "--no-blocks"])
     assert result.exit_code == 1
@@ -180,12 +181,12 @@ def test_export_verify_bench_bad_inputs(tmp_path, trained_tiny, bundles):
     assert not (tmp_path / "b").exists()
     line = _one_line_error(runner.invoke(app, ["verify", str(tmp_path)]))
     assert "manifest.json is missing" in line
-    line = _one_line_error(runner.invoke(app, ["bench", str(bundles["fp32"]), "--batch-sizes", "1,x"]))
+    line = _one_line_error(runner.invoke(app, ["bench", str(bundles[Precision.fp32]), "--batch-sizes", "1,x"]))
     assert "--batch-sizes" in line
-    line = _one_line_error(runner.invoke(app, ["bench", str(bundles["fp32"]), "-b", "tflite"]))
+    line = _one_line_error(runner.invoke(app, ["bench", str(bundles[Precision.fp32]), "-b", "tflite"]))
     assert "unknown backend 'tflite'" in line
 
-    moved = shutil.copytree(bundles["fp32"], tmp_path / "moved")  # as on another machine
+    moved = shutil.copytree(bundles[Precision.fp32], tmp_path / "moved")  # as on another machine
     edit_manifest(moved, lambda m: m["checkpoint"].update(path=str(tmp_path / "elsewhere" / "best.pt")))
     line = _one_line_error(runner.invoke(app, ["bench", str(moved), "-b", "torch", "--iterations", "1"]))
     assert "which is not there" in line and "pass --checkpoint PATH" in line
@@ -208,7 +209,7 @@ def test_outputs_never_replace_what_this_tool_did_not_write(tmp_path, trained_ti
     # a web app's folder has a manifest.json too: it is still not a bundle, and nothing is deleted
     webapp = tmp_path / "webapp"
     (webapp / "src").mkdir(parents=True)
-    files = {"manifest.json": '{"name": "app", "schema_version": 1}', "index.html": "<html></html>", "src/app.js": "x"}
+    files = {MANIFEST: '{"name": "app", "schema_version": 1}', "index.html": "<html></html>", "src/app.js": "x"}
     for name, text in files.items():
         (webapp / name).write_text(text)
     line = _one_line_error(runner.invoke(app, ["export", "-c", ckpt, "-o", str(webapp), "--no-debug"]))
@@ -232,10 +233,10 @@ def test_outputs_never_replace_what_this_tool_did_not_write(tmp_path, trained_ti
 def test_unwritable_outputs_are_one_line_errors(tmp_path, trained_tiny, bundles):
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where a folder is needed")
-    line = _one_line_error(runner.invoke(app, ["verify", str(bundles["fp32"]), "--no-blocks",
+    line = _one_line_error(runner.invoke(app, ["verify", str(bundles[Precision.fp32]), "--no-blocks",
                                                "--json", str(blocker / "v.json")]))
     assert f"cannot write {blocker / 'v.json'}" in line
-    line = _one_line_error(runner.invoke(app, ["verify", str(bundles["fp32"]), "--no-blocks", "--json", str(tmp_path)]))
+    line = _one_line_error(runner.invoke(app, ["verify", str(bundles[Precision.fp32]), "--no-blocks", "--json", str(tmp_path)]))
     assert "is a folder; give a file path" in line
     line = _one_line_error(runner.invoke(app, ["export", "-c", str(trained_tiny / "best.pt"), "--no-debug",
                                                "-o", str(blocker / "bundle")]))
@@ -255,7 +256,7 @@ def test_unwritable_outputs_are_one_line_errors(tmp_path, trained_tiny, bundles)
     ids=["threads-negative", "threads-zero", "duration-zero", "warmup-negative", "workers-negative", "memory-batch-0"],
 )
 def test_out_of_range_numbers_are_one_line_errors(tmp_path, bundles, args, message):
-    args = [a.format(b=bundles["fp32"], tmp=tmp_path) for a in args]
+    args = [a.format(b=bundles[Precision.fp32], tmp=tmp_path) for a in args]
     assert message in _one_line_error(runner.invoke(app, args))
 
 def test_demo_fast_runs_the_whole_pipeline(tmp_path):
@@ -300,7 +301,7 @@ def test_export_with_engine_keeps_the_onnx_bundle_without_tensorrt(tmp_path, tra
                                  "--max-batch", "2", "--engine"])
     assert result.exit_code == 2
     assert result.output.rstrip().splitlines()[-1].startswith("error: TensorRT is not installed")
-    assert (out / "forward.onnx").is_file() and (out / "manifest.json").is_file(), "the ONNX export still happened"
+    assert (out / graph_file(FORWARD)).is_file() and (out / MANIFEST).is_file(), "the ONNX export still happened"
 
 
 @pytest.mark.parametrize("workers", [0, 1])
@@ -335,7 +336,7 @@ def test_a_checkpoint_that_would_write_a_file_is_refused_by_every_command(tmp_pa
         (run / "run.json").write_text(json.dumps({"command": "irevnet train", "options": {"dataset": "digits"}}))
         args = ["train", "-o", str(run), "--resume"]
     elif command == "verify":
-        bundle = shutil.copytree(bundles["fp32"], tmp_path / "bundle")
+        bundle = shutil.copytree(bundles[Precision.fp32], tmp_path / "bundle")
         digest = hashlib.sha256(evil.read_bytes()).hexdigest()
         edit_manifest(bundle, lambda m: m.update(checkpoint={"path": str(evil), "sha256": digest}))
         args = ["verify", str(bundle)]
@@ -369,7 +370,7 @@ def test_a_checkpoint_that_would_write_a_file_is_refused_by_every_command(tmp_pa
 )
 def test_values_that_slipped_through_are_one_line_errors(tmp_path, trained_tiny, bundles, args, message):
     """Each was a traceback, a hang or a silent wrong result before the options validated themselves."""
-    args = [a.format(tmp=tmp_path, ckpt=trained_tiny / "best.pt", b=bundles["fp32"]) for a in args]
+    args = [a.format(tmp=tmp_path, ckpt=trained_tiny / "best.pt", b=bundles[Precision.fp32]) for a in args]
     line = _one_line_error(runner.invoke(app, args))
     assert message in line, line
     assert not (tmp_path / "big").exists() or not (tmp_path / "big" / "last.pt").exists()

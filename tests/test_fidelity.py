@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from irevnet.contract import IMAGE, INVERSE, Precision, Z
 from irevnet.export.bundle import ExportOptions, export_bundle
 from irevnet.export.fidelity import GAIN_WARNING, diagnose
 from irevnet.io.checkpoint import load_checkpoint
@@ -44,13 +45,13 @@ def test_trained_bijective_model_inverts_without_projection(trained_tiny_bijecti
 
 def test_exported_inverse_reproduces_the_projected_pytorch_inverse(trained_tiny, bundles, tmp_path):
     ckpt = load_checkpoint(trained_tiny / "best.pt")
-    bundle = Bundle.open(bundles["fp32"])
-    z = bundle.reference()["z"]
+    bundle = Bundle.open(bundles[Precision.fp32])
+    z = bundle.reference()[Z]
     with torch.no_grad():
         projected = ckpt.model.inverse(torch.from_numpy(z)).numpy()
         plain = ckpt.model.inverse(torch.from_numpy(z), project=False).numpy()
-    with open_backend("onnxruntime", bundle, "inverse") as inv:
-        onnx_image = inv.infer({"z": z})["image"]
+    with open_backend("onnxruntime", bundle, INVERSE) as inv:
+        onnx_image = inv.infer({Z: z})[IMAGE]
     assert _rel(onnx_image, projected) <= 1e-5  # measured ~2e-7: fp32 rounding, folded BN
     assert _rel(onnx_image, plain) > 1e-3, "and it is not the unprojected inverse"
     assert bundle.manifest["range_projection"] is True

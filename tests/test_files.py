@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from irevnet.contract import MANIFEST
 from irevnet.errors import IRevNetError
 from irevnet.io import files
 
@@ -102,7 +103,7 @@ def test_sigterm_during_export_exits_143_in_one_line_and_leaves_the_old_bundle(t
     out = tmp_path / "bundle"
     args = [sys.executable, "-m", "irevnet", "export", "-c", str(trained_tiny / "best.pt"), "-o", str(out), "--max-batch", "2"]
     subprocess.run([*args, "--no-debug"], check=True, capture_output=True, timeout=300)
-    before = (out / "manifest.json").read_bytes()
+    before = (out / MANIFEST).read_bytes()
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not any(p.name.endswith(".tmp") for p in tmp_path.iterdir()):  # the export has started writing
@@ -114,7 +115,7 @@ def test_sigterm_during_export_exits_143_in_one_line_and_leaves_the_old_bundle(t
     expected = "error: terminated (SIGTERM); temporary files removed, files already written are complete"
     assert stderr.strip().splitlines() == [expected], stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"], "no temporary folder left"
-    assert (out / "manifest.json").read_bytes() == before
+    assert (out / MANIFEST).read_bytes() == before
 
 
 def test_outputs_follow_links_keep_modes_and_write_into_pipes(tmp_path):

@@ -40,6 +40,8 @@ import time
 import zipfile
 from pathlib import Path
 
+from irevnet.contract import FORWARD, IMAGE, LOGITS, MANIFEST, ONNX_SUFFIX, WEIGHTS, Z, graph_file
+
 GIB = 1 << 30
 
 
@@ -163,7 +165,7 @@ def mutate_checkpoint(data: bytes, rng: random.Random) -> tuple[bytes, str]:
 
 HOSTILE_VALUES = [
     None, True, -1, 0, 2**31, 10**30, 1e308, float("nan"), float("inf"), "", "x" * 5000, "../../../etc/passwd",
-    "/etc/passwd", "forward.onnx", "./", "a/../../b", [], [0] * 3, [[[[[]]]]], {}, {"a": 1}, 65, 64, 8192, 2**20,
+    "/etc/passwd", graph_file(FORWARD), "./", "a/../../b", [], [0] * 3, [[[[[]]]]], {}, {"a": 1}, 65, 64, 8192, 2**20,
 ]
 
 
@@ -223,7 +225,7 @@ def mutate_graph(data: bytes, rng: random.Random) -> tuple[bytes, str]:
         tensor = rng.choice(graph.initializer)
         tensor.data_location = onnx.TensorProto.EXTERNAL
         del tensor.external_data[:]
-        for key, value in (("location", rng.choice(["weights.bin", "../secret.bin", "/etc/passwd", "forward.onnx"])),
+        for key, value in (("location", rng.choice([WEIGHTS, "../secret.bin", "/etc/passwd", graph_file(FORWARD)])),
                            ("offset", str(rng.choice(INTERESTING_INTS))), ("length", str(rng.choice(INTERESTING_INTS)))):
             entry = tensor.external_data.add()
             entry.key, entry.value = key, value
@@ -243,7 +245,7 @@ def mutate_graph(data: bytes, rng: random.Random) -> tuple[bytes, str]:
         graph.initializer.extend([helper.make_tensor("trip", onnx.TensorProto.INT64, [], [2**40]),
                                   helper.make_tensor("cond", onnx.TensorProto.BOOL, [], [True])])
     elif kind == "names" and graph.output:
-        rng.choice(list(graph.output) + list(graph.input)).name = rng.choice(["z", "image", "logits", "other", ""])
+        rng.choice(list(graph.output) + list(graph.input)).name = rng.choice([Z, IMAGE, LOGITS, "other", ""])
     elif kind == "constant":
         big = onnx.TensorProto(name="big", data_type=onnx.TensorProto.FLOAT, dims=[2**14, 2**14])  # declared, not held
         graph.node.insert(0, helper.make_node("Constant", [], ["unused_big"], value=big))
@@ -279,7 +281,7 @@ def mutate_npz(data: bytes, rng: random.Random) -> tuple[bytes, str]:
 def mutate_bundle(seed: Path, target: Path, rng: random.Random) -> str:
     """A mutated copy of the seed bundle at `target`; returns the mutation's kind."""
     shutil.copytree(seed, target, symlinks=True)
-    manifest_path = target / "manifest.json"
+    manifest_path = target / MANIFEST
     manifest = json.loads(manifest_path.read_text())
     listed = sorted(manifest["files"])
     choice = rng.random()
@@ -289,7 +291,7 @@ def mutate_bundle(seed: Path, target: Path, rng: random.Random) -> str:
         name = rng.choice(listed)
         file = target / name
         data = file.read_bytes()
-        if name.endswith(".onnx"):
+        if name.endswith(ONNX_SUFFIX):
             data, kind = mutate_graph(data, rng)
         elif name.endswith(".npz"):
             data, kind = mutate_npz(data, rng)

@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ..contract import FORWARD, INVERSE, LOGITS, MANIFEST, Z
+
 console = Console(highlight=False, markup=False)
 if not console.is_terminal:  # logs and pipes: room for the wide tables instead of 80 columns
     console.width = 140
@@ -90,7 +92,7 @@ class ProgressBar:
 
 
 def inversion(metrics: dict[str, Any], dataset: str, out: str) -> None:
-    t = Table("image", "PSNR (dB)", "max abs error (pixels, 0-1)", title=f"inverse(forward(x)) on {dataset}")
+    t = Table("sample", "PSNR (dB)", "max abs error (pixels, 0-1)", title=f"inverse(forward(x)) on {dataset}")
     for i, row in enumerate(metrics["per_image"]):
         t.add_row(str(i), db(row["psnr_db"]), f"{row['max_abs']:.2e}")
     t.add_row("all", db(metrics["psnr_db"]), f"{metrics['max_abs']:.2e}", style="bold")
@@ -116,7 +118,7 @@ def export(manifest: dict[str, Any], out: str) -> None:
         extra += f"; top-1 PyTorch {v['top1_pytorch']:.1f}% vs ONNX {v['top1_onnx']:.1f}%"
     console.print(extra)
     if "weights" in manifest:
-        on_disk = sum((Path(out) / name).stat().st_size for name in manifest["files"]) + (Path(out) / "manifest.json").stat().st_size
+        on_disk = sum((Path(out) / name).stat().st_size for name in manifest["files"]) + (Path(out) / MANIFEST).stat().st_size
         console.print(f"{on_disk / 1e6:,.1f} MB on disk, of which {manifest['weights']['bytes'] / 1e6:,.1f} MB of weights in "
                       f"{manifest['weights']['file']}, shared by all {len(manifest['graphs'])} graphs")
     console.print(f"bundle written to {out}" if v["passed"] else f"bundle written to {out} despite failed checks (--allow-mismatch)")
@@ -135,7 +137,7 @@ def verification(r: dict[str, Any]) -> None:
     t = Table("precision", "z from", "inverted by", "rel. L2", "max abs (px)", "PSNR dB", "worst", "tol.", "",
               title="round trip inverse(forward(x)) vs x")
     for e in r["round_trip"] + r["cross_round_trip"]:
-        t.add_row(e["precision"], e["forward"], e["inverse"], f"{e['rel_l2']:.2e}", f"{e['max_abs_pixels']:.2e}",
+        t.add_row(e["precision"], e[FORWARD], e[INVERSE], f"{e['rel_l2']:.2e}", f"{e['max_abs_pixels']:.2e}",
                   db(e["psnr_db"]), str(e["worst_sample"]), f"{e['tolerance']:.0e}", verdict(e["passed"]))
     console.print(t)
     if r["parity"]:
@@ -143,8 +145,8 @@ def verification(r: dict[str, Any]) -> None:
                   title="parity with PyTorch fp32")
         for e in r["parity"]:
             acc = f"{e['top1_backend']:.2f}% vs {e['top1_pytorch']:.2f}%" if "top1_backend" in e else "(no labels)"
-            t.add_row(e["precision"], e["backend"], f"{e['logits']['rel_l2']:.2e}", f"{e['logits']['max_abs']:.2e}",
-                      f"{e['z']['rel_l2']:.2e}", f"{e['top1_agreement']:.3f}", acc, verdict(e["passed"]))
+            t.add_row(e["precision"], e["backend"], f"{e[LOGITS]['rel_l2']:.2e}", f"{e[LOGITS]['max_abs']:.2e}",
+                      f"{e[Z]['rel_l2']:.2e}", f"{e['top1_agreement']:.3f}", acc, verdict(e["passed"]))
         console.print(t)
     for e in r["blocks"]:
         _blocks(e)
@@ -213,7 +215,7 @@ def bench(r: dict[str, Any]) -> None:
 
 
 def memory(rows: list[dict[str, Any]]) -> None:
-    t = Table("preset", "batch", "image", "activations MB (std / eff)", "saving", "whole step MB (std / eff)",
+    t = Table("preset", "batch", "input", "activations MB (std / eff)", "saving", "whole step MB (std / eff)",
               "step s (std / eff)", "time", title=f"one SGD step on {rows[0]['standard']['device']}")
     mb = lambda e, key: f"{e[key] / 2**20:,.0f}"
     for r in rows:

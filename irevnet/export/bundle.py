@@ -23,7 +23,26 @@ import torch
 
 from .. import validation as check
 from .._version import __version__
-from ..contract import Calibration, Precision
+from ..contract import (
+    BATCH_DIM,
+    FORWARD,
+    FORWARD_BLOCKS,
+    IMAGE,
+    INVERSE,
+    INVERSE_BLOCKS,
+    LAYOUT,
+    LOGITS,
+    MANIFEST,
+    REFERENCE,
+    SAMPLE_Z,
+    SCHEMA_VERSION,
+    WEIGHTS,
+    Calibration,
+    Precision,
+    Z,
+    block_input,
+    graph_file,
+)
 from ..errors import CheckFailed, IRevNetError
 from ..io.checkpoint import Checkpoint, load_checkpoint
 from ..io.datasets import CIFAR_STATS, IMAGENET_STATS
@@ -32,17 +51,7 @@ from ..io.images import reconstruction_metrics
 from ..metrics import top1_accuracy
 from ..model.graphs import ForwardBlocksGraph, ForwardGraph, InverseBlocksGraph, InverseGraph, prepare
 from ..runtime.backends.ort_backend import OrtBackend
-from ..runtime.bundle import (
-    FORWARD,
-    FORWARD_BLOCKS,
-    INVERSE,
-    INVERSE_BLOCKS,
-    MANIFEST,
-    REFERENCE,
-    SCHEMA_VERSION,
-    check_manifest,
-    is_bundle_folder,
-)
+from ..runtime.bundle import check_manifest, is_bundle_folder
 from ..runtime.comparison import TOLERANCES, Tolerance, compare
 from ..runtime.verify import parity_checks
 from ..training.data import load_datasets
@@ -51,7 +60,7 @@ from .coupling import MANTISSA_BITS, grid_exponent, snap_coupling
 from .fidelity import diagnose
 from .onnx_export import DEFAULT_OPSET, branch_signatures, check_graph, export_graph, graph_summary
 from .quantize import CALIBRATION_METHODS, calibrate, quantize_branches
-from .weights import WEIGHTS, SharedWeights
+from .weights import SharedWeights
 
 BLOCK_REFERENCE_BYTES = 64 << 20  # per-block reference activations kept in reference.npz, at most
 MAX_DATASET_SPEC = 4096  # Linux's PATH_MAX; the manifest's "source" fields hold it (schema: 4200)
@@ -136,17 +145,17 @@ def export_bundle(opts: ExportOptions, log=lambda msg: None) -> dict[str, Any]:
                     calibration = _calibrate(proto, *measured, opts.max_batch, opts.calibration_method)
                 quantize_branches(proto, calibration["ranges"])
             if grid:
-                snap_coupling(proto, grid["exponent"], "image" if name in (FORWARD, FORWARD_BLOCKS) else None)
-            check_graph(proto, f"{name}.onnx", strict=strict)
+                snap_coupling(proto, grid["exponent"], IMAGE if name in (FORWARD, FORWARD_BLOCKS) else None)
+            check_graph(proto, graph_file(name), strict=strict)
             signatures = branch_signatures(proto)
             shared.externalize(proto)
-            onnx.save_model(proto, str(tmp / f"{name}.onnx"))
+            onnx.save_model(proto, str(tmp / graph_file(name)))
             graphs[name] = {
-                "file": f"{name}.onnx",
+                "file": graph_file(name),
                 **graph_summary(proto),
                 "branches_sha256": hashlib.sha256("".join(signatures.values()).encode()).hexdigest(),
                 "export_seconds": round(time.perf_counter() - start, 2),
-                "files": [f"{name}.onnx", WEIGHTS],
+                "files": [graph_file(name), WEIGHTS],
             }
         weights = shared.close()
 
@@ -154,8 +163,8 @@ def export_bundle(opts: ExportOptions, log=lambda msg: None) -> dict[str, Any]:
         tolerance = _tolerance(precision, grid)
         verification, reference = _verify(tmp, graphs, model, images, labels, normalization, tolerance, opts)
         np.savez(tmp / REFERENCE, **reference)
-        z0 = reference["z"][:1]
-        np.save(tmp / "sample_z.npy", z0)  # a z for the C++ example to invert
+        z0 = reference[Z][:1]
+        np.save(tmp / SAMPLE_Z, z0)  # a z for the C++ example to invert
 
         log("estimating the inverse's per-block error gain (fp64)")
         fidelity = diagnose(model, images.float(), project=opts.projection)
@@ -176,8 +185,8 @@ def export_bundle(opts: ExportOptions, log=lambda msg: None) -> dict[str, Any]:
             "checkpoint": {"path": str(opts.checkpoint), "sha256": sha256_file(opts.checkpoint), "format": ckpt.format},
             "weights_sha256": _weights_sha256(net),
             "normalization": normalization,
-            "layout": "NCHW",
-            "batch": {"dim": "N", "min": 1, "max": opts.max_batch},
+            "layout": LAYOUT,
+            "batch": {"dim": BATCH_DIM, "min": 1, "max": opts.max_batch},
             "range_projection": bool(opts.projection and cfg.injective),
             "branches": {
                 "identical_in_forward_and_inverse": identical,
@@ -291,18 +300,18 @@ def _verify(tmp: Path, graphs, model, images, labels, normalization, tol: Tolera
     x_np = x.numpy()
     with OrtBackend(tmp / graphs[FORWARD]["file"], providers=["cpu"]) as fwd, \
             OrtBackend(tmp / graphs[INVERSE]["file"], providers=["cpu"]) as inv:
-        out = fwd.infer({"image": x_np})
-        x_hat = inv.infer({"z": out["z"]})["image"]
+        out = fwd.infer({IMAGE: x_np})
+        x_hat = inv.infer({Z: out[Z]})[IMAGE]
         # the dynamic batch: one image alone gives what it gave inside the batch
-        single = fwd.infer({"image": x_np[:1]})["z"]
-        single_inv = inv.infer({"z": out["z"][:1]})["image"]
+        single = fwd.infer({IMAGE: x_np[:1]})[Z]
+        single_inv = inv.infer({Z: out[Z][:1]})[IMAGE]
     mean, std = normalization["mean"], normalization["std"]
     rt = reconstruction_metrics(x_np, x_hat, mean, std)
     logits, z, agreement = parity_checks(out, logits_ref.numpy(), z_ref.numpy(), tol)
     checks = [
         logits, z,
         compare("round trip", x_hat, x_np, tol.round_trip),
-        compare("batch 1 vs batched (forward)", single, out["z"][:1], tol.z),
+        compare("batch 1 vs batched (forward)", single, out[Z][:1], tol.z),
         compare("batch 1 vs batched (inverse)", single_inv, x_hat[:1], tol.round_trip),
         agreement,
     ]
@@ -319,9 +328,9 @@ def _verify(tmp: Path, graphs, model, images, labels, normalization, tol: Tolera
     }
     if labels is not None:
         result["top1_pytorch"] = top1_accuracy(logits_ref.numpy(), labels)
-        result["top1_onnx"] = top1_accuracy(out["logits"], labels)
+        result["top1_onnx"] = top1_accuracy(out[LOGITS], labels)
 
-    reference = {"images": x_np, "logits": logits_ref.numpy(), "z": z_ref.numpy(), "reconstruction": rec_ref.numpy()}
+    reference = {"images": x_np, LOGITS: logits_ref.numpy(), Z: z_ref.numpy(), "reconstruction": rec_ref.numpy()}
     if labels is not None:
         reference["labels"] = labels
     reference |= _block_reference(model, x)
@@ -339,7 +348,7 @@ def _block_reference(model, x: torch.Tensor) -> dict[str, np.ndarray]:
         return {}
     if n > 1:  # one sample is all irevnet-301 fits: then the sizing pass is the result
         pairs = [merge(*p) for p in model.forward_pairs(x[:n])]
-    return {f"h{i}": h.numpy() for i, h in enumerate(pairs)}
+    return {block_input(i): h.numpy() for i, h in enumerate(pairs)}
 
 
 def _weights_sha256(net: torch.nn.Module) -> str:

@@ -24,10 +24,10 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from ..contract import BATCH_DIM
 from ..errors import IRevNetError
 
 DEFAULT_OPSET = 18  # the dynamo exporter's floor; TensorRT 10 parses opsets 9-20
-BATCH_DIM = "N"
 
 # Ops that TensorRT's ONNX parser supports (onnx-tensorrt docs/operators.md, TensorRT 10),
 # restricted to those an i-RevNet graph can plausibly contain.

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..contract import Calibration
+from ..contract import IMAGE, Calibration
 from ..errors import IRevNetError
 from .onnx_export import BRANCH_NODE
 
@@ -86,7 +86,7 @@ def calibrate(model: onnx.ModelProto, images: np.ndarray, batch: int,
 
     def values():  # one pass over the images: (tensor name, its values in one batch)
         for start in range(0, len(images), batch):
-            yield from zip(names, session.run(names, {"image": images[start:start + batch]}))
+            yield from zip(names, session.run(names, {IMAGE: images[start:start + batch]}))
 
     largest = dict.fromkeys(names, 0.0)
     for name, value in values():

@@ -22,14 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from .. import validation as check
+from ..contract import FORWARD, FORWARD_BLOCKS, INVERSE, INVERSE_BLOCKS, MANIFEST, TIMING_CACHE, engine_file
 from ..errors import IRevNetError
 from ..io.files import atomic_output, sha256_file, write_json
-from ..runtime.backends.trt_backend import import_tensorrt, make_logger
-from ..runtime.bundle import FORWARD, FORWARD_BLOCKS, INVERSE, INVERSE_BLOCKS, MANIFEST, Bundle, check_manifest
-from ..runtime.engines import EngineMismatch, HardwareCompat, check_compatible, make_profile
-from ..runtime.gpu import cuda_api
-
-TIMING_CACHE = "timing.cache"
+from ..runtime import gpu
+from ..runtime.bundle import Bundle, check_manifest
+from ..runtime.engines import (
+    EngineMismatch,
+    HardwareCompat,
+    check_compatible,
+    import_tensorrt,
+    make_logger,
+    make_profile,
+)
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,7 @@ def build_engines(opts: BuildOptions, log: Callable[[str], None] = lambda m: Non
     bundle = Bundle.open(opts.bundle)
     profile = make_profile(bundle.max_batch, opts.max_batch, opts.opt_batch)
     trt = import_tensorrt()
-    gpu_name, cc = cuda_api().device()
+    gpu_name, cc = gpu.cuda_api().device()
     logger = make_logger(trt)
     builder = trt.Builder(logger)
     cache_path = Path(opts.timing_cache) if opts.timing_cache else bundle.path / TIMING_CACHE
@@ -94,7 +99,7 @@ def build_engines(opts: BuildOptions, log: Callable[[str], None] = lambda m: Non
     cache = None
     engines = {}
     for graph in graphs:
-        log(f"building {graph}.engine")
+        log(f"building {engine_file(graph)}")
         config = builder.create_builder_config()
         if cache is None:  # one cache for every graph: identical F layers are timed once
             cache = config.create_timing_cache(_previous_cache(bundle, cache_path, opts))
@@ -109,8 +114,8 @@ def build_engines(opts: BuildOptions, log: Callable[[str], None] = lambda m: Non
         start = time.perf_counter()
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
-            raise IRevNetError(f"TensorRT could not build {graph}.engine: {logger.errors()}")
-        file = f"{graph}.engine" if graph in (FORWARD, INVERSE) else f"debug/{graph}.engine"
+            raise IRevNetError(f"TensorRT could not build {engine_file(graph)}: {logger.errors()}")
+        file = engine_file(graph)
         with atomic_output(bundle.path / file) as tmp:
             tmp.write_bytes(bytes(serialized))
         engines[graph] = {
@@ -151,7 +156,7 @@ def rebuild_stale_engines(bundle_path: str | Path, log: Callable[[str], None] = 
     if "tensorrt" not in bundle.manifest:
         return None
     trt = import_tensorrt()
-    gpu_name, cc = cuda_api().device()
+    gpu_name, cc = gpu.cuda_api().device()
     try:
         check_compatible(bundle.manifest["tensorrt"], trt.__version__, gpu_name, cc)
     except EngineMismatch as e:

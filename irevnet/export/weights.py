@@ -17,7 +17,8 @@ import onnx
 from onnx import numpy_helper
 from onnx.external_data_helper import set_external_data
 
-WEIGHTS = "weights.bin"
+from ..contract import WEIGHTS
+
 ALIGNMENT = 4096  # the page size: mmap needs page-aligned offsets
 MIN_EXTERNAL_BYTES = 1024
 

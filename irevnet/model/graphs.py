@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ..contract import Precision
+from ..contract import IMAGE, LOGITS, Precision, Z, block_input, branch_output
 from .layers import merge
 from .network import IRevNet
 
@@ -94,8 +94,8 @@ def _dtype(net: IRevNet) -> torch.dtype:
 class ForwardGraph(nn.Module):
     """image (N, C, H, W) -> logits (N, classes), z (N, *z_shape)."""
 
-    input_names = ("image",)
-    output_names = ("logits", "z")
+    input_names = (IMAGE,)
+    output_names = (LOGITS, Z)
 
     def __init__(self, net: IRevNet):
         super().__init__()
@@ -109,8 +109,8 @@ class ForwardGraph(nn.Module):
 class InverseGraph(nn.Module):
     """z (N, *z_shape) -> image (N, C, H, W); range projection as configured."""
 
-    input_names = ("z",)
-    output_names = ("image",)
+    input_names = (Z,)
+    output_names = (IMAGE,)
 
     def __init__(self, net: IRevNet, project: bool = True):
         super().__init__()
@@ -143,14 +143,14 @@ class _BranchTaps:
 class ForwardBlocksGraph(nn.Module):
     """Debug forward: image -> logits, z, h0..hB (block i's input pair, merged; hB = z), f0..f{B-1}."""
 
-    input_names = ("image",)
+    input_names = (IMAGE,)
 
     def __init__(self, net: IRevNet):
         super().__init__()
         self.net = net
         self.taps = _BranchTaps(net)
         b = len(net.stack)
-        self.output_names = ("logits", "z", *[f"h{i}" for i in range(b + 1)], *[f"f{i}" for i in range(b)])
+        self.output_names = (LOGITS, Z, *[block_input(i) for i in range(b + 1)], *[branch_output(i) for i in range(b)])
 
     def forward(self, image: torch.Tensor):
         pairs = list(self.net.forward_pairs(image.to(_dtype(self.net))))
@@ -162,14 +162,14 @@ class ForwardBlocksGraph(nn.Module):
 class InverseBlocksGraph(nn.Module):
     """Debug inverse: z -> image, h0..hB (recovered input pair of block i; hB = z), f0..f{B-1}."""
 
-    input_names = ("z",)
+    input_names = (Z,)
 
     def __init__(self, net: IRevNet, project: bool = True):
         super().__init__()
         self.net, self.project = net, project
         self.taps = _BranchTaps(net)
         b = len(net.stack)
-        self.output_names = ("image", *[f"h{i}" for i in range(b + 1)], *[f"f{i}" for i in range(b)])
+        self.output_names = (IMAGE, *[block_input(i) for i in range(b + 1)], *[branch_output(i) for i in range(b)])
 
     def forward(self, z: torch.Tensor):
         pairs = list(self.net.inverse_pairs(z.to(_dtype(self.net)), self.project))[::-1]  # block 0 first

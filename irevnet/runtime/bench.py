@@ -31,15 +31,16 @@ import numpy as np
 
 from .. import validation as check
 from ..allocator import steady_allocator
+from ..contract import FORWARD, IMAGE, INVERSE, Z
 from ..errors import IRevNetError
 from ..model.config import IRevNetConfig
 from .backends import open_backend, resolve_backend, unsupported
-from .bundle import FORWARD, INVERSE, Bundle
+from .bundle import Bundle
 
 
 class Direction(str, Enum):
-    forward = "forward"
-    inverse = "inverse"
+    forward = FORWARD
+    inverse = INVERSE
     both = "both"
 
 
@@ -175,13 +176,13 @@ def bench(opts: BenchOptions, progress: Callable[[str, float], None] = lambda wh
     allocator = steady_allocator()  # for the PyTorch baseline
     cfg = bundle.config
     flops = conv_flops(cfg)
-    reference = bundle.reference("images", "z")  # real inputs and the z PyTorch made of them, tiled to each batch
+    reference = bundle.reference("images", Z)  # real inputs and the z PyTorch made of them, tiled to each batch
     rounds = min(opts.rounds, opts.iterations) if opts.iterations else opts.rounds
     results = []
     steps, done = len(directions) * len(sizes) * rounds * len(candidates), 0
     for direction in directions:
-        feed_name = "image" if direction == FORWARD else "z"
-        source = reference["images" if direction == FORWARD else "z"]
+        feed_name = IMAGE if direction == FORWARD else Z
+        source = reference["images" if direction == FORWARD else Z]
         with contextlib.ExitStack() as opened:  # every backend open at once: they alternate below
             runners = {(i, kind): opened.enter_context(open_backend(
                 kind, bundles[i], direction, providers=opts.providers, threads=opts.threads, device=opts.device,

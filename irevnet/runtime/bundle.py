@@ -31,16 +31,20 @@ from typing import Any
 
 import numpy as np
 
+from ..contract import (
+    DEBUG,
+    LOGITS,
+    MANIFEST,
+    REFERENCE,
+    SCHEMA_VERSION,
+    TIMING_CACHE,
+    Precision,
+    Z,
+)
 from ..errors import BundleError, ConfigError
 from ..io.files import TEMPORARY, sha256_file
 from ..model.config import IRevNetConfig
 
-# 1: every graph holds its weights inline. 2: graphs keep their weights in one shared file
-# (weights.bin, the manifest's `weights`), each tensor once. Both are read.
-SCHEMA_VERSION = 2
-MANIFEST = "manifest.json"
-REFERENCE = "reference.npz"
-SAMPLE_Z = "sample_z.npy"
 SCHEMA_FILE = Path(__file__).with_name("manifest.schema.json")
 MAX_MANIFEST_BYTES = 16 << 20
 MAX_GRAPH_BYTES = (2 << 30) - 1  # protobuf's limit for a model handed over in memory
@@ -58,10 +62,6 @@ EXPORTED_OPSETS = range(18, 21)
 # ONNX AttributeProto types a node of those operators may carry: FLOAT, INT, STRING, TENSOR,
 # FLOATS, INTS, STRINGS (not GRAPH(S), SPARSE_TENSOR(S), TENSORS, TYPE_PROTO(S))
 _ATTRIBUTE_TYPES = frozenset({1, 2, 3, 4, 6, 7, 8})
-
-# The graphs of a bundle, and the engine file each is compiled into.
-FORWARD, INVERSE = "forward", "inverse"
-FORWARD_BLOCKS, INVERSE_BLOCKS = "forward_blocks", "inverse_blocks"
 
 
 @functools.lru_cache(maxsize=1)
@@ -290,7 +290,7 @@ class Bundle:
         try:
             with np.load(io.BytesIO(self.read(REFERENCE)), allow_pickle=False) as data:
                 wanted = names or tuple(data.files)
-                missing = [k for k in ("images", "logits", "z") if k in wanted and k not in data.files]
+                missing = [k for k in ("images", LOGITS, Z) if k in wanted and k not in data.files]
                 if missing:
                     raise BundleError(f"{self.path}: {REFERENCE} lacks {missing}; re-export the bundle")
                 present = [k for k in wanted if k in data.files]
@@ -324,7 +324,7 @@ class Bundle:
         cfg = self.config
         images = arrays.get("images")
         n = len(images) if images is not None and images.ndim >= 1 else None  # a 0-d one is refused below
-        expected = {"images": cfg.in_shape, "reconstruction": cfg.in_shape, "logits": (cfg.num_classes,), "z": cfg.z_shape}
+        expected = {"images": cfg.in_shape, "reconstruction": cfg.in_shape, LOGITS: (cfg.num_classes,), Z: cfg.z_shape}
         for key, array in arrays.items():
             if key == "labels":
                 ok = array.dtype.kind in "iu" and array.ndim == 1
@@ -338,10 +338,10 @@ class Bundle:
 
 
 # manifest dtype -> ONNX TensorProto element type
-_ONNX_DTYPES = {"float32": 1, "float16": 10, "int64": 7, "int32": 6, "int8": 3, "uint8": 2}
+_ONNX_DTYPES = {"float32": 1, "float16": 10, "int64": 7, "int32": 6, Precision.int8: 3, "uint8": 2}
 
 # What irevnet itself writes into a bundle besides the files the manifest lists.
-_GENERATED = {MANIFEST, "debug", "timing.cache"}
+_GENERATED = {MANIFEST, DEBUG, TIMING_CACHE}
 
 
 def is_bundle_folder(path: Path) -> bool:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ..contract import Precision
 from ..metrics import rel_l2, top1_agreement
 
 
@@ -112,24 +113,24 @@ class Tolerance:
 # One table for export, verify and the tests. The numbers were measured on trained digits models
 # and irevnet-301 with random weights (README, "Precision"); each tolerance leaves ~10x headroom.
 TOLERANCES = {
-    "fp32": Tolerance(
+    Precision.fp32: Tolerance(
         logits=1e-4, z=1e-4, round_trip=1e-5, top1=1.0,
         reason="folded BatchNorm and other conv algorithms reorder fp32 sums: ~1e-7 per layer, "
         "measured <= 2e-6 after 100 blocks; round trip measured <= 1.2e-6 (irevnet-301) and ~2e-7 (trained digits)",
     ),
-    "mixed": Tolerance(
+    Precision.mixed: Tolerance(
         logits=2e-2, z=2e-2, round_trip=1e-2, top1=0.75,
         reason="F in fp16 (11-bit significand, ~5e-4 per rounding): outputs drift ~1e-3; the round trip stays "
         "near fp32 only while forward and inverse evaluate F to the same bits, else ~5e-4",
     ),
-    "int8": Tolerance(
+    Precision.int8: Tolerance(
         logits=5e-2, z=1e-1, round_trip=5e-2, top1=0.75, cross_round_trip=1e-1,
         reason="F's convolutions in int8 (7-bit weights per channel, activation ranges by MSE calibration): measured "
         "logits 0.9-1.4e-2 and z 1.8-2.4e-2 from fp32 on five trained digits models (both families, seeds 0-2 and "
         "0-1), 4.6e-3 and 1.0e-2 on irevnet-301 (random weights), on an AVX2 CPU. 7-bit weights keep the integer "
         "kernels exact with or without VNNI, so ONNX Runtime and OpenVINO agree. The exact coupling keeps the round trip at the grid's rounding",
     ),
-    "fp16": Tolerance(
+    Precision.fp16: Tolerance(
         logits=2e-2, z=2e-2, round_trip=1e-2, top1=0.75,
         reason="everything in fp16: ~5e-4 per rounding, measured round trip ~7e-4 (trained digits)",
     ),

@@ -1,6 +1,9 @@
-"""TensorRT engine metadata: the optimization profile, and whether an engine may run here.
+"""TensorRT helpers shared by `irevnet build` (export/trt_build.py) and the TensorRT backend:
+importing TensorRT, a logger that keeps its errors, the optimization profile, and whether an
+engine may run here.
 
-Pure Python, no TensorRT: the rules are tested on machines without a GPU.
+Pure Python; `tensorrt` is imported only by `import_tensorrt`, so the rules are tested on
+machines without a GPU.
 
 A serialized engine is specific to the TensorRT version and the GPU it was built for. Two build
 options relax that (both recorded in the manifest): VERSION_COMPATIBLE engines run on the same
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from ..errors import BundleError
+from ..errors import BundleError, IRevNetError
 
 
 class HardwareCompat(str, Enum):
@@ -104,3 +107,34 @@ def check_compatible(meta: dict[str, Any], trt_version: str, gpu_name: str, comp
         note = f"engines were built on {gpu['name']}, running on {gpu_name} (same compute capability)"
         return [f"{note}; rebuild for best performance"]
     return []
+
+
+def import_tensorrt():
+    try:
+        import tensorrt
+    except ImportError:
+        raise IRevNetError(
+            "TensorRT is not installed (pip install 'irevnet[tensorrt]', wheels from NVIDIA's index); "
+            "the bundle's ONNX graphs run on ONNX Runtime meanwhile (--backend onnxruntime)"
+        ) from None
+    return tensorrt
+
+
+def make_logger(trt) -> Any:
+    """A TensorRT logger that keeps warnings and errors so failures can be reported in one line."""
+
+    class Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.messages: list[tuple[Any, str]] = []
+
+        def log(self, severity, msg) -> None:
+            # pybind11 enums compare reliably as ints: INTERNAL_ERROR 0, ERROR 1, WARNING 2, ...
+            if int(severity) <= int(trt.ILogger.Severity.WARNING):
+                self.messages.append((int(severity), msg))
+
+        def errors(self) -> str:
+            text = [m for s, m in self.messages if s <= int(trt.ILogger.Severity.ERROR)]
+            return "; ".join(text[-3:]) or "no error message"
+
+    return Logger()

@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from ..contract import FORWARD, IMAGE, INVERSE, LOGITS, Z
 from .backends import open_backend
-from .bundle import FORWARD, INVERSE, Bundle
+from .bundle import Bundle
 
 
 class Invertible:
@@ -41,12 +42,12 @@ class Invertible:
 
     def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, C, H, W) normalised images -> logits (N, classes), z (N, *z_shape)."""
-        out = self.forward.infer({"image": images})
-        return out["logits"], out["z"]
+        out = self.forward.infer({IMAGE: images})
+        return out[LOGITS], out[Z]
 
     def decode(self, z: np.ndarray) -> np.ndarray:
         """z (N, *z_shape) -> the images it encodes, (N, C, H, W), normalised."""
-        return self.inverse.infer({"z": z})["image"]
+        return self.inverse.infer({Z: z})[IMAGE]
 
     def close(self) -> None:
         self.forward.close()

@@ -23,12 +23,24 @@ from typing import Any
 import numpy as np
 
 from .. import validation as check
+from ..contract import (
+    FORWARD,
+    FORWARD_BLOCKS,
+    IMAGE,
+    INVERSE,
+    INVERSE_BLOCKS,
+    LOGITS,
+    Precision,
+    Z,
+    block_input,
+    branch_output,
+)
 from ..errors import IRevNetError
 from ..io.datasets import read_test_images
 from ..io.images import plot_error_vs_depth, reconstruction_metrics
 from ..metrics import rel_l2, top1_accuracy
 from .backends import open_backend, resolve_backend, unsupported
-from .bundle import FORWARD, FORWARD_BLOCKS, INVERSE, INVERSE_BLOCKS, Bundle
+from .bundle import Bundle
 from .comparison import TOLERANCES, Agreement, Tolerance, compare
 
 
@@ -88,21 +100,21 @@ def verify(opts: VerifyOptions, log: Callable[[str], None] = lambda m: None) -> 
                 log(f"{bundle.precision}: running {kind}")
                 fwd = opened.enter_context(_open(kind, bundle, FORWARD, opts))
                 inv = opened.enter_context(_open(kind, bundle, INVERSE, opts))
-                out = _in_batches(fwd, "image", x)
-                x_hat = _in_batches(inv, "z", out["z"])["image"]
+                out = _in_batches(fwd, IMAGE, x)
+                x_hat = _in_batches(inv, Z, out[Z])[IMAGE]
                 inverses[fwd.name], outputs[fwd.name] = inv, out
                 result["round_trip"].append(_round_trip(bundle, fwd.name, fwd.name, x_hat, x, norm, tol.round_trip))
-                if reference["z"] is not None:  # PyTorch's z, inverted here: z made elsewhere
-                    x_from_ref = _in_batches(inv, "z", reference["z"])["image"]
+                if reference[Z] is not None:  # PyTorch's z, inverted here: z made elsewhere
+                    x_from_ref = _in_batches(inv, Z, reference[Z])[IMAGE]
                     result["cross_round_trip"].append(
                         _round_trip(bundle, "PyTorch fp32", fwd.name, x_from_ref, x, norm, tol.cross)
                     )
-                if reference["logits"] is not None:
+                if reference[LOGITS] is not None:
                     result["parity"].append(_parity(bundle, fwd.name, out, reference, labels, tol))
             for a_name, out in outputs.items():  # z from one backend, inverted on another
                 for b_name, inv in inverses.items():
                     if b_name != a_name:
-                        x_cross = _in_batches(inv, "z", out["z"])["image"]
+                        x_cross = _in_batches(inv, Z, out[Z])[IMAGE]
                         result["cross_round_trip"].append(
                             _round_trip(bundle, a_name, b_name, x_cross, x, norm, tol.cross)
                         )
@@ -157,23 +169,23 @@ def _reference(bundle: Bundle, x: np.ndarray, opts: VerifyOptions, log) -> dict[
         log("computing the PyTorch fp32 reference")
         from .backends.torch_backend import TorchBackend
 
-        kw = {"precision": "fp32", "image_size": bundle.config.in_shape[1], "device": "cpu",
+        kw = {"precision": Precision.fp32, "image_size": bundle.config.in_shape[1], "device": "cpu",
               "sha256": bundle.manifest["checkpoint"]["sha256"]}  # the exported checkpoint, or refused
         graph = FORWARD_BLOCKS if opts.blocks else FORWARD
         with TorchBackend(ckpt, graph, **kw) as torch_fwd:
-            out = torch_fwd.infer({"image": x})
-        blocks = [out[f"h{i}"] for i in range(bundle.num_blocks + 1)] if opts.blocks else None
-        return {"source": f"PyTorch fp32, live from {ckpt}", "logits": out["logits"], "z": out["z"], "h": blocks}
+            out = torch_fwd.infer({IMAGE: x})
+        blocks = [out[block_input(i)] for i in range(bundle.num_blocks + 1)] if opts.blocks else None
+        return {"source": f"PyTorch fp32, live from {ckpt}", LOGITS: out[LOGITS], Z: out[Z], "h": blocks}
     if opts.checkpoint and not Path(opts.checkpoint).is_file():
         raise IRevNetError(f"checkpoint not found: {opts.checkpoint}")
-    blocks = [f"h{i}" for i in range(bundle.num_blocks + 1)] if opts.blocks else []
-    stored = bundle.reference("images", "logits", "z", *blocks)
+    blocks = [block_input(i) for i in range(bundle.num_blocks + 1)] if opts.blocks else []
+    stored = bundle.reference("images", LOGITS, Z, *blocks)
     if opts.dataset or not np.array_equal(stored["images"][: len(x)], x):
-        return {"source": "none (no torch, and the inputs are not the stored samples)", "logits": None, "z": None, "h": None}
+        return {"source": "none (no torch, and the inputs are not the stored samples)", LOGITS: None, Z: None, "h": None}
     n = len(x)
     return {
         "source": "PyTorch fp32 outputs stored in the bundle at export",
-        "logits": stored["logits"][:n], "z": stored["z"][:n],
+        LOGITS: stored[LOGITS][:n], Z: stored[Z][:n],
         "h": [stored[k] for k in blocks] if blocks and blocks[0] in stored else None,
     }
 
@@ -196,8 +208,8 @@ def _round_trip(bundle, fwd_name, inv_name, x_hat, x, norm, tolerance) -> dict[s
     rel = m["rel_l2"]
     return {
         "precision": bundle.precision,
-        "forward": fwd_name,
-        "inverse": inv_name,
+        FORWARD: fwd_name,
+        INVERSE: inv_name,
         "rel_l2": rel,
         "max_abs_pixels": m["max_abs"],
         "psnr_db": m["psnr_db"],
@@ -210,25 +222,25 @@ def _round_trip(bundle, fwd_name, inv_name, x_hat, x, norm, tolerance) -> dict[s
 def parity_checks(out: dict[str, np.ndarray], logits: np.ndarray, z: np.ndarray, tol: Tolerance) -> list:
     """A backend's logits and z against PyTorch's: relative L2 of each, and top-1 agreement."""
     return [
-        compare("logits", out["logits"], logits, tol.logits),
-        compare("z", out["z"], z, tol.z),
-        Agreement.of("top-1 agreement", out["logits"], logits, tol.top1),
+        compare(LOGITS, out[LOGITS], logits, tol.logits),
+        compare(Z, out[Z], z, tol.z),
+        Agreement.of("top-1 agreement", out[LOGITS], logits, tol.top1),
     ]
 
 
 def _parity(bundle, name, out, reference, labels, tol) -> dict[str, Any]:
-    logits, z, agreement = parity_checks(out, reference["logits"], reference["z"], tol)
+    logits, z, agreement = parity_checks(out, reference[LOGITS], reference[Z], tol)
     entry = {
         "precision": bundle.precision,
         "backend": name,
-        "logits": logits.to_dict(),
-        "z": z.to_dict(),
+        LOGITS: logits.to_dict(),
+        Z: z.to_dict(),
         "top1_agreement": agreement.value,
         "top1_agreement_min": agreement.minimum,
         "passed": bool(logits) and bool(z) and bool(agreement),
     }
     if labels is not None:
-        ours, theirs = top1_accuracy(out["logits"], labels), top1_accuracy(reference["logits"], labels)
+        ours, theirs = top1_accuracy(out[LOGITS], labels), top1_accuracy(reference[LOGITS], labels)
         entry |= {"top1_backend": ours, "top1_pytorch": theirs, "top1_difference": ours - theirs}
     return entry
 
@@ -247,16 +259,16 @@ def _blocks(bundle: Bundle, kind: str, x: np.ndarray, reference, opts: VerifyOpt
     b = bundle.num_blocks
     x = x[: bundle.max_batch]  # one batch: the per-block figures need no more
     with _open(kind, bundle, FORWARD_BLOCKS, opts) as fwd, _open(kind, bundle, INVERSE_BLOCKS, opts) as inv:
-        f_out = fwd.infer({"image": x})
-        i_out = inv.infer({"z": f_out["z"]})
+        f_out = fwd.infer({IMAGE: x})
+        i_out = inv.infer({Z: f_out[Z]})
         entry["backend"] = fwd.name
-    entry["round_trip"] = [rel_l2(i_out[f"h{i}"], f_out[f"h{i}"]) for i in range(b + 1)]
+    entry["round_trip"] = [rel_l2(i_out[block_input(i)], f_out[block_input(i)]) for i in range(b + 1)]
     if reference["h"] is not None:
         n = min(len(reference["h"][0]), len(x))
-        entry["forward_drift"] = [rel_l2(f_out[f"h{i}"][:n], reference["h"][i][:n]) for i in range(b + 1)]
+        entry["forward_drift"] = [rel_l2(f_out[block_input(i)][:n], reference["h"][i][:n]) for i in range(b + 1)]
         entry["forward_drift_samples"] = n
-    entry["f_identical_fraction"] = [float(np.mean(f_out[f"f{i}"] == i_out[f"f{i}"])) for i in range(b)]
-    entry["f_max_abs_difference"] = [float(np.max(np.abs(f_out[f"f{i}"] - i_out[f"f{i}"]))) for i in range(b)]
+    entry["f_identical_fraction"] = [float(np.mean(f_out[branch_output(i)] == i_out[branch_output(i)])) for i in range(b)]
+    entry["f_max_abs_difference"] = [float(np.max(np.abs(f_out[branch_output(i)] - i_out[branch_output(i)]))) for i in range(b)]
     return entry
 
 

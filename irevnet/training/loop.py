@@ -247,7 +247,7 @@ def _train_epoch(net, loader, optimizer, scaler, device, opts, channels_last, ob
             logits = net(x)[0]
             loss = nn.functional.cross_entropy(logits.float(), y)
         if not dist.all_true(bool(torch.isfinite(loss.detach())), device):  # every rank stops at the same step
-            where = " (on another process)" if torch.isfinite(loss.detach()) else f" (the loss is {float(loss.detach()):g})"
+            where = " on another process" if torch.isfinite(loss.detach()) else f": the loss is {float(loss.detach()):g}"
             raise Diverged(f"training diverged in epoch {epoch + 1}{where}; lower --lr "
                            f"(it was {optimizer.param_groups[0]['lr']:g}) or --weight-decay; no checkpoint of this epoch was written")
         optimizer.zero_grad(set_to_none=True)

@@ -6,6 +6,22 @@ import onnx
 import pytest
 import torch
 
+from irevnet.contract import (
+    BATCH_DIM,
+    FORWARD,
+    FORWARD_BLOCKS,
+    IMAGE,
+    INVERSE,
+    INVERSE_BLOCKS,
+    LOGITS,
+    MANIFEST,
+    REFERENCE,
+    SAMPLE_Z,
+    WEIGHTS,
+    Precision,
+    Z,
+    graph_file,
+)
 from irevnet.errors import CheckFailed
 from irevnet.export.bundle import ExportOptions, export_bundle
 from irevnet.export.onnx_export import FORBIDDEN_OPS, TRT_SUPPORTED_OPS
@@ -22,39 +38,39 @@ def _ops(path):
 
 
 def test_bundle_contents_and_tensor_names(bundles):
-    b = bundles["fp32"]
+    b = bundles[Precision.fp32]
     names = sorted(p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file())
-    assert names == ["forward.onnx", "forward_blocks.onnx", "inverse.onnx", "inverse_blocks.onnx",
-                     "manifest.json", "reference.npz", "sample_z.npy", "weights.bin"]
-    m = json.loads((b / "manifest.json").read_text())
-    fwd, inv = m["graphs"]["forward"], m["graphs"]["inverse"]
-    assert [i["name"] for i in fwd["inputs"]] == ["image"] and [o["name"] for o in fwd["outputs"]] == ["logits", "z"]
-    assert fwd["inputs"][0]["shape"] == ["N", 1, 16, 16] and fwd["inputs"][0]["dtype"] == "float32"
-    assert inv["inputs"][0]["shape"] == ["N", 256, 4, 4] and [o["name"] for o in inv["outputs"]] == ["image"]
+    assert names == [graph_file(FORWARD), graph_file(FORWARD_BLOCKS), graph_file(INVERSE), graph_file(INVERSE_BLOCKS),
+                     MANIFEST, REFERENCE, SAMPLE_Z, WEIGHTS]
+    m = json.loads((b / MANIFEST).read_text())
+    fwd, inv = m["graphs"][FORWARD], m["graphs"][INVERSE]
+    assert [i["name"] for i in fwd["inputs"]] == [IMAGE] and [o["name"] for o in fwd["outputs"]] == [LOGITS, Z]
+    assert fwd["inputs"][0]["shape"] == [BATCH_DIM, 1, 16, 16] and fwd["inputs"][0]["dtype"] == "float32"
+    assert inv["inputs"][0]["shape"] == [BATCH_DIM, 256, 4, 4] and [o["name"] for o in inv["outputs"]] == [IMAGE]
     assert m["normalization"]["dataset"] == "digits" and len(m["normalization"]["mean"]) == 1
     assert m["range_projection"] is True and m["model"]["type"] == "injective"
     assert set(m["versions"]) >= {"torch", "onnx", "onnxruntime"}
 
 
-@pytest.mark.parametrize("precision", ["fp32", "mixed"])
+@pytest.mark.parametrize("precision", [Precision.fp32, Precision.mixed])
 def test_one_weights_file_shared_by_every_graph(bundles, precision):
     """Every graph's weights live in weights.bin, each distinct tensor once: the forward, inverse
     and debug graphs share F's weights instead of carrying four copies."""
     from onnx.external_data_helper import uses_external_data
 
     b = bundles[precision]
-    m = json.loads((b / "manifest.json").read_text())
-    assert m["schema_version"] == 2 and m["weights"]["file"] == "weights.bin"
-    stored = (b / "weights.bin").stat().st_size
+    m = json.loads((b / MANIFEST).read_text())
+    assert m["schema_version"] == 2 and m["weights"]["file"] == WEIGHTS
+    stored = (b / WEIGHTS).stat().st_size
     assert stored == m["weights"]["bytes"] and m["weights"]["alignment"] == 4096
     external = {}  # content -> names, over all graphs
-    for graph in ("forward", "inverse", "forward_blocks", "inverse_blocks"):
-        model = onnx.load(str(b / f"{graph}.onnx"))  # loads the external data from weights.bin, as ONNX tools do
-        plain = onnx.load(str(b / f"{graph}.onnx"), load_external_data=False)
+    for graph in (FORWARD, INVERSE, FORWARD_BLOCKS, INVERSE_BLOCKS):
+        model = onnx.load(str(b / graph_file(graph)))  # loads the external data from weights.bin, as ONNX tools do
+        plain = onnx.load(str(b / graph_file(graph)), load_external_data=False)
         for tensor, raw in zip(plain.graph.initializer, model.graph.initializer):
             if uses_external_data(tensor):
                 info = {e.key: e.value for e in tensor.external_data}
-                assert info["location"] == "weights.bin" and int(info["offset"]) % 4096 == 0
+                assert info["location"] == WEIGHTS and int(info["offset"]) % 4096 == 0
                 external.setdefault(raw.raw_data, set()).add(tensor.name)
             else:
                 assert len(tensor.raw_data) < 1024, "only small tensors stay inline"
@@ -68,14 +84,14 @@ def test_one_weights_file_shared_by_every_graph(bundles, precision):
 
 def test_manifest_hashes_every_file(bundles):
     for b in bundles.values():
-        m = json.loads((b / "manifest.json").read_text())
-        on_disk = {p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file()} - {"manifest.json"}
+        m = json.loads((b / MANIFEST).read_text())
+        on_disk = {p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file()} - {MANIFEST}
         assert set(m["files"]) == on_disk
         assert all(sha256_file(b / f) == digest for f, digest in m["files"].items())
 
 
 def test_graphs_use_single_psi_nodes_and_fold_batchnorm(bundles, trained_tiny_bijective, tmp_path):
-    fwd, inv = _ops(bundles["fp32"] / "forward.onnx"), _ops(bundles["fp32"] / "inverse.onnx")
+    fwd, inv = _ops(bundles[Precision.fp32] / graph_file(FORWARD)), _ops(bundles[Precision.fp32] / graph_file(INVERSE))
     # irevnet-tiny: 6 blocks, 2 of stride 2 -> psi on both halves: 4 SpaceToDepth / 4 DepthToSpace
     assert fwd["SpaceToDepth"] == 4 and inv["DepthToSpace"] == 4
     assert fwd["Pad"] == 1 and fwd["Slice"] >= 2, "injective padding is one Pad, the split Slices"
@@ -85,56 +101,56 @@ def test_graphs_use_single_psi_nodes_and_fold_batchnorm(bundles, trained_tiny_bi
     assert fwd["Conv"] == inv["Conv"] == 18
     for ops in (fwd, inv):
         assert set(ops) <= TRT_SUPPORTED_OPS and not set(ops) & FORBIDDEN_OPS
-    depth_to_space = [n for n in onnx.load(str(bundles["fp32"] / "inverse.onnx")).graph.node if n.op_type == "DepthToSpace"]
+    depth_to_space = [n for n in onnx.load(str(bundles[Precision.fp32] / graph_file(INVERSE))).graph.node if n.op_type == "DepthToSpace"]
     assert all(a.s == b"DCR" for n in depth_to_space for a in n.attribute if a.name == "mode")
 
 
 def test_full_onnx_check_and_shape_inference_pass(bundles):
-    for name in ("forward.onnx", "inverse.onnx"):
-        model = onnx.load(str(bundles["mixed"] / name))
+    for name in (graph_file(FORWARD), graph_file(INVERSE)):
+        model = onnx.load(str(bundles[Precision.mixed] / name))
         onnx.checker.check_model(model, full_check=True)
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-        assert inferred.graph.output[0].type.tensor_type.shape.dim[0].dim_param == "N"
+        assert inferred.graph.output[0].type.tensor_type.shape.dim[0].dim_param == BATCH_DIM
 
 
 @pytest.mark.parametrize("batch", [1, 5])
 def test_dynamic_batch(bundles, batch):
-    ref = np.load(bundles["fp32"] / "reference.npz")
+    ref = np.load(bundles[Precision.fp32] / REFERENCE)
     x = np.concatenate([ref["images"]] * 2)[:batch]
-    with OrtBackend(bundles["fp32"] / "forward.onnx") as fwd, OrtBackend(bundles["fp32"] / "inverse.onnx") as inv:
-        out = fwd.infer({"image": x})
-        assert out["logits"].shape == (batch, 10) and out["z"].shape == (batch, 256, 4, 4)
-        assert inv.infer({"z": out["z"]})["image"].shape == x.shape
+    with OrtBackend(bundles[Precision.fp32] / graph_file(FORWARD)) as fwd, OrtBackend(bundles[Precision.fp32] / graph_file(INVERSE)) as inv:
+        out = fwd.infer({IMAGE: x})
+        assert out[LOGITS].shape == (batch, 10) and out[Z].shape == (batch, 256, 4, 4)
+        assert inv.infer({Z: out[Z]})[IMAGE].shape == x.shape
 
 
-@pytest.mark.parametrize("precision", ["fp32", "mixed", "fp16"])
+@pytest.mark.parametrize("precision", [Precision.fp32, Precision.mixed, Precision.fp16])
 def test_precisions_meet_their_tolerances(bundles, precision):
-    m = json.loads((bundles[precision] / "manifest.json").read_text())
+    m = json.loads((bundles[precision] / MANIFEST).read_text())
     v = m["verification"]
     table = TOLERANCES[precision].to_dict()
-    assert v["passed"] and {k: m["tolerances"][k] for k in ("logits", "z", "top1")} == {k: table[k] for k in ("logits", "z", "top1")}
+    assert v["passed"] and {k: m["tolerances"][k] for k in (LOGITS, Z, "top1")} == {k: table[k] for k in (LOGITS, Z, "top1")}
     # mixed is exported with the exact coupling (its default): judged on the input's rounding to the grid
-    assert m["tolerances"]["round_trip"] == (1e-5 if precision == "mixed" else table["round_trip"])
+    assert m["tolerances"]["round_trip"] == (1e-5 if precision == Precision.mixed else table["round_trip"])
     checks = {c["name"]: c for c in v["checks"]}
     # measured on this trained model: fp32 ~1e-7 everywhere; mixed keeps the fp32 round trip on
     # ONNX Runtime CPU (F is evaluated the same in both graphs); fp16 ~4e-4
-    if precision == "fp32":
-        assert checks["round trip"]["rel_l2"] <= 1e-6 and checks["logits"]["rel_l2"] <= 1e-5
+    if precision == Precision.fp32:
+        assert checks["round trip"]["rel_l2"] <= 1e-6 and checks[LOGITS]["rel_l2"] <= 1e-5
     else:
         # measured 7.4e-4 (mixed) and 7.3e-4 (fp16): fp16 rounding (~5e-4 per value) through six
         # blocks; 5e-3 is that with 7x headroom, and still 4x inside the 2e-2 tolerance
-        assert checks["logits"]["rel_l2"] <= 5e-3
+        assert checks[LOGITS]["rel_l2"] <= 5e-3
     # 8 verification images: one changed prediction moves top-1 by 12.5 points; at most one may
     # (measured: none, 100% vs 100%)
     assert v["top1_onnx"] == pytest.approx(v["top1_pytorch"], abs=12.5)
 
 
 def test_f_subgraphs_are_identical_and_the_weights_shared(bundles):
-    m = json.loads((bundles["mixed"] / "manifest.json").read_text())
+    m = json.loads((bundles[Precision.mixed] / MANIFEST).read_text())
     assert m["branches"]["identical_in_forward_and_inverse"] is True
-    assert m["graphs"]["forward"]["branches_sha256"] == m["graphs"]["inverse"]["branches_sha256"]
-    fwd = {n.name for n in onnx.load(str(bundles["mixed"] / "forward.onnx")).graph.node if "/F/" in n.name}
-    inv = {n.name for n in onnx.load(str(bundles["mixed"] / "inverse.onnx")).graph.node if "/F/" in n.name}
+    assert m["graphs"][FORWARD]["branches_sha256"] == m["graphs"][INVERSE]["branches_sha256"]
+    fwd = {n.name for n in onnx.load(str(bundles[Precision.mixed] / graph_file(FORWARD))).graph.node if "/F/" in n.name}
+    inv = {n.name for n in onnx.load(str(bundles[Precision.mixed] / graph_file(INVERSE))).graph.node if "/F/" in n.name}
     # first block: 2 casts, Conv-ReLU-Conv-ReLU-Conv; the 5 others: 2 casts, BN, 3 x (ReLU, Conv);
     # every block: the exact coupling's Mul-Round-Mul onto the grid (mixed's default)
     assert fwd == inv and len(fwd) == 7 + 5 * 9 + 6 * 3
@@ -142,14 +158,14 @@ def test_f_subgraphs_are_identical_and_the_weights_shared(bundles):
 
 def test_failed_verification_leaves_no_bundle_and_keeps_the_old_one(trained_tiny, tmp_path, monkeypatch):
     out = export_tiny(trained_tiny, tmp_path / "bundle", debug_graphs=False)
-    before = (out / "manifest.json").read_bytes()
+    before = (out / MANIFEST).read_bytes()
     from irevnet.runtime import comparison as compare
 
     strict = compare.Tolerance(logits=0.0, z=0.0, round_trip=0.0, top1=1.0, reason="impossible")
-    monkeypatch.setitem(compare.TOLERANCES, "fp32", strict)
+    monkeypatch.setitem(compare.TOLERANCES, Precision.fp32, strict)
     with pytest.raises(CheckFailed, match="no bundle written"):
         export_tiny(trained_tiny, out, debug_graphs=False)
-    assert (out / "manifest.json").read_bytes() == before
+    assert (out / MANIFEST).read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"], "no temporary folder left behind"
     with pytest.raises(CheckFailed):
         export_tiny(trained_tiny, tmp_path / "new", debug_graphs=False)
@@ -164,13 +180,13 @@ def test_a_manifest_the_reader_would_refuse_is_never_written(trained_tiny, tmp_p
     from irevnet.export import bundle as export_module
 
     out = export_tiny(trained_tiny, tmp_path / "bundle", debug_graphs=False)
-    before = (out / "manifest.json").read_bytes()
+    before = (out / MANIFEST).read_bytes()
     for versions, message in (({"torch": "x" * 1000}, "field 'versions.torch' is invalid"),
                               ({"torch": b"2.14"}, "cannot be written as JSON")):
         monkeypatch.setattr(export_module, "_versions", lambda versions=versions: versions)
         with pytest.raises(BundleError, match=message):
             export_tiny(trained_tiny, out, debug_graphs=False)
-        assert (out / "manifest.json").read_bytes() == before
+        assert (out / MANIFEST).read_bytes() == before
 
 
 def test_reference_format_checkpoints_export(tmp_path):
@@ -181,7 +197,7 @@ def test_reference_format_checkpoints_export(tmp_path):
                                     max_batch=2, samples=2, debug_graphs=False))
     assert m["checkpoint"]["format"] == "reference-imagenet" and m["verification"]["passed"]
     assert m["normalization"]["dataset"] == "imagenet", "1000 classes: ImageNet mean/std by default"
-    assert _ops(tmp_path / "b301" / "forward.onnx")["SpaceToDepth"] == 1 + 2 * 4, "init psi + 2 per stride-2 block"
+    assert _ops(tmp_path / "b301" / graph_file(FORWARD))["SpaceToDepth"] == 1 + 2 * 4, "init psi + 2 per stride-2 block"
 
     cifar = small_model("irevnet-cifar")
     t7 = tmp_path / "i-revnet-7.t7"

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 
+from irevnet.contract import FORWARD, FORWARD_BLOCKS, IMAGE, INVERSE, INVERSE_BLOCKS, LOGITS, Precision, graph_file
 from irevnet.runtime import Bundle, Invertible
 from irevnet.runtime.verify import VerifyOptions, verify
 from tests.conftest import export_tiny
@@ -19,14 +20,14 @@ COUPLING_OPS = {"Add", "Sub", "SpaceToDepth", "DepthToSpace", "Pad", "Slice", "C
 
 @pytest.fixture(scope="module")
 def int8_bundle(trained_tiny, tmp_path_factory):
-    return Bundle.open(export_tiny(trained_tiny, tmp_path_factory.mktemp("int8") / "b", "int8"))
+    return Bundle.open(export_tiny(trained_tiny, tmp_path_factory.mktemp(Precision.int8) / "b", Precision.int8))
 
 
 def _graph(bundle: Bundle, name: str) -> onnx.ModelProto:
-    return onnx.load(bundle.path / f"{name}.onnx", load_external_data=False)
+    return onnx.load(bundle.path / graph_file(name), load_external_data=False)
 
 
-@pytest.mark.parametrize("graph", ["forward", "inverse", "forward_blocks", "inverse_blocks"])
+@pytest.mark.parametrize("graph", [FORWARD, INVERSE, FORWARD_BLOCKS, INVERSE_BLOCKS])
 def test_only_f_is_quantized_and_the_coupling_stays_fp32(int8_bundle, graph):
     model = _graph(int8_bundle, graph)
     quantized = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
@@ -48,11 +49,11 @@ def test_f_is_identical_in_both_graphs(int8_bundle):
     signature covers the Q/DQ nodes too (they are named block{i}/F/...)."""
     graphs = int8_bundle.manifest["graphs"]
     assert int8_bundle.manifest["branches"]["identical_in_forward_and_inverse"]
-    assert graphs["forward"]["branches_sha256"] == graphs["inverse"]["branches_sha256"]
+    assert graphs[FORWARD]["branches_sha256"] == graphs[INVERSE]["branches_sha256"]
     calibration = int8_bundle.manifest["calibration"]
     assert calibration["source"] == "dataset digits, training split" and calibration["images"] == 256
     assert calibration["method"].startswith("mse:"), "the default method, recorded"
-    snaps = [n for n in _graph(int8_bundle, "forward").graph.node if n.op_type == "Round"]
+    snaps = [n for n in _graph(int8_bundle, FORWARD).graph.node if n.op_type == "Round"]
     assert len(snaps) == 1 + int8_bundle.num_blocks, "the input and every F output onto the grid"
 
 
@@ -68,13 +69,13 @@ def test_int8_on_onnx_runtime_agrees_with_fp32_and_inverts_bit_exactly(int8_bund
     grid = int8_bundle.manifest["exact_coupling"]
     assert grid["exponent"] == 19 and grid["max_abs_measured"] < grid["bound"] / 4, "k from the measured stream, 4x headroom"
     x = first_images(load_datasets("digits", int8_bundle.config.in_shape, augment=False).test, 360)
-    ref = int8_bundle.reference("images", "logits")
+    ref = int8_bundle.reference("images", LOGITS)
     with Invertible(int8_bundle, threads=1) as net:
         logits, _ = net.encode(ref["images"])
         x_hat = np.concatenate([net.decode(net.encode(x[i:i + 8].numpy())[1]) for i in range(0, len(x), 8)])
-    drift = np.linalg.norm(logits - ref["logits"]) / np.linalg.norm(ref["logits"])
+    drift = np.linalg.norm(logits - ref[LOGITS]) / np.linalg.norm(ref[LOGITS])
     assert 1e-4 < drift < 5e-2, "int8 moves the logits (else it was not quantized), by ~1e-2"
-    assert np.array_equal(logits.argmax(1), ref["logits"].argmax(1))
+    assert np.array_equal(logits.argmax(1), ref[LOGITS].argmax(1))
     assert np.array_equal(x_hat, to_grid(x, grid["exponent"]).numpy()), "bit for bit, every sample"
     assert np.linalg.norm(x_hat - x.numpy()) / np.linalg.norm(x.numpy()) <= 1e-6, "the grid's rounding: measured 5.3e-7"
 
@@ -95,7 +96,7 @@ def test_verify_reports_int8_f_bits_and_agreement(int8_bundle, tmp_path):
         blocks, parity = result["blocks"][0], result["parity"][0]
         # exact coupling: every block's F sees the same input bits in both graphs (without it, only the last)
         assert blocks["f_identical_fraction"] == [1.0] * len(blocks["f_identical_fraction"])
-        assert parity["top1_agreement"] == 1.0 and parity["logits"]["rel_l2"] > 1e-4
+        assert parity["top1_agreement"] == 1.0 and parity[LOGITS]["rel_l2"] > 1e-4
 
 
 def test_the_torch_backend_refuses_int8(int8_bundle):
@@ -104,7 +105,7 @@ def test_the_torch_backend_refuses_int8(int8_bundle):
     from irevnet.runtime import open_backend
 
     with pytest.raises(IRevNetError, match="no int8 path"):
-        open_backend("torch", int8_bundle, "forward")
+        open_backend("torch", int8_bundle, FORWARD)
 
 
 def test_the_exact_coupling_needs_an_fp32_stream(trained_tiny, tmp_path):
@@ -112,8 +113,8 @@ def test_the_exact_coupling_needs_an_fp32_stream(trained_tiny, tmp_path):
     from irevnet.export.bundle import ExportOptions
 
     with pytest.raises(IRevNetError, match="needs an fp32 coupling stream"):
-        ExportOptions(checkpoint=str(trained_tiny / "best.pt"), out=str(tmp_path / "b"), precision="fp16", exact_coupling=True)
-    assert ExportOptions(checkpoint=str(trained_tiny / "best.pt"), out=str(tmp_path / "b"), precision="mixed").exact_coupling
+        ExportOptions(checkpoint=str(trained_tiny / "best.pt"), out=str(tmp_path / "b"), precision=Precision.fp16, exact_coupling=True)
+    assert ExportOptions(checkpoint=str(trained_tiny / "best.pt"), out=str(tmp_path / "b"), precision=Precision.mixed).exact_coupling
     assert not ExportOptions(checkpoint=str(trained_tiny / "best.pt"), out=str(tmp_path / "b")).exact_coupling
 
 
@@ -126,12 +127,12 @@ def test_fused_int8_kernels_compute_what_the_graph_says(int8_bundle):
     every CPU exact."""
     import onnxruntime as ort
 
-    model = onnx.load(str(int8_bundle.path / "forward.onnx"))  # weights read from weights.bin
+    model = onnx.load(str(int8_bundle.path / graph_file(FORWARD)))  # weights read from weights.bin
     images = int8_bundle.reference("images")["images"]
     plain = ort.SessionOptions()
     plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     outputs = [ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-               .run(["logits"], {"image": images})[0] for options in (plain, ort.SessionOptions())]
+               .run([LOGITS], {IMAGE: images})[0] for options in (plain, ort.SessionOptions())]
     node_by_node, fused = outputs
     assert np.linalg.norm(fused - node_by_node) / np.linalg.norm(node_by_node) <= 5e-3
 
@@ -168,8 +169,8 @@ def test_calibration_on_overflowing_activations_is_one_line():
 
     weight = numpy_helper.from_array(np.full((1, 1, 1, 1), 1e38, np.float32), "w")
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["image", "w"], ["y"], name="block0/F/0/Conv")], "g",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, 1, 2, 2])],
+        [helper.make_node("Conv", [IMAGE, "w"], ["y"], name="block0/F/0/Conv")], "g",
+        [helper.make_tensor_value_info(IMAGE, TensorProto.FLOAT, [None, 1, 2, 2])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1, 2, 2])], [weight])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     with pytest.raises(IRevNetError, match="'y' is not finite"):

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import irevnet
+from irevnet.contract import BATCH_DIM, FORWARD, IMAGE, Precision
 from irevnet.runtime.bench import conv_flops
 from tests.conftest import SMALL_FAMILIES
 
@@ -36,7 +37,7 @@ def test_backends_alternate_in_rounds_and_every_round_is_reported(bundles, monke
     class Recorder(Backend):
         def __init__(self, kind):
             self.name, self.kind = f"{kind}[fake]", kind
-            self.inputs = [{"name": "image", "shape": ["N", 1, 16, 16], "dtype": "float32"}]
+            self.inputs = [{"name": IMAGE, "shape": [BATCH_DIM, 1, 16, 16], "dtype": "float32"}]
             self.outputs = []
 
         def _infer(self, feeds, outputs):
@@ -45,7 +46,7 @@ def test_backends_alternate_in_rounds_and_every_round_is_reported(bundles, monke
 
     monkeypatch.setattr(bench_module, "open_backend", lambda kind, *a, **k: Recorder(kind))
     r = bench_module.bench(bench_module.BenchOptions(
-        bundles=[str(bundles["fp32"])], backends=["onnxruntime", "torch"], direction="forward", batch_sizes=[2],
+        bundles=[str(bundles[Precision.fp32])], backends=["onnxruntime", "torch"], direction=FORWARD, batch_sizes=[2],
         warmup_s=0, iterations=6, rounds=3))
     # warm-up (one call each), then 3 rounds of 2 runs each, the first backend rotating
     measured = calls[2:]
@@ -61,7 +62,7 @@ def test_a_ratio_whose_rounds_disagree_is_marked_noisy():
     from irevnet.runtime.bench import NOISY_SPREAD, _compare
 
     def entry(kind, medians):
-        return {"kind": kind, "backend": kind, "bundle": "b", "precision": "fp32", "direction": "forward", "batch": 1,
+        return {"kind": kind, "backend": kind, "bundle": "b", "precision": Precision.fp32, "direction": FORWARD, "batch": 1,
                 "median_ms": sorted(medians)[len(medians) // 2], "rounds": [{"median_ms": m} for m in medians]}
 
     steady = [entry("torch", [200, 202, 198]), entry("onnxruntime", [100, 101, 99])]
@@ -84,18 +85,18 @@ def test_bundles_of_one_model_are_benched_side_by_side(bundles, trained_tiny, tr
     from irevnet.runtime.verify import VerifyOptions, verify
     from tests.conftest import export_tiny
 
-    int8 = export_tiny(trained_tiny, tmp_path / "int8", "int8", debug_graphs=False)
-    r = bench_module.bench(bench_module.BenchOptions(bundles=[str(bundles["fp32"]), str(int8)], backends=["onnxruntime", "torch"],
-                                                     direction="forward", batch_sizes=[1], warmup_s=0, iterations=2))
-    assert [b["precision"] for b in r["bundles"]] == ["fp32", "int8"]
-    assert [(e["precision"], e["kind"]) for e in r["results"]] == [("fp32", "onnxruntime"), ("fp32", "torch"), ("int8", "onnxruntime")]
+    int8 = export_tiny(trained_tiny, tmp_path / Precision.int8, Precision.int8, debug_graphs=False)
+    r = bench_module.bench(bench_module.BenchOptions(bundles=[str(bundles[Precision.fp32]), str(int8)], backends=["onnxruntime", "torch"],
+                                                     direction=FORWARD, batch_sizes=[1], warmup_s=0, iterations=2))
+    assert [b["precision"] for b in r["bundles"]] == [Precision.fp32, Precision.int8]
+    assert [(e["precision"], e["kind"]) for e in r["results"]] == [(Precision.fp32, "onnxruntime"), (Precision.fp32, "torch"), (Precision.int8, "onnxruntime")]
     assert [(s["bundle"], s["backend"]) for s in r["skipped"]] == [(str(int8), "torch")], "torch has no int8 path: skipped"
     assert all(e["baseline"] == "torch[cpu] fp32" for e in r["results"]) and r["results"][1]["speedup"] == 1.0
 
-    verified = verify(VerifyOptions([str(bundles["fp32"]), str(int8)], backends=["onnxruntime", "torch"], blocks=False))
+    verified = verify(VerifyOptions([str(bundles[Precision.fp32]), str(int8)], backends=["onnxruntime", "torch"], blocks=False))
     assert [(s["bundle"], s["backend"]) for s in verified["skipped"]] == [(str(int8), "torch")]
     assert len(verified["round_trip"]) == 3 and verified["passed"]
 
     other = export_tiny(trained_tiny_bijective, tmp_path / "other", debug_graphs=False)
     with pytest.raises(IRevNetError, match="different models"):
-        bench_module.bench(bench_module.BenchOptions(bundles=[str(bundles["fp32"]), str(other)], iterations=1))
+        bench_module.bench(bench_module.BenchOptions(bundles=[str(bundles[Precision.fp32]), str(other)], iterations=1))

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from irevnet.contract import IMAGE, INVERSE, MANIFEST, REFERENCE, SAMPLE_Z, WEIGHTS, Precision, Z, graph_file
 from irevnet.io.images import denormalize
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cpp"
@@ -49,14 +50,14 @@ def _read_pnm(path: Path) -> np.ndarray:
 
 @needs_toolchain
 def test_cpp_reads_npy_and_manifest_and_denormalizes_like_python(io_check, bundles, tmp_path):
-    bundle = bundles["fp32"]
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    images = np.load(bundle / "reference.npz")["reconstruction"][:3]  # what an inverse returns
+    bundle = bundles[Precision.fp32]
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    images = np.load(bundle / REFERENCE)["reconstruction"][:3]  # what an inverse returns
     np.save(tmp_path / "image.npy", images)
     out = subprocess.run([str(io_check), str(bundle), str(tmp_path / "image.npy"), str(tmp_path / "px")],
                          check=False, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["fp32", "8", "256x4x4"], "precision, batch max and z shape from the manifest"
+    assert out.stdout.split() == [Precision.fp32, "8", "256x4x4"], "precision, batch max and z shape from the manifest"
 
     pixels = np.load(tmp_path / "px.npy")  # written by C++, read by numpy
     expected = denormalize(images, manifest["normalization"]["mean"], manifest["normalization"]["std"])
@@ -77,17 +78,17 @@ def test_cpp_reads_npy_and_manifest_and_denormalizes_like_python(io_check, bundl
 
 @needs_toolchain
 def test_cpp_reads_the_sample_z_and_refuses_bad_files(io_check, bundles, tmp_path):
-    bundle = bundles["fp32"]
+    bundle = bundles[Precision.fp32]
     np.save(tmp_path / "f64.npy", np.zeros((1, 1, 16, 16)))  # float64
     out = subprocess.run([str(io_check), str(bundle), str(tmp_path / "f64.npy"), str(tmp_path / "x")],
                          check=False, capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "expected float32" in out.stderr
     (tmp_path / "broken").mkdir()
-    (tmp_path / "broken" / "manifest.json").write_text('{"schema_version": 1, "precision": ')
-    out = subprocess.run([str(io_check), str(tmp_path / "broken"), str(bundle / "sample_z.npy"), str(tmp_path / "x")],
+    (tmp_path / "broken" / MANIFEST).write_text('{"schema_version": 1, "precision": ')
+    out = subprocess.run([str(io_check), str(tmp_path / "broken"), str(bundle / SAMPLE_Z), str(tmp_path / "x")],
                          check=False, capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "manifest JSON" in out.stderr
-    z = np.load(bundle / "sample_z.npy")
+    z = np.load(bundle / SAMPLE_Z)
     assert z.shape == (1, 256, 4, 4) and z.dtype == np.float32, "the export writes a z for the C++ app"
 
 
@@ -109,60 +110,60 @@ def invert_openvino(tmp_path_factory):
 
 
 @needs_toolchain
-@pytest.mark.parametrize("precision", ["fp32", "mixed"])
+@pytest.mark.parametrize("precision", [Precision.fp32, Precision.mixed])
 def test_cpp_app_inverts_on_openvino_like_python(invert_openvino, bundles, tmp_path, precision):
     """The C++ app inverts the bundle's sample z and a batch of z on the CPU; its pixels equal the
     Python runtime's (ONNX Runtime) to fp32 rounding: measured 1.8e-7 relative on the fp32 bundle."""
     from irevnet.runtime import Bundle, open_backend
 
     bundle = Bundle.open(bundles[precision])
-    z = np.concatenate([np.load(bundle.path / "sample_z.npy"), bundle.reference("z")["z"][:3]])
+    z = np.concatenate([np.load(bundle.path / SAMPLE_Z), bundle.reference(Z)[Z][:3]])
     np.save(tmp_path / "z.npy", z)
     out = subprocess.run([str(invert_openvino), str(bundle.path), str(tmp_path / "z.npy"), str(tmp_path / "x")],
                          check=False, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "OpenVINO" in out.stderr and "inference precision f32" in out.stderr
     pixels = np.load(tmp_path / "x.npy")
-    image = open_backend("onnxruntime", bundle, "inverse").infer({"z": z})["image"]
+    image = open_backend("onnxruntime", bundle, INVERSE).infer({Z: z})[IMAGE]
     expected = denormalize(image, bundle.normalization["mean"], bundle.normalization["std"])
     assert pixels.shape == expected.shape == (4, 1, 16, 16)
     # ONNX Runtime computes mixed's fp16 F in fp32, OpenVINO in fp16: the images then differ by F's fp16 rounding
-    bound = 1e-6 if precision == "fp32" else 1e-2
+    bound = 1e-6 if precision == Precision.fp32 else 1e-2
     assert np.linalg.norm(pixels - expected) / np.linalg.norm(expected) <= bound
 
 
 @needs_toolchain
 def test_cpp_app_refuses_a_z_of_the_wrong_shape(invert_openvino, bundles, tmp_path):
     np.save(tmp_path / "z.npy", np.zeros((1, 3, 4, 4), np.float32))
-    out = subprocess.run([str(invert_openvino), str(bundles["fp32"]), str(tmp_path / "z.npy"), str(tmp_path / "x")],
+    out = subprocess.run([str(invert_openvino), str(bundles[Precision.fp32]), str(tmp_path / "z.npy"), str(tmp_path / "x")],
                          check=False, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "z shape" in out.stderr and not (tmp_path / "x.npy").exists()
 
 
 def _tampered(bundles, tmp_path, how: str) -> Path:
     """A copy of the fp32 bundle changed after `irevnet verify` saw it, as the issue's probe did."""
-    bundle = shutil.copytree(bundles["fp32"], tmp_path / "bundle")
-    manifest = json.loads((bundle / "manifest.json").read_text())
+    bundle = shutil.copytree(bundles[Precision.fp32], tmp_path / "bundle")
+    manifest = json.loads((bundle / MANIFEST).read_text())
     if how == "graph-linked-out":  # the fixed name inverse.onnx pointed at another model
-        other = shutil.copytree(bundles["mixed"], tmp_path / "other")
-        (bundle / "inverse.onnx").unlink()
-        (bundle / "inverse.onnx").symlink_to(other / "inverse.onnx")
+        other = shutil.copytree(bundles[Precision.mixed], tmp_path / "other")
+        (bundle / graph_file(INVERSE)).unlink()
+        (bundle / graph_file(INVERSE)).symlink_to(other / graph_file(INVERSE))
     elif how == "weights-changed":
-        data = bytearray((bundle / "weights.bin").read_bytes())
+        data = bytearray((bundle / WEIGHTS).read_bytes())
         data[len(data) // 2] ^= 0x40
-        (bundle / "weights.bin").write_bytes(bytes(data))
+        (bundle / WEIGHTS).write_bytes(bytes(data))
     elif how == "graph-renamed":  # the manifest names a graph that `files` does not list (not hashed)
-        shutil.copy(bundle / "inverse.onnx", bundle / "unlisted.onnx")
-        manifest["graphs"]["inverse"]["file"] = "unlisted.onnx"
-        manifest["graphs"]["inverse"]["files"] = ["unlisted.onnx", "weights.bin"]
+        shutil.copy(bundle / graph_file(INVERSE), bundle / "unlisted.onnx")
+        manifest["graphs"][INVERSE]["file"] = "unlisted.onnx"
+        manifest["graphs"][INVERSE]["files"] = ["unlisted.onnx", WEIGHTS]
     elif how == "path-leaves":
-        manifest["graphs"]["inverse"]["files"] = ["inverse.onnx", "../other/weights.bin"]
+        manifest["graphs"][INVERSE]["files"] = [graph_file(INVERSE), "../other/weights.bin"]
     elif how == "fifo":
-        (bundle / "weights.bin").unlink()
-        os.mkfifo(bundle / "weights.bin")
+        (bundle / WEIGHTS).unlink()
+        os.mkfifo(bundle / WEIGHTS)
     elif how == "sample-changed":
-        np.save(bundle / "sample_z.npy", np.ones((1, 256, 4, 4), np.float32))
-    (bundle / "manifest.json").write_text(json.dumps(manifest))
+        np.save(bundle / SAMPLE_Z, np.ones((1, 256, 4, 4), np.float32))
+    (bundle / MANIFEST).write_text(json.dumps(manifest))
     return bundle
 
 
@@ -184,7 +185,7 @@ def test_cpp_app_runs_only_files_the_manifest_lists_and_hashes(invert_openvino, 
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     # without a z argument the app inverts the bundle's own sample_z.npy into ./reconstruction.npy
-    args = [str(bundle)] if how == "sample-changed" else [str(bundle), str(bundle / "sample_z.npy"), "reconstruction"]
+    args = [str(bundle)] if how == "sample-changed" else [str(bundle), str(bundle / SAMPLE_Z), "reconstruction"]
     out = subprocess.run([str(invert_openvino), *args], check=False, capture_output=True, text=True, timeout=60,
                          cwd=tmp_path, env={**os.environ, "TMPDIR": str(scratch)})
     assert out.returncode == 1 and message in out.stderr, out.stderr
@@ -196,7 +197,7 @@ def test_cpp_app_runs_only_files_the_manifest_lists_and_hashes(invert_openvino, 
 def test_cpp_app_leaves_no_private_copy_behind(invert_openvino, bundles, tmp_path):
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    out = subprocess.run([str(invert_openvino), str(bundles["fp32"]), str(bundles["fp32"] / "sample_z.npy"), str(tmp_path / "x")],
+    out = subprocess.run([str(invert_openvino), str(bundles[Precision.fp32]), str(bundles[Precision.fp32] / SAMPLE_Z), str(tmp_path / "x")],
                          check=False, capture_output=True, text=True, timeout=60, env={**os.environ, "TMPDIR": str(scratch)})
     assert out.returncode == 0, out.stderr
     assert not list(scratch.iterdir())

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import pytest
 
+from irevnet.contract import FORWARD, IMAGE, ONNX_SUFFIX, Precision, Z
 from irevnet.io.files import machine_cache
 from irevnet.runtime import Bundle, open_backend
 from irevnet.runtime.backends import ort_offline
@@ -24,16 +25,16 @@ from tests.conftest import PEAK_RSS
 @pytest.fixture
 def warm(bundles):
     """(bundle, images, z of an intact cache, the cached forward graph's path), the cache warm."""
-    bundle = Bundle.open(bundles["fp32"])
+    bundle = Bundle.open(bundles[Precision.fp32])
     x = bundle.reference("images")["images"]
-    z = open_backend("onnxruntime", bundle, "forward", threads=1).infer({"image": x})["z"]
+    z = open_backend("onnxruntime", bundle, FORWARD, threads=1).infer({IMAGE: x})[Z]
     ort_offline._pool.clear()
-    return bundle, x, z, ort_offline.cache_root() / f"{ort_offline.graph_key(bundle, 'forward')}.onnx"
+    return bundle, x, z, ort_offline.cache_root() / (ort_offline.graph_key(bundle, FORWARD) + ONNX_SUFFIX)
 
 
 def _z(bundle, x):
     ort_offline._pool.clear()  # read the cache again, as a new process would
-    return open_backend("onnxruntime", bundle, "forward", threads=1).infer({"image": x})["z"]
+    return open_backend("onnxruntime", bundle, FORWARD, threads=1).infer({IMAGE: x})[Z]
 
 
 def _largest_tensor(graph: Path) -> Path:
@@ -140,7 +141,7 @@ def test_a_cache_that_cannot_be_written_falls_back_with_one_warning(bundles, tmp
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
 
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    proc = subprocess.run([sys.executable, "-m", "irevnet", "verify", str(bundles["fp32"]), "--no-blocks"],
+    proc = subprocess.run([sys.executable, "-m", "irevnet", "verify", str(bundles[Precision.fp32]), "--no-blocks"],
                           preexec_fn=full_disk, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0 and "verify passed" in proc.stdout, proc.stderr[-2000:]
     warnings = [line for line in proc.stderr.splitlines() if line.strip()]

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
+from irevnet.contract import FORWARD, IMAGE, INVERSE, LOGITS, ONNX_SUFFIX, Precision, Z
 from irevnet.errors import IRevNetError
 from irevnet.export.bundle import ExportOptions, export_bundle
 from irevnet.io.checkpoint import save_checkpoint
@@ -21,14 +22,14 @@ from tests.conftest import small_model
 
 
 def test_onnxruntime_provider_choice_errors(bundles):
-    bundle = Bundle.open(bundles["fp32"])
+    bundle = Bundle.open(bundles[Precision.fp32])
     with pytest.raises(IRevNetError, match="unknown provider 'rocm'"):
-        open_backend("onnxruntime", bundle, "forward", providers=["rocm"])
+        open_backend("onnxruntime", bundle, FORWARD, providers=["rocm"])
     from irevnet.runtime.backends.ort_backend import available_providers
 
     if "cuda" not in available_providers():
         with pytest.raises(IRevNetError, match="provider 'cuda' is not available"):
-            open_backend("onnxruntime", bundle, "forward", providers=["cuda"])
+            open_backend("onnxruntime", bundle, FORWARD, providers=["cuda"])
 
 
 def _online(bundle, graph):
@@ -40,7 +41,7 @@ def _online(bundle, graph):
 def test_both_directions_share_one_copy_of_the_weights(bundles):
     """Invertible's two CPU sessions are handed the same arrays for the weights the graphs have in
     common (F's, NCHWc-reordered), and compute exactly what a self-optimizing session computes."""
-    with Invertible(bundles["fp32"], threads=1) as net:
+    with Invertible(bundles[Precision.fp32], threads=1) as net:
         fwd = {a.ctypes.data: a.nbytes for a in net.forward.arrays}
         inv = {a.ctypes.data: a.nbytes for a in net.inverse.arrays}
         shared = sum(fwd[p] for p in set(fwd) & set(inv))
@@ -48,8 +49,8 @@ def test_both_directions_share_one_copy_of_the_weights(bundles):
         assert shared == sum(inv.values()) and shared >= 100_000
         x = net.bundle.reference("images")["images"]
         logits, z = net.encode(x)
-        online = _online(net.bundle, "forward").infer({"image": x})
-        assert np.array_equal(logits, online["logits"]) and np.array_equal(z, online["z"]), "same kernels, same bits"
+        online = _online(net.bundle, FORWARD).infer({IMAGE: x})
+        assert np.array_equal(logits, online[LOGITS]) and np.array_equal(z, online[Z]), "same kernels, same bits"
         rel = np.linalg.norm(net.decode(z) - x) / np.linalg.norm(x)
         assert rel <= 1e-5, "fp32 round trip (measured ~1e-7)"
 
@@ -81,22 +82,22 @@ def test_opening_the_inverse_beside_the_forward_costs_no_second_copy(tmp_path):
     run = [sys.executable, "-c", _RSS_SCRIPT, str(tmp_path / "b")]
     subprocess.run(run, check=True, capture_output=True)  # optimizes the graphs into the cache
     measured = json.loads(subprocess.run(run, check=True, capture_output=True, text=True).stdout)
-    assert measured["inverse"] <= measured["weights"] // 4, measured
+    assert measured[INVERSE] <= measured["weights"] // 4, measured
 
 
 def test_the_cache_is_checked_and_rebuilt(bundles):
     """A cached tensor that no longer matches its sha256, or a cached graph pointing outside the
     cache, is not used: the graph is optimized again and runs as before."""
-    bundle = Bundle.open(bundles["fp32"])
+    bundle = Bundle.open(bundles[Precision.fp32])
     x = bundle.reference("images")["images"]
-    expected = open_backend("onnxruntime", bundle, "forward", threads=1).infer({"image": x})["z"]
-    graph = ort_offline.cache_root() / f"{ort_offline.graph_key(bundle, 'forward')}.onnx"
+    expected = open_backend("onnxruntime", bundle, FORWARD, threads=1).infer({IMAGE: x})[Z]
+    graph = ort_offline.cache_root() / (ort_offline.graph_key(bundle, FORWARD) + ONNX_SUFFIX)
     model = onnx.load(graph, load_external_data=False)
     external = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
     tensor = graph.parent / max(external, key=lambda t: np.prod(t.dims)).external_data[0].value
     tensor.write_bytes(b"\0" * tensor.stat().st_size)
     ort_offline._pool.clear()
-    assert np.array_equal(open_backend("onnxruntime", bundle, "forward", threads=1).infer({"image": x})["z"], expected)
+    assert np.array_equal(open_backend("onnxruntime", bundle, FORWARD, threads=1).infer({IMAGE: x})[Z], expected)
     assert hashlib.sha256(tensor.read_bytes()).hexdigest() == tensor.stem, "rewritten from the bundle"
 
     external[0].external_data[0].value = "../" + external[0].external_data[0].value
@@ -106,15 +107,15 @@ def test_the_cache_is_checked_and_rebuilt(bundles):
     graph.with_suffix(".sha256").write_text(hashlib.sha256(graph.read_bytes()).hexdigest())  # the record rewritten too
     with pytest.raises(ValueError, match="not a file of the cache"):
         ort_offline._load(graph)
-    assert np.array_equal(open_backend("onnxruntime", bundle, "forward", threads=1).infer({"image": x})["z"], expected)
+    assert np.array_equal(open_backend("onnxruntime", bundle, FORWARD, threads=1).infer({IMAGE: x})[Z], expected)
 
 
 def test_an_unwritable_cache_falls_back_to_a_session_of_its_own(bundles, tmp_path, monkeypatch, caplog):
     (tmp_path / "file").write_text("")
     monkeypatch.setattr(ort_offline, "cache_root", lambda: tmp_path / "file" / "cache")
-    bundle = Bundle.open(bundles["fp32"])
+    bundle = Bundle.open(bundles[Precision.fp32])
     x = bundle.reference("images")["images"]
     with caplog.at_level(logging.WARNING):
-        backend = open_backend("onnxruntime", bundle, "forward", threads=1)
+        backend = open_backend("onnxruntime", bundle, FORWARD, threads=1)
     assert "keeps its own copy of the weights" in caplog.text
-    assert np.array_equal(backend.infer({"image": x})["z"], _online(bundle, "forward").infer({"image": x})["z"])
+    assert np.array_equal(backend.infer({IMAGE: x})[Z], _online(bundle, FORWARD).infer({IMAGE: x})[Z])

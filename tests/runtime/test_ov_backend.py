@@ -14,6 +14,8 @@ import sys
 
 import pytest
 
+from irevnet.contract import LOGITS, Precision, Z
+
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
                                 reason="the openvino backend needs the openvino wheel (irevnet[openvino])")
 
@@ -50,9 +52,9 @@ def _measure(bundle, backend: str) -> dict:
 def test_fp32_bundle_runs_in_f32_and_round_trips_exactly(bundles):
     """The CPU plugin's default on AVX-512 BF16 CPUs is bf16 everywhere (round trip ~2e-3 measured
     on the trained digits); set to f32 it matches ONNX Runtime to fp32 rounding."""
-    m = _measure(bundles["fp32"], "openvino")
+    m = _measure(bundles[Precision.fp32], "openvino")
     assert m["name"] == "openvino[cpu,f32]" and m["hint"] == "<Type: 'float32'>"
-    assert m["logits"] <= 1e-5, "fp32 (measured ~3e-7)"
+    assert m[LOGITS] <= 1e-5, "fp32 (measured ~3e-7)"
     assert m["round_trip"] <= 1e-6, "fp32 round trip (measured 1.5e-7)"
 
 
@@ -61,15 +63,15 @@ def test_bf16_runs_f_in_bf16_and_keeps_the_coupling_fp32(bundles):
     rounding (measured 4e-3) while the round trip stays near fp32 (measured 3.4e-5 on the injective
     model: a few bf16 roundings flip between directions; 5e-8 on the bijective one). bf16
     everywhere, coupling included, measured 2.2e-3."""
-    m = _measure(bundles["mixed"], "openvino-bf16")
+    m = _measure(bundles[Precision.mixed], "openvino-bf16")
     if not m["has_bf16"]:
         assert m["name"] == "openvino[cpu,f32]", "no bf16 on this CPU: the label says what ran"
         pytest.skip("this CPU has no bf16 (AVX-512 BF16 / AMX): OpenVINO ran F in f32 and says so")
     assert m["name"] == "openvino[cpu,bf16]"
     assert m["hint"] == "<Type: 'bfloat16'>"
-    assert m["z"] > 1e-3, "F really ran in bf16"
+    assert m[Z] > 1e-3, "F really ran in bf16"
     assert m["round_trip"] <= 3e-4
 
 
 def test_bf16_is_refused_where_it_would_reach_the_coupling(bundles):
-    assert "export with --precision mixed" in _measure(bundles["fp32"], "openvino-bf16")["error"]
+    assert "export with --precision mixed" in _measure(bundles[Precision.fp32], "openvino-bf16")["error"]

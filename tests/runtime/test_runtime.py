@@ -12,6 +12,17 @@ import textwrap
 import numpy as np
 import pytest
 
+from irevnet.contract import (
+    FORWARD,
+    FORWARD_BLOCKS,
+    IMAGE,
+    INVERSE,
+    INVERSE_BLOCKS,
+    LOGITS,
+    WEIGHTS,
+    Precision,
+    graph_file,
+)
 from irevnet.errors import BundleError, IRevNetError
 from irevnet.runtime import Bundle, InputError, open_backend
 from irevnet.runtime.bench import BenchOptions, bench
@@ -31,9 +42,9 @@ def test_runtime_runs_where_torch_cannot_be_imported(bundles):
         sys.modules["torch"] = None  # any `import torch` now raises ImportError
         from irevnet.runtime.verify import VerifyOptions, verify
         from irevnet.runtime.bench import BenchOptions, bench
-        r = verify(VerifyOptions(bundles=[{str(bundles["fp32"])!r}]))
-        b = bench(BenchOptions(bundles=[{str(bundles["fp32"])!r}], batch_sizes=[1], warmup_s=0, iterations=2))
-        d = verify(VerifyOptions(bundles=[{str(bundles["fp32"])!r}], dataset="digits", samples=16, blocks=False))
+        r = verify(VerifyOptions(bundles=[{str(bundles[Precision.fp32])!r}]))
+        b = bench(BenchOptions(bundles=[{str(bundles[Precision.fp32])!r}], batch_sizes=[1], warmup_s=0, iterations=2))
+        d = verify(VerifyOptions(bundles=[{str(bundles[Precision.fp32])!r}], dataset="digits", samples=16, blocks=False))
         print(json.dumps({{"passed": r["passed"], "reference": r["reference"], "bench": len(b["results"]),
                           "digits": [d["passed"], d["samples"], d["inputs"], len(d["round_trip"])]}}))
     """)
@@ -48,34 +59,34 @@ def test_runtime_runs_where_torch_cannot_be_imported(bundles):
 @pytest.mark.parametrize(
     "feed, message",
     [
-        ({"image": np.zeros((2, 1, 15, 16), np.float32)}, r"shape \[2, 1, 15, 16\], the graph takes \['N', 1, 16, 16\]"),
-        ({"image": np.zeros((2, 1, 16, 16), np.float64)}, "must be float32, got float64"),
-        ({"image": np.full((2, 1, 16, 16), np.nan, np.float32)}, "NaN or Inf"),
-        ({"image": np.zeros((9, 1, 16, 16), np.float32)}, r"batch 9 is outside the exported range 1..8"),
+        ({IMAGE: np.zeros((2, 1, 15, 16), np.float32)}, r"shape \[2, 1, 15, 16\], the graph takes \['N', 1, 16, 16\]"),
+        ({IMAGE: np.zeros((2, 1, 16, 16), np.float64)}, "must be float32, got float64"),
+        ({IMAGE: np.full((2, 1, 16, 16), np.nan, np.float32)}, "NaN or Inf"),
+        ({IMAGE: np.zeros((9, 1, 16, 16), np.float32)}, r"batch 9 is outside the exported range 1..8"),
         ({"x": np.zeros((1, 1, 16, 16), np.float32)}, r"the graph takes \['image'\]"),
     ],
 )
 def test_bad_feeds_are_refused_in_one_line(bundles, feed, message):
-    fwd = open_backend("onnxruntime", Bundle.open(bundles["fp32"]), "forward")
+    fwd = open_backend("onnxruntime", Bundle.open(bundles[Precision.fp32]), FORWARD)
     with fwd, pytest.raises(InputError, match=message) as err:
         fwd.infer(feed)
     assert "\n" not in str(err.value)
 
 
 def test_tampered_incomplete_and_future_bundles_are_refused(bundles, tmp_path):
-    tampered = _copy(bundles["fp32"], tmp_path / "a")
-    data = bytearray((tampered / "inverse.onnx").read_bytes())
+    tampered = _copy(bundles[Precision.fp32], tmp_path / "a")
+    data = bytearray((tampered / graph_file(INVERSE)).read_bytes())
     data[-100] ^= 0xFF  # one flipped byte in the weights
-    (tampered / "inverse.onnx").write_bytes(bytes(data))
+    (tampered / graph_file(INVERSE)).write_bytes(bytes(data))
     with pytest.raises(BundleError, match="inverse.onnx does not match its sha256"):
         Bundle.open(tampered)
 
-    incomplete = _copy(bundles["fp32"], tmp_path / "b")
-    (incomplete / "forward.onnx").unlink()
+    incomplete = _copy(bundles[Precision.fp32], tmp_path / "b")
+    (incomplete / graph_file(FORWARD)).unlink()
     with pytest.raises(BundleError, match="forward.onnx is missing"):
         Bundle.open(incomplete)
 
-    future = edit_manifest(_copy(bundles["fp32"], tmp_path / "c"), lambda m: m.update(schema_version=m["schema_version"] + 1))
+    future = edit_manifest(_copy(bundles[Precision.fp32], tmp_path / "c"), lambda m: m.update(schema_version=m["schema_version"] + 1))
     with pytest.raises(BundleError, match="newer than this irevnet reads"):
         Bundle.open(future)
     with pytest.raises(BundleError, match="manifest.json is missing"):
@@ -87,8 +98,8 @@ def test_tampered_incomplete_and_future_bundles_are_refused(bundles, tmp_path):
     "edit, field",
     [
         (lambda m: m.pop("graphs"), "graphs"),
-        (lambda m: m["graphs"]["inverse"].pop("file"), "graphs.inverse.file"),
-        (lambda m: m["graphs"]["forward_blocks"].update(inputs="image"), "graphs.forward_blocks.inputs"),
+        (lambda m: m["graphs"][INVERSE].pop("file"), "graphs.inverse.file"),
+        (lambda m: m["graphs"][FORWARD_BLOCKS].update(inputs=IMAGE), "graphs.forward_blocks.inputs"),
         (lambda m: m["batch"].update(max="32"), "batch.max"),
         (lambda m: m.update(normalization=None), "normalization.mean"),
     ],
@@ -97,44 +108,44 @@ def test_tampered_incomplete_and_future_bundles_are_refused(bundles, tmp_path):
 def test_hand_edited_manifests_are_refused_by_field(bundles, tmp_path, edit, field):
     # the manifest is not covered by its own hashes; without this check each case was a KeyError
     # or TypeError traceback somewhere in verify, bench or build
-    edited = edit_manifest(_copy(bundles["fp32"], tmp_path / "edited"), edit)
+    edited = edit_manifest(_copy(bundles[Precision.fp32], tmp_path / "edited"), edit)
     with pytest.raises(BundleError, match=rf"field '{re.escape(field)}' is missing or not a \w+; re-export"):
         Bundle.open(edited)
 
 def test_verify_reports_round_trips_parity_and_blocks(bundles, tmp_path):
     plot = tmp_path / "blocks.png"
-    r = verify(VerifyOptions(bundles=[str(bundles["fp32"]), str(bundles["mixed"])], backends=["onnxruntime", "torch"],
+    r = verify(VerifyOptions(bundles=[str(bundles[Precision.fp32]), str(bundles[Precision.mixed])], backends=["onnxruntime", "torch"],
                              plot=str(plot)))
     assert r["passed"] and r["reference"].startswith("PyTorch fp32, live")
     assert len(r["round_trip"]) == 4  # 2 precisions x 2 backends
     # cross: PyTorch's z into each backend, and each backend's z into the other
     assert len(r["cross_round_trip"]) == 2 * (2 + 2)
-    fp32 = [e for e in r["round_trip"] if e["precision"] == "fp32"]
+    fp32 = [e for e in r["round_trip"] if e["precision"] == Precision.fp32]
     # trained injective model with the range projection: ~1e-7 (measured 1.2e-7 ORT, 1.8e-7 torch)
     assert all(e["rel_l2"] <= 1e-6 and e["psnr_db"] > 120 for e in fp32)
     parity = {(e["precision"], e["backend"]): e for e in r["parity"]}
-    assert parity[("fp32", "onnxruntime[cpu]")]["logits"]["rel_l2"] <= 1e-5
-    assert parity[("fp32", "onnxruntime[cpu]")]["top1_difference"] == 0.0
+    assert parity[(Precision.fp32, "onnxruntime[cpu]")][LOGITS]["rel_l2"] <= 1e-5
+    assert parity[(Precision.fp32, "onnxruntime[cpu]")]["top1_difference"] == 0.0
     blocks = {(e["precision"], e["backend"]): e for e in r["blocks"]}
-    torch_mixed = blocks[("mixed", "torch[cpu]")]
+    torch_mixed = blocks[(Precision.mixed, "torch[cpu]")]
     assert len(torch_mixed["round_trip"]) == 7 and len(torch_mixed["f_identical_fraction"]) == 6
     # PyTorch evaluates the fp16 F to the same bits in both directions: every block matches
     assert torch_mixed["f_identical_fraction"] == [1.0] * 6
     # the last block's F sees z itself in both graphs: identical bits on ONNX Runtime too
-    assert blocks[("fp32", "onnxruntime[cpu]")]["f_identical_fraction"][-1] == 1.0
-    assert blocks[("fp32", "onnxruntime[cpu]")]["gain"][0] < 1.0, "block 0 with projection: gain ~0.25"
+    assert blocks[(Precision.fp32, "onnxruntime[cpu]")]["f_identical_fraction"][-1] == 1.0
+    assert blocks[(Precision.fp32, "onnxruntime[cpu]")]["gain"][0] < 1.0, "block 0 with projection: gain ~0.25"
     assert plot.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_verify_fails_against_a_tighter_tolerance(bundles, tmp_path):
-    strict = edit_manifest(_copy(bundles["fp16"], tmp_path), lambda m: m["tolerances"].update(round_trip=1e-9))  # fp16: ~4e-4
+    strict = edit_manifest(_copy(bundles[Precision.fp16], tmp_path), lambda m: m["tolerances"].update(round_trip=1e-9))  # fp16: ~4e-4
     r = verify(VerifyOptions(bundles=[str(strict)], blocks=False))
     assert not r["passed"]
     assert [e["passed"] for e in r["round_trip"]] == [False]
 
 
 def test_bench_reports_percentiles_and_ratios(bundles):
-    r = bench(BenchOptions(bundles=[str(bundles["fp32"])], backends=["onnxruntime", "torch"], batch_sizes=[1, 4],
+    r = bench(BenchOptions(bundles=[str(bundles[Precision.fp32])], backends=["onnxruntime", "torch"], batch_sizes=[1, 4],
                            warmup_s=0, iterations=5))
     assert len(r["results"]) == 2 * 2 * 2
     for e in r["results"]:
@@ -144,9 +155,9 @@ def test_bench_reports_percentiles_and_ratios(bundles):
     assert all(e["speedup"] == 1.0 for e in r["results"] if e["kind"] == "torch")
     assert r["machine"]["cpu_count"] >= 1 and r["machine"]["fp32_matmul_gflops"] > 0
     with pytest.raises(IRevNetError, match="outside the bundles' range 1..8"):
-        bench(BenchOptions(bundles=[str(bundles["fp32"])], batch_sizes=[64]))
+        bench(BenchOptions(bundles=[str(bundles[Precision.fp32])], batch_sizes=[64]))
     # without --batch-sizes: 1, 8 and the bundle's max, so a bundle exported with --max-batch 8 benches
-    default = bench(BenchOptions(bundles=[str(bundles["fp32"])], direction="inverse", warmup_s=0, iterations=1))
+    default = bench(BenchOptions(bundles=[str(bundles[Precision.fp32])], direction=INVERSE, warmup_s=0, iterations=1))
     assert [e["batch"] for e in default["results"]] == [1, 8]
 
 
@@ -156,15 +167,15 @@ def test_an_old_layout_bundle_still_verifies(bundles, tmp_path):
 
     import onnx
 
-    old = _copy(bundles["fp32"], tmp_path / "old")
-    for graph in ("forward", "inverse", "forward_blocks", "inverse_blocks"):
-        model = onnx.load(str(old / f"{graph}.onnx"))  # weights read back from weights.bin
-        onnx.save_model(model, str(old / f"{graph}.onnx"))  # and written inline
-    (old / "weights.bin").unlink()
+    old = _copy(bundles[Precision.fp32], tmp_path / "old")
+    for graph in (FORWARD, INVERSE, FORWARD_BLOCKS, INVERSE_BLOCKS):
+        model = onnx.load(str(old / graph_file(graph)))  # weights read back from weights.bin
+        onnx.save_model(model, str(old / graph_file(graph)))  # and written inline
+    (old / WEIGHTS).unlink()
 
     def to_schema_1(m):
         m["schema_version"] = 1
-        del m["weights"], m["files"]["weights.bin"]
+        del m["weights"], m["files"][WEIGHTS]
         for spec in m["graphs"].values():
             spec["files"] = [spec["file"]]
             m["files"][spec["file"]] = hashlib.sha256((old / spec["file"]).read_bytes()).hexdigest()

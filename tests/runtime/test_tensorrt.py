@@ -8,6 +8,8 @@ import shutil
 
 import pytest
 
+from irevnet.contract import INVERSE, Precision
+
 pytestmark = pytest.mark.tensorrt
 trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (pip install 'irevnet[tensorrt]' from NVIDIA's index)")
 
@@ -23,20 +25,20 @@ def _gpu():
         pytest.skip(f"no usable CUDA GPU: {e}")
 
 
-@pytest.mark.parametrize("precision", ["fp32", "mixed", "fp16"])
+@pytest.mark.parametrize("precision", [Precision.fp32, Precision.mixed, Precision.fp16])
 def test_engines_meet_the_bundle_tolerances(bundles, tmp_path, precision):
     from irevnet.export.trt_build import BuildOptions, build_engines
     from irevnet.runtime.verify import VerifyOptions, verify
 
     bundle = shutil.copytree(bundles[precision], tmp_path / precision)
-    debug = precision != "fp16"  # the fp16 fixture has no debug graphs
+    debug = precision != Precision.fp16  # the fp16 fixture has no debug graphs
     section = build_engines(BuildOptions(bundle=str(bundle), debug=debug))
     assert section["strongly_typed"] and not section["tf32"]
     r = verify(VerifyOptions(bundles=[str(bundle)], backends=["tensorrt", "onnxruntime"]))
     print(json.dumps({k: r[k] for k in ("round_trip", "cross_round_trip", "parity")}, indent=1))
     assert r["passed"], "TensorRT engines within the bundle's tolerances (TF32 off keeps fp32 at ~1e-7)"
-    if precision == "fp32":
-        trt_rt = next(e for e in r["round_trip"] if e["inverse"].startswith("tensorrt"))
+    if precision == Precision.fp32:
+        trt_rt = next(e for e in r["round_trip"] if e[INVERSE].startswith("tensorrt"))
         assert trt_rt["rel_l2"] <= 1e-5
     if debug:
         same = next(e for e in r["blocks"] if e["backend"].startswith("tensorrt"))["f_identical_fraction"]
@@ -55,15 +57,15 @@ def test_engine_from_another_version_is_refused(bundles, tmp_path):
     from irevnet.runtime import Bundle, open_backend
     from irevnet.runtime.engines import EngineMismatch
 
-    bundle = shutil.copytree(bundles["fp32"], tmp_path / "b")
+    bundle = shutil.copytree(bundles[Precision.fp32], tmp_path / "b")
     build_engines(BuildOptions(bundle=str(bundle)))
     from tests.conftest import edit_manifest
 
     edit_manifest(bundle, lambda m: m["tensorrt"].update(version="9.0.0"))
     with pytest.raises(EngineMismatch, match="irevnet build"):
-        open_backend("tensorrt", Bundle.open(bundle), "inverse")
+        open_backend("tensorrt", Bundle.open(bundle), INVERSE)
     from irevnet.export.trt_build import rebuild_stale_engines
 
     assert rebuild_stale_engines(bundle)["version"] == trt.__version__
-    with open_backend("tensorrt", Bundle.open(bundle), "inverse") as inv:
+    with open_backend("tensorrt", Bundle.open(bundle), INVERSE) as inv:
         assert inv.max_batch == 8

@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 
+from irevnet.contract import FORWARD, IMAGE, INVERSE, REFERENCE, Precision, Z
 from irevnet.runtime import Bundle, open_backend
 
 
@@ -14,19 +15,19 @@ def test_backend_buffers_profile_and_verify(fake_trt, bundles, tmp_path):
     from irevnet.runtime.verify import VerifyOptions, verify
 
     fake_trt("10.13.0.35")
-    bundle = shutil.copytree(bundles["fp32"], tmp_path / "b")
+    bundle = shutil.copytree(bundles[Precision.fp32], tmp_path / "b")
     build_engines(BuildOptions(bundle=str(bundle), opt_batch=4))
-    ref = np.load(bundle / "reference.npz")
-    with open_backend("tensorrt", Bundle.open(bundle), "forward") as fwd:
+    ref = np.load(bundle / REFERENCE)
+    with open_backend("tensorrt", Bundle.open(bundle), FORWARD) as fwd:
         assert fwd.max_batch == 8, "the profile's max, read from the engine (export max 8)"
         allocated = []
         for n in (1, 5, 2):
             x = np.ascontiguousarray(np.resize(ref["images"], (n, 1, 16, 16)))
-            assert fwd.infer({"image": x})["z"].shape == (n, 256, 4, 4), "outputs take the input's batch"
-            allocated.append(fwd.buffers["image"][1])
+            assert fwd.infer({IMAGE: x})[Z].shape == (n, 256, 4, 4), "outputs take the input's batch"
+            allocated.append(fwd.buffers[IMAGE][1])
         # device buffers grow to the largest batch seen (5) and are reused for smaller ones
         assert allocated == [1 * 256 * 4, 5 * 256 * 4, 5 * 256 * 4]
     r = verify(VerifyOptions(bundles=[str(bundle)], backends=["tensorrt", "onnxruntime"]))
-    assert {e["inverse"] for e in r["round_trip"]} == {"tensorrt[10.13.0.35]", "onnxruntime[cpu]"}
-    assert {(e["forward"], e["inverse"]) for e in r["cross_round_trip"]} >= {
+    assert {e[INVERSE] for e in r["round_trip"]} == {"tensorrt[10.13.0.35]", "onnxruntime[cpu]"}
+    assert {(e[FORWARD], e[INVERSE]) for e in r["cross_round_trip"]} >= {
         ("tensorrt[10.13.0.35]", "onnxruntime[cpu]"), ("onnxruntime[cpu]", "tensorrt[10.13.0.35]")}, "z crosses backends"

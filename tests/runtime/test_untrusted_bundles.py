@@ -25,6 +25,20 @@ import pytest
 from typer.testing import CliRunner
 
 from irevnet.cli import app
+from irevnet.contract import (
+    FORWARD,
+    FORWARD_BLOCKS,
+    IMAGE,
+    INVERSE,
+    LOGITS,
+    MANIFEST,
+    REFERENCE,
+    SAMPLE_Z,
+    WEIGHTS,
+    Precision,
+    Z,
+    graph_file,
+)
 from irevnet.errors import BundleError
 from irevnet.runtime import Bundle, open_backend
 from irevnet.runtime.backends import ort_offline
@@ -47,7 +61,7 @@ def decoys(tmp_path_factory, bundles):
     """Files outside any bundle that a hostile manifest might point at: a valid graph and raw bytes."""
     root = tmp_path_factory.mktemp("outside")
     (root / "elsewhere").mkdir()
-    shutil.copy(bundles["fp32"] / "forward.onnx", root / "elsewhere" / "forward.onnx")
+    shutil.copy(bundles[Precision.fp32] / graph_file(FORWARD), root / "elsewhere" / graph_file(FORWARD))
     (root / "secret.bin").write_bytes(np.arange(4096, dtype=np.float32).tobytes())
     return root
 
@@ -80,12 +94,12 @@ FIELDS = [
     (("model", "config", "in_shape"), False), (("model", "config", "num_classes"), False),
     (("checkpoint", "path"), False), (("checkpoint", "sha256"), False), (("normalization",), False),
     (("normalization", "mean"), False), (("normalization", "std"), False), (("batch", "max"), False),
-    (("range_projection",), False), (("graphs",), False), (("graphs", "forward"), False),
-    (("graphs", "forward", "file"), False), (("graphs", "inverse", "file"), False),
-    (("graphs", "forward_blocks", "file"), False), (("graphs", "forward", "inputs"), False),
-    (("graphs", "inverse", "outputs"), False), (("tolerances",), True), (("tolerances", "round_trip"), False),
+    (("range_projection",), False), (("graphs",), False), (("graphs", FORWARD), False),
+    (("graphs", FORWARD, "file"), False), (("graphs", INVERSE, "file"), False),
+    (("graphs", FORWARD_BLOCKS, "file"), False), (("graphs", FORWARD, "inputs"), False),
+    (("graphs", INVERSE, "outputs"), False), (("tolerances",), True), (("tolerances", "round_trip"), False),
     (("fidelity",), True), (("fidelity", "inverse_gain"), True), (("files",), False),
-    (("files", "forward.onnx"), False), (("files", "reference.npz"), False),
+    (("files", graph_file(FORWARD)), False), (("files", REFERENCE), False),
 ]
 KINDS = {
     "delete": None,
@@ -102,7 +116,7 @@ KINDS = {
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_every_manifest_field_mutated(bundles, decoys, tmp_path, kind):
     for field, deletable in FIELDS:
-        bundle = shutil.copytree(bundles["fp32"], tmp_path / f"{kind}-{'.'.join(field)}")
+        bundle = shutil.copytree(bundles[Precision.fp32], tmp_path / f"{kind}-{'.'.join(field)}")
 
         def change(manifest, field=field):
             parent = manifest
@@ -130,19 +144,19 @@ def test_every_manifest_field_mutated(bundles, decoys, tmp_path, kind):
 
 
 def test_a_200000_deep_manifest_and_non_json_numbers_are_one_line(bundles, decoys, tmp_path):
-    bundle = shutil.copytree(bundles["fp32"], tmp_path / "deep")
-    (bundle / "manifest.json").write_text("[" * 200_000 + "]" * 200_000)
+    bundle = shutil.copytree(bundles[Precision.fp32], tmp_path / "deep")
+    (bundle / MANIFEST).write_text("[" * 200_000 + "]" * 200_000)
     assert "nested too deeply" in _run(bundle, decoys).output
-    text = json.dumps(json.loads((bundles["fp32"] / "manifest.json").read_text()))
-    (bundle / "manifest.json").write_text(text.replace('"max": 8', '"max": 1e400'))
+    text = json.dumps(json.loads((bundles[Precision.fp32] / MANIFEST).read_text()))
+    (bundle / MANIFEST).write_text(text.replace('"max": 8', '"max": 1e400'))
     assert "overflows a double" in _run(bundle, decoys).output
 
 
-@pytest.mark.parametrize("name", ["forward.onnx", "inverse.onnx", "forward_blocks.onnx", "weights.bin", "reference.npz",
-                                  "sample_z.npy"])
+@pytest.mark.parametrize("name", [graph_file(FORWARD), graph_file(INVERSE), graph_file(FORWARD_BLOCKS), WEIGHTS, REFERENCE,
+                                  SAMPLE_Z])
 @pytest.mark.parametrize("how", ["flip", "truncate", "swap", "symlink-out", "delete"])
 def test_every_file_flipped_truncated_swapped_linked_or_deleted(bundles, decoys, tmp_path, name, how):
-    bundle = shutil.copytree(bundles["fp32"], tmp_path / "b")
+    bundle = shutil.copytree(bundles[Precision.fp32], tmp_path / "b")
     file = bundle / name
     data = file.read_bytes()
     if how == "flip":
@@ -150,11 +164,11 @@ def test_every_file_flipped_truncated_swapped_linked_or_deleted(bundles, decoys,
     elif how == "truncate":
         file.write_bytes(data[: len(data) // 2])
     elif how == "swap":
-        other = bundle / ("inverse.onnx" if name != "inverse.onnx" else "forward.onnx")
+        other = bundle / (graph_file(INVERSE) if name != graph_file(INVERSE) else graph_file(FORWARD))
         file.write_bytes(other.read_bytes())
     elif how == "symlink-out":
         file.unlink()
-        file.symlink_to(decoys / "elsewhere" / "forward.onnx")
+        file.symlink_to(decoys / "elsewhere" / graph_file(FORWARD))
     else:
         file.unlink()
     result = _run(bundle, decoys, "--no-blocks")
@@ -163,13 +177,13 @@ def test_every_file_flipped_truncated_swapped_linked_or_deleted(bundles, decoys,
 
 def test_paths_that_leave_the_bundle_are_refused_even_with_rewritten_hashes(bundles, decoys, tmp_path):
     """Whoever can write a bundle can rewrite its hashes: what they cannot do is point outside."""
-    outside_graph = decoys / "elsewhere" / "forward.onnx"
+    outside_graph = decoys / "elsewhere" / graph_file(FORWARD)
     digest = hashlib.sha256(outside_graph.read_bytes()).hexdigest()
     for target in ("../../elsewhere/forward.onnx", str(outside_graph), "./forward.onnx", "debug/../forward.onnx"):
-        bundle = shutil.copytree(bundles["fp32"], tmp_path / "t", dirs_exist_ok=True)
+        bundle = shutil.copytree(bundles[Precision.fp32], tmp_path / "t", dirs_exist_ok=True)
 
         def point(manifest, target=target):
-            manifest["graphs"]["forward"]["file"] = target
+            manifest["graphs"][FORWARD]["file"] = target
             manifest["files"][target] = digest
 
         edit_manifest(bundle, point)
@@ -177,32 +191,32 @@ def test_paths_that_leave_the_bundle_are_refused_even_with_rewritten_hashes(bund
         shutil.rmtree(bundle)
 
     # a link inside the bundle to a graph outside it, hash rewritten to match
-    bundle = shutil.copytree(bundles["fp32"], tmp_path / "link")
-    (bundle / "forward.onnx").unlink()
-    (bundle / "forward.onnx").symlink_to(outside_graph)
-    edit_manifest(bundle, lambda m: m["files"].update({"forward.onnx": digest}))
+    bundle = shutil.copytree(bundles[Precision.fp32], tmp_path / "link")
+    (bundle / graph_file(FORWARD)).unlink()
+    (bundle / graph_file(FORWARD)).symlink_to(outside_graph)
+    edit_manifest(bundle, lambda m: m["files"].update({graph_file(FORWARD): digest}))
     assert "outside the bundle; refused" in _run(bundle, decoys).output
 
     # a graph that `files` does not list is never run unhashed
-    bundle = shutil.copytree(bundles["fp32"], tmp_path / "unlisted")
-    shutil.copy(bundle / "forward.onnx", bundle / "extra.onnx")
-    edit_manifest(bundle, lambda m: m["graphs"]["forward"].update(file="extra.onnx"))
+    bundle = shutil.copytree(bundles[Precision.fp32], tmp_path / "unlisted")
+    shutil.copy(bundle / graph_file(FORWARD), bundle / "extra.onnx")
+    edit_manifest(bundle, lambda m: m["graphs"][FORWARD].update(file="extra.onnx"))
     assert "which `files` does not list" in _run(bundle, decoys).output
 
 
 def _externalize(bundle, location: str, data_file) -> None:
     """Moves forward.onnx's largest initializer to external data at `location` (relative to the
     graph), writes its bytes to `data_file`, and rewrites the hashes as an attacker could."""
-    model = onnx.load(bundle / "forward.onnx")
+    model = onnx.load(bundle / graph_file(FORWARD))
     tensor = max(model.graph.initializer, key=lambda t: len(t.raw_data))
     data_file.write_bytes(tensor.raw_data)
     onnx.external_data_helper.set_external_data(tensor, location=location, offset=0, length=len(tensor.raw_data))
     tensor.ClearField("raw_data")
     tensor.data_location = onnx.TensorProto.EXTERNAL
-    (bundle / "forward.onnx").write_bytes(model.SerializeToString())
+    (bundle / graph_file(FORWARD)).write_bytes(model.SerializeToString())
 
     def rehash(manifest):
-        for name in ("forward.onnx", location):
+        for name in (graph_file(FORWARD), location):
             if (bundle / name).is_file() and ".." not in name:
                 manifest["files"][name] = hashlib.sha256((bundle / name).read_bytes()).hexdigest()
 
@@ -210,59 +224,59 @@ def _externalize(bundle, location: str, data_file) -> None:
 
 
 def test_external_data_stays_inside_the_bundle_and_is_hashed(bundles, decoys, tmp_path):
-    inside = shutil.copytree(bundles["fp32"], tmp_path / "inside")
+    inside = shutil.copytree(bundles[Precision.fp32], tmp_path / "inside")
     _externalize(inside, "forward.onnx.data", inside / "forward.onnx.data")
     assert _run(inside, decoys).exit_code == 0, "external data inside the bundle and listed in files runs"
 
-    outside = shutil.copytree(bundles["fp32"], tmp_path / "outside")
+    outside = shutil.copytree(bundles[Precision.fp32], tmp_path / "outside")
     _externalize(outside, "../../outside_weights.bin", tmp_path / "outside_weights.bin")
     assert "which is not a file of the bundle; refused" in _run(outside, decoys).output
 
 
 def test_reference_npz_without_images_or_with_objects_is_one_line(bundles, decoys, tmp_path):
     for name, arrays in {
-        "no-images": {"z": np.zeros((1, 256, 4, 4), np.float32), "logits": np.zeros((1, 10), np.float32)},
+        "no-images": {Z: np.zeros((1, 256, 4, 4), np.float32), LOGITS: np.zeros((1, 10), np.float32)},
         "objects": {"images": np.array([object()] * 2)},
-        "wrong-shape": {"images": np.zeros((1, 3, 3), np.float32), "z": np.zeros((1, 2), np.float32),
-                        "logits": np.zeros((1, 10), np.float32)},
+        "wrong-shape": {"images": np.zeros((1, 3, 3), np.float32), Z: np.zeros((1, 2), np.float32),
+                        LOGITS: np.zeros((1, 10), np.float32)},
         "truncated": {},  # the real file cut at 5,000 bytes, its hash rewritten to match
-        "scalar-images": {"images": np.float32(0.5), "z": np.zeros((1, 256, 4, 4), np.float32),
-                          "logits": np.zeros((1, 10), np.float32)},  # len() of a 0-d array raised TypeError
+        "scalar-images": {"images": np.float32(0.5), Z: np.zeros((1, 256, 4, 4), np.float32),
+                          LOGITS: np.zeros((1, 10), np.float32)},  # len() of a 0-d array raised TypeError
     }.items():
-        bundle = shutil.copytree(bundles["fp32"], tmp_path / name)
-        np.savez(bundle / "reference.npz", **arrays)
+        bundle = shutil.copytree(bundles[Precision.fp32], tmp_path / name)
+        np.savez(bundle / REFERENCE, **arrays)
         if name == "truncated":
-            (bundle / "reference.npz").write_bytes((bundles["fp32"] / "reference.npz").read_bytes()[:5000])
-        digest = hashlib.sha256((bundle / "reference.npz").read_bytes()).hexdigest()
-        edit_manifest(bundle, lambda m, digest=digest: m["files"].update({"reference.npz": digest}))
+            (bundle / REFERENCE).write_bytes((bundles[Precision.fp32] / REFERENCE).read_bytes()[:5000])
+        digest = hashlib.sha256((bundle / REFERENCE).read_bytes()).hexdigest()
+        edit_manifest(bundle, lambda m, digest=digest: m["files"].update({REFERENCE: digest}))
         result = _run(bundle, decoys, "--no-blocks")
-        assert result.exit_code == 2 and "reference.npz" in result.output, (name, result.output)
+        assert result.exit_code == 2 and REFERENCE in result.output, (name, result.output)
 
 
 def test_what_is_hashed_is_what_runs(bundles, tmp_path, monkeypatch):
     """A graph swapped after Bundle.open checked it never runs: read from the bundle, it is refused;
     already optimized into this machine's cache, the cached graph is the one the manifest's sha256
     names (the cache is keyed by it), so the swapped file is not even read."""
-    bundle_path = shutil.copytree(bundles["fp32"], tmp_path / "b")
+    bundle_path = shutil.copytree(bundles[Precision.fp32], tmp_path / "b")
     bundle = Bundle.open(bundle_path)
     x = bundle.reference("images")["images"]
-    expected = open_backend("onnxruntime", bundle, "forward").infer({"image": x})["z"]  # now cached
-    shutil.copy(bundle_path / "inverse.onnx", bundle_path / "forward.onnx")
-    assert np.array_equal(open_backend("onnxruntime", bundle, "forward").infer({"image": x})["z"], expected)
+    expected = open_backend("onnxruntime", bundle, FORWARD).infer({IMAGE: x})[Z]  # now cached
+    shutil.copy(bundle_path / graph_file(INVERSE), bundle_path / graph_file(FORWARD))
+    assert np.array_equal(open_backend("onnxruntime", bundle, FORWARD).infer({IMAGE: x})[Z], expected)
 
     monkeypatch.setattr(ort_offline, "cache_root", lambda: tmp_path / "empty cache")
     with pytest.raises(BundleError, match="forward.onnx does not match its sha256"):
-        open_backend("onnxruntime", bundle, "forward")
+        open_backend("onnxruntime", bundle, FORWARD)
 
 
 def _rewrite_forward(bundle, edit) -> None:
     """Applies `edit` to forward.onnx (its weights stay in weights.bin) and rewrites the hash, as
     whoever can write the bundle could."""
-    model = onnx.load(bundle / "forward.onnx", load_external_data=False)
+    model = onnx.load(bundle / graph_file(FORWARD), load_external_data=False)
     edit(model)
-    (bundle / "forward.onnx").write_bytes(model.SerializeToString())
-    digest = hashlib.sha256((bundle / "forward.onnx").read_bytes()).hexdigest()
-    edit_manifest(bundle, lambda m: m["files"].update({"forward.onnx": digest}))
+    (bundle / graph_file(FORWARD)).write_bytes(model.SerializeToString())
+    digest = hashlib.sha256((bundle / graph_file(FORWARD)).read_bytes()).hexdigest()
+    edit_manifest(bundle, lambda m: m["files"].update({graph_file(FORWARD): digest}))
 
 
 def _sparse_initializer_outside(model) -> None:
@@ -316,7 +330,7 @@ def test_graphs_the_exporter_never_writes_are_refused_before_any_runtime(bundles
     outside the bundle opened, no runtime session started (the Loop would not return)."""
     if backend == "openvino" and importlib.util.find_spec("openvino") is None:
         pytest.skip("the openvino wheel is not installed")
-    bundle = shutil.copytree(bundles["fp32"], tmp_path / "b")
+    bundle = shutil.copytree(bundles[Precision.fp32], tmp_path / "b")
     _rewrite_forward(bundle, edit)
     result = _run(bundle, decoys, "-b", backend, "--no-blocks")
     assert result.exit_code == 2 and message in result.output, result.output
@@ -340,19 +354,19 @@ def _npy(array: np.ndarray, shape=None) -> bytes:
 def test_reference_arrays_are_bounded_by_the_bytes_present(bundles, decoys, tmp_path):
     """A header declaring a 64 TiB array, and a compressed member (a 1.6 GB array inflating from a
     few MB): one line each, before numpy allocates anything (peak memory in a fresh process)."""
-    real = Bundle.open(bundles["fp32"]).reference("images", "logits", "z")
+    real = Bundle.open(bundles[Precision.fp32]).reference("images", LOGITS, Z)
     for name, members, compressed in [
         ("huge-header", {"images": _npy(real["images"], shape=(1 << 24, 1, 1024, 1024)),
-                         "logits": _npy(real["logits"]), "z": _npy(real["z"])}, False),
+                         LOGITS: _npy(real[LOGITS]), Z: _npy(real[Z])}, False),
         ("compressed", {"images": _npy(np.zeros((6000, *real["images"].shape[1:]), np.float32)),
-                        "logits": _npy(real["logits"]), "z": _npy(real["z"])}, True),
+                        LOGITS: _npy(real[LOGITS]), Z: _npy(real[Z])}, True),
     ]:
-        bundle = shutil.copytree(bundles["fp32"], tmp_path / name)
-        _npz(bundle / "reference.npz", members, compressed)
-        digest = hashlib.sha256((bundle / "reference.npz").read_bytes()).hexdigest()
-        edit_manifest(bundle, lambda m, digest=digest: m["files"].update({"reference.npz": digest}))
+        bundle = shutil.copytree(bundles[Precision.fp32], tmp_path / name)
+        _npz(bundle / REFERENCE, members, compressed)
+        digest = hashlib.sha256((bundle / REFERENCE).read_bytes()).hexdigest()
+        edit_manifest(bundle, lambda m, digest=digest: m["files"].update({REFERENCE: digest}))
         result = _run(bundle, decoys, "--no-blocks")
-        assert result.exit_code == 2 and "reference.npz" in result.output, (name, result.output)
+        assert result.exit_code == 2 and REFERENCE in result.output, (name, result.output)
         peak = peak_of_cli(["verify", str(bundle), "--no-blocks"])
         assert peak < 1 << 30, (name, peak)
 
@@ -363,7 +377,7 @@ def test_a_manifest_checkpoint_path_to_a_large_file_is_hashed_as_a_stream(bundle
     big = tmp_path / "big.bin"
     with open(big, "wb") as f:
         f.truncate(2 << 30)
-    bundle = shutil.copytree(bundles["fp32"], tmp_path / "b")
+    bundle = shutil.copytree(bundles[Precision.fp32], tmp_path / "b")
     edit_manifest(bundle, lambda m: m["checkpoint"].update(path=str(big)))
     peak = peak_of_cli(["verify", str(bundle), "--no-blocks"], expect_exit=2)
     assert peak < 1 << 30
@@ -374,9 +388,9 @@ def test_bench_batch_sizes_do_not_follow_an_unchecked_batch_max(bundles, tmp_pat
     are 1 and 8 (within it), and a larger batch is asked for, not implied."""
     from irevnet.runtime import bench as bench_module
 
-    bundle = shutil.copytree(bundles["fp32"], tmp_path / "b")
+    bundle = shutil.copytree(bundles[Precision.fp32], tmp_path / "b")
     edit_manifest(bundle, lambda m: m["batch"].update(max=65536))
-    r = bench_module.bench(bench_module.BenchOptions(bundles=[str(bundle)], backends=["onnxruntime"], direction="forward",
+    r = bench_module.bench(bench_module.BenchOptions(bundles=[str(bundle)], backends=["onnxruntime"], direction=FORWARD,
                                                      warmup_s=0, iterations=2, rounds=1))
     assert sorted({e["batch"] for e in r["results"]}) == [1, 8]
 
@@ -386,12 +400,12 @@ def test_many_names_for_one_file_are_hashed_once(bundles, tmp_path, monkeypatch)
     issue's case linked a 256 MiB sparse file 2,000 times: half a terabyte of hashing)."""
     from irevnet.runtime import bundle as bundle_module
 
-    bundle = shutil.copytree(bundles["fp32"], tmp_path / "b")
-    listed = len(json.loads((bundle / "manifest.json").read_text())["files"])
-    digest = hashlib.sha256((bundle / "weights.bin").read_bytes()).hexdigest()
+    bundle = shutil.copytree(bundles[Precision.fp32], tmp_path / "b")
+    listed = len(json.loads((bundle / MANIFEST).read_text())["files"])
+    digest = hashlib.sha256((bundle / WEIGHTS).read_bytes()).hexdigest()
     (bundle / "extra").mkdir()
     for i in range(2000):
-        (bundle / "extra" / f"w{i}.bin").symlink_to(bundle / "weights.bin")
+        (bundle / "extra" / f"w{i}.bin").symlink_to(bundle / WEIGHTS)
     edit_manifest(bundle, lambda m: m["files"].update({f"extra/w{i}.bin": digest for i in range(2000)}))
     hashed = []
     real = bundle_module.sha256_file
@@ -422,12 +436,12 @@ def test_graphs_a_runtime_refuses_while_loading_or_running_are_one_line(bundles,
     Runtime or OpenVINO refuse (at load, optimization or run) gave the runtime's traceback."""
     if backend == "openvino" and importlib.util.find_spec("openvino") is None:
         pytest.skip("the openvino wheel is not installed")
-    bundle = shutil.copytree(bundles["fp32"], tmp_path / "b")
+    bundle = shutil.copytree(bundles[Precision.fp32], tmp_path / "b")
     _rewrite_forward(bundle, edit)
     result = _run(bundle, decoys, "-b", backend, "--no-blocks")  # no traceback, nothing outside opened
     if backend == "openvino" and result.exit_code == 0:
         return  # OpenVINO reads group=0 as 1 and computes the exported model: a pass is the right answer
-    assert result.exit_code == 2 and "forward" in result.output and "re-export" in result.output, result.output
+    assert result.exit_code == 2 and FORWARD in result.output and "re-export" in result.output, result.output
 
 
 def _slow_prologue(model) -> None:
@@ -463,7 +477,7 @@ def test_sigterm_stops_a_run_inside_the_runtime(bundles, tmp_path, backend):
     exit 143 with one line within seconds."""
     if backend == "openvino" and importlib.util.find_spec("openvino") is None:
         pytest.skip("the openvino wheel is not installed")
-    bundle = shutil.copytree(bundles["fp32"], tmp_path / "b")
+    bundle = shutil.copytree(bundles[Precision.fp32], tmp_path / "b")
     _rewrite_forward(bundle, _slow_prologue)
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "irevnet", "verify", str(bundle), "-b", backend, "--no-blocks"],
@@ -483,7 +497,7 @@ def test_sigterm_stops_a_run_inside_the_runtime(bundles, tmp_path, backend):
 def test_a_tolerance_without_its_reason_is_one_line(bundles, decoys, tmp_path):
     """The schema let a tolerance omit `reason`, then verify's Tolerance(**recorded) raised a
     TypeError traceback; the schema now requires every field the reader needs."""
-    bundle = edit_manifest(shutil.copytree(bundles["fp32"], tmp_path / "b"), lambda m: m["tolerances"].pop("reason"))
+    bundle = edit_manifest(shutil.copytree(bundles[Precision.fp32], tmp_path / "b"), lambda m: m["tolerances"].pop("reason"))
     result = _run(bundle, decoys, "--no-blocks")
     assert result.exit_code == 2 and "reason" in result.output, result.output
 
@@ -492,6 +506,6 @@ def test_a_field_the_manifest_does_not_define_is_refused(bundles, decoys, tmp_pa
     """Found by tools/fuzz.py: an added top-level field verified as if it were not there (the
     schema had no additionalProperties: false at the top); a reader cannot tell a field it does
     not know from a field another tool expects it to honour."""
-    bundle = edit_manifest(shutil.copytree(bundles["fp32"], tmp_path / "b"), lambda m: m.update(signature="trust me"))
+    bundle = edit_manifest(shutil.copytree(bundles[Precision.fp32], tmp_path / "b"), lambda m: m.update(signature="trust me"))
     result = _run(bundle, decoys, "--no-blocks")
     assert result.exit_code == 2 and "signature" in result.output, result.output

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ...contract import BATCH_DIM, Precision
 from ...errors import BundleError, IRevNetError, Terminated, shown
 
 
@@ -25,10 +26,10 @@ class GraphFailed(BundleError):
 def unsupported(kind: str, precision: str) -> str | None:
     """Why backend `kind` cannot run a bundle of `precision` (None: it can). verify and bench skip
     such pairs when given several bundles; alone, the backend refuses with this message."""
-    if kind == "torch" and precision == "int8":
+    if kind == "torch" and precision == Precision.int8:
         return ("the torch backend has no int8 path (it would run fp32 and call it int8); run int8 bundles on "
                 "onnxruntime, openvino or tensorrt")
-    if kind == "openvino-bf16" and precision != "mixed":
+    if kind == "openvino-bf16" and precision != Precision.mixed:
         return (f"openvino-bf16 runs F of a mixed bundle in bf16; in a {precision} bundle OpenVINO would compute the "
                 f"coupling in bf16 too (round trip ~2e-3); export with --precision mixed")
     return None
@@ -121,7 +122,7 @@ class Backend(ABC):
             if array.ndim != len(shape) or any(isinstance(d, int) and d != s for d, s in zip(shape, array.shape)):
                 raise InputError(
                     f"{self.name}: input {name!r} has shape {list(array.shape)}, the graph takes "
-                    f"{['N' if isinstance(d, str) else d for d in shape]}"
+                    f"{[BATCH_DIM if isinstance(d, str) else d for d in shape]}"
                 )
             n = array.shape[0]
             if n < 1 or (self.max_batch is not None and n > self.max_batch):

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...contract import ONNX_SUFFIX
 from ...io.files import atomic_output, machine_cache, open_regular, read_regular, work_folder
 from ..bundle import MAX_GRAPH_BYTES, Bundle
 
@@ -77,7 +78,7 @@ def prepared_session_inputs(bundle: Bundle, graph: str) -> tuple[bytes, dict[str
         OSError: the cache folder cannot be written.
         RuntimeError: ONNX Runtime could not save the optimized graph (a full disk, say).
     """
-    path = cache_root() / f"{graph_key(bundle, graph)}.onnx"
+    path = cache_root() / (graph_key(bundle, graph) + ONNX_SUFFIX)
     try:
         return _load(path)
     except FileNotFoundError:  # not prepared on this machine yet

@@ -18,12 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from ...contract import BATCH_DIM, Precision
 from ...errors import IRevNetError
 from ..bundle import Bundle
 from .base import Backend, GraphFailed, interruptible, unsupported
 
 # bundle precision -> the CPU plugin's inference precision
-INFERENCE_PRECISION = {"fp32": "f32", "fp16": "f32", "mixed": "f32", "int8": "f32"}
+INFERENCE_PRECISION = {Precision.fp32: "f32", Precision.fp16: "f32", Precision.mixed: "f32", Precision.int8: "f32"}
 _DTYPES = {"f32": "float32", "f16": "float16"}
 
 
@@ -77,7 +78,7 @@ class OpenVinoBackend(Backend):
 
     @staticmethod
     def _spec(port, name: str) -> dict[str, Any]:
-        shape = ["N" if i == 0 else int(d.get_length()) for i, d in enumerate(port.get_partial_shape())]
+        shape = [BATCH_DIM if i == 0 else int(d.get_length()) for i, d in enumerate(port.get_partial_shape())]
         return {"name": name, "shape": shape, "dtype": _DTYPES.get(port.get_element_type().get_type_name(), "float32")}
 
     def _infer(self, feeds: dict[str, np.ndarray], outputs: list[str] | None) -> dict[str, np.ndarray]:

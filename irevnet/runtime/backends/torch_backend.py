@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ...contract import BATCH_DIM, FORWARD, FORWARD_BLOCKS, IMAGE, INVERSE, INVERSE_BLOCKS, Precision
 from ...errors import IRevNetError
 from .base import Backend, unsupported
 
@@ -38,7 +39,7 @@ class TorchBackend(Backend):
         checkpoint: str | Path,
         graph: str,
         *,
-        precision: str = "fp32",
+        precision: str = Precision.fp32,
         projection: bool = True,
         image_size: int | None = None,
         device: str = "auto",
@@ -68,14 +69,14 @@ class TorchBackend(Backend):
             for block in net.stack:
                 block.bottleneck_block = g.OnGrid(block.bottleneck_block, grid)
         module = {
-            "forward": lambda: g.ForwardGraph(net),
-            "inverse": lambda: g.InverseGraph(net, projection),
-            "forward_blocks": lambda: g.ForwardBlocksGraph(net),
-            "inverse_blocks": lambda: g.InverseBlocksGraph(net, projection),
+            FORWARD: lambda: g.ForwardGraph(net),
+            INVERSE: lambda: g.InverseGraph(net, projection),
+            FORWARD_BLOCKS: lambda: g.ForwardBlocksGraph(net),
+            INVERSE_BLOCKS: lambda: g.InverseBlocksGraph(net, projection),
         }[graph]()
         self.module = module.to(self.device).eval()
         cfg = model.config
-        shape = ["N", *(cfg.in_shape if graph.startswith("forward") else cfg.z_shape)]
+        shape = [BATCH_DIM, *(cfg.in_shape if graph.startswith(FORWARD) else cfg.z_shape)]
         self.inputs = [{"name": module.input_names[0], "shape": shape, "dtype": "float32"}]
         self.outputs = [{"name": n} for n in module.output_names]
         self.max_batch = max_batch
@@ -87,7 +88,7 @@ class TorchBackend(Backend):
         cuda = self.device.type == "cuda"
         with torch.inference_mode():
             t = torch.from_numpy(x).to(self.device)
-            if self.grid is not None and self.inputs[0]["name"] == "image":
+            if self.grid is not None and self.inputs[0]["name"] == IMAGE:
                 t = self.to_grid(t, self.grid)
             if cuda:
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

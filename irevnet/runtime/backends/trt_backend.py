@@ -12,44 +12,14 @@ from typing import Any
 
 import numpy as np
 
+from ...contract import BATCH_DIM
 from ...errors import BundleError, IRevNetError
+from .. import gpu
 from ..bundle import Bundle
-from ..engines import check_compatible
-from ..gpu import cuda_api
+from ..engines import check_compatible, import_tensorrt, make_logger
 from .base import Backend
 
 log = logging.getLogger(__name__)
-
-
-def import_tensorrt():
-    try:
-        import tensorrt
-    except ImportError:
-        raise IRevNetError(
-            "TensorRT is not installed (pip install 'irevnet[tensorrt]', wheels from NVIDIA's index); "
-            "the bundle's ONNX graphs run on ONNX Runtime meanwhile (--backend onnxruntime)"
-        ) from None
-    return tensorrt
-
-
-def make_logger(trt) -> Any:
-    """A TensorRT logger that keeps warnings and errors so failures can be reported in one line."""
-
-    class Logger(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.messages: list[tuple[Any, str]] = []
-
-        def log(self, severity, msg) -> None:
-            # pybind11 enums compare reliably as ints: INTERNAL_ERROR 0, ERROR 1, WARNING 2, ...
-            if int(severity) <= int(trt.ILogger.Severity.WARNING):
-                self.messages.append((int(severity), msg))
-
-        def errors(self) -> str:
-            text = [m for s, m in self.messages if s <= int(trt.ILogger.Severity.ERROR)]
-            return "; ".join(text[-3:]) or "no error message"
-
-    return Logger()
 
 
 class TrtBackend(Backend):
@@ -66,7 +36,7 @@ class TrtBackend(Backend):
     def __init__(self, engine: bytes | str | Path, *, bundle: Bundle | None = None):
         trt = import_tensorrt()
         self.trt = trt
-        self.cuda = cuda_api()
+        self.cuda = gpu.cuda_api()
         gpu_name, cc = self.cuda.device()
         if bundle is not None and "tensorrt" in bundle.manifest:
             for note in check_compatible(bundle.manifest["tensorrt"], trt.__version__, gpu_name, cc):
@@ -94,7 +64,7 @@ class TrtBackend(Backend):
         self.name = f"tensorrt[{trt.__version__}]"
 
     def _spec(self, name: str) -> dict[str, Any]:
-        shape = [d if d >= 0 else "N" for d in self.engine.get_tensor_shape(name)]
+        shape = [d if d >= 0 else BATCH_DIM for d in self.engine.get_tensor_shape(name)]
         return {"name": name, "shape": shape, "dtype": self.dtypes[name].name}
 
     def _buffer(self, name: str, nbytes: int) -> int:

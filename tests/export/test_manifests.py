@@ -1,0 +1,89 @@
+"""Every manifest the exporter and the engine builder can write holds to the schema the runtime
+enforces, and that schema refuses a field added anywhere in it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from irevnet.contract import MANIFEST, Precision
+from irevnet.runtime.bundle import manifest_validator
+from tests.conftest import export_tiny
+
+
+@pytest.fixture(scope="module")
+def manifests(bundles, trained_tiny, tmp_path_factory, fake_trt_module):
+    """name -> manifest, one per variant the code can produce."""
+    from irevnet.export.trt_build import BuildOptions, build_engines
+
+    root = tmp_path_factory.mktemp("variants")
+    paths = {
+        "fp32 with debug graphs": bundles[Precision.fp32],
+        "mixed, exact coupling": bundles[Precision.mixed],
+        "fp16 without debug graphs": bundles[Precision.fp16],
+        "int8, exact coupling": export_tiny(trained_tiny, root / "int8", Precision.int8, debug_graphs=False),
+        "mixed without exact coupling": export_tiny(trained_tiny, root / "mixed", Precision.mixed, exact_coupling=False,
+                                                    debug_graphs=False),
+    }
+    fake_trt_module("10.13.0.35")
+    for name, debug in (("fp32 with engines and debug engines", True), ("int8 with engines", False)):
+        source = paths["fp32 with debug graphs" if debug else "int8, exact coupling"]
+        target = shutil.copytree(source, root / name.replace(" ", "_"))
+        build_engines(BuildOptions(bundle=str(target), debug=debug))
+        paths[name] = target
+    return {name: json.loads((Path(path) / MANIFEST).read_text()) for name, path in paths.items()}
+
+
+@pytest.fixture(scope="module")
+def fake_trt_module():
+    """The TensorRT test double (tests/runtime/trt_double.py), installed for this module."""
+    from _pytest.monkeypatch import MonkeyPatch
+
+    from tests.conftest import install_fake_trt
+
+    patch = MonkeyPatch()
+    yield lambda version: install_fake_trt(patch, version)
+    patch.undo()
+
+
+def _objects(node, path="$"):
+    """(path, dict) for every JSON object in a manifest."""
+    if isinstance(node, dict):
+        yield path, node
+        for key, value in node.items():
+            yield from _objects(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _objects(value, f"{path}[{i}]")
+
+
+def test_every_manifest_variant_validates(manifests):
+    assert len(manifests) == 7
+    validator = manifest_validator()
+    errors = {name: [e.message[:120] for e in validator.iter_errors(m)] for name, m in manifests.items()}
+    assert errors == {name: [] for name in manifests}
+    assert {m["precision"] for m in manifests.values()} == {p.value for p in Precision}
+    assert sum("tensorrt" in m for m in manifests.values()) == 2
+
+
+def test_a_field_added_to_any_object_of_a_manifest_is_refused(manifests):
+    """additionalProperties false at every level: each object of every variant, extended by one
+    unknown field, fails validation. `files`, `versions` and each graph's `ops` are maps keyed by
+    data (file, library and operator names), not records: any key, with a value of their type."""
+    validator = manifest_validator()
+    maps = ("$.files", "$.versions")
+    tried = 0
+    for name, manifest in manifests.items():
+        for path, obj in _objects(manifest):
+            if path in maps or path.endswith(".ops"):
+                continue
+            obj["not_in_the_schema"] = 1
+            try:
+                assert not validator.is_valid(manifest), f"{name}: {path} accepts an unknown field"
+            finally:
+                del obj["not_in_the_schema"]
+            tried += 1
+    assert tried > 100
