@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +17,10 @@ from . import validation as check
 from .contract import FORWARD, IMAGE, INVERSE, LOGITS, Precision, Z
 from .errors import IRevNetError
 from .io.files import atomic_directory, check_replaceable
+
+if TYPE_CHECKING:
+    from .runtime.bench import BenchReport
+    from .runtime.verify import VerifyReport
 
 PRESET = "irevnet-tiny"
 
@@ -131,17 +135,15 @@ def _onnx_round_trip(bundle_path: Path) -> tuple[np.ndarray, np.ndarray]:
         return x, inv.infer({Z: fwd.infer({IMAGE: x})[Z]})[IMAGE]
 
 
-def _summary(accuracy: dict, verified: dict, speed: dict) -> dict[str, Any]:
+def _summary(accuracy: dict, verified: VerifyReport, speed: BenchReport) -> dict[str, Any]:
     rows: dict[str, dict[str, Any]] = {}
-    for entry in verified["round_trip"]:
-        side = "onnxruntime" if entry[FORWARD].startswith("onnxruntime") else "pytorch"
-        rows.setdefault(entry["precision"], {"precision": entry["precision"]})[side] = {
-            "rel_l2": entry["rel_l2"], "psnr_db": entry["psnr_db"]}
-    ratios = {r["direction"]: {k: r[k] for k in ("speedup", "speedup_rounds", "noisy")}
-              for r in speed["results"] if r["kind"] == "onnxruntime"}
+    for entry in verified.round_trip:
+        side = "onnxruntime" if entry.kind == "onnxruntime" else "pytorch"
+        rows.setdefault(entry.precision, {"precision": entry.precision})[side] = {
+            "rel_l2": entry.rel_l2, "psnr_db": entry.psnr_db}
     return {
         "accuracy": accuracy,
         "round_trip": list(rows.values()),
-        "speedup_vs_pytorch": ratios,
-        "verify_passed": verified["passed"],
+        "speedup_vs_pytorch": {e.direction: e for e in speed.results if e.kind == "onnxruntime"},
+        "verify_passed": verified.passed,
     }

@@ -22,9 +22,10 @@ def _modules() -> dict[str, Path]:
     return mods
 
 
-def _imports(name: str, path: Path, mods: dict[str, Path]) -> set[str]:
+def _imports(name: str, path: Path, mods: dict[str, Path], *, external: bool = False) -> set[str]:
     """Every irevnet module `name` imports, at module level or inside functions (lazy imports
-    form cycles too), except under `if TYPE_CHECKING:`."""
+    form cycles too), except under `if TYPE_CHECKING:`; with `external`, the top-level names of
+    the other packages it imports instead."""
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
     tree = ast.parse(path.read_text())
     skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
@@ -40,6 +41,8 @@ def _imports(name: str, path: Path, mods: dict[str, Path]) -> set[str]:
             found |= {f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names}
         elif isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
+    if external:
+        return {m.split(".")[0] for m in found if m and not m.startswith("irevnet")}
     return {m for m in found if m in mods and m != name}
 
 
@@ -73,6 +76,48 @@ def test_no_import_cycles_among_irevnets_modules():
             visit(v)
     assert len(graph) > 30, "the scan found the package's modules"
     assert cycles == [], f"import cycles: {cycles}"
+
+
+# room -> rooms it never imports (directly or lazily): the runtime runs on deployment boxes with
+# numpy and ONNX Runtime, TensorRT or OpenVINO; the model is code only, no files, no training
+NEVER = {
+    "irevnet.runtime": ("irevnet.export", "irevnet.training", "irevnet.cli", "irevnet.demo"),
+    "irevnet.model": ("irevnet.io", "irevnet.training", "irevnet.cli", "irevnet.export", "irevnet.runtime"),
+    "irevnet.io": ("irevnet.training", "irevnet.cli", "irevnet.export", "irevnet.runtime"),
+    "irevnet.export": ("irevnet.training.loop", "irevnet.cli"),
+    "irevnet.training": ("irevnet.export", "irevnet.runtime", "irevnet.cli"),
+}
+# The runtime modules that may import torch, and why: the PyTorch backend runs the checkpoint
+# (with the model it is exported from), and CUDA memory goes through torch where cuda-python is absent.
+TORCH_IN_RUNTIME = {"irevnet.runtime.backends.torch_backend": ("irevnet.model", "irevnet.io.checkpoint"),
+                    "irevnet.runtime.gpu": ()}
+
+
+def test_the_never_arrows_hold_lazy_imports_included():
+    mods = _modules()
+    broken = []
+    for name, path in mods.items():
+        imported = _imports(name, path, mods)
+        for room, never in NEVER.items():
+            if name == room or name.startswith(room + "."):
+                broken += [f"{name} -> {m}" for m in imported if m.startswith(never)]
+        if name.startswith("irevnet.runtime"):
+            allowed = TORCH_IN_RUNTIME.get(name)
+            if "torch" in _imports(name, path, mods, external=True) and allowed is None:
+                broken.append(f"{name} -> torch")
+            model = {m for m in imported if m.startswith(("irevnet.model", "irevnet.io.checkpoint"))}
+            broken += [f"{name} -> {m}" for m in model - {"irevnet.model.config"}
+                       if not (allowed and m.startswith(allowed))]
+    assert broken == []
+
+
+def test_the_arrow_check_sees_a_lazy_import(tmp_path):
+    """The scan above can fail: an import inside a function counts."""
+    module = tmp_path / "lazy.py"
+    module.write_text("def f():\n    import torch\n    from irevnet.export import bundle\n")
+    mods = {"irevnet.export.bundle": module, "irevnet.runtime.lazy": module}
+    assert _imports("irevnet.runtime.lazy", module, mods) == {"irevnet.export.bundle"}
+    assert _imports("irevnet.runtime.lazy", module, mods, external=True) == {"torch"}
 
 
 def test_runtime_and_cli_import_neither_torch_nor_export():

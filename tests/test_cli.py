@@ -373,7 +373,8 @@ def test_values_that_slipped_through_are_one_line_errors(tmp_path, trained_tiny,
     args = [a.format(tmp=tmp_path, ckpt=trained_tiny / "best.pt", b=bundles[Precision.fp32]) for a in args]
     line = _one_line_error(runner.invoke(app, args))
     assert message in line, line
-    assert not (tmp_path / "big").exists() or not (tmp_path / "big" / "last.pt").exists()
+    # refused before any work: no run folder, checkpoint or bundle was started
+    assert not any(p.name in ("last.pt", "best.pt", MANIFEST) for p in tmp_path.rglob("*")), sorted(tmp_path.rglob("*"))
 
 
 def test_paths_are_printed_as_text_not_markup(tmp_path, trained_tiny):

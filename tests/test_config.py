@@ -1,7 +1,7 @@
 import pytest
 
 from irevnet.errors import ConfigError
-from irevnet.model.config import PRESETS, IRevNetConfig, get_config, list_presets
+from irevnet.model.config import IRevNetConfig, get_config, list_presets
 
 
 def test_presets_match_the_paper():
@@ -10,7 +10,9 @@ def test_presets_match_the_paper():
     assert cifar.injective and cifar.z_shape == (512, 8, 8)
     assert (net301.blocks, net301.channels, net301.init_ds) == ((6, 16, 72, 6), (24, 96, 384, 1536), 2)
     assert not net301.injective and net301.z_shape == (3072, 7, 7) and net301.depth == 301
-    assert set(list_presets()) == set(PRESETS)
+    # the paper's two configurations and the two tiny ones the tests and the demo train, each buildable
+    assert list_presets() == ["irevnet-301", "irevnet-cifar", "irevnet-tiny", "irevnet-tiny-bijective"]
+    assert [get_config(name).injective for name in list_presets()] == [False, True, True, False]
 
 
 def test_config_round_trips_through_a_plain_dict():

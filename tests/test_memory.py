@@ -103,7 +103,8 @@ def test_second_derivatives_are_refused_clearly():
     x = torch.randn(4, 1, 32, 32, requires_grad=True)
     loss = model(x)[0].square().sum()
     (g,) = torch.autograd.grad(loss, x, create_graph=True)
-    with pytest.raises(RuntimeError, match="twice|once_differentiable|does not require grad"):
+    # torch's own message for a function marked once_differentiable, not a generic autograd error
+    with pytest.raises(RuntimeError, match="differentiate twice a function that was marked with @once_differentiable"):
         g.sum().backward()
 
 

@@ -23,6 +23,8 @@ from .._version import __version__
 from ..devices import Device
 from ..errors import CheckFailed, IRevNetError, Terminated
 from ..io import files
+from ..io.datasets import SPEC_HELP
+from ..runtime.backends import BACKENDS
 from . import render
 
 app = typer.Typer(
@@ -155,10 +157,19 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def options(cls: type, values: dict[str, Any], **extra: Any):
     """The library's options dataclass from a command's parameters (its `locals()`): every field
-    that the command has a parameter of, so no option is copied by hand. The dataclass validates
-    them (its __post_init__)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{**{k: v for k, v in values.items() if k in names}, **extra})
+    that the command has a parameter of, so no option is copied by hand. A parameter left at None
+    takes the field's own default (the options own their defaults); the dataclass validates the
+    rest (its __post_init__). tests/test_cli_options.py checks that every parameter is a field or
+    on the command's CLI-only list, with the field's default."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    given = {k: v for k, v in {**values, **extra}.items() if k in fields}
+    return cls(**{k: v for k, v in given.items() if v is not None or _default(fields[k]) is None})
+
+
+def _default(field: dataclasses.Field) -> Any:
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None if field.default is dataclasses.MISSING else field.default
 
 
 def check_outputs(*paths: str | None) -> None:
@@ -206,13 +217,12 @@ ImageSizeOpt = Annotated[
     typer.Option("--image-size", help="Input height = width (reference ImageNet files do not store it; default 224)."),
 ]
 JsonOpt = Annotated[str | None, typer.Option("--json", help="Also write the results to this JSON file.")]
-DatasetOpt = Annotated[
-    str, typer.Option("--dataset", "-d", help="digits | cifar10:PATH | cifar100:PATH | imagefolder:PATH | synthetic.")
-]
+DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help=f"{SPEC_HELP}.")]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="auto picks cuda when torch sees a GPU.")]
 BackendOpt = Annotated[
     list[str] | None,
-    typer.Option("--backend", "-b", help="onnxruntime | tensorrt | torch | openvino | openvino-bf16 (F in bf16, mixed bundles); repeat for several (default: onnxruntime)."),
+    typer.Option("--backend", "-b", help=f"{' | '.join(BACKENDS)} (openvino-bf16: F in bf16, mixed bundles); repeat for "
+                 f"several (default: onnxruntime)."),
 ]
 ProviderOpt = Annotated[
     list[str] | None, typer.Option("--provider", help="ONNX Runtime providers in order: tensorrt, cuda, cpu (default: all available).")

@@ -30,7 +30,7 @@ def memory(
     """
     from ..training.memory import MemoryOptions, compare_memory
 
-    opts = options(MemoryOptions, locals(), presets=presets or MemoryOptions.presets)
+    opts = options(MemoryOptions, locals())
     check_outputs(json)
     with render.console.status("measuring") as status:
         rows = compare_memory(opts, progress=status.update)

@@ -49,14 +49,14 @@ def export(
         manifest = export_bundle(opts, log=lambda msg: status.update(msg))
     render.export(manifest, out)
     if engine:
-        from ..export.trt_build import BuildOptions
+        from ..runtime.trt_build import BuildOptions
 
         _build(BuildOptions(bundle=out))
 
 
 def _build(opts) -> None:
     """Builds the engines of `opts.bundle` (a trt_build.BuildOptions) and prints them."""
-    from ..export.trt_build import build_engines
+    from ..runtime.trt_build import build_engines
 
     with render.console.status("building engines") as status:
         render.engines(build_engines(opts, log=lambda msg: status.update(msg)))
@@ -79,6 +79,6 @@ def build(
 
     Example: `irevnet build bundles/digits --opt-batch 8`
     """
-    from ..export.trt_build import BuildOptions
+    from ..runtime.trt_build import BuildOptions
 
     _build(options(BuildOptions, locals()))

@@ -1,4 +1,4 @@
-"""Every table and line the CLI prints, from the library's result dicts.
+"""Every table and line the CLI prints, from the library's result objects (and manifests).
 
 The console parses no markup: paths and names are printed as they are (a folder called `[/]`
 is text, not a style), and styles are given as styles.
@@ -7,13 +7,20 @@ is text, not a style), and styles are given as styles.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..contract import FORWARD, INVERSE, LOGITS, MANIFEST, Z
+if TYPE_CHECKING:
+    from ..runtime.bench import BenchEntry, BenchReport
+    from ..runtime.verify import BlockReport, VerifyReport
+
+if TYPE_CHECKING:
+    from ..runtime.verify import BlockReport, VerifyReport
+
+from ..contract import MANIFEST
 
 console = Console(highlight=False, markup=False)
 if not console.is_terminal:  # logs and pipes: room for the wide tables instead of 80 columns
@@ -132,86 +139,86 @@ def engines(section: dict[str, Any]) -> None:
     console.print(t)
 
 
-def verification(r: dict[str, Any]) -> None:
-    console.print(f"{r['samples']} {r['inputs']}; reference: {r['reference']}")
+def verification(r: VerifyReport) -> None:
+    console.print(f"{r.samples} {r.inputs}; reference: {r.reference}")
     t = Table("precision", "z from", "inverted by", "rel. L2", "max abs (px)", "PSNR dB", "worst", "tol.", "",
               title="round trip inverse(forward(x)) vs x")
-    for e in r["round_trip"] + r["cross_round_trip"]:
-        t.add_row(e["precision"], e[FORWARD], e[INVERSE], f"{e['rel_l2']:.2e}", f"{e['max_abs_pixels']:.2e}",
-                  db(e["psnr_db"]), str(e["worst_sample"]), f"{e['tolerance']:.0e}", verdict(e["passed"]))
+    for e in r.round_trip + r.cross_round_trip:
+        t.add_row(e.precision, e.forward, e.inverse, f"{e.rel_l2:.2e}", f"{e.max_abs_pixels:.2e}", db(e.psnr_db),
+                  str(e.worst_sample), f"{e.tolerance:.0e}", verdict(bool(e)))
     console.print(t)
-    if r["parity"]:
+    if r.parity:
         t = Table("precision", "backend", "logits rel.", "logits max abs", "z rel.", "top-1 agree", "top-1 vs PyTorch", "",
                   title="parity with PyTorch fp32")
-        for e in r["parity"]:
-            acc = f"{e['top1_backend']:.2f}% vs {e['top1_pytorch']:.2f}%" if "top1_backend" in e else "(no labels)"
-            t.add_row(e["precision"], e["backend"], f"{e[LOGITS]['rel_l2']:.2e}", f"{e[LOGITS]['max_abs']:.2e}",
-                      f"{e[Z]['rel_l2']:.2e}", f"{e['top1_agreement']:.3f}", acc, verdict(e["passed"]))
+        for e in r.parity:
+            acc = f"{e.top1_backend:.2f}% vs {e.top1_pytorch:.2f}%" if e.top1_backend is not None else "(no labels)"
+            t.add_row(e.precision, e.backend, f"{e.logits.rel_l2:.2e}", f"{e.logits.max_abs:.2e}", f"{e.z.rel_l2:.2e}",
+                      f"{e.agreement.value:.3f}", acc, verdict(bool(e)))
         console.print(t)
-    for e in r["blocks"]:
+    for e in r.blocks:
         _blocks(e)
-    if any("round_trip" in e for e in r["blocks"]):
+    if any(e.round_trip for e in r.blocks):
         console.print("fwd drift: block input vs PyTorch fp32; inverse error: recovered block input vs this backend's "
                       "forward; F bits equal: share of F outputs identical in both graphs (without the exact coupling "
                       "only the last block is sure to see the same input in both; earlier ones inherit the recovered "
                       "input's rounding).")
-    if r.get("plot"):
-        console.print(f"plot written to {r['plot']}")
-    skipped(r)
+    if r.plot:
+        console.print(f"plot written to {r.plot}")
+    skipped(r.skipped)
 
 
-def skipped(r: dict[str, Any]) -> None:
+def skipped(pairs: list[dict[str, str]]) -> None:
     """The (bundle, backend) pairs verify or bench left out, and why."""
-    for s in r.get("skipped", []):
+    for s in pairs:
         console.print(f"skipped {s['backend']} on {s['bundle']}: {s['reason']}", soft_wrap=True)
 
 
-def _blocks(e: dict[str, Any]) -> None:
-    title = f"error per block: {e['precision']} on {e['backend']} (row i: input of block i; last row: z)"
-    if "skipped" in e:
-        console.print(f"{title}: skipped, {e['skipped']}")
+def _blocks(e: BlockReport) -> None:
+    title = f"error per block: {e.precision} on {e.backend} (row i: input of block i; last row: z)"
+    if e.skipped:
+        console.print(f"{title}: skipped, {e.skipped}")
         return
     t = Table("i", "block i inverse gain", "fwd drift", "inverse error", "F bits equal", title=title)
-    n = len(e["round_trip"])
+    n = len(e.round_trip)
     rows = range(n) if n <= 32 else sorted(set(range(4)) | set(range(n - 4, n)) | set(
-        sorted(range(n), key=lambda i: -e["round_trip"][i])[:6]))
+        sorted(range(n), key=lambda i: -e.round_trip[i])[:6]))
     for i in rows:
-        gain = e["gain"][i] if e.get("gain") and i < len(e["gain"]) else None
-        drift = e["forward_drift"][i] if "forward_drift" in e else None
-        same = e["f_identical_fraction"][i] if i < len(e["f_identical_fraction"]) else None
+        gain = e.gain[i] if e.gain and i < len(e.gain) else None
+        drift = e.forward_drift[i] if e.forward_drift else None
+        same = e.f_identical_fraction[i] if i < len(e.f_identical_fraction) else None
         t.add_row(str(i), "" if gain is None else f"{gain:.3g}", "" if drift is None else f"{drift:.1e}",
-                  f"{e['round_trip'][i]:.1e}", "" if same is None else f"{same:.0%}")
+                  f"{e.round_trip[i]:.1e}", "" if same is None else f"{same:.0%}")
     console.print(t)
     if n > 32:
         console.print(f"({n} block boundaries; showing the first, last and worst; all in --json)")
-    for w in e["warnings"]:
+    for w in e.warnings:
         console.print(Text.assemble(("warning", "yellow"), f": {w}"))
 
 
-def speedup(e: dict[str, Any]) -> str:
+def speedup(e: BenchEntry) -> str:
     """A ratio of medians with the range of its rounds; a noisy one says so instead of a headline."""
-    if e["speedup"] is None:
-        return ""
-    rounds = e["speedup_rounds"]
-    text = f"{e['speedup']:.2f}x ({min(rounds):.2f}-{max(rounds):.2f})"
-    return f"noisy: {text}" if e["noisy"] else text
+    if e.speedup is None:
+        return "baseline" if e.baseline == f"{e.backend} {e.precision}" else ""
+    rounds = e.speedup_rounds
+    text = f"{e.speedup:.2f}x ({min(rounds):.2f}-{max(rounds):.2f})"
+    return f"noisy: {text}" if e.noisy else text
 
 
-def bench(r: dict[str, Any]) -> None:
-    m, settings = r["machine"], r["settings"]
-    bundles = ", ".join(f"{b['path']} ({b['precision']})" for b in r["bundles"])
+def bench(r: BenchReport) -> None:
+    m, settings = r.machine, r.settings
+    bundles = ", ".join(f"{b['path']} ({b['precision']})" for b in r.bundles)
     t = Table("backend", "bundle", "dir", "batch", "median ms", "p90", "p99", "images/s", "GFLOP/s", "speedup (rounds)",
-              title=f"{bundles}, {r['model']['gflop_per_image']:.2f} GFLOP/image; min/mean/p95/max and every round in --json")
-    for e in r["results"]:
-        t.add_row(e["backend"], e["precision"], e["direction"][:3].replace("for", "fwd"), str(e["batch"]), f"{e['median_ms']:.2f}",
-                  f"{e['p90_ms']:.2f}", f"{e['p99_ms']:.2f}", f"{e['images_per_s']:,.1f}", f"{e['gflops']:.1f}", speedup(e))
+              title=f"{bundles}, {r.model['gflop_per_image']:.2f} GFLOP/image; min/mean/p95/max and every round in --json")
+    for e in r.results:
+        t.add_row(e.backend, e.precision, e.direction[:3].replace("for", "fwd"), str(e.batch), f"{e.median_ms:.2f}",
+                  f"{e.p90_ms:.2f}", f"{e.p99_ms:.2f}", f"{e.images_per_s:,.1f}", f"{e.gflops:.1f}", speedup(e))
     console.print(t)
     gpus = ", ".join(m["gpus"]) or "none"
     console.print(f"{m['cpu']} ({m['cpu_count']} logical CPUs), GPU: {gpus}; numpy fp32 matmul {m['fp32_matmul_gflops']:.1f} GFLOP/s; "
-                  f"speedup = baseline median / median (baseline: {r['results'][0]['baseline']}), backends measured in "
+                  f"speedup = baseline median / median (baseline: {r.results[0].baseline}), backends measured in "
                   f"{settings['rounds']} alternating rounds, noisy where the rounds' ratios spread over "
                   f"{settings['noisy_spread']:.0%}; allocator: {settings['allocator'] or 'as started'}", soft_wrap=True)
-    skipped(r)
+    skipped(r.skipped)
 
 
 def memory(rows: list[dict[str, Any]]) -> None:
@@ -256,7 +263,7 @@ def demo_summary(summary: dict[str, Any]) -> None:
                  for side in ("pytorch", "onnxruntime")]
         t.add_row(f"round trip {row['precision']} (rel. L2, PSNR)", *cells)
     speed = summary["speedup_vs_pytorch"]
-    t.add_row("speed, batch 32 (rounds)", "1.00x", ", ".join(f"{d} {speedup(e)}" for d, e in speed.items()))
+    t.add_row("speed, batch 32 (rounds)", "baseline", ", ".join(f"{d} {speedup(e)}" for d, e in speed.items()))
     console.print(t)
     for what, where in summary["files"].items():
         console.print(f"{what}: {', '.join(where) if isinstance(where, list) else where}")

@@ -24,17 +24,6 @@ from .app import (
 )
 
 
-def _rebuild_stale(bundles: list[str], backends: list[str]) -> None:
-    """--rebuild: engines built for another GPU or TensorRT are rebuilt once, before anything runs."""
-    if "tensorrt" in backends:  # resolved names (the options resolved aliases such as trt)
-        from ..export.trt_build import rebuild_stale_engines
-
-        for bundle in bundles:
-            with render.console.status(f"checking the engines of {bundle}") as status:
-                if rebuild_stale_engines(bundle, log=lambda msg: status.update(msg)) is not None:
-                    render.console.print(f"rebuilt the TensorRT engines of {bundle} for this GPU")
-
-
 @command
 def verify(
     bundles: Annotated[list[str], typer.Argument(help="Bundle folder(s); several precisions of one model compare side by side.")],
@@ -60,15 +49,13 @@ def verify(
     from ..runtime.verify import VerifyOptions
     from ..runtime.verify import verify as run_verify
 
-    opts = options(VerifyOptions, locals(), backends=backends or ["onnxruntime"])
+    opts = options(VerifyOptions, locals())
     check_outputs(plot, json)
-    if rebuild:
-        _rebuild_stale(opts.bundles, opts.backends)
     with render.console.status("verifying") as status:
         result = run_verify(opts, log=lambda msg: status.update(msg))
     render.verification(result)
-    write_json(json, result)
-    if not result["passed"]:
+    write_json(json, result.to_dict())
+    if not result:
         raise CheckFailed("verify failed: see the FAIL rows above")
     render.success("verify passed")
 
@@ -104,13 +91,11 @@ def bench(
         sizes = [int(s) for s in batch_sizes.split(",") if s.strip()] if batch_sizes else None
     except ValueError:
         raise IRevNetError(f"--batch-sizes must be integers separated by commas, got {batch_sizes!r}") from None
-    opts = options(BenchOptions, locals(), backends=backends or ["onnxruntime"], batch_sizes=sizes)
+    opts = options(BenchOptions, locals(), batch_sizes=sizes)
     check_outputs(json)
-    if rebuild:
-        _rebuild_stale(opts.bundles, opts.backends)
     with Progress(TextColumn("{task.description}", markup=False), BarColumn(), TimeElapsedColumn(), console=render.console,
                   transient=True) as p:
         task = p.add_task("bench", total=1.0)
         result = run_bench(opts, progress=lambda what, frac: p.update(task, description=what, completed=frac))
     render.bench(result)
-    write_json(json, result)
+    write_json(json, result.to_dict())

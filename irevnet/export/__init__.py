@@ -1,5 +1,7 @@
-"""From a checkpoint to deployable artifacts: ONNX graphs (bundle.py, graphs.py, onnx_export.py,
-which need torch) and TensorRT engines (trt_build.py, which needs only TensorRT).
+"""From a checkpoint to a bundle of ONNX graphs: the torch modules traced (irevnet.model.graphs),
+ONNX export and checks (onnx_export.py), int8 Q/DQ (quantize.py), the exact coupling's grid
+(coupling.py), one shared weights file (weights.py), the inverse's error gain (fidelity.py), and
+the bundle written and verified atomically (bundle.py). Needs torch.
 
-Nothing is imported here, so that `irevnet build` runs on GPU machines without torch.
+TensorRT engines are built on the machine that runs them, without torch: irevnet.runtime.trt_build.
 """

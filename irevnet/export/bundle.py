@@ -7,7 +7,6 @@ tolerances; a failed or interrupted export leaves any previous bundle untouched.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import hashlib
 import math
@@ -52,8 +51,7 @@ from ..metrics import top1_accuracy
 from ..model.graphs import ForwardBlocksGraph, ForwardGraph, InverseBlocksGraph, InverseGraph, prepare
 from ..runtime.backends.ort_backend import OrtBackend
 from ..runtime.bundle import check_manifest, is_bundle_folder
-from ..runtime.comparison import TOLERANCES, Tolerance, compare
-from ..runtime.verify import parity_checks
+from ..runtime.comparison import Parity, Tolerance, compare, tolerance_for
 from ..training.data import load_datasets
 from ..training.invert import first_images
 from .coupling import MANTISSA_BITS, grid_exponent, snap_coupling
@@ -160,7 +158,7 @@ def export_bundle(opts: ExportOptions, log=lambda msg: None) -> dict[str, Any]:
         weights = shared.close()
 
         log("verifying with ONNX Runtime (CPU)")
-        tolerance = _tolerance(precision, grid)
+        tolerance = tolerance_for(precision, grid and grid["exponent"])
         verification, reference = _verify(tmp, graphs, model, images, labels, normalization, tolerance, opts)
         np.savez(tmp / REFERENCE, **reference)
         z0 = reference[Z][:1]
@@ -247,19 +245,6 @@ def _grid(model, x: torch.Tensor, source: str) -> dict[str, Any]:
             "source": source, "images": len(x)}
 
 
-def _tolerance(precision: Precision, grid: dict[str, Any] | None) -> Tolerance:
-    """The precision's tolerances; with the exact coupling, the round trip is the input's rounding."""
-    tol = TOLERANCES[precision.value]
-    if grid is None:
-        return tol
-    return dataclasses.replace(
-        tol, round_trip=1e-5, cross_round_trip=tol.cross,
-        reason=f"{tol.reason}. Exact coupling: forward and inverse see the same bits, the round trip is the input's "
-        f"rounding to the grid 2^-{grid['exponent']} (measured 5e-7 on the digits)",
-    )
-
-
-
 def _samples(ckpt: Checkpoint, dataset: str | None, n: int):
     cfg = ckpt.config
     if dataset:
@@ -307,7 +292,8 @@ def _verify(tmp: Path, graphs, model, images, labels, normalization, tol: Tolera
         single_inv = inv.infer({Z: out[Z][:1]})[IMAGE]
     mean, std = normalization["mean"], normalization["std"]
     rt = reconstruction_metrics(x_np, x_hat, mean, std)
-    logits, z, agreement = parity_checks(out, logits_ref.numpy(), z_ref.numpy(), tol)
+    parity = Parity.measure(opts.precision.value, "onnxruntime-cpu", out, logits_ref.numpy(), z_ref.numpy(), tol)
+    logits, z, agreement = parity.checks
     checks = [
         logits, z,
         compare("round trip", x_hat, x_np, tol.round_trip),

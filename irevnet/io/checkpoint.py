@@ -42,7 +42,7 @@ class Checkpoint:
     """A loaded checkpoint: the model (eval mode) and what the file said about itself."""
 
     model: IRevNet
-    format: str  # "irevnet", "reference-imagenet", "reference-cifar" or "state-dict"
+    format: str  # "irevnet", "reference-imagenet", "reference-cifar", "pytorchcv" or "state-dict"
     path: Path
     meta: dict[str, Any] = field(default_factory=dict)  # epoch, accuracy, ... as stored
     training: dict[str, Any] | None = None  # optimizer/scheduler state for resuming (irevnet only)

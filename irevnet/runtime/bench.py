@@ -58,6 +58,7 @@ class BenchOptions:
     device: str = "auto"
     checkpoint: str | None = None
     rounds: int = 5  # alternating rounds per measurement; each round gets 1/rounds of the time
+    rebuild: bool = False  # rebuild TensorRT engines made for another GPU or TensorRT first
 
     def __post_init__(self) -> None:
         if not self.bundles:
@@ -132,6 +133,67 @@ def machine_info() -> dict[str, Any]:
 
 
 NOISY_SPREAD = 0.25  # (max - min) / median of a speedup's round ratios above which it is noisy
+
+
+@dataclass
+class BenchEntry:
+    """One (bundle, backend, direction, batch) measurement: latency statistics over every round,
+    and its speed relative to the baseline measured in the same rounds."""
+
+    backend: str  # what ran, as the backend labels itself (onnxruntime-cpu, torch[cpu], ...)
+    kind: str  # the backend's registry name
+    bundle: str
+    precision: str
+    direction: str
+    batch: int
+    stats: dict[str, float]  # iterations, min/median/mean/p90/p95/p99/max_ms, images_per_s
+    gflops: float
+    rounds: list[dict[str, float]]  # per round: runs, median_ms, min_ms, max_ms
+    device_median_ms: float | None = None  # GPU backends: CUDA-event time
+    baseline: str | None = None
+    speedup: float | None = None  # baseline median / this median
+    speedup_rounds: list[float] | None = None
+    noisy: bool = False  # the rounds' ratios spread over NOISY_SPREAD
+
+    def __getattr__(self, name: str) -> float:  # median_ms, p99_ms, images_per_s, ...
+        stats = self.__dict__.get("stats", {})
+        if name in stats:
+            return stats[name]
+        raise AttributeError(name)
+
+    def __str__(self) -> str:
+        ratio = "" if self.speedup is None else f", {self.speedup:.2f}x{' (noisy)' if self.noisy else ''} vs {self.baseline}"
+        return (f"{self.backend} {self.precision} {self.direction} batch {self.batch}: median {self.median_ms:.2f} ms, "
+                f"p99 {self.p99_ms:.2f} ms, {self.images_per_s:,.1f} images/s{ratio}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"backend": self.backend, "kind": self.kind, "bundle": self.bundle, "precision": self.precision,
+               "direction": self.direction, "batch": self.batch, **self.stats, "gflops": self.gflops,
+               "rounds": self.rounds}
+        if self.device_median_ms is not None:
+            out["device_median_ms"] = self.device_median_ms
+        return out | {"baseline": self.baseline, "speedup": self.speedup, "speedup_rounds": self.speedup_rounds,
+                      "noisy": self.noisy}
+
+
+@dataclass
+class BenchReport:
+    """Every entry of one `bench` run, with what and where it was measured."""
+
+    bundles: list[dict[str, str]]
+    skipped: list[dict[str, str]]
+    model: dict[str, Any]
+    machine: dict[str, Any]
+    threads: int | None
+    settings: dict[str, Any]
+    results: list[BenchEntry]
+
+    def __str__(self) -> str:
+        return "\n".join(map(str, self.results))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bundles": self.bundles, "skipped": self.skipped, "model": self.model, "machine": self.machine,
+                "threads": self.threads, "settings": self.settings, "results": [e.to_dict() for e in self.results]}
 def _stats(latencies_s: list[float], batch: int) -> dict[str, float]:
     ms = np.array(latencies_s) * 1e3
     return {
@@ -151,8 +213,12 @@ def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (i < total % parts) for i in range(parts)]
 
 
-def bench(opts: BenchOptions, progress: Callable[[str, float], None] = lambda what, frac: None) -> dict[str, Any]:
+def bench(opts: BenchOptions, progress: Callable[[str, float], None] = lambda what, frac: None) -> BenchReport:
     """Measures every (bundle, backend, direction, batch size) in alternating rounds; see the module docstring."""
+    if opts.rebuild:
+        from .trt_build import rebuild_stale
+
+        rebuild_stale(opts.bundles, opts.backends, lambda msg: progress(msg, 0.0))
     bundles = [Bundle.open(b) for b in opts.bundles]
     bundle = bundles[0]  # its reference samples are every candidate's inputs
     if any(b.config != bundle.config for b in bundles):
@@ -205,17 +271,17 @@ def bench(opts: BenchOptions, progress: Callable[[str, float], None] = lambda wh
                         progress(f"{runners[key].name} {direction} batch {n}, round {r + 1}/{rounds}", done / steps)
                 for (i, kind), parts in measured.items():
                     results.append(_entry(runners[i, kind].name, kind, bundles[i], direction, n, parts, flops))
-    _compare(results)
-    return {
-        "bundles": [{"path": str(b.path), "precision": b.precision} for b in bundles],
-        "skipped": skipped,
-        "model": {"config": cfg.to_dict(), "gflop_per_image": flops / 1e9},
-        "machine": machine_info() | {"fp32_matmul_gflops": matmul_gflops()},
-        "threads": opts.threads,
-        "settings": {"warmup_s": opts.warmup_s, "duration_s": opts.duration_s, "iterations": opts.iterations,
-                     "rounds": rounds, "allocator": allocator, "noisy_spread": NOISY_SPREAD},
-        "results": results,
-    }
+    compare_with_baseline(results)
+    return BenchReport(
+        bundles=[{"path": str(b.path), "precision": b.precision} for b in bundles],
+        skipped=skipped,
+        model={"config": cfg.to_dict(), "gflop_per_image": flops / 1e9},
+        machine=machine_info() | {"fp32_matmul_gflops": matmul_gflops()},
+        threads=opts.threads,
+        settings={"warmup_s": opts.warmup_s, "duration_s": opts.duration_s, "iterations": opts.iterations,
+                  "rounds": rounds, "allocator": allocator, "noisy_spread": NOISY_SPREAD},
+        results=results,
+    )
 
 
 def _measure(run: Callable[[], Any], backend, count: int | None, seconds: float) -> tuple[list[float], list[float]]:
@@ -230,35 +296,35 @@ def _measure(run: Callable[[], Any], backend, count: int | None, seconds: float)
     return latencies, device_ms
 
 
-def _entry(name: str, kind: str, bundle: Bundle, direction: str, batch: int, parts, flops: int) -> dict[str, Any]:
+def _entry(name: str, kind: str, bundle: Bundle, direction: str, batch: int, parts, flops: int) -> BenchEntry:
     latencies = [t for lat, _ in parts for t in lat]
-    entry = {"backend": name, "kind": kind, "bundle": str(bundle.path), "precision": bundle.precision,
-             "direction": direction, "batch": batch, **_stats(latencies, batch)}
-    entry["gflops"] = flops * batch / (entry["median_ms"] / 1e3) / 1e9
-    entry["rounds"] = [{"runs": len(lat), "median_ms": float(np.median(lat) * 1e3), "min_ms": float(min(lat) * 1e3),
-                        "max_ms": float(max(lat) * 1e3)} for lat, _ in parts]
+    stats = _stats(latencies, batch)
     device = [t for _, dev in parts for t in dev]
-    if device:
-        entry["device_median_ms"] = float(np.median(device))
-    return entry
+    return BenchEntry(
+        name, kind, str(bundle.path), bundle.precision, direction, batch, stats,
+        gflops=flops * batch / (stats["median_ms"] / 1e3) / 1e9,
+        rounds=[{"runs": len(lat), "median_ms": float(np.median(lat) * 1e3), "min_ms": float(min(lat) * 1e3),
+                 "max_ms": float(max(lat) * 1e3)} for lat, _ in parts],
+        device_median_ms=float(np.median(device)) if device else None,
+    )
 
 
-def _compare(results: list[dict[str, Any]]) -> None:
+def compare_with_baseline(results: list[BenchEntry]) -> None:
     """speedup = baseline median / this median (baseline: torch on the first bundle if benched, else
     the first candidate), with the ratio of every round (measured side by side) and a noisy flag
-    where they disagree."""
-    first = results[0]["bundle"]
-    torch_first = [r for r in results if r["kind"] == "torch" and r["bundle"] == first]
+    where they disagree. The baseline's own entries get no speedup: 1.0 by construction."""
+    first = results[0].bundle
+    torch_first = [r for r in results if r.kind == "torch" and r.bundle == first]
     base = (torch_first or results)[0]
-    by_key = {(r["direction"], r["batch"]): r for r in results if (r["kind"], r["bundle"]) == (base["kind"], base["bundle"])}
+    by_key = {(r.direction, r.batch): r for r in results if (r.kind, r.bundle) == (base.kind, base.bundle)}
     for r in results:
-        ref = by_key.get((r["direction"], r["batch"]))
-        r["baseline"] = f"{ref['backend']} {ref['precision']}" if ref else None
+        ref = by_key.get((r.direction, r.batch))
         if ref is None:
-            r["speedup"] = r["speedup_rounds"] = None
-            r["noisy"] = False
             continue
-        r["speedup"] = ref["median_ms"] / r["median_ms"]
-        r["speedup_rounds"] = [b["median_ms"] / m["median_ms"] for b, m in zip(ref["rounds"], r["rounds"])]
-        spread = (max(r["speedup_rounds"]) - min(r["speedup_rounds"])) / r["speedup"]
-        r["noisy"] = bool(spread > NOISY_SPREAD)
+        r.baseline = f"{ref.backend} {ref.precision}"
+        if ref is r:
+            continue
+        r.speedup = ref.median_ms / r.median_ms
+        r.speedup_rounds = [b["median_ms"] / m["median_ms"] for b, m in zip(ref.rounds, r.rounds)]
+        spread = (max(r.speedup_rounds) - min(r.speedup_rounds)) / r.speedup
+        r.noisy = bool(spread > NOISY_SPREAD)

@@ -1,23 +1,27 @@
-"""Comparisons of arrays with a verdict, and the tolerance table they are judged against.
+"""Comparisons of arrays with a verdict, the checks export and verify build from them (round trip,
+parity with PyTorch), and the one tolerance table they are judged against.
 
-numpy only: runs where the engines run.
+numpy only: runs where the engines run. Each result is an object: truthy when it passes, printable
+in one line, and `to_dict()` for `--json` and the manifest.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from ..contract import Precision
-from ..metrics import rel_l2, top1_agreement
+from ..contract import FORWARD, INVERSE, LOGITS, Precision, Z
+from ..io.images import reconstruction_metrics
+from ..metrics import rel_l2, top1_accuracy, top1_agreement
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """How far `actual` is from `expected`; truthy when the relative L2 error is within tolerance.
+    """How far `actual` is from `expected`; truthy when the relative L2 error is within tolerance
+    (the one pass rule: export, verify, the demo and the tests judge by it).
 
     Polygraphy-style: the numbers, the worst element, and a verdict against a named tolerance.
     """
@@ -135,3 +139,110 @@ TOLERANCES = {
         reason="everything in fp16: ~5e-4 per rounding, measured round trip ~7e-4 (trained digits)",
     ),
 }
+
+# With the exact coupling (export/coupling.py) forward and inverse add and subtract the same bits,
+# so the round trip is the input's rounding to the coupling grid, whatever the precision of F.
+EXACT_COUPLING_ROUND_TRIP = 1e-5  # measured 5e-7 on the digits; ~10x headroom as the table
+
+
+def tolerance_for(precision: Precision | str, exact_coupling_exponent: int | None = None) -> Tolerance:
+    """The tolerances an export of `precision` is judged against (the table's, tightened for the
+    round trip when the bundle has the exact coupling on the grid 2^-exponent)."""
+    tol = TOLERANCES[Precision(precision)]
+    if exact_coupling_exponent is None:
+        return tol
+    return replace(
+        tol, round_trip=EXACT_COUPLING_ROUND_TRIP, cross_round_trip=tol.cross,
+        reason=f"{tol.reason}. Exact coupling: forward and inverse see the same bits, the round trip is the input's "
+        f"rounding to the grid 2^-{exact_coupling_exponent} (measured 5e-7 on the digits)",
+    )
+
+
+# -- the checks of export and verify ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RoundTrip:
+    """x -> forward -> z -> inverse -> x_hat against x; truthy when within its tolerance.
+
+    `forward` made z and `inverse` inverted it: the same backend, another one, or PyTorch (a z
+    made elsewhere, judged with the bundle's cross tolerance).
+    """
+
+    precision: str
+    forward: str  # who made z: a backend's label, or "PyTorch fp32"
+    inverse: str  # the backend's label that inverted it
+    kind: str  # the registry name of the backend that inverted z (onnxruntime, torch, ...)
+    comparison: Comparison  # x_hat vs x in normalised space
+    max_abs_pixels: float  # after undoing the normalisation (pixel range 1.0)
+    psnr_db: float | None  # None: exact
+    worst_sample: int  # the sample with the largest relative error
+
+    @classmethod
+    def measure(cls, precision: str, forward: str, inverse: str, kind: str, x_hat: np.ndarray, x: np.ndarray,
+                normalization: dict[str, Any], tolerance: float) -> RoundTrip:
+        pixels = reconstruction_metrics(x, x_hat, normalization["mean"], normalization["std"])
+        per_sample = [rel_l2(a, b) for a, b in zip(x_hat, x)]
+        return cls(precision, forward, inverse, kind, compare("round trip", x_hat, x, tolerance), pixels["max_abs"],
+                   pixels["psnr_db"], int(np.argmax(per_sample)))
+
+    @property
+    def rel_l2(self) -> float:
+        return self.comparison.rel_l2
+
+    @property
+    def tolerance(self) -> float | None:
+        return self.comparison.tolerance
+
+    def __bool__(self) -> bool:
+        return bool(self.comparison)
+
+    def __str__(self) -> str:
+        psnr = "exact" if self.psnr_db is None else f"{self.psnr_db:.1f} dB"
+        return (f"{self.precision} round trip, z from {self.forward} inverted by {self.inverse}: rel. L2 {self.rel_l2:.2e}, "
+                f"{psnr} (tolerance {self.tolerance:.0e}: {'pass' if self else 'FAIL'})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"precision": self.precision, FORWARD: self.forward, INVERSE: self.inverse, "kind": self.kind,
+                "rel_l2": self.rel_l2,
+                "max_abs_pixels": self.max_abs_pixels, "psnr_db": self.psnr_db, "worst_sample": self.worst_sample,
+                "tolerance": self.tolerance, "passed": bool(self)}
+
+
+@dataclass(frozen=True)
+class Parity:
+    """A backend's logits and z against PyTorch fp32's for the same inputs; truthy when all three
+    checks pass (logits and z within tolerance, top-1 agreement at least its minimum)."""
+
+    precision: str
+    backend: str
+    logits: Comparison
+    z: Comparison
+    agreement: Agreement
+    top1_backend: float | None = None  # percent, with labels
+    top1_pytorch: float | None = None
+
+    @classmethod
+    def measure(cls, precision: str, backend: str, out: dict[str, np.ndarray], logits: np.ndarray, z: np.ndarray,
+                tol: Tolerance, labels: np.ndarray | None = None) -> Parity:
+        accuracy = (top1_accuracy(out[LOGITS], labels), top1_accuracy(logits, labels)) if labels is not None else (None, None)
+        return cls(precision, backend, compare(LOGITS, out[LOGITS], logits, tol.logits), compare(Z, out[Z], z, tol.z),
+                   Agreement.of("top-1 agreement", out[LOGITS], logits, tol.top1), *accuracy)
+
+    @property
+    def checks(self) -> list[Comparison | Agreement]:
+        return [self.logits, self.z, self.agreement]
+
+    def __bool__(self) -> bool:
+        return all(self.checks)
+
+    def __str__(self) -> str:
+        return f"{self.precision} on {self.backend} vs PyTorch fp32: " + "; ".join(map(str, self.checks))
+
+    def to_dict(self) -> dict[str, Any]:
+        entry = {"precision": self.precision, "backend": self.backend, LOGITS: self.logits.to_dict(), Z: self.z.to_dict(),
+                 "top1_agreement": self.agreement.value, "top1_agreement_min": self.agreement.minimum, "passed": bool(self)}
+        if self.top1_backend is not None:
+            entry |= {"top1_backend": self.top1_backend, "top1_pytorch": self.top1_pytorch,
+                      "top1_difference": self.top1_backend - self.top1_pytorch}
+        return entry

@@ -1,4 +1,4 @@
-"""TensorRT helpers shared by `irevnet build` (export/trt_build.py) and the TensorRT backend:
+"""TensorRT helpers shared by `irevnet build` (runtime/trt_build.py) and the TensorRT backend:
 importing TensorRT, a logger that keeps its errors, the optimization profile, and whether an
 engine may run here.
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +37,11 @@ from ..contract import (
 )
 from ..errors import IRevNetError
 from ..io.datasets import read_test_images
-from ..io.images import plot_error_vs_depth, reconstruction_metrics
-from ..metrics import rel_l2, top1_accuracy
+from ..io.images import plot_error_vs_depth
+from ..metrics import rel_l2
 from .backends import open_backend, resolve_backend, unsupported
 from .bundle import Bundle
-from .comparison import TOLERANCES, Agreement, Tolerance, compare
+from .comparison import Parity, RoundTrip, Tolerance, tolerance_for
 
 
 @dataclass
@@ -56,6 +56,7 @@ class VerifyOptions:
     device: str = "auto"  # torch backend
     blocks: bool = True  # per-block analysis (needs the debug graphs)
     plot: str | None = None  # error-vs-depth PNG
+    rebuild: bool = False  # rebuild TensorRT engines made for another GPU or TensorRT first
 
     def __post_init__(self) -> None:
         if not self.bundles:
@@ -66,32 +67,100 @@ class VerifyOptions:
         check.threads(self.threads)
 
 
-def verify(opts: VerifyOptions, log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
-    """Runs every check; `result["passed"]` is False when any judged check failed."""
+@dataclass
+class BlockReport:
+    """Error per block boundary of one bundle on one backend, from the debug graphs (not a verdict).
+
+    round_trip[i]: the inverse's recovered input of block i vs this backend's forward (last: z);
+    forward_drift[i]: the forward's block input vs PyTorch fp32; f_identical_fraction[i]: share of
+    block i's F output equal in both graphs; gain: the inverse's per-block error gain (export, fp64).
+    """
+
+    precision: str
+    backend: str
+    gain: list[float] | None = None
+    warnings: list[str] = field(default_factory=list)
+    skipped: str | None = None  # why there are no figures
+    round_trip: list[float] = field(default_factory=list)
+    forward_drift: list[float] | None = None
+    forward_drift_samples: int | None = None
+    f_identical_fraction: list[float] = field(default_factory=list)
+    f_max_abs_difference: list[float] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        if self.skipped:
+            return f"{self.precision} on {self.backend}: per-block analysis skipped, {self.skipped}"
+        return (f"{self.precision} on {self.backend}: inverse error per block up to {max(self.round_trip):.1e}, "
+                f"F bits equal in {min(self.f_identical_fraction, default=1.0):.0%} or more")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None and not (k in _FIGURES and self.skipped)}
+
+
+_FIGURES = ("round_trip", "f_identical_fraction", "f_max_abs_difference")
+
+
+@dataclass
+class VerifyReport:
+    """Everything `verify` measured; truthy when every judged check (round trips, cross round
+    trips, parity) passed. Per-block reports are figures, not verdicts."""
+
+    bundles: list[dict[str, str]]
+    backends: list[str]
+    samples: int
+    inputs: str
+    reference: str
+    round_trip: list[RoundTrip] = field(default_factory=list)
+    cross_round_trip: list[RoundTrip] = field(default_factory=list)
+    parity: list[Parity] = field(default_factory=list)
+    blocks: list[BlockReport] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    plot: str | None = None
+
+    @property
+    def judged(self) -> list[RoundTrip | Parity]:
+        return [*self.round_trip, *self.cross_round_trip, *self.parity]
+
+    @property
+    def passed(self) -> bool:
+        return all(self.judged)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def __str__(self) -> str:
+        failed = [str(check) for check in self.judged if not check]
+        head = f"{len(self.judged)} checks on {self.samples} {self.inputs}: {'pass' if self else 'FAIL'}"
+        return "\n".join([head, *failed])
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"bundles": self.bundles, "backends": self.backends, "samples": self.samples, "inputs": self.inputs,
+               "reference": self.reference}
+        for key in ("round_trip", "cross_round_trip", "parity", "blocks"):
+            out[key] = [entry.to_dict() for entry in getattr(self, key)]
+        out |= {"skipped": self.skipped, "passed": self.passed}
+        return out | ({"plot": self.plot} if self.plot else {})
+
+
+def verify(opts: VerifyOptions, log: Callable[[str], None] = lambda m: None) -> VerifyReport:
+    """Runs every check; the report is falsy when any judged check failed."""
+    if opts.rebuild:
+        from .trt_build import rebuild_stale
+
+        rebuild_stale(opts.bundles, opts.backends, log)
     bundles = [Bundle.open(b) for b in opts.bundles]
     if any(b.config != bundles[0].config for b in bundles):
         raise IRevNetError("the bundles come from different models; verify them one at a time")
     backends = opts.backends
     x, labels, source = _inputs(bundles[0], opts)
     reference = _reference(bundles[0], x, opts, log)
-
-    result: dict[str, Any] = {
-        "bundles": [{"path": str(b.path), "precision": b.precision} for b in bundles],
-        "backends": backends,
-        "samples": len(x),
-        "inputs": source,
-        "reference": reference["source"],
-        "round_trip": [],
-        "cross_round_trip": [],
-        "parity": [],
-        "blocks": [],
-        "skipped": [],
-    }
+    report = VerifyReport([{"path": str(b.path), "precision": b.precision} for b in bundles], backends, len(x), source,
+                          reference["source"])
     for bundle in bundles:
         # with several bundles, a pair the backend cannot run (int8 on torch) is skipped; alone, it refuses
         kinds = [kind for kind in backends if len(bundles) == 1 or not unsupported(kind, bundle.precision)]
-        result["skipped"] += [{"bundle": str(bundle.path), "backend": kind, "reason": unsupported(kind, bundle.precision)}
-                              for kind in backends if kind not in kinds]
+        report.skipped += [{"bundle": str(bundle.path), "backend": kind, "reason": unsupported(kind, bundle.precision)}
+                           for kind in backends if kind not in kinds]
         tol = tolerances(bundle)
         norm = bundle.normalization
         with contextlib.ExitStack() as opened:  # each session opened once, reused for the cross checks
@@ -102,32 +171,29 @@ def verify(opts: VerifyOptions, log: Callable[[str], None] = lambda m: None) -> 
                 inv = opened.enter_context(_open(kind, bundle, INVERSE, opts))
                 out = _in_batches(fwd, IMAGE, x)
                 x_hat = _in_batches(inv, Z, out[Z])[IMAGE]
-                inverses[fwd.name], outputs[fwd.name] = inv, out
-                result["round_trip"].append(_round_trip(bundle, fwd.name, fwd.name, x_hat, x, norm, tol.round_trip))
+                inverses[fwd.name], outputs[fwd.name] = (kind, inv), out
+                report.round_trip.append(RoundTrip.measure(bundle.precision, fwd.name, fwd.name, kind, x_hat, x, norm, tol.round_trip))
                 if reference[Z] is not None:  # PyTorch's z, inverted here: z made elsewhere
                     x_from_ref = _in_batches(inv, Z, reference[Z])[IMAGE]
-                    result["cross_round_trip"].append(
-                        _round_trip(bundle, "PyTorch fp32", fwd.name, x_from_ref, x, norm, tol.cross)
-                    )
+                    report.cross_round_trip.append(
+                        RoundTrip.measure(bundle.precision, "PyTorch fp32", fwd.name, kind, x_from_ref, x, norm, tol.cross))
                 if reference[LOGITS] is not None:
-                    result["parity"].append(_parity(bundle, fwd.name, out, reference, labels, tol))
+                    report.parity.append(Parity.measure(bundle.precision, fwd.name, out, reference[LOGITS], reference[Z],
+                                                        tol, labels))
             for a_name, out in outputs.items():  # z from one backend, inverted on another
-                for b_name, inv in inverses.items():
+                for b_name, (b_kind, inv) in inverses.items():
                     if b_name != a_name:
                         x_cross = _in_batches(inv, Z, out[Z])[IMAGE]
-                        result["cross_round_trip"].append(
-                            _round_trip(bundle, a_name, b_name, x_cross, x, norm, tol.cross)
-                        )
+                        report.cross_round_trip.append(
+                            RoundTrip.measure(bundle.precision, a_name, b_name, b_kind, x_cross, x, norm, tol.cross))
         if opts.blocks:
             for kind in kinds:
-                result["blocks"].append(_blocks(bundle, kind, x, reference, opts, log))
+                report.blocks.append(_blocks(bundle, kind, x, reference, opts, log))
 
-    judged = result["round_trip"] + result["cross_round_trip"] + result["parity"]
-    result["passed"] = all(entry["passed"] for entry in judged)
-    if opts.plot and any(b.get("round_trip") for b in result["blocks"]):
-        _plot(result, opts.plot)
-        result["plot"] = opts.plot
-    return result
+    if opts.plot and any(b.round_trip for b in report.blocks):
+        _plot(report, opts.plot)
+        report.plot = opts.plot
+    return report
 
 
 # -- inputs and the PyTorch reference --------------------------------------------------------------
@@ -136,7 +202,7 @@ def verify(opts: VerifyOptions, log: Callable[[str], None] = lambda m: None) -> 
 def tolerances(bundle: Bundle) -> Tolerance:
     """The tolerances the bundle was exported under (its manifest), else the current table's."""
     recorded = bundle.manifest.get("tolerances")
-    return Tolerance(**recorded) if recorded else TOLERANCES[bundle.precision]
+    return Tolerance(**recorded) if recorded else tolerance_for(bundle.precision)
 
 
 def _has_torch() -> bool:
@@ -200,86 +266,41 @@ def _open(kind: str, bundle: Bundle, graph: str, opts: VerifyOptions):
 # -- checks ----------------------------------------------------------------------------------------
 
 
-def _round_trip(bundle, fwd_name, inv_name, x_hat, x, norm, tolerance) -> dict[str, Any]:
-    m = reconstruction_metrics(x, x_hat, norm["mean"], norm["std"])
-    per_sample = np.linalg.norm((x_hat - x).reshape(len(x), -1), axis=1) / np.maximum(
-        np.linalg.norm(x.reshape(len(x), -1), axis=1), 1e-30
-    )
-    rel = m["rel_l2"]
-    return {
-        "precision": bundle.precision,
-        FORWARD: fwd_name,
-        INVERSE: inv_name,
-        "rel_l2": rel,
-        "max_abs_pixels": m["max_abs"],
-        "psnr_db": m["psnr_db"],
-        "worst_sample": int(np.argmax(per_sample)),
-        "tolerance": tolerance,
-        "passed": bool(np.isfinite(rel) and rel <= tolerance),
-    }
-
-
-def parity_checks(out: dict[str, np.ndarray], logits: np.ndarray, z: np.ndarray, tol: Tolerance) -> list:
-    """A backend's logits and z against PyTorch's: relative L2 of each, and top-1 agreement."""
-    return [
-        compare(LOGITS, out[LOGITS], logits, tol.logits),
-        compare(Z, out[Z], z, tol.z),
-        Agreement.of("top-1 agreement", out[LOGITS], logits, tol.top1),
-    ]
-
-
-def _parity(bundle, name, out, reference, labels, tol) -> dict[str, Any]:
-    logits, z, agreement = parity_checks(out, reference[LOGITS], reference[Z], tol)
-    entry = {
-        "precision": bundle.precision,
-        "backend": name,
-        LOGITS: logits.to_dict(),
-        Z: z.to_dict(),
-        "top1_agreement": agreement.value,
-        "top1_agreement_min": agreement.minimum,
-        "passed": bool(logits) and bool(z) and bool(agreement),
-    }
-    if labels is not None:
-        ours, theirs = top1_accuracy(out[LOGITS], labels), top1_accuracy(reference[LOGITS], labels)
-        entry |= {"top1_backend": ours, "top1_pytorch": theirs, "top1_difference": ours - theirs}
-    return entry
-
-
-def _blocks(bundle: Bundle, kind: str, x: np.ndarray, reference, opts: VerifyOptions, log) -> dict[str, Any]:
+def _blocks(bundle: Bundle, kind: str, x: np.ndarray, reference, opts: VerifyOptions, log) -> BlockReport:
     fidelity = bundle.manifest.get("fidelity", {})
-    entry: dict[str, Any] = {"precision": bundle.precision, "backend": kind, "gain": fidelity.get("inverse_gain"),
-                             "warnings": fidelity.get("warnings", [])}
+    report = BlockReport(bundle.precision, kind, fidelity.get("inverse_gain"), fidelity.get("warnings", []))
     if not (bundle.has(FORWARD_BLOCKS) and bundle.has(INVERSE_BLOCKS)):
-        entry["skipped"] = "the bundle has no debug graphs (exported with --no-debug)"
-        return entry
+        report.skipped = "the bundle has no debug graphs (exported with --no-debug)"
+        return report
     if kind == "tensorrt" and not bundle.has_engine(FORWARD_BLOCKS):
-        entry["skipped"] = "no debug engines (build them with `irevnet build --debug`)"
-        return entry
+        report.skipped = "no debug engines (build them with `irevnet build --debug`)"
+        return report
     log(f"{bundle.precision}: per-block analysis on {kind}")
     b = bundle.num_blocks
     x = x[: bundle.max_batch]  # one batch: the per-block figures need no more
     with _open(kind, bundle, FORWARD_BLOCKS, opts) as fwd, _open(kind, bundle, INVERSE_BLOCKS, opts) as inv:
         f_out = fwd.infer({IMAGE: x})
         i_out = inv.infer({Z: f_out[Z]})
-        entry["backend"] = fwd.name
-    entry["round_trip"] = [rel_l2(i_out[block_input(i)], f_out[block_input(i)]) for i in range(b + 1)]
+        report.backend = fwd.name
+    report.round_trip = [rel_l2(i_out[block_input(i)], f_out[block_input(i)]) for i in range(b + 1)]
     if reference["h"] is not None:
         n = min(len(reference["h"][0]), len(x))
-        entry["forward_drift"] = [rel_l2(f_out[block_input(i)][:n], reference["h"][i][:n]) for i in range(b + 1)]
-        entry["forward_drift_samples"] = n
-    entry["f_identical_fraction"] = [float(np.mean(f_out[branch_output(i)] == i_out[branch_output(i)])) for i in range(b)]
-    entry["f_max_abs_difference"] = [float(np.max(np.abs(f_out[branch_output(i)] - i_out[branch_output(i)]))) for i in range(b)]
-    return entry
+        report.forward_drift = [rel_l2(f_out[block_input(i)][:n], reference["h"][i][:n]) for i in range(b + 1)]
+        report.forward_drift_samples = n
+    report.f_identical_fraction = [float(np.mean(f_out[branch_output(i)] == i_out[branch_output(i)])) for i in range(b)]
+    report.f_max_abs_difference = [float(np.max(np.abs(f_out[branch_output(i)] - i_out[branch_output(i)])))
+                                   for i in range(b)]
+    return report
 
 
-def _plot(result: dict[str, Any], path: str) -> None:
+def _plot(report: VerifyReport, path: str) -> None:
     inverse, forward = {}, {}
-    for entry in result["blocks"]:
-        label = f"{entry['precision']} {entry['backend']}"
-        if entry.get("round_trip"):
-            inverse[label] = entry["round_trip"]
-        if entry.get("forward_drift"):
-            forward[label] = entry["forward_drift"]
+    for entry in report.blocks:
+        label = f"{entry.precision} {entry.backend}"
+        if entry.round_trip:
+            inverse[label] = entry.round_trip
+        if entry.forward_drift:
+            forward[label] = entry.forward_drift
     panels = {"inverse: recovered block inputs vs this backend's forward": inverse}
     if forward:
         panels["forward: block outputs vs PyTorch fp32"] = forward

@@ -27,8 +27,9 @@ from irevnet.export.bundle import ExportOptions, export_bundle
 from irevnet.export.onnx_export import FORBIDDEN_OPS, TRT_SUPPORTED_OPS
 from irevnet.io.checkpoint import save_checkpoint
 from irevnet.io.files import sha256_file
+from irevnet.metrics import rel_l2
 from irevnet.runtime.backends.ort_backend import OrtBackend
-from irevnet.runtime.comparison import TOLERANCES
+from irevnet.runtime.comparison import TOLERANCES, tolerance_for
 from tests.conftest import export_tiny, small_model
 from tests.reference import reference_state_dict, write_reference_t7
 
@@ -120,17 +121,23 @@ def test_dynamic_batch(bundles, batch):
     with OrtBackend(bundles[Precision.fp32] / graph_file(FORWARD)) as fwd, OrtBackend(bundles[Precision.fp32] / graph_file(INVERSE)) as inv:
         out = fwd.infer({IMAGE: x})
         assert out[LOGITS].shape == (batch, 10) and out[Z].shape == (batch, 256, 4, 4)
-        assert inv.infer({Z: out[Z]})[IMAGE].shape == x.shape
+        # each sample's values do not depend on the batch it ran in (within fp32 reordering of a
+        # convolution's sums, ~1e-7 relative; the round trip is judged against the fp32 table)
+        n = min(batch, len(ref[Z]))
+        assert rel_l2(out[Z][:n], ref[Z][:n]) <= TOLERANCES[Precision.fp32].z
+        x_hat = inv.infer({Z: out[Z]})[IMAGE]
+        assert x_hat.shape == x.shape and rel_l2(x_hat, x) <= TOLERANCES[Precision.fp32].round_trip
 
 
 @pytest.mark.parametrize("precision", [Precision.fp32, Precision.mixed, Precision.fp16])
 def test_precisions_meet_their_tolerances(bundles, precision):
     m = json.loads((bundles[precision] / MANIFEST).read_text())
     v = m["verification"]
-    table = TOLERANCES[precision].to_dict()
-    assert v["passed"] and {k: m["tolerances"][k] for k in (LOGITS, Z, "top1")} == {k: table[k] for k in (LOGITS, Z, "top1")}
     # mixed is exported with the exact coupling (its default): judged on the input's rounding to the grid
-    assert m["tolerances"]["round_trip"] == (1e-5 if precision == Precision.mixed else table["round_trip"])
+    grid = m["exact_coupling"]["exponent"] if precision == Precision.mixed else None
+    assert ("exact_coupling" in m) == (precision == Precision.mixed)
+    assert v["passed"] and m["tolerances"] == tolerance_for(precision, grid).to_dict(), "the one table, recorded"
+    assert (m["tolerances"]["round_trip"] < TOLERANCES[precision].round_trip) == (grid is not None)
     checks = {c["name"]: c for c in v["checks"]}
     # measured on this trained model: fp32 ~1e-7 everywhere; mixed keeps the fp32 round trip on
     # ONNX Runtime CPU (F is evaluated the same in both graphs); fp16 ~4e-4
@@ -149,11 +156,15 @@ def test_f_subgraphs_are_identical_and_the_weights_shared(bundles):
     m = json.loads((bundles[Precision.mixed] / MANIFEST).read_text())
     assert m["branches"]["identical_in_forward_and_inverse"] is True
     assert m["graphs"][FORWARD]["branches_sha256"] == m["graphs"][INVERSE]["branches_sha256"]
-    fwd = {n.name for n in onnx.load(str(bundles[Precision.mixed] / graph_file(FORWARD))).graph.node if "/F/" in n.name}
-    inv = {n.name for n in onnx.load(str(bundles[Precision.mixed] / graph_file(INVERSE))).graph.node if "/F/" in n.name}
-    # first block: 2 casts, Conv-ReLU-Conv-ReLU-Conv; the 5 others: 2 casts, BN, 3 x (ReLU, Conv);
-    # every block: the exact coupling's Mul-Round-Mul onto the grid (mixed's default)
-    assert fwd == inv and len(fwd) == 7 + 5 * 9 + 6 * 3
+    def branches(graph):
+        nodes = onnx.load(str(bundles[Precision.mixed] / graph_file(graph))).graph.node
+        return {(n.name, n.op_type) for n in nodes if "/F/" in n.name}
+
+    fwd, inv = branches(FORWARD), branches(INVERSE)
+    assert fwd == inv, "the same F nodes, by name and type, in both directions"
+    # every one of irevnet-tiny's 6 blocks has its F there, with its three convolutions
+    convs = sorted(name.split("/")[0] for name, op in fwd if op == "Conv")
+    assert convs == sorted(f"block{i}" for i in range(6) for _ in range(3))
 
 
 def test_failed_verification_leaves_no_bundle_and_keeps_the_old_one(trained_tiny, tmp_path, monkeypatch):

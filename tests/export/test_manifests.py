@@ -17,7 +17,7 @@ from tests.conftest import export_tiny
 @pytest.fixture(scope="module")
 def manifests(bundles, trained_tiny, tmp_path_factory, fake_trt_module):
     """name -> manifest, one per variant the code can produce."""
-    from irevnet.export.trt_build import BuildOptions, build_engines
+    from irevnet.runtime.trt_build import BuildOptions, build_engines
 
     root = tmp_path_factory.mktemp("variants")
     paths = {

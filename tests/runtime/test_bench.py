@@ -47,33 +47,34 @@ def test_backends_alternate_in_rounds_and_every_round_is_reported(bundles, monke
     monkeypatch.setattr(bench_module, "open_backend", lambda kind, *a, **k: Recorder(kind))
     r = bench_module.bench(bench_module.BenchOptions(
         bundles=[str(bundles[Precision.fp32])], backends=["onnxruntime", "torch"], direction=FORWARD, batch_sizes=[2],
-        warmup_s=0, iterations=6, rounds=3))
+        warmup_s=0, iterations=6, rounds=3)).to_dict()
     # warm-up (one call each), then 3 rounds of 2 runs each, the first backend rotating
     measured = calls[2:]
     assert measured == ["onnxruntime"] * 2 + ["torch"] * 2 + ["torch"] * 2 + ["onnxruntime"] * 2 + \
         ["onnxruntime"] * 2 + ["torch"] * 2
     for e in r["results"]:
         assert [round_["runs"] for round_ in e["rounds"]] == [2, 2, 2] and e["iterations"] == 6
-        assert len(e["speedup_rounds"]) == 3
+    # onnxruntime against the torch baseline: one ratio per round; the baseline has none of its own
+    assert [None if e["speedup_rounds"] is None else len(e["speedup_rounds"]) for e in r["results"]] == [3, None]
     assert r["settings"]["rounds"] == 3
 
 
 def test_a_ratio_whose_rounds_disagree_is_marked_noisy():
-    from irevnet.runtime.bench import NOISY_SPREAD, _compare
+    from irevnet.runtime.bench import NOISY_SPREAD, BenchEntry, compare_with_baseline
 
     def entry(kind, medians):
-        return {"kind": kind, "backend": kind, "bundle": "b", "precision": Precision.fp32, "direction": FORWARD, "batch": 1,
-                "median_ms": sorted(medians)[len(medians) // 2], "rounds": [{"median_ms": m} for m in medians]}
+        stats = {"median_ms": sorted(medians)[len(medians) // 2]}
+        return BenchEntry(kind, kind, "b", Precision.fp32, FORWARD, 1, stats, 1.0, [{"median_ms": m} for m in medians])
 
     steady = [entry("torch", [200, 202, 198]), entry("onnxruntime", [100, 101, 99])]
-    _compare(steady)
-    assert steady[1]["speedup"] == 2.0 and not steady[1]["noisy"]  # rounds 1.98-2.02: spread 2%
+    compare_with_baseline(steady)
+    assert steady[1].speedup == 2.0 and not steady[1].noisy  # rounds 1.98-2.02: spread 2%
     # the case: PyTorch caught in a slow state in one round only
     swinging = [entry("torch", [230, 350, 235]), entry("onnxruntime", [151, 150, 152])]
-    _compare(swinging)
-    ratios = swinging[1]["speedup_rounds"]
-    assert (max(ratios) - min(ratios)) / swinging[1]["speedup"] > NOISY_SPREAD and swinging[1]["noisy"]
-    assert swinging[0]["speedup"] == 1.0 and not swinging[0]["noisy"], "the baseline against itself"
+    compare_with_baseline(swinging)
+    ratios = swinging[1].speedup_rounds
+    assert (max(ratios) - min(ratios)) / swinging[1].speedup > NOISY_SPREAD and swinging[1].noisy
+    assert swinging[0].speedup is None and swinging[0].baseline == "torch fp32", "the baseline is not its own ratio"
 
 
 def test_bundles_of_one_model_are_benched_side_by_side(bundles, trained_tiny, trained_tiny_bijective, tmp_path):
@@ -87,13 +88,14 @@ def test_bundles_of_one_model_are_benched_side_by_side(bundles, trained_tiny, tr
 
     int8 = export_tiny(trained_tiny, tmp_path / Precision.int8, Precision.int8, debug_graphs=False)
     r = bench_module.bench(bench_module.BenchOptions(bundles=[str(bundles[Precision.fp32]), str(int8)], backends=["onnxruntime", "torch"],
-                                                     direction=FORWARD, batch_sizes=[1], warmup_s=0, iterations=2))
+                                                     direction=FORWARD, batch_sizes=[1], warmup_s=0, iterations=2)).to_dict()
     assert [b["precision"] for b in r["bundles"]] == [Precision.fp32, Precision.int8]
     assert [(e["precision"], e["kind"]) for e in r["results"]] == [(Precision.fp32, "onnxruntime"), (Precision.fp32, "torch"), (Precision.int8, "onnxruntime")]
     assert [(s["bundle"], s["backend"]) for s in r["skipped"]] == [(str(int8), "torch")], "torch has no int8 path: skipped"
-    assert all(e["baseline"] == "torch[cpu] fp32" for e in r["results"]) and r["results"][1]["speedup"] == 1.0
+    assert all(e["baseline"] == "torch[cpu] fp32" for e in r["results"]) and r["results"][1]["speedup"] is None
 
-    verified = verify(VerifyOptions([str(bundles[Precision.fp32]), str(int8)], backends=["onnxruntime", "torch"], blocks=False))
+    verified = verify(VerifyOptions([str(bundles[Precision.fp32]), str(int8)], backends=["onnxruntime", "torch"],
+                                    blocks=False)).to_dict()
     assert [(s["bundle"], s["backend"]) for s in verified["skipped"]] == [(str(int8), "torch")]
     assert len(verified["round_trip"]) == 3 and verified["passed"]
 

@@ -28,12 +28,12 @@ def warm(bundles):
     bundle = Bundle.open(bundles[Precision.fp32])
     x = bundle.reference("images")["images"]
     z = open_backend("onnxruntime", bundle, FORWARD, threads=1).infer({IMAGE: x})[Z]
-    ort_offline._pool.clear()
+    ort_offline.forget_shared_tensors()
     return bundle, x, z, ort_offline.cache_root() / (ort_offline.graph_key(bundle, FORWARD) + ONNX_SUFFIX)
 
 
 def _z(bundle, x):
-    ort_offline._pool.clear()  # read the cache again, as a new process would
+    ort_offline.forget_shared_tensors()  # read the cache again, as a new process would
     return open_backend("onnxruntime", bundle, FORWARD, threads=1).infer({IMAGE: x})[Z]
 
 

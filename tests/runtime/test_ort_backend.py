@@ -96,17 +96,17 @@ def test_the_cache_is_checked_and_rebuilt(bundles):
     external = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
     tensor = graph.parent / max(external, key=lambda t: np.prod(t.dims)).external_data[0].value
     tensor.write_bytes(b"\0" * tensor.stat().st_size)
-    ort_offline._pool.clear()
+    ort_offline.forget_shared_tensors()
     assert np.array_equal(open_backend("onnxruntime", bundle, FORWARD, threads=1).infer({IMAGE: x})[Z], expected)
     assert hashlib.sha256(tensor.read_bytes()).hexdigest() == tensor.stem, "rewritten from the bundle"
 
     external[0].external_data[0].value = "../" + external[0].external_data[0].value
     graph.write_bytes(model.SerializeToString())
     with pytest.raises(ValueError, match="does not match the sha256 recorded"):
-        ort_offline._load(graph)
+        ort_offline.load_cached(graph)
     graph.with_suffix(".sha256").write_text(hashlib.sha256(graph.read_bytes()).hexdigest())  # the record rewritten too
     with pytest.raises(ValueError, match="not a file of the cache"):
-        ort_offline._load(graph)
+        ort_offline.load_cached(graph)
     assert np.array_equal(open_backend("onnxruntime", bundle, FORWARD, threads=1).infer({IMAGE: x})[Z], expected)
 
 

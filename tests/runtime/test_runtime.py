@@ -45,8 +45,8 @@ def test_runtime_runs_where_torch_cannot_be_imported(bundles):
         r = verify(VerifyOptions(bundles=[{str(bundles[Precision.fp32])!r}]))
         b = bench(BenchOptions(bundles=[{str(bundles[Precision.fp32])!r}], batch_sizes=[1], warmup_s=0, iterations=2))
         d = verify(VerifyOptions(bundles=[{str(bundles[Precision.fp32])!r}], dataset="digits", samples=16, blocks=False))
-        print(json.dumps({{"passed": r["passed"], "reference": r["reference"], "bench": len(b["results"]),
-                          "digits": [d["passed"], d["samples"], d["inputs"], len(d["round_trip"])]}}))
+        print(json.dumps({{"passed": r.passed, "reference": r.reference, "bench": len(b.results),
+                          "digits": [d.passed, d.samples, d.inputs, len(d.round_trip)]}}))
     """)
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -115,7 +115,7 @@ def test_hand_edited_manifests_are_refused_by_field(bundles, tmp_path, edit, fie
 def test_verify_reports_round_trips_parity_and_blocks(bundles, tmp_path):
     plot = tmp_path / "blocks.png"
     r = verify(VerifyOptions(bundles=[str(bundles[Precision.fp32]), str(bundles[Precision.mixed])], backends=["onnxruntime", "torch"],
-                             plot=str(plot)))
+                             plot=str(plot))).to_dict()
     assert r["passed"] and r["reference"].startswith("PyTorch fp32, live")
     assert len(r["round_trip"]) == 4  # 2 precisions x 2 backends
     # cross: PyTorch's z into each backend, and each backend's z into the other
@@ -140,25 +140,31 @@ def test_verify_reports_round_trips_parity_and_blocks(bundles, tmp_path):
 def test_verify_fails_against_a_tighter_tolerance(bundles, tmp_path):
     strict = edit_manifest(_copy(bundles[Precision.fp16], tmp_path), lambda m: m["tolerances"].update(round_trip=1e-9))  # fp16: ~4e-4
     r = verify(VerifyOptions(bundles=[str(strict)], blocks=False))
-    assert not r["passed"]
-    assert [e["passed"] for e in r["round_trip"]] == [False]
+    assert not r and not r.passed and r.to_dict()["passed"] is False
+    assert [bool(e) for e in r.round_trip] == [False] and "FAIL" in str(r.round_trip[0])
 
 
 def test_bench_reports_percentiles_and_ratios(bundles):
     r = bench(BenchOptions(bundles=[str(bundles[Precision.fp32])], backends=["onnxruntime", "torch"], batch_sizes=[1, 4],
-                           warmup_s=0, iterations=5))
+                           warmup_s=0, iterations=5)).to_dict()
     assert len(r["results"]) == 2 * 2 * 2
     for e in r["results"]:
         assert e["iterations"] == 5
         assert e["min_ms"] <= e["median_ms"] <= e["p90_ms"] <= e["p95_ms"] <= e["p99_ms"] <= e["max_ms"]
         assert e["images_per_s"] > 0 and e["gflops"] > 0 and e["baseline"] == "torch[cpu] fp32"
-    assert all(e["speedup"] == 1.0 for e in r["results"] if e["kind"] == "torch")
+    base = {(e["direction"], e["batch"]): e for e in r["results"] if e["kind"] == "torch"}
+    for e in r["results"]:  # a speedup is the baseline's median over this one, measured in the same rounds
+        ref = base[e["direction"], e["batch"]]
+        if e is ref:
+            assert e["speedup"] is None, "the baseline is not compared with itself"
+        else:
+            assert e["speedup"] == pytest.approx(ref["median_ms"] / e["median_ms"], rel=1e-12)
     assert r["machine"]["cpu_count"] >= 1 and r["machine"]["fp32_matmul_gflops"] > 0
     with pytest.raises(IRevNetError, match="outside the bundles' range 1..8"):
         bench(BenchOptions(bundles=[str(bundles[Precision.fp32])], batch_sizes=[64]))
     # without --batch-sizes: 1, 8 and the bundle's max, so a bundle exported with --max-batch 8 benches
     default = bench(BenchOptions(bundles=[str(bundles[Precision.fp32])], direction=INVERSE, warmup_s=0, iterations=1))
-    assert [e["batch"] for e in default["results"]] == [1, 8]
+    assert [e.batch for e in default.results] == [1, 8]
 
 
 def test_an_old_layout_bundle_still_verifies(bundles, tmp_path):
@@ -181,5 +187,5 @@ def test_an_old_layout_bundle_still_verifies(bundles, tmp_path):
             m["files"][spec["file"]] = hashlib.sha256((old / spec["file"]).read_bytes()).hexdigest()
 
     edit_manifest(old, to_schema_1)
-    r = verify(VerifyOptions(bundles=[str(old)]))
+    r = verify(VerifyOptions(bundles=[str(old)])).to_dict()
     assert r["passed"] and r["blocks"][0]["round_trip"], "round trips, parity and the per-block analysis"

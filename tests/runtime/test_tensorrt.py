@@ -27,14 +27,14 @@ def _gpu():
 
 @pytest.mark.parametrize("precision", [Precision.fp32, Precision.mixed, Precision.fp16])
 def test_engines_meet_the_bundle_tolerances(bundles, tmp_path, precision):
-    from irevnet.export.trt_build import BuildOptions, build_engines
+    from irevnet.runtime.trt_build import BuildOptions, build_engines
     from irevnet.runtime.verify import VerifyOptions, verify
 
     bundle = shutil.copytree(bundles[precision], tmp_path / precision)
     debug = precision != Precision.fp16  # the fp16 fixture has no debug graphs
     section = build_engines(BuildOptions(bundle=str(bundle), debug=debug))
     assert section["strongly_typed"] and not section["tf32"]
-    r = verify(VerifyOptions(bundles=[str(bundle)], backends=["tensorrt", "onnxruntime"]))
+    r = verify(VerifyOptions(bundles=[str(bundle)], backends=["tensorrt", "onnxruntime"])).to_dict()
     print(json.dumps({k: r[k] for k in ("round_trip", "cross_round_trip", "parity")}, indent=1))
     assert r["passed"], "TensorRT engines within the bundle's tolerances (TF32 off keeps fp32 at ~1e-7)"
     if precision == Precision.fp32:
@@ -53,9 +53,9 @@ def test_engines_meet_the_bundle_tolerances(bundles, tmp_path, precision):
 
 
 def test_engine_from_another_version_is_refused(bundles, tmp_path):
-    from irevnet.export.trt_build import BuildOptions, build_engines
     from irevnet.runtime import Bundle, open_backend
     from irevnet.runtime.engines import EngineMismatch
+    from irevnet.runtime.trt_build import BuildOptions, build_engines
 
     bundle = shutil.copytree(bundles[Precision.fp32], tmp_path / "b")
     build_engines(BuildOptions(bundle=str(bundle)))
@@ -64,7 +64,7 @@ def test_engine_from_another_version_is_refused(bundles, tmp_path):
     edit_manifest(bundle, lambda m: m["tensorrt"].update(version="9.0.0"))
     with pytest.raises(EngineMismatch, match="irevnet build"):
         open_backend("tensorrt", Bundle.open(bundle), INVERSE)
-    from irevnet.export.trt_build import rebuild_stale_engines
+    from irevnet.runtime.trt_build import rebuild_stale_engines
 
     assert rebuild_stale_engines(bundle)["version"] == trt.__version__
     with open_backend("tensorrt", Bundle.open(bundle), INVERSE) as inv:

@@ -11,7 +11,7 @@ from irevnet.runtime import Bundle, open_backend
 
 
 def test_backend_buffers_profile_and_verify(fake_trt, bundles, tmp_path):
-    from irevnet.export.trt_build import BuildOptions, build_engines
+    from irevnet.runtime.trt_build import BuildOptions, build_engines
     from irevnet.runtime.verify import VerifyOptions, verify
 
     fake_trt("10.13.0.35")
@@ -27,7 +27,7 @@ def test_backend_buffers_profile_and_verify(fake_trt, bundles, tmp_path):
             allocated.append(fwd.buffers[IMAGE][1])
         # device buffers grow to the largest batch seen (5) and are reused for smaller ones
         assert allocated == [1 * 256 * 4, 5 * 256 * 4, 5 * 256 * 4]
-    r = verify(VerifyOptions(bundles=[str(bundle)], backends=["tensorrt", "onnxruntime"]))
+    r = verify(VerifyOptions(bundles=[str(bundle)], backends=["tensorrt", "onnxruntime"])).to_dict()
     assert {e[INVERSE] for e in r["round_trip"]} == {"tensorrt[10.13.0.35]", "onnxruntime[cpu]"}
     assert {(e[FORWARD], e[INVERSE]) for e in r["cross_round_trip"]} >= {
         ("tensorrt[10.13.0.35]", "onnxruntime[cpu]"), ("onnxruntime[cpu]", "tensorrt[10.13.0.35]")}, "z crosses backends"

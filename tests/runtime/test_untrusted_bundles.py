@@ -392,7 +392,7 @@ def test_bench_batch_sizes_do_not_follow_an_unchecked_batch_max(bundles, tmp_pat
     edit_manifest(bundle, lambda m: m["batch"].update(max=65536))
     r = bench_module.bench(bench_module.BenchOptions(bundles=[str(bundle)], backends=["onnxruntime"], direction=FORWARD,
                                                      warmup_s=0, iterations=2, rounds=1))
-    assert sorted({e["batch"] for e in r["results"]}) == [1, 8]
+    assert sorted({e.batch for e in r.results}) == [1, 8]
 
 
 def test_many_names_for_one_file_are_hashed_once(bundles, tmp_path, monkeypatch):

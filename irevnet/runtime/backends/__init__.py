@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import importlib
+from typing import Any
 
 from ... import validation as check
-from ...errors import BundleError, IRevNetError
-from ...io.files import machine_cache
+from ...errors import IRevNetError
 from ..bundle import Bundle
 from .base import Backend, InputError, unsupported
 
-# openvino-bf16: OpenVINO with F in bf16 (mixed bundles), a backend of its own so that verify and
-# bench show it beside the f32 one
-BACKENDS = ("onnxruntime", "tensorrt", "torch", "openvino", "openvino-bf16")
+# The backends, each a class in its own module with a `for_bundle(bundle, graph, **options)`
+# constructor (base.Backend), imported only when opened: a new backend is one row here.
+# openvino-bf16 is OpenVINO with F in bf16 (mixed bundles), a row of its own so that verify and
+# bench show it beside the f32 one.
+REGISTRY: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "onnxruntime": ("ort_backend", "OrtBackend", {}),
+    "tensorrt": ("trt_backend", "TrtBackend", {}),
+    "torch": ("torch_backend", "TorchBackend", {}),
+    "openvino": ("ov_backend", "OpenVinoBackend", {}),
+    "openvino-bf16": ("ov_backend", "OpenVinoBackend", {"bf16": True}),
+}
+BACKENDS = tuple(REGISTRY)
 ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch", "ov": "openvino"}
 
 __all__ = ["BACKENDS", "Backend", "InputError", "open_backend", "resolve_backend", "unsupported"]
@@ -23,13 +32,6 @@ def resolve_backend(name: str) -> str:
     if name not in BACKENDS:
         raise IRevNetError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
     return name
-
-
-def ort_cache_dir(bundle: Bundle, graph: str) -> Path:
-    """Where ONNX Runtime's TensorRT provider caches the engine it builds for a graph: this
-    machine's cache folder, keyed by the graph's sha256. Not the bundle: an engine is code for
-    one GPU, and a cache that came with a bundle would be loaded unchecked."""
-    return machine_cache() / "ort_trt" / bundle.manifest["files"][bundle.graphs[graph]["file"]][:32]
 
 
 def open_backend(
@@ -46,34 +48,11 @@ def open_backend(
 
     Raises:
         EngineMismatch: for tensorrt, engines built for another GPU or TensorRT version; the
-            caller decides whether to rebuild them (`irevnet.export.trt_build.rebuild_stale_engines`).
+            caller decides whether to rebuild them (`irevnet.runtime.trt_build.rebuild_stale_engines`).
     """
     kind = resolve_backend(kind)
     check.threads(threads)
-    if kind == "onnxruntime":
-        from .ort_backend import OrtBackend
-
-        return OrtBackend.from_bundle(bundle, graph, providers=providers, threads=threads, cache_dir=ort_cache_dir(bundle, graph))
-    if kind in ("openvino", "openvino-bf16"):
-        from .ov_backend import OpenVinoBackend
-
-        return OpenVinoBackend(bundle, graph, bf16=kind == "openvino-bf16", threads=threads)
-    if kind == "tensorrt":
-        from .trt_backend import TrtBackend
-
-        if not bundle.has_engine(graph):
-            raise IRevNetError(f"{bundle.path} has no TensorRT engine for {graph}; build them with `irevnet build {bundle.path}`")
-        return TrtBackend(bundle.engine_bytes(graph), bundle=bundle)  # EngineMismatch: built elsewhere
-    from .torch_backend import TorchBackend
-
-    ckpt = checkpoint or bundle.manifest["checkpoint"]["path"]
-    if checkpoint is None and not Path(ckpt).is_file():
-        raise BundleError(
-            f"the torch backend runs the checkpoint the bundle was exported from, {ckpt}, which is not "
-            f"there (moved to another machine?); pass --checkpoint PATH"
-        )
-    return TorchBackend(
-        ckpt, graph, precision=bundle.precision, projection=bundle.manifest["range_projection"],
-        image_size=bundle.config.in_shape[1], device=device, threads=threads, max_batch=bundle.max_batch,
-        sha256=bundle.manifest["checkpoint"]["sha256"], grid=bundle.manifest.get("exact_coupling", {}).get("exponent"),
-    )
+    module, name, fixed = REGISTRY[kind]
+    cls = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    return cls.for_bundle(bundle, graph, providers=providers, threads=threads, device=device, checkpoint=checkpoint,
+                          **fixed)

@@ -61,7 +61,7 @@ def interruptible(stop: Callable[[], None]):
 class Backend(ABC):
     """One graph on one runtime (Polygraphy's runner shape: activate, infer, deactivate).
 
-    Subclasses set `inputs`/`outputs` (name, shape with "N" for the batch, dtype) and implement
+    Subclasses set `inputs`/`outputs` (name, shape with contract.BATCH_DIM for the batch, dtype) and implement
     `_infer` and `close`. `infer` validates the feed first, so every runtime refuses bad input
     with the same one-line messages.
     """

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import IRevNetError, shown
+from ...io.files import machine_cache
 from ..bundle import Bundle
 from .base import Backend, GraphFailed, interruptible
 
@@ -56,7 +57,8 @@ def _provider_list(names: list[str], cache_dir: Path | None) -> list[Any]:
         if name == "tensorrt":
             # Precision comes from the graph's types (fp16 casts in fp16/mixed bundles): no
             # trt_fp16_enable, which would let TensorRT lower fp32 layers on its own. Engines and
-            # tuning results are cached beside the bundle so later sessions start fast.
+            # tuning results are cached in this machine's cache folder (files.machine_cache), keyed
+            # by the graph, so later sessions start fast and the bundle stays as it was hashed.
             options: dict[str, Any] = {"trt_fp16_enable": False}
             if cache_dir is not None:
                 cache_dir.mkdir(parents=True, exist_ok=True)
@@ -135,9 +137,8 @@ class OrtBackend(Backend):
         self.name = f"onnxruntime[{','.join(p.removesuffix('ExecutionProvider').lower() for p in self.providers)}]"
 
     @classmethod
-    def from_bundle(
-        cls, bundle: Bundle, graph: str, *, providers: list[str] | None = None, threads: int | None = None,
-        cache_dir: Path | None = None,
+    def for_bundle(
+        cls, bundle: Bundle, graph: str, *, providers: list[str] | None = None, threads: int | None = None, **_: Any,
     ) -> OrtBackend:
         """Opens a bundle's graph. On the CPU provider alone the graph is optimized once per
         machine (ort_offline), so every session of the process shares one copy of the weights;
@@ -155,7 +156,7 @@ class OrtBackend(Backend):
                 return cls(model, providers=providers, threads=threads, max_batch=bundle.max_batch,
                            initializers=initializers, shared_folder=folder, origin=f"{bundle.path}: {graph}")
         model, initializers = bundle.session_inputs(graph)
-        return cls(model, providers=providers, threads=threads, cache_dir=cache_dir, max_batch=bundle.max_batch,
+        return cls(model, providers=providers, threads=threads, cache_dir=ort_cache_dir(bundle, graph), max_batch=bundle.max_batch,
                    initializers=initializers, origin=f"{bundle.path}: {graph}")
 
     @staticmethod
@@ -183,3 +184,10 @@ class OrtBackend(Backend):
         # the session goes before the initializers it was given (add_initializer does not copy
         # them): left to the garbage collector, the arrays could be freed first
         self.session = None
+
+
+def ort_cache_dir(bundle: Bundle, graph: str) -> Path:
+    """Where ONNX Runtime's TensorRT provider caches the engine it builds for a graph: this
+    machine's cache folder, keyed by the graph's sha256. Not the bundle: an engine is code for
+    one GPU, and a cache that came with a bundle would be loaded unchecked."""
+    return machine_cache() / "ort_trt" / bundle.manifest["files"][bundle.graphs[graph]["file"]][:32]

@@ -50,6 +50,12 @@ ALIGNMENT = 64
 _pool: weakref.WeakValueDictionary[str, np.ndarray] = weakref.WeakValueDictionary()
 
 
+def forget_shared_tensors() -> None:
+    """Makes the next session read its tensors from the cache again, as a new process would
+    (sessions still open keep theirs)."""
+    _pool.clear()
+
+
 @functools.lru_cache(maxsize=1)
 def cache_root() -> Path:
     """This machine's folder for graphs optimized by this onnxruntime version on this CPU."""
@@ -80,7 +86,7 @@ def prepared_session_inputs(bundle: Bundle, graph: str) -> tuple[bytes, dict[str
     """
     path = cache_root() / (graph_key(bundle, graph) + ONNX_SUFFIX)
     try:
-        return _load(path)
+        return load_cached(path)
     except FileNotFoundError:  # not prepared on this machine yet
         pass
     except ValueError as e:
@@ -88,7 +94,7 @@ def prepared_session_inputs(bundle: Bundle, graph: str) -> tuple[bytes, dict[str
                                             graph, str(e)[:200])
     _prepare(bundle, graph, path)
     try:
-        return _load(path)
+        return load_cached(path)
     except (FileNotFoundError, ValueError) as e:  # changed again under us: do not loop
         raise RuntimeError(f"the cache at {path.parent} does not keep what is written to it ({str(e)[:200]})") from None
 
@@ -140,7 +146,7 @@ def _record(path: Path) -> Path:
     return path.with_suffix(".sha256")
 
 
-def _load(path: Path) -> tuple[bytes, dict[str, np.ndarray], Path]:
+def load_cached(path: Path) -> tuple[bytes, dict[str, np.ndarray], Path]:
     """The cached graph at `path` and its tensors, every file checked.
 
     Raises:

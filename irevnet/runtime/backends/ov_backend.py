@@ -48,6 +48,11 @@ class OpenVinoBackend(Backend):
 
     name = "openvino"
 
+    @classmethod
+    def for_bundle(cls, bundle: Bundle, graph: str, *, bf16: bool = False, threads: int | None = None,
+                   **_: Any) -> OpenVinoBackend:
+        return cls(bundle, graph, bf16=bf16, threads=threads)
+
     def __init__(self, bundle: Bundle, graph: str, *, bf16: bool = False, threads: int | None = None):
         ov = _openvino()
         if bf16 and (reason := unsupported("openvino-bf16", bundle.precision)):

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from ...contract import BATCH_DIM, FORWARD, FORWARD_BLOCKS, IMAGE, INVERSE, INVERSE_BLOCKS, Precision
-from ...errors import IRevNetError
+from ...errors import BundleError, IRevNetError
+from ..bundle import Bundle
 from .base import Backend, unsupported
 
 
@@ -33,6 +34,22 @@ class TorchBackend(Backend):
     """
 
     name = "torch"
+
+    @classmethod
+    def for_bundle(cls, bundle: Bundle, graph: str, *, checkpoint: str | None = None, device: str = "auto",
+                   threads: int | None = None, **_: Any) -> TorchBackend:
+        """The checkpoint the bundle was exported from (or `checkpoint`), run as the bundle was exported."""
+        ckpt = checkpoint or bundle.manifest["checkpoint"]["path"]
+        if checkpoint is None and not Path(ckpt).is_file():
+            raise BundleError(
+                f"the torch backend runs the checkpoint the bundle was exported from, {ckpt}, which is not "
+                f"there (moved to another machine?); pass --checkpoint PATH"
+            )
+        return cls(
+            ckpt, graph, precision=bundle.precision, projection=bundle.manifest["range_projection"],
+            image_size=bundle.config.in_shape[1], device=device, threads=threads, max_batch=bundle.max_batch,
+            sha256=bundle.manifest["checkpoint"]["sha256"], grid=bundle.manifest.get("exact_coupling", {}).get("exponent"),
+        )
 
     def __init__(
         self,

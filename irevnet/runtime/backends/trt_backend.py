@@ -33,6 +33,18 @@ class TrtBackend(Backend):
 
     name = "tensorrt"
 
+    @classmethod
+    def for_bundle(cls, bundle: Bundle, graph: str, **_: Any) -> TrtBackend:
+        """The bundle's checked engine of `graph`.
+
+        Raises:
+            EngineMismatch: built for another GPU or TensorRT version; the caller decides whether
+                to rebuild (verify's and bench's `rebuild` option, irevnet.runtime.trt_build).
+        """
+        if not bundle.has_engine(graph):
+            raise IRevNetError(f"{bundle.path} has no TensorRT engine for {graph}; build them with `irevnet build {bundle.path}`")
+        return cls(bundle.engine_bytes(graph), bundle=bundle)
+
     def __init__(self, engine: bytes | str | Path, *, bundle: Bundle | None = None):
         trt = import_tensorrt()
         self.trt = trt

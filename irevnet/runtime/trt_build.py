@@ -25,9 +25,9 @@ from .. import validation as check
 from ..contract import FORWARD, FORWARD_BLOCKS, INVERSE, INVERSE_BLOCKS, MANIFEST, TIMING_CACHE, engine_file
 from ..errors import IRevNetError
 from ..io.files import atomic_output, sha256_file, write_json
-from ..runtime import gpu
-from ..runtime.bundle import Bundle, check_manifest
-from ..runtime.engines import (
+from . import gpu
+from .bundle import Bundle, check_manifest
+from .engines import (
     EngineMismatch,
     HardwareCompat,
     check_compatible,
@@ -163,6 +163,24 @@ def rebuild_stale_engines(bundle_path: str | Path, log: Callable[[str], None] = 
         log(f"rebuilding: {e}")
         return build_engines(BuildOptions.from_record(bundle), log)
     return None
+
+
+def rebuild_stale(bundles: list[str], backends: list[str], log: Callable[[str], None] = lambda m: None) -> list[str]:
+    """verify's and bench's `rebuild` option: when the TensorRT backend is asked for, each bundle's
+    engines made for another GPU or TensorRT are rebuilt once, before anything runs.
+
+    Returns:
+        The bundles whose engines were rebuilt.
+    """
+    if "tensorrt" not in backends:  # resolved backend names
+        return []
+    rebuilt = []
+    for bundle in bundles:
+        log(f"checking the engines of {bundle}")
+        if rebuild_stale_engines(bundle, log) is not None:
+            rebuilt.append(bundle)
+            log(f"rebuilt the TensorRT engines of {bundle} for this GPU")
+    return rebuilt
 
 
 def _previous_cache(bundle: Bundle, cache_path: Path, opts: BuildOptions) -> bytes:

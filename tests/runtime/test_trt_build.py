@@ -50,7 +50,7 @@ def test_without_tensorrt_build_and_backend_say_so_in_one_line(bundles, tmp_path
 
 @pytest.mark.parametrize("version, strongly_typed_bit", [("10.13.0.35", 1), ("11.1.0.106", 0)])
 def test_build_uses_the_enum_flags_and_records_the_engines(fake_trt, bundles, tmp_path, version, strongly_typed_bit):
-    from irevnet.export.trt_build import BuildOptions, build_engines
+    from irevnet.runtime.trt_build import BuildOptions, build_engines
 
     trt = fake_trt(version)
     bundle = shutil.copytree(bundles[Precision.mixed], tmp_path / "b")
@@ -77,7 +77,7 @@ def test_build_uses_the_enum_flags_and_records_the_engines(fake_trt, bundles, tm
 def test_parser_errors_name_the_node(fake_trt, bundles, tmp_path):
     import onnx
 
-    from irevnet.export.trt_build import BuildOptions, build_engines
+    from irevnet.runtime.trt_build import BuildOptions, build_engines
     from tests.runtime import trt_double
 
     fake_trt("10.13.0.35")
@@ -109,7 +109,7 @@ def test_build_command_prints_the_engines(fake_trt, bundles, tmp_path):
 
 
 def test_rebuild_keeps_every_recorded_option(fake_trt, bundles, tmp_path):
-    from irevnet.export.trt_build import BuildOptions, build_engines
+    from irevnet.runtime.trt_build import BuildOptions, build_engines
 
     fake_trt("10.13.0.35")
     bundle = shutil.copytree(bundles[Precision.fp32], tmp_path / "b")
@@ -121,7 +121,7 @@ def test_rebuild_keeps_every_recorded_option(fake_trt, bundles, tmp_path):
 
     # engines from an older major TensorRT: refused by the runtime, rebuilt by the export side
     # with every option of the first build, once; then the runtime opens the fresh bundle
-    from irevnet.export.trt_build import rebuild_stale_engines
+    from irevnet.runtime.trt_build import rebuild_stale_engines
 
     trt = fake_trt("11.1.0.106")
     with pytest.raises(EngineMismatch, match="built with TensorRT 10.13.0.35 .*this is TensorRT 11.1.0.106"):
