@@ -144,3 +144,17 @@ def test_cli_commands_are_a_few_lines_over_the_library():
         # build options, call the library, render: the longest (bench: parse --batch-sizes, a
         # progress bar) takes 17 lines
         assert lines <= 20, f"`irevnet {fn.__name__}` has {lines} lines of body; move logic into the library"
+
+
+def test_the_public_names_stay_importable():
+    """What users import: the package's names (the model API loaded on first use) and the runtime's."""
+    import irevnet.runtime
+
+    assert sorted(irevnet.__all__) == ["ConfigError", "IRevNet", "IRevNetConfig", "__version__", "create_model",
+                                       "get_config", "list_presets"]
+    assert sorted(irevnet.runtime.__all__) == [
+        "BACKENDS", "Backend", "Bundle", "Comparison", "InputError", "Invertible", "Parity", "RoundTrip", "TOLERANCES",
+        "Tolerance", "compare", "open_backend", "tolerance_for"]
+    for module in (irevnet, irevnet.runtime):
+        assert all(getattr(module, name) is not None for name in module.__all__)
+    assert irevnet.create_model("irevnet-tiny").config == irevnet.get_config("irevnet-tiny")

@@ -13,14 +13,14 @@ import sys
 import pytest
 
 NUMERIC_TESTS = [
-    "tests/test_memory.py::test_gradients_equal_standard_backprop_over_seeds",
-    "tests/test_memory.py::test_injective_cifar_layout_is_exact_in_fp64_and_close_to_standard_in_fp32",
-    "tests/test_model.py",
-    "tests/test_layers.py",
-    "tests/test_fidelity.py",
+    "tests/training/test_memory.py::test_gradients_equal_standard_backprop_over_seeds",
+    "tests/training/test_memory.py::test_injective_cifar_layout_is_exact_in_fp64_and_close_to_standard_in_fp32",
+    "tests/model/test_model.py",
+    "tests/model/test_layers.py",
+    "tests/export/test_fidelity.py",
 ]
 # needs three exported bundles (a minute of fixtures): ONNX Runtime, not oneDNN, runs their graphs
-SKIPPED = ["tests/test_fidelity.py::test_exported_inverse_reproduces_the_projected_pytorch_inverse"]
+SKIPPED = ["tests/export/test_fidelity.py::test_exported_inverse_reproduces_the_projected_pytorch_inverse"]
 
 
 @pytest.mark.skipif("ONEDNN_MAX_CPU_ISA" in os.environ, reason="this run is already under a lowered ISA")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import os
 import re
@@ -85,6 +86,26 @@ def _one_line(e: BaseException) -> str:
 _terminating = False
 
 
+# what to do about the OSErrors a user can fix; any other is named as the system names it
+_OS_FIXES = {
+    errno.ENOSPC: "free space on its device", errno.EDQUOT: "free space within your quota",
+    errno.EFBIG: "the file size limit (ulimit -f) is too small for it", errno.EACCES: "check its permissions",
+    errno.EPERM: "check its permissions", errno.EROFS: "it is on a read-only file system; choose another path",
+    errno.ENOENT: "check the path", errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "it is a folder; give a file", errno.ENAMETOOLONG: "give a shorter path",
+}
+
+
+def _os_error(e: OSError) -> str:
+    """One line for an OSError: the file, what the system said, and the fix where there is one."""
+    what = e.strerror or str(e) or type(e).__name__
+    where = f"{e.filename}: " if e.filename else ""
+    fix = _OS_FIXES.get(e.errno)
+    if fix:
+        return f"{where}{what}; {fix}"
+    return f"{where}{what} (errno {e.errno}); `irevnet --debug` shows where it happened"
+
+
 def _on_sigterm(signum: int, frame: Any) -> None:
     global _terminating
     if not _terminating:  # once: a second SIGTERM must not interrupt the cleanup of the first
@@ -145,8 +166,7 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             _fail(f"`irevnet {fn.__name__}` needs {e.name}, which is not installed; pip install 'irevnet[{extra}]'", 2)
         except OSError as e:  # an output folder that cannot be created, a full disk, no permission
-            where = f" {e.filename}" if e.filename else ""
-            _fail(f"cannot write or read{where}: {e.strerror or e}; check the path, its permissions and free space", 2)
+            _fail(_os_error(e), 2)
         except KeyboardInterrupt:
             _fail("interrupted; files already written are complete (writes are atomic)", 130)
         except Terminated:
@@ -159,7 +179,7 @@ def options(cls: type, values: dict[str, Any], **extra: Any):
     """The library's options dataclass from a command's parameters (its `locals()`): every field
     that the command has a parameter of, so no option is copied by hand. A parameter left at None
     takes the field's own default (the options own their defaults); the dataclass validates the
-    rest (its __post_init__). tests/test_cli_options.py checks that every parameter is a field or
+    rest (its __post_init__). tests/cli/test_cli_options.py checks that every parameter is a field or
     on the command's CLI-only list, with the field's default."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     given = {k: v for k, v in {**values, **extra}.items() if k in fields}
@@ -182,7 +202,11 @@ def check_outputs(*paths: str | None) -> None:
 def write_json(path: str | None, data: Any) -> None:
     """--json: the command's result as JSON (atomically), and a line saying where."""
     if path is not None:
-        files.write_json(path, data)
+        try:
+            files.write_json(path, data)
+        except OSError as e:  # a write into a device or FIFO names no file: this one
+            e.filename = e.filename or path
+            raise
         render.console.print(f"wrote {path}")
 
 

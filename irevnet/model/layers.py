@@ -1,7 +1,7 @@
 """The reversible building blocks of an i-RevNet: psi, injective padding and the coupling block.
 
 Invariant of every module here: `inverse(forward(x)) == x` up to floating-point rounding (in eval
-mode for anything containing BatchNorm). tests/test_layers.py checks it.
+mode for anything containing BatchNorm). tests/model/test_layers.py checks it.
 """
 
 from __future__ import annotations

@@ -121,7 +121,7 @@ def state_shapes(config: IRevNetConfig) -> dict[str, tuple[int, ...]]:
 
     Checkpoint loading compares a file's tensors with these before it allocates a model, so a
     config that asks for huge layers is refused at the cost of a dictionary. Mirrors
-    `layers.bottleneck` layer by layer; tests/test_model.py checks it against the real module.
+    `layers.bottleneck` layer by layer; tests/model/test_model.py checks it against the real module.
     """
     shapes: dict[str, tuple[int, ...]] = {}
 

@@ -21,7 +21,7 @@ What makes the recomputed F the forward's F in train mode:
   its gradient from g to 0: one flipped element moves a batch's gradient by ~1/sqrt(elements),
   measured 2.3e-2 on irevnet-tiny. Which element sits that close to 0 depends on the CPU's
   rounding, so without the masks the error is rare, machine-dependent and large.
-Gradients then match standard backprop to fp32 rounding (tests/test_memory.py sweeps seeds).
+Gradients then match standard backprop to fp32 rounding (tests/training/test_memory.py sweeps seeds).
 """
 
 from __future__ import annotations

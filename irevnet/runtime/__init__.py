@@ -6,16 +6,17 @@
     with open_backend("onnxruntime", bundle, "inverse") as inverse:
         image = inverse.infer({"z": z})["image"]      # (N, C, H, W) float32, normalised
 
-`verify` and `bench` (the CLI's commands) live in irevnet.runtime.verify / .bench. Only the torch
-backend imports torch, when it is opened.
+`verify` and `bench` (the CLI's commands) live in irevnet.runtime.verify / .bench and return
+report objects; TensorRT engines are built by irevnet.runtime.trt_build. Only the torch backend
+imports torch, when it is opened.
 """
 
 from .backends import BACKENDS, Backend, InputError, open_backend
 from .bundle import Bundle
-from .comparison import TOLERANCES, Comparison, Tolerance, compare
+from .comparison import TOLERANCES, Comparison, Parity, RoundTrip, Tolerance, compare, tolerance_for
 from .invertible import Invertible
 
 __all__ = [
-    "BACKENDS", "TOLERANCES", "Backend", "Bundle", "Comparison", "InputError", "Invertible", "Tolerance", "compare",
-    "open_backend",
+    "BACKENDS", "TOLERANCES", "Backend", "Bundle", "Comparison", "InputError", "Invertible", "Parity", "RoundTrip",
+    "Tolerance", "compare", "open_backend", "tolerance_for",
 ]

@@ -4,7 +4,6 @@ memory-efficient (irevnet.model.reversible), each measured in a fresh process.""
 from __future__ import annotations
 
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -162,14 +161,11 @@ def compare_memory(opts: MemoryOptions, progress: Callable[[str], None] = lambda
 
 
 def measure_in_subprocess(preset: str, batch: int, memory_efficient: bool, device: str = "cpu",
-                          image_size: int | None = None, threads: int | None = None) -> dict[str, Any]:
+                          image_size: int | None = None) -> dict[str, Any]:
     """`measure_step` in a fresh Python process, so that earlier peaks do not hide this one."""
     args = [sys.executable, "-m", "irevnet.training.memory", preset, str(batch), "1" if memory_efficient else "0", device,
             str(image_size or 0)]
-    env = dict(os.environ)
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
-    proc = subprocess.run(args, check=False, capture_output=True, text=True, env=env)
+    proc = subprocess.run(args, check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise IRevNetError(f"the memory measurement failed ({tail})")

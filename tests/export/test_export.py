@@ -237,7 +237,7 @@ def test_inputs_are_checked_before_the_work(trained_tiny, tmp_path):
 def test_a_long_dataset_path_is_recorded_in_a_readable_manifest(trained_tiny, tmp_path):
     """The issue's long dataset path made a manifest the schema refused; sources hold any path."""
     from irevnet.runtime import Bundle
-    from tests.test_data import _write_cifar_py
+    from tests.io.test_data import _write_cifar_py
 
     root = tmp_path
     for i in range(5):  # a 1,300-character path: five nested folders of 250 characters

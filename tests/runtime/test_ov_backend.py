@@ -1,7 +1,7 @@
 """The OpenVINO backend: the inference precision comes from the bundle, never the plugin's default.
 
 Each check runs in a fresh interpreter: with OpenVINO loaded into the test process, a later and
-unrelated test (tests/test_files.py, the crash-recovery test after tests/test_cli.py) ended the
+unrelated test (tests/io/test_files.py, the crash-recovery test after tests/cli/test_cli.py) ended the
 process with a segmentation fault, reproducibly, with no Python frame in the fault handler's
 output. The cause is not known; keeping OpenVINO out of the test process keeps the suite's
 verdict about irevnet.

@@ -308,7 +308,7 @@ def test_export_with_engine_keeps_the_onnx_bundle_without_tensorrt(tmp_path, tra
 def test_a_decompression_bomb_in_an_image_folder_is_one_line(tmp_path, workers):
     """Also from a DataLoader worker process, whose errors arrive with the worker's traceback."""
     import irevnet
-    from tests.test_data import _image_tree, _png_header
+    from tests.io.test_data import _image_tree, _png_header
 
     _image_tree(tmp_path / "data")
     (tmp_path / "data" / "val" / "cat" / "bomb.png").write_bytes(_png_header(50_000, 50_000))
@@ -324,7 +324,7 @@ def test_a_checkpoint_that_would_write_a_file_is_refused_by_every_command(tmp_pa
     through every command that loads a checkpoint, one line, exit 2, no file written."""
     import hashlib
 
-    from tests.test_safe_unpickle import patching_file
+    from tests.io.test_safe_unpickle import patching_file
 
     monkeypatch.chdir(tmp_path)
     evil = tmp_path / "evil.t7"
@@ -401,3 +401,23 @@ def test_resume_with_fewer_epochs_than_done_rewrites_nothing(tmp_path):
     line = _one_line_error(runner.invoke(app, ["train", "-o", str(out), "--resume", "--epochs", "1"]))
     assert "has trained 2 epochs already; --epochs 1 leaves nothing to resume" in line
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before, "run.json and the history untouched"
+
+
+def test_a_system_error_names_the_file_and_the_fix(tmp_path, trained_tiny):
+    """An OSError is one line with the file and what to do about that errno, not "check the path,
+    its permissions and free space" for every one of them: a full disk (/dev/full) and a file size
+    limit (RLIMIT_FSIZE of 200 bytes, in a fresh process)."""
+    import resource
+
+    ckpt = str(trained_tiny / "best.pt")
+    result = runner.invoke(app, ["info", "-c", ckpt, "--json", "/dev/full"])  # full only when written: after the table
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1] == "error: /dev/full: No space left on device; free space on its device"
+
+    out = tmp_path / "info.json"
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200))
+    proc = subprocess.run([sys.executable, "-m", "irevnet", "info", "-c", ckpt, "--json", str(out)], check=False,
+                          capture_output=True, text=True, timeout=120, preexec_fn=limit)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith("File too large; the file size limit (ulimit -f) is too small for it")
+    assert not out.exists(), "the atomic write left nothing behind"
