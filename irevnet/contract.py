@@ -47,6 +47,7 @@ def engine_file(graph: str) -> str:
 IMAGE = "image"  # the normalised image, (N, C, H, W)
 Z = "z"  # the last representation, from which the image is recovered
 LOGITS = "logits"  # (N, classes), the linear classifier on z
+RECONSTRUCTION = "reconstruction"  # the image recovered from z: reference.npz, the round-trip ensemble
 BATCH_DIM = "N"  # the dynamic batch axis of every input and output
 LAYOUT = "NCHW"
 

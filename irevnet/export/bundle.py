@@ -32,6 +32,7 @@ from ..contract import (
     LAYOUT,
     LOGITS,
     MANIFEST,
+    RECONSTRUCTION,
     REFERENCE,
     SAMPLE_Z,
     SCHEMA_VERSION,
@@ -316,7 +317,7 @@ def _verify(tmp: Path, graphs, model, images, labels, normalization, tol: Tolera
         result["top1_pytorch"] = top1_accuracy(logits_ref.numpy(), labels)
         result["top1_onnx"] = top1_accuracy(out[LOGITS], labels)
 
-    reference = {"images": x_np, LOGITS: logits_ref.numpy(), Z: z_ref.numpy(), "reconstruction": rec_ref.numpy()}
+    reference = {"images": x_np, LOGITS: logits_ref.numpy(), Z: z_ref.numpy(), RECONSTRUCTION: rec_ref.numpy()}
     if labels is not None:
         reference["labels"] = labels
     reference |= _block_reference(model, x)

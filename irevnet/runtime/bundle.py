@@ -35,6 +35,7 @@ from ..contract import (
     DEBUG,
     LOGITS,
     MANIFEST,
+    RECONSTRUCTION,
     REFERENCE,
     SCHEMA_VERSION,
     TIMING_CACHE,
@@ -322,7 +323,7 @@ class Bundle:
         cfg = self.config
         images = arrays.get("images")
         n = len(images) if images is not None and images.ndim >= 1 else None  # a 0-d one is refused below
-        expected = {"images": cfg.in_shape, "reconstruction": cfg.in_shape, LOGITS: (cfg.num_classes,), Z: cfg.z_shape}
+        expected = {"images": cfg.in_shape, RECONSTRUCTION: cfg.in_shape, LOGITS: (cfg.num_classes,), Z: cfg.z_shape}
         for key, array in arrays.items():
             if key == "labels":
                 ok = array.dtype.kind in "iu" and array.ndim == 1

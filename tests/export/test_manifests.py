@@ -24,8 +24,8 @@ def manifests(bundles, trained_tiny, tmp_path_factory, fake_trt_module):
         "fp32 with debug graphs": bundles[Precision.fp32],
         "mixed, exact coupling": bundles[Precision.mixed],
         "fp16 without debug graphs": bundles[Precision.fp16],
-        "int8, exact coupling": export_tiny(trained_tiny, root / "int8", Precision.int8, debug_graphs=False),
-        "mixed without exact coupling": export_tiny(trained_tiny, root / "mixed", Precision.mixed, exact_coupling=False,
+        "int8, exact coupling": export_tiny(trained_tiny, root / "quantized", Precision.int8, debug_graphs=False),
+        "mixed without exact coupling": export_tiny(trained_tiny, root / "uncoupled", Precision.mixed, exact_coupling=False,
                                                     debug_graphs=False),
     }
     fake_trt_module("10.13.0.35")

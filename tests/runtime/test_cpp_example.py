@@ -16,7 +16,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from irevnet.contract import IMAGE, INVERSE, MANIFEST, REFERENCE, SAMPLE_Z, WEIGHTS, Precision, Z, graph_file
+from irevnet.contract import (
+    IMAGE,
+    INVERSE,
+    MANIFEST,
+    RECONSTRUCTION,
+    REFERENCE,
+    SAMPLE_Z,
+    WEIGHTS,
+    Precision,
+    Z,
+    graph_file,
+)
 from irevnet.io.images import denormalize
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cpp"
@@ -52,7 +63,7 @@ def _read_pnm(path: Path) -> np.ndarray:
 def test_cpp_reads_npy_and_manifest_and_denormalizes_like_python(io_check, bundles, tmp_path):
     bundle = bundles[Precision.fp32]
     manifest = json.loads((bundle / MANIFEST).read_text())
-    images = np.load(bundle / REFERENCE)["reconstruction"][:3]  # what an inverse returns
+    images = np.load(bundle / REFERENCE)[RECONSTRUCTION][:3]  # what an inverse returns
     np.save(tmp_path / "image.npy", images)
     out = subprocess.run([str(io_check), str(bundle), str(tmp_path / "image.npy"), str(tmp_path / "px")],
                          check=False, capture_output=True, text=True, timeout=60)
@@ -185,11 +196,11 @@ def test_cpp_app_runs_only_files_the_manifest_lists_and_hashes(invert_openvino, 
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     # without a z argument the app inverts the bundle's own sample_z.npy into ./reconstruction.npy
-    args = [str(bundle)] if how == "sample-changed" else [str(bundle), str(bundle / SAMPLE_Z), "reconstruction"]
+    args = [str(bundle)] if how == "sample-changed" else [str(bundle), str(bundle / SAMPLE_Z), "recovered"]
     out = subprocess.run([str(invert_openvino), *args], check=False, capture_output=True, text=True, timeout=60,
                          cwd=tmp_path, env={**os.environ, "TMPDIR": str(scratch)})
     assert out.returncode == 1 and message in out.stderr, out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "reconstruction.npy").exists()
+    assert len(out.stderr.strip().splitlines()) == 1 and not any((tmp_path / f).exists() for f in ("reconstruction.npy", "recovered.npy"))
     assert not list(scratch.iterdir()), "the private copy must be removed"
 
 

@@ -89,7 +89,7 @@ class Backend(ABC):
         Returns:
             output name -> array.
         """
-        self._check(feeds)
+        self.check_feeds(feeds)
         _STOP_REQUESTED.clear()
         try:
             return self._infer(feeds, outputs)
@@ -109,7 +109,9 @@ class Backend(ABC):
     def close(self) -> None:  # an optional hook, so not abstract
         """Releases the runtime's resources; the default holds none."""
 
-    def _check(self, feeds: dict[str, np.ndarray]) -> None:
+    def check_feeds(self, feeds: dict[str, np.ndarray]) -> None:
+        """Raises InputError, one line, when a feed is not what the graph takes (names, dtype,
+        shape, batch range, finite values); the servers check each request of a batch with it."""
         expected = {i["name"]: i for i in self.inputs}
         if set(feeds) != set(expected):
             raise InputError(f"{self.name}: inputs {sorted(feeds)} given, the graph takes {sorted(expected)}")
