@@ -235,6 +235,17 @@ def memory(rows: list[dict[str, Any]]) -> None:
     console.print(rows[0]["standard"]["measured_as"], soft_wrap=True)
 
 
+def repository(record: dict[str, Any], out: str) -> None:
+    models = ", ".join(record["models"].values())
+    console.print(f"wrote {out}: {models} ({record['flavour']} flavour, batch up to {record['max_batch']}, "
+                  f"{record['precision']} bundle)", soft_wrap=True)
+
+
+def serving(server: Any) -> None:
+    console.print(f"serving {', '.join(server.models.values())}: HTTP {server.http_url}, gRPC {server.grpc_url}, "
+                  f"metrics {server.host}:{server.metrics_port}/metrics; Ctrl-C or SIGTERM stops it", soft_wrap=True)
+
+
 def demo_step(step: str, result: Any) -> None:
     """What each stage of `irevnet demo` shows as it finishes."""
     heading(step)

@@ -8,7 +8,9 @@
         shared/bundle/          python flavour: the bundle, once for all models, checked at load
         shared/irevnet/         python flavour: irevnet's torch-free package, so REPO is self-contained
       NAME_inverse/             z -> image
-      NAME_roundtrip/           an ensemble: image -> forward -> inverse -> reconstruction, logits, z
+      NAME_roundtrip/           image -> NAME_forward -> NAME_inverse -> reconstruction, logits, z
+                                (the python backend calling both: triton_model.RoundTrip says why
+                                not an ensemble)
 
 Flavours: `python` (Triton's python backend, ONNX Runtime or OpenVINO inside), `onnxruntime` and
 `openvino` (Triton's native backends; the ONNX graph in the directory form, beside its weights
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import validation as check
-from ..contract import FORWARD, IMAGE, INVERSE, LOGITS, MANIFEST, RECONSTRUCTION, Z, graph_file
+from ..contract import FORWARD, INVERSE, LOGITS, MANIFEST, RECONSTRUCTION, Z, graph_file
 from ..errors import IRevNetError
 from ..io.files import atomic_directory, check_replaceable, write_json
 from ..runtime.bundle import Bundle
@@ -128,7 +130,8 @@ def write_repository(opts: TritonOptions, log=lambda msg: None) -> dict[str, Any
             configs[names[graph]] = _model_config(bundle, graph, names[graph], opts, f"{names[FORWARD]}/{SHARED}")
             _write_model_files(bundle, graph, folder, opts)
         (tmp / names[ROUNDTRIP] / "1").mkdir(parents=True)
-        configs[names[ROUNDTRIP]] = _ensemble_config(bundle, names)
+        shutil.copyfile(Path(__file__).with_name("triton_model.py"), tmp / names[ROUNDTRIP] / "1" / "model.py")
+        configs[names[ROUNDTRIP]] = _roundtrip_config(bundle, names, opts)
         if opts.flavour is Flavour.python:
             _write_shared(bundle, tmp / names[FORWARD] / SHARED)
         for model, text in configs.items():
@@ -178,22 +181,19 @@ def _model_config(bundle: Bundle, graph: str, model: str, opts: TritonOptions, s
     return "\n".join(lines) + "\n"
 
 
-def _ensemble_config(bundle: Bundle, names: dict[str, str]) -> str:
+def _roundtrip_config(bundle: Bundle, names: dict[str, str], opts: TritonOptions) -> str:
+    """NAME_roundtrip: the python backend composing the two served models (triton_model.RoundTrip)."""
     fwd, inv = bundle.graphs[FORWARD], bundle.graphs[INVERSE]
     outputs = {o["name"]: o for o in fwd["outputs"]}
-    image = inv["outputs"][0]
+    params = {"graph": ROUNDTRIP, "forward": names[FORWARD], "inverse": names[INVERSE]}
     return "\n".join([
         f'name: "{names[ROUNDTRIP]}"',
-        'platform: "ensemble"',
+        'backend: "python"',
         f"max_batch_size: {bundle.max_batch}",
         "input [ " + _tensor(fwd["inputs"][0]) + " ]",
-        "output [ " + ", ".join([_tensor(image, RECONSTRUCTION), _tensor(outputs[LOGITS]), _tensor(outputs[Z])]) + " ]",
-        "ensemble_scheduling { step [",
-        (f'  {{ model_name: "{names[FORWARD]}" model_version: -1 input_map {{ key: "{IMAGE}" value: "{IMAGE}" }} '
-        f'output_map {{ key: "{LOGITS}" value: "{LOGITS}" }} output_map {{ key: "{Z}" value: "{Z}" }} }},'),
-        (f'  {{ model_name: "{names[INVERSE]}" model_version: -1 input_map {{ key: "{Z}" value: "{Z}" }} '
-        f'output_map {{ key: "{IMAGE}" value: "{RECONSTRUCTION}" }} }}'),
-        "] }",
+        "output [ " + ", ".join([_tensor(inv["outputs"][0], RECONSTRUCTION), _tensor(outputs[LOGITS]), _tensor(outputs[Z])]) + " ]",
+        f"instance_group [ {{ count: {opts.instances} kind: KIND_CPU }} ]",
+        "parameters [ " + ", ".join(f'{{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items()) + " ]",
     ]) + "\n"
 
 
@@ -216,9 +216,9 @@ def validate_config(text: str, bundle: Bundle, model: str, names: dict[str, str]
     if config.name != model or config.max_batch_size != bundle.max_batch:
         problems.append(f"name {config.name!r} or max_batch_size {config.max_batch_size}")
     if model == names[ROUNDTRIP]:
-        steps = [s.model_name for s in config.ensemble_scheduling.step]
-        if config.platform != "ensemble" or steps != [names[FORWARD], names[INVERSE]]:
-            problems.append(f"ensemble steps {steps}")
+        steps = [config.parameters[k].string_value for k in (FORWARD, INVERSE) if k in config.parameters]
+        if config.backend != "python" or steps != [names[FORWARD], names[INVERSE]]:
+            problems.append(f"round trip through {steps}")
         graphs = {"inputs": bundle.graphs[FORWARD]["inputs"], "outputs": [
             {**bundle.graphs[INVERSE]["outputs"][0], "name": RECONSTRUCTION}, *bundle.graphs[FORWARD]["outputs"]]}
     else:

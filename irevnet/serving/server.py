@@ -9,7 +9,7 @@ facts the launcher is built on:
 - the stub runs `python3` from PATH to find its site-packages, and it reads numpy arrays with
   numpy 1.x's layout: under numpy 2 every output fails with "output tensor shape does not match
   size of output". So the server's Python is an environment with numpy < 2 (`--python-env`, made
-  once by `irevnet serve --make-env DIR`), which can differ from the one running irevnet;
+  once by `irevnet serve-env DIR`), which can differ from the one running irevnet;
 - `--pinned-memory-pool-byte-size=0 --allow-gpu-metrics=false` keep a CPU box quiet.
 """
 
@@ -119,16 +119,16 @@ def python_env(opts: ServeOptions) -> Path:
         if int(numpy.__version__.split(".")[0]) < 2:
             return Path(sys.prefix)
         raise IRevNetError(f"Triton's python backend needs numpy < 2 and this environment has {numpy.__version__}; "
-                           f"make its environment once with `irevnet serve --make-env DIR`, then pass --python-env DIR")
+                           f"make its environment once with `irevnet serve-env DIR`, then pass --python-env DIR")
     path = Path(env)
     python = path / "bin" / "python3"
     if not python.is_file():
-        raise IRevNetError(f"--python-env {path}: no bin/python3 there; make one with `irevnet serve --make-env {path}`")
+        raise IRevNetError(f"--python-env {path}: no bin/python3 there; make one with `irevnet serve-env {path}`")
     probe = subprocess.run([str(python), "-c", "import numpy, onnxruntime; print(numpy.__version__)"],
                            capture_output=True, text=True, timeout=120, check=False)
     if probe.returncode != 0 or int((probe.stdout.strip() or "2").split(".")[0]) >= 2:
         raise IRevNetError(f"--python-env {path} needs numpy < 2 and onnxruntime; make it with "
-                           f"`irevnet serve --make-env {path}`")
+                           f"`irevnet serve-env {path}`")
     return path
 
 
@@ -240,19 +240,17 @@ def _wait_ready(server: Server, timeout: float) -> None:
 
 def wait_for_signal(server: Server) -> int:
     """Blocks until SIGTERM or SIGINT (or the server exits); returns the server's exit code after
-    the drain. Used by the CLI; the signals stop the server, not this process."""
+    the drain. Used by the CLI; the signals stop the server, not this process, and a second one
+    during the drain (a supervisor that signals the whole group) does not cut it short."""
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         while not stop.is_set() and server.process.poll() is None:
             stop.wait(0.2)
+        if server.process.poll() is not None and not stop.is_set():
+            raise IRevNetError(f"tritonserver exited on its own with code {server.process.returncode}; its log ends:\n"
+                               f"{server.log_tail()}")
+        return server.stop()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    if server.process.poll() is not None and not stop.is_set():
-        raise IRevNetError(f"tritonserver exited on its own with code {server.process.returncode}; its log ends:\n"
-                           f"{server.log_tail()}")
-    return server.stop()
-
-
-

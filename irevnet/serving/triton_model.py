@@ -1,13 +1,20 @@
 """The model Triton's python backend runs for an irevnet repository (copied to NAME_*/1/model.py).
 
-One graph of the bundle (config parameter `graph`) on an irevnet.runtime backend (`backend`:
-onnxruntime or openvino). At load, the bundle in the repository's shared folder is checked as
+NAME_forward and NAME_inverse: one graph of the bundle (config parameter `graph`) on an
+irevnet.runtime backend (`backend`: onnxruntime or openvino). At load, the bundle in the repository's shared folder is checked as
 `Bundle.open` checks any bundle (schema, every file's sha256): a tampered repository refuses to
 load, with one line in the server's log naming the file.
 
 Each request of a dynamic batch is checked on its own (dtype, shape, batch size, NaN/Inf, by the
 backend's own rules); a bad one gets its own INVALID_ARG error (HTTP 400) and the good ones are
 run together and answered. Only the outputs some request asks for are computed.
+
+NAME_roundtrip (`graph` roundtrip) composes the two served models with Triton's business logic
+scripting: image -> NAME_forward -> z -> NAME_inverse -> reconstruction, returning what the
+request asks for of reconstruction, logits and z. It is not an `ensemble`: Triton 2.51's ensemble
+scheduler fails a request for exactly one of several ensemble outputs with "unexpected deadlock,
+at least one output is not set" (measured for each of the three). It needs no irevnet, so the
+native flavours use it too.
 
 Runs inside the server's Python (the stub needs numpy < 2), with no torch: this file imports
 nothing of Triton's beyond triton_python_backend_utils.
@@ -33,6 +40,12 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.outputs = [o["name"] for o in config["output"]]
+        if params["graph"] == "roundtrip":
+            self.__class__ = RoundTrip  # Triton instantiates TritonPythonModel; the round trip is its own class
+            self.forward, self.inverse = params["forward"], params["inverse"]
+            self.input = config["input"][0]["name"]
+            return
         shared = Path(args["model_repository"]).resolve().parent / params["shared"]
         if str(shared) not in sys.path:
             sys.path.insert(0, str(shared))  # the repository's own copy of irevnet's runtime
@@ -47,7 +60,6 @@ class TritonPythonModel:
         except IRevNetError as e:  # one line in the server log; the model does not load
             raise pb_utils.TritonModelException(f"irevnet: {e}") from None
         self.input = self.backend.inputs[0]["name"]
-        self.outputs = [o["name"] for o in config["output"]]
 
     def execute(self, requests: list) -> list:
         responses: list = [None] * len(requests)
@@ -84,3 +96,33 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         self.backend.close()
+
+
+class RoundTrip(TritonPythonModel):
+    """image -> forward -> inverse, through the served models (one BLS call each)."""
+
+    def execute(self, requests: list) -> list:
+        return [self._one(request) for request in requests]
+
+    def _one(self, request):
+        image = pb_utils.get_input_tensor_by_name(request, self.input)
+        if image is None:
+            return _error(f"missing input {self.input!r}")
+        asked = set(request.requested_output_names() or self.outputs)
+        recon, logits, z = self.outputs  # reconstruction, logits, z (the config's order)
+        forward = pb_utils.InferenceRequest(model_name=self.forward, inputs=[image],
+                                            requested_output_names=[name for name in (logits, z) if name in asked or name == z])
+        got = forward.exec()
+        if got.has_error():
+            return _error(got.error().message())
+        tensors = {name: pb_utils.get_output_tensor_by_name(got, name) for name in (logits, z)}
+        if recon in asked:
+            back = pb_utils.InferenceRequest(model_name=self.inverse, inputs=[tensors[z]], requested_output_names=[self.input])
+            got = back.exec()
+            if got.has_error():
+                return _error(got.error().message())
+            tensors[recon] = pb_utils.Tensor(recon, pb_utils.get_output_tensor_by_name(got, self.input).as_numpy())
+        return pb_utils.InferenceResponse(output_tensors=[tensors[name] for name in self.outputs if name in asked])
+
+    def finalize(self) -> None:
+        pass
