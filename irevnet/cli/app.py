@@ -192,6 +192,16 @@ def _default(field: dataclasses.Field) -> Any:
     return None if field.default is dataclasses.MISSING else field.default
 
 
+def integers(option: str, text: str | None) -> list[int] | None:
+    """A comma-separated list of integers from the command line (None when not given)."""
+    if not text:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise IRevNetError(f"{option} must be integers separated by commas, got {text!r}") from None
+
+
 def check_outputs(*paths: str | None) -> None:
     """Refuses output files that cannot be written before the command does its work."""
     for path in paths:
@@ -252,6 +262,9 @@ ProviderOpt = Annotated[
     list[str] | None, typer.Option("--provider", help="ONNX Runtime providers in order: tensorrt, cuda, cpu (default: all available).")
 ]
 ThreadsOpt = Annotated[int | None, typer.Option(help="Intra-op threads (ONNX Runtime, torch).")]
+ServerOpt = Annotated[str | None, typer.Option(
+    help="A live Triton server (http://HOST:PORT or grpc://HOST:PORT) serving a repository of `irevnet triton`: "
+         "its models run as the triton backend.")]
 RebuildOpt = Annotated[bool, typer.Option(help="Rebuild TensorRT engines made for another GPU or TensorRT version.")]
 
 

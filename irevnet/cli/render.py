@@ -210,7 +210,8 @@ def bench(r: BenchReport) -> None:
     t = Table("backend", "bundle", "dir", "batch", "median ms", "p90", "p99", "images/s", "GFLOP/s", "speedup (rounds)",
               title=f"{bundles}, {r.model['gflop_per_image']:.2f} GFLOP/image; min/mean/p95/max and every round in --json")
     for e in r.results:
-        t.add_row(e.backend, e.precision, e.direction[:3].replace("for", "fwd"), str(e.batch), f"{e.median_ms:.2f}",
+        backend = e.backend if e.concurrency == 1 else f"{e.backend} x{e.concurrency} clients"
+        t.add_row(backend, e.precision, e.direction[:3].replace("for", "fwd"), str(e.batch), f"{e.median_ms:.2f}",
                   f"{e.p90_ms:.2f}", f"{e.p99_ms:.2f}", f"{e.images_per_s:,.1f}", f"{e.gflops:.1f}", speedup(e))
     console.print(t)
     gpus = ", ".join(m["gpus"]) or "none"

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ..devices import Device
-from ..errors import CheckFailed, IRevNetError
+from ..errors import CheckFailed
 from ..runtime.bench import Direction
 from . import render
 from .app import (
@@ -16,9 +16,11 @@ from .app import (
     JsonOpt,
     ProviderOpt,
     RebuildOpt,
+    ServerOpt,
     ThreadsOpt,
     check_outputs,
     command,
+    integers,
     options,
     write_json,
 )
@@ -37,6 +39,7 @@ def verify(
     blocks: Annotated[bool, typer.Option(help="Error per block from the debug graphs.")] = True,
     plot: Annotated[str | None, typer.Option(help="Write the error-vs-depth plot (PNG) here.")] = None,
     rebuild: RebuildOpt = False,
+    server: ServerOpt = None,
     json: JsonOpt = None,
 ) -> None:
     """Check exported bundles: round trip, cross round trips, parity with PyTorch, error per block.
@@ -76,6 +79,10 @@ def bench(
     device: DeviceOpt = Device.auto,
     checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c", help="For --backend torch (default: the manifest's).")] = None,
     rebuild: RebuildOpt = False,
+    server: ServerOpt = None,
+    concurrency: Annotated[str | None, typer.Option(help="With --server: comma-separated numbers of concurrent "
+                                                         "clients, e.g. 1,4,16.")] = None,
+    requests: Annotated[int, typer.Option(help="With --concurrency: requests per client and level.")] = 200,
     json: JsonOpt = None,
 ) -> None:
     """Latency percentiles and throughput of the bundles' graphs, side by side per backend.
@@ -87,11 +94,8 @@ def bench(
     from ..runtime.bench import BenchOptions
     from ..runtime.bench import bench as run_bench
 
-    try:
-        sizes = [int(s) for s in batch_sizes.split(",") if s.strip()] if batch_sizes else None
-    except ValueError:
-        raise IRevNetError(f"--batch-sizes must be integers separated by commas, got {batch_sizes!r}") from None
-    opts = options(BenchOptions, locals(), batch_sizes=sizes)
+    opts = options(BenchOptions, locals(), batch_sizes=integers("--batch-sizes", batch_sizes),
+                   concurrency=integers("--concurrency", concurrency))
     check_outputs(json)
     with Progress(TextColumn("{task.description}", markup=False), BarColumn(), TimeElapsedColumn(), console=render.console,
                   transient=True) as p:

@@ -23,7 +23,7 @@ import platform
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import validation as check
 from ..allocator import steady_allocator
-from ..contract import FORWARD, IMAGE, INVERSE, Z
+from ..contract import FORWARD, IMAGE, INVERSE, RECONSTRUCTION, Z
 from ..errors import IRevNetError
 from ..model.config import IRevNetConfig
 from .backends import open_backend, resolve_backend, unsupported
@@ -47,7 +47,8 @@ class Direction(str, Enum):
 @dataclass
 class BenchOptions:
     bundles: list[str]  # bundles of one model, side by side (say its fp32, mixed and int8 exports)
-    backends: list[str] = field(default_factory=lambda: ["onnxruntime"])
+    backends: list[str] | None = None  # default: onnxruntime, or triton with `server`
+    server: str | None = None  # a live Triton server (http://HOST:PORT, grpc://HOST:PORT): the triton backend
     direction: Direction = Direction.both
     batch_sizes: list[int] | None = None  # default: 1 and 8, those within the bundles' max batch
     warmup_s: float = 1.0
@@ -58,6 +59,9 @@ class BenchOptions:
     device: str = "auto"
     checkpoint: str | None = None
     rounds: int = 5  # alternating rounds per measurement; each round gets 1/rounds of the time
+    # with `server`: concurrent clients per load level (forward, inverse and the served round trip)
+    concurrency: list[int] | None = None
+    requests: int = 200  # per client and load level
     rebuild: bool = False  # rebuild TensorRT engines made for another GPU or TensorRT first
 
     def __post_init__(self) -> None:
@@ -66,7 +70,12 @@ class BenchOptions:
         self.bundles = [str(b) for b in self.bundles]
         self.direction = check.choice("direction", self.direction, Direction)
         check.integer("rounds", self.rounds, 1, 1000)
-        self.backends = [resolve_backend(b) for b in self.backends]
+        # with a server: the served models beside the in-process runtime
+        self.backends = [resolve_backend(b) for b in self.backends or (["onnxruntime", "triton"] if self.server else ["onnxruntime"])]
+        if self.server and "triton" not in self.backends:
+            self.backends.append("triton")  # side by side with the local ones asked for
+        if "triton" in self.backends and not self.server:
+            raise IRevNetError("the triton backend needs the server's address: --server http://HOST:PORT")
         for n in self.batch_sizes or []:
             check.integer("batch_sizes", n, 1, check.MAX_BATCH)
         check.integer("iterations", self.iterations, 1, 10**9, optional=True)
@@ -74,6 +83,11 @@ class BenchOptions:
             check.number("duration_s", self.duration_s, 0.0, 86400.0, low_open=True)
         check.number("warmup_s", self.warmup_s, 0.0, 86400.0)
         check.threads(self.threads)
+        for n in self.concurrency or []:
+            check.integer("concurrency", n, 1, 256)
+        check.integer("requests", self.requests, 1, 10**6)
+        if self.concurrency and not self.server:
+            raise IRevNetError("--concurrency loads a Triton server: give --server http://HOST:PORT")
 
 
 
@@ -154,6 +168,7 @@ class BenchEntry:
     speedup: float | None = None  # baseline median / this median
     speedup_rounds: list[float] | None = None
     noisy: bool = False  # the rounds' ratios spread over NOISY_SPREAD
+    concurrency: int = 1  # clients sending at once (a served model under load)
 
     def __getattr__(self, name: str) -> float:  # median_ms, p99_ms, images_per_s, ...
         stats = self.__dict__.get("stats", {})
@@ -173,7 +188,7 @@ class BenchEntry:
         if self.device_median_ms is not None:
             out["device_median_ms"] = self.device_median_ms
         return out | {"baseline": self.baseline, "speedup": self.speedup, "speedup_rounds": self.speedup_rounds,
-                      "noisy": self.noisy}
+                      "noisy": self.noisy, "concurrency": self.concurrency}
 
 
 @dataclass
@@ -252,7 +267,7 @@ def bench(opts: BenchOptions, progress: Callable[[str, float], None] = lambda wh
         with contextlib.ExitStack() as opened:  # every backend open at once: they alternate below
             runners = {(i, kind): opened.enter_context(open_backend(
                 kind, bundles[i], direction, providers=opts.providers, threads=opts.threads, device=opts.device,
-                checkpoint=opts.checkpoint)) for i, kind in candidates}
+                checkpoint=opts.checkpoint, server=opts.server)) for i, kind in candidates}
             for n in sizes:
                 x = np.ascontiguousarray(np.resize(source, (n, *source.shape[1:])))
                 calls = {key: functools.partial(b.infer, {feed_name: x}) for key, b in runners.items()}
@@ -272,6 +287,8 @@ def bench(opts: BenchOptions, progress: Callable[[str, float], None] = lambda wh
                 for (i, kind), parts in measured.items():
                     results.append(_entry(runners[i, kind].name, kind, bundles[i], direction, n, parts, flops))
     compare_with_baseline(results)
+    if opts.concurrency:
+        results += load_server(opts, bundle, sizes, progress)
     return BenchReport(
         bundles=[{"path": str(b.path), "precision": b.precision} for b in bundles],
         skipped=skipped,
@@ -328,3 +345,78 @@ def compare_with_baseline(results: list[BenchEntry]) -> None:
         r.speedup_rounds = [b["median_ms"] / m["median_ms"] for b, m in zip(ref.rounds, r.rounds)]
         spread = (max(r.speedup_rounds) - min(r.speedup_rounds)) / r.speedup
         r.noisy = bool(spread > NOISY_SPREAD)
+
+
+# -- a served model under load -----------------------------------------------------------------------
+
+
+def load_server(opts: BenchOptions, bundle: Bundle, sizes: list[int],
+                progress: Callable[[str, float], None]) -> list[BenchEntry]:
+    """Throughput and latency of the served forward, inverse and round trip at each concurrency:
+    `c` clients (threads, one connection each) send `opts.requests` requests each, back to back,
+    with the bundle's reference inputs tiled to the batch size. A closed loop like perf_analyzer's
+    concurrency mode: a client sends its next request when the previous one is answered."""
+    import threading
+
+    reference = bundle.reference("images", Z)
+    levels = [(d, n, c) for d in (FORWARD, INVERSE, "roundtrip") for n in sizes for c in opts.concurrency]
+    entries = []
+    for done, (direction, n, c) in enumerate(levels):
+        graph = INVERSE if direction == INVERSE else FORWARD
+        source = reference[Z if graph == INVERSE else "images"]
+        x = np.ascontiguousarray(np.resize(source, (n, *source.shape[1:])))
+        # one client per thread, made in it: tritonclient's HTTP client must stay on its thread
+        ready = threading.Barrier(c + 1)
+        results: list[dict[str, Any]] = [{} for _ in range(c)]
+        threads = [threading.Thread(target=_client, args=(bundle, graph, direction, opts, x, ready, out))
+                   for out in results]
+        for t in threads:
+            t.start()
+        ready.wait()  # every client connected and warm
+        start = time.perf_counter()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - start
+        failed = [r["error"] for r in results if "error" in r]
+        if failed:
+            raise IRevNetError(f"a client of the load failed: {failed[0]}")
+        latencies = [r["latencies"] for r in results]
+        flat = [t for lat in latencies for t in lat]
+        stats = _stats(flat, n) | {"images_per_s": n * len(flat) / wall}  # throughput of all clients together
+        label = results[0]["name"]
+        entries.append(BenchEntry(
+            label, "triton", str(bundle.path), bundle.precision, direction, n, stats,
+            gflops=conv_flops(bundle.config) * (2 if direction == "roundtrip" else 1) * n * len(flat) / wall / 1e9,
+            rounds=[{"runs": len(lat), "median_ms": float(np.median(lat) * 1e3), "min_ms": float(min(lat) * 1e3),
+                     "max_ms": float(max(lat) * 1e3)} for lat in latencies],
+            concurrency=c,
+        ))
+        progress(f"{label} {direction} batch {n} x{c} clients", (done + 1) / len(levels))
+    return entries
+
+
+def _client(bundle: Bundle, graph: str, direction: str, opts: BenchOptions, x: np.ndarray,
+            ready: Any, out: dict[str, Any]) -> None:
+    """One client of load_server: connect, warm up, wait for the others, then send
+    `opts.requests` requests back to back, recording each one's latency."""
+    from .backends.triton_backend import TritonBackend
+
+    try:
+        client = TritonBackend(bundle, graph, opts.server)
+        if direction == "roundtrip":
+            client.model = client.model.removesuffix(f"_{FORWARD}") + "_roundtrip"
+            client.outputs = [{"name": RECONSTRUCTION, "shape": [], "dtype": "float32"}]
+        feed = {client.inputs[0]["name"]: x}
+        client.infer(feed)
+        out["name"] = client.name
+    except Exception as e:  # noqa: BLE001 - reported by the main thread, which must not wait forever
+        out["error"] = str(e)
+        ready.abort()
+        return
+    try:
+        ready.wait()
+        out["latencies"] = [_timed(lambda: client.infer(feed)) for _ in range(opts.requests)]
+    except Exception as e:  # noqa: BLE001
+        out["error"] = str(e)
+    finally:
+        client.close()

@@ -47,7 +47,8 @@ from .comparison import Parity, RoundTrip, Tolerance, tolerance_for
 @dataclass
 class VerifyOptions:
     bundles: list[str]
-    backends: list[str] = field(default_factory=lambda: ["onnxruntime"])
+    backends: list[str] | None = None  # default: onnxruntime, or triton with `server`
+    server: str | None = None  # a live Triton server (http://HOST:PORT, grpc://HOST:PORT): the triton backend
     dataset: str | None = None  # held-out real images; default: the bundle's reference samples
     samples: int = 8
     checkpoint: str | None = None  # live PyTorch reference; default: the manifest's, when torch is there
@@ -62,7 +63,11 @@ class VerifyOptions:
         if not self.bundles:
             raise IRevNetError("give at least one bundle folder")
         self.bundles = [str(b) for b in self.bundles]
-        self.backends = [resolve_backend(b) for b in self.backends]
+        self.backends = [resolve_backend(b) for b in self.backends or (["triton"] if self.server else ["onnxruntime"])]
+        if self.server and "triton" not in self.backends:
+            self.backends.append("triton")  # side by side with the local ones asked for
+        if "triton" in self.backends and not self.server:
+            raise IRevNetError("the triton backend needs the server's address: --server http://HOST:PORT")
         check.integer("samples", self.samples, 1, 4096)
         check.threads(self.threads)
 
@@ -259,7 +264,7 @@ def _reference(bundle: Bundle, x: np.ndarray, opts: VerifyOptions, log) -> dict[
 def _open(kind: str, bundle: Bundle, graph: str, opts: VerifyOptions):
     return open_backend(
         kind, bundle, graph, providers=opts.providers, threads=opts.threads, device=opts.device,
-        checkpoint=opts.checkpoint,
+        checkpoint=opts.checkpoint, server=opts.server,
     )
 
 
@@ -271,6 +276,9 @@ def _blocks(bundle: Bundle, kind: str, x: np.ndarray, reference, opts: VerifyOpt
     report = BlockReport(bundle.precision, kind, fidelity.get("inverse_gain"), fidelity.get("warnings", []))
     if not (bundle.has(FORWARD_BLOCKS) and bundle.has(INVERSE_BLOCKS)):
         report.skipped = "the bundle has no debug graphs (exported with --no-debug)"
+        return report
+    if kind == "triton":
+        report.skipped = "a Triton repository serves the forward and inverse graphs only"
         return report
     if kind == "tensorrt" and not bundle.has_engine(FORWARD_BLOCKS):
         report.skipped = "no debug engines (build them with `irevnet build --debug`)"

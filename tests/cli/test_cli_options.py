@@ -28,7 +28,7 @@ COMMANDS = {
     "presets": (None, {}),
 }
 # what a CLI string spells as a list in the options (comma-separated on the command line)
-PARSED = {("bench", "batch_sizes")}
+PARSED = {("bench", "batch_sizes"), ("bench", "concurrency")}
 
 
 def _commands():

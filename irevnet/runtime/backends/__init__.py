@@ -20,6 +20,7 @@ REGISTRY: dict[str, tuple[str, str, dict[str, Any]]] = {
     "torch": ("torch_backend", "TorchBackend", {}),
     "openvino": ("ov_backend", "OpenVinoBackend", {}),
     "openvino-bf16": ("ov_backend", "OpenVinoBackend", {"bf16": True}),
+    "triton": ("triton_backend", "TritonBackend", {}),  # a live Triton server (irevnet serve)
 }
 BACKENDS = tuple(REGISTRY)
 ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch", "ov": "openvino"}
@@ -43,6 +44,7 @@ def open_backend(
     threads: int | None = None,
     device: str = "auto",
     checkpoint: str | None = None,
+    server: str | None = None,
 ) -> Backend:
     """Opens `graph` (forward, inverse, forward_blocks, inverse_blocks) of a bundle on a backend.
 
@@ -55,4 +57,4 @@ def open_backend(
     module, name, fixed = REGISTRY[kind]
     cls = getattr(importlib.import_module(f"{__name__}.{module}"), name)
     return cls.for_bundle(bundle, graph, providers=providers, threads=threads, device=device, checkpoint=checkpoint,
-                          **fixed)
+                          server=server, **fixed)
