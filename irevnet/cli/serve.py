@@ -56,8 +56,7 @@ def serve(
     from ..serving.server import serve as run_server
 
     with run_server(options(ServeOptions, locals()), log=render.console.print) as server:
-        render.serving(server)
-        code = wait_for_signal(server)
+        code = wait_for_signal(server, announce=render.serving)
     render.console.print(f"tritonserver stopped (exit code {code})")
 
 

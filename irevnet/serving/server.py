@@ -238,13 +238,15 @@ def _wait_ready(server: Server, timeout: float) -> None:
     raise IRevNetError(f"tritonserver was not ready within {timeout:.0f} s; its log ends:\n{server.log_tail()}")
 
 
-def wait_for_signal(server: Server) -> int:
-    """Blocks until SIGTERM or SIGINT (or the server exits); returns the server's exit code after
-    the drain. Used by the CLI; the signals stop the server, not this process, and a second one
-    during the drain (a supervisor that signals the whole group) does not cut it short."""
+def wait_for_signal(server: Server, announce: Callable[[Server], None] = lambda s: None) -> int:
+    """Announces the server, then blocks until SIGTERM or SIGINT (or the server exits); returns the
+    server's exit code after the drain. Used by the CLI: the signals stop the server, not this
+    process; the handlers are in place before the announcement (a supervisor may signal as soon
+    as it reads it), and a second signal during the drain does not cut it short."""
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
+        announce(server)
         while not stop.is_set() and server.process.poll() is None:
             stop.wait(0.2)
         if server.process.poll() is not None and not stop.is_set():
