@@ -21,6 +21,7 @@ def triton(
     backend: Annotated[str, typer.Option("--backend", "-b", help="python flavour: onnxruntime | openvino.")] = "onnxruntime",
     instances: Annotated[int, typer.Option(help="Model instances per model.")] = 1,
     instance_kind: Annotated[InstanceKind, typer.Option(help="Where the instances run.")] = InstanceKind.cpu,
+    dynamic_batching: Annotated[bool, typer.Option(help="Merge queued requests into one batch.")] = True,
     max_queue_delay_us: Annotated[int, typer.Option(help="Dynamic batching: longest wait for a fuller batch.")] = 500,
     threads: Annotated[int | None, typer.Option(help="python flavour: intra-op threads per instance.")] = None,
 ) -> None:

@@ -65,6 +65,7 @@ class TritonOptions:
     backend: str = "onnxruntime"  # python flavour: the irevnet.runtime backend inside (onnxruntime | openvino)
     instances: int = 1  # model instances per model
     instance_kind: InstanceKind = InstanceKind.cpu
+    dynamic_batching: bool = True  # the server merges queued requests into one batch
     max_queue_delay_us: int = 500  # dynamic batching: how long a request may wait for others
     threads: int | None = None  # python flavour: intra-op threads of each instance
 
@@ -172,8 +173,9 @@ def _model_config(bundle: Bundle, graph: str, model: str, opts: TritonOptions, s
         "input [ " + ", ".join(_tensor(t) for t in spec["inputs"]) + " ]",
         "output [ " + ", ".join(_tensor(t) for t in spec["outputs"]) + " ]",
         f"instance_group [ {{ count: {opts.instances} kind: {kind} }} ]",
-        f"dynamic_batching {{ max_queue_delay_microseconds: {opts.max_queue_delay_us} }}",
     ]
+    if opts.dynamic_batching:
+        lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {opts.max_queue_delay_us} }}")
     if opts.flavour is Flavour.python:
         params = {"graph": graph, "backend": opts.backend, "shared": shared, "threads": str(opts.threads or 0)}
         lines.append("parameters [ " + ", ".join(
@@ -185,7 +187,7 @@ def _roundtrip_config(bundle: Bundle, names: dict[str, str], opts: TritonOptions
     """NAME_roundtrip: the python backend composing the two served models (triton_model.RoundTrip)."""
     fwd, inv = bundle.graphs[FORWARD], bundle.graphs[INVERSE]
     outputs = {o["name"]: o for o in fwd["outputs"]}
-    params = {"graph": ROUNDTRIP, "forward": names[FORWARD], "inverse": names[INVERSE]}
+    params = {"graph": ROUNDTRIP, "forward_model": names[FORWARD], "inverse_model": names[INVERSE]}
     return "\n".join([
         f'name: "{names[ROUNDTRIP]}"',
         'backend: "python"',
@@ -216,7 +218,7 @@ def validate_config(text: str, bundle: Bundle, model: str, names: dict[str, str]
     if config.name != model or config.max_batch_size != bundle.max_batch:
         problems.append(f"name {config.name!r} or max_batch_size {config.max_batch_size}")
     if model == names[ROUNDTRIP]:
-        steps = [config.parameters[k].string_value for k in (FORWARD, INVERSE) if k in config.parameters]
+        steps = [config.parameters[k].string_value for k in ("forward_model", "inverse_model") if k in config.parameters]
         if config.backend != "python" or steps != [names[FORWARD], names[INVERSE]]:
             problems.append(f"round trip through {steps}")
         graphs = {"inputs": bundle.graphs[FORWARD]["inputs"], "outputs": [

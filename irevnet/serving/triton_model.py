@@ -43,7 +43,7 @@ class TritonPythonModel:
         self.outputs = [o["name"] for o in config["output"]]
         if params["graph"] == "roundtrip":
             self.__class__ = RoundTrip  # Triton instantiates TritonPythonModel; the round trip is its own class
-            self.forward, self.inverse = params["forward"], params["inverse"]
+            self.forward, self.inverse = params["forward_model"], params["inverse_model"]
             self.input = config["input"][0]["name"]
             return
         shared = Path(args["model_repository"]).resolve().parent / params["shared"]

@@ -26,6 +26,9 @@ COMMANDS = {
     "info": (None, {"checkpoint": "reads a file, no options", "image_size": "passed to load_checkpoint",
                     "json": "an output of the command"}),
     "presets": (None, {}),
+    "triton": ("irevnet.serving.repository:TritonOptions", {}),
+    "serve": ("irevnet.serving.server:ServeOptions", {}),
+    "serve-env": (None, {"folder": "the environment's folder, no options"}),
 }
 # what a CLI string spells as a list in the options (comma-separated on the command line)
 PARSED = {("bench", "batch_sizes"), ("bench", "concurrency")}
