@@ -22,7 +22,7 @@ def triton(
     instances: Annotated[int, typer.Option(help="Model instances per model.")] = 1,
     instance_kind: Annotated[InstanceKind, typer.Option(help="Where the instances run.")] = InstanceKind.cpu,
     dynamic_batching: Annotated[bool, typer.Option(help="Merge queued requests into one batch.")] = True,
-    max_queue_delay_us: Annotated[int, typer.Option(help="Dynamic batching: longest wait for a fuller batch.")] = 500,
+    max_queue_delay_us: Annotated[int, typer.Option(help="Dynamic batching: longest wait for a fuller batch.")] = 0,
     threads: Annotated[int | None, typer.Option(help="python flavour: intra-op threads per instance.")] = None,
 ) -> None:
     """Write a Triton model repository: NAME_forward, NAME_inverse and NAME_roundtrip.

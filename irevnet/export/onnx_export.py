@@ -66,7 +66,11 @@ def export_graph(
 
     The module declares `input_names` and `output_names`.
     """
-    batch = torch.export.Dim(BATCH_DIM, min=1, max=max_batch)
+    # torch.export needs a range (min < max) and an example batch inside it above 1 (it
+    # specializes sizes 0 and 1): the graph does not depend on N, the manifest bounds it
+    batch = torch.export.Dim(BATCH_DIM, min=1, max=max(max_batch, 3))
+    if example.shape[0] < 2:
+        example = example.expand(2, *example.shape[1:]).contiguous()
     sink = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(sink), torch.no_grad():
         warnings.simplefilter("ignore")

@@ -67,7 +67,7 @@ class BuildOptions:
         return cls(
             bundle=str(bundle.path), max_batch=section["profile"]["max"], opt_batch=section["profile"]["opt"],
             workspace_mb=section.get("workspace_mb"), timing_cache=None,
-            opt_level=section.get("builder_optimization_level", 3), tf32=section.get("tf32", False),
+            opt_level=section.get("builder_optimization_level", cls.opt_level), tf32=section.get("tf32", cls.tf32),
             hardware_compat=section.get("hardware_compatibility", "none"),
             version_compat=section.get("version_compatible", False), debug=FORWARD_BLOCKS in section["engines"],
         )

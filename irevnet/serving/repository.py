@@ -66,7 +66,7 @@ class TritonOptions:
     instances: int = 1  # model instances per model
     instance_kind: InstanceKind = InstanceKind.cpu
     dynamic_batching: bool = True  # the server merges queued requests into one batch
-    max_queue_delay_us: int = 500  # dynamic batching: how long a request may wait for others
+    max_queue_delay_us: int = 0  # dynamic batching: how long a request may wait for others (Triton's default)
     threads: int | None = None  # python flavour: intra-op threads of each instance
 
     def __post_init__(self) -> None:

@@ -262,3 +262,21 @@ def test_a_folder_irevnet_no_longer_writes_is_not_taken_for_its_own(trained_tiny
         export_tiny(trained_tiny, out, debug_graphs=False)
     assert "\n" not in str(err.value)
     assert (out / "ort_trt_cache" / "notes.txt").read_text() == "mine"
+
+
+def test_a_bundle_for_batch_one_exports(trained_tiny, tmp_path):
+    """--max-batch 1 was a traceback: torch.export refuses a dynamic dimension whose range is a
+    single value (and specializes an example batch of 1). The bundle serves batch 1 only."""
+    from irevnet.export.bundle import ExportOptions, export_bundle
+    from irevnet.runtime import Bundle, InputError, open_backend
+
+    out = tmp_path / "b1"
+    manifest = export_bundle(ExportOptions(checkpoint=str(trained_tiny / "best.pt"), out=str(out), max_batch=1,
+                                           debug_graphs=False))
+    assert manifest["batch"]["max"] == 1 and manifest["verification"]["passed"]
+    bundle = Bundle.open(out)
+    x = bundle.reference("images")["images"]
+    with open_backend("onnxruntime", bundle, FORWARD) as fwd:
+        assert fwd.infer({IMAGE: x[:1]})[Z].shape[0] == 1
+        with pytest.raises(InputError, match="batch 2 is outside the exported range 1..1"):
+            fwd.infer({IMAGE: np.concatenate([x[:1]] * 2)})

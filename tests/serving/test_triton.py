@@ -115,7 +115,7 @@ def test_every_flavour_parses_as_triton_model_config_and_matches_the_graphs(bund
     assert [(t.name, list(t.dims)) for t in fwd.output] == [(LOGITS, [bundle.config.num_classes]), (Z, list(bundle.config.z_shape))]
     assert [(t.name, list(t.dims)) for t in configs["d_inverse"].input] == [(Z, list(bundle.config.z_shape))]
     assert [t.name for t in configs["d_roundtrip"].output] == [RECONSTRUCTION, LOGITS, Z]
-    assert fwd.dynamic_batching.max_queue_delay_microseconds == 500
+    assert fwd.HasField("dynamic_batching") and fwd.dynamic_batching.max_queue_delay_microseconds == 0
     version = tmp_path / "repo" / "d_forward" / "1"
     expected = {"python": ["model.py"], "onnxruntime": ["model.onnx"], "openvino": ["model.onnx", WEIGHTS],
                 "tensorrt": ["model.plan"]}[flavour]
