@@ -159,3 +159,14 @@ def install_fake_trt(monkeypatch, version: str):
 def fake_trt(monkeypatch):
     """install_fake_trt for one test: call it with a TensorRT version string."""
     return lambda version: install_fake_trt(monkeypatch, version)
+
+
+def json_objects(node, path: str = ""):
+    """(JSON pointer, object) for every JSON object in a document (manifests, the schema)."""
+    if isinstance(node, dict):
+        yield path, node
+        for key, value in node.items():
+            yield from json_objects(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from json_objects(value, f"{path}/{i}")

@@ -10,6 +10,7 @@ import pytest
 from irevnet import contract
 from irevnet.contract import BATCH_DIM, FORWARD, GRAPHS, INVERSE, LAYOUT, Precision
 from irevnet.runtime.bundle import SCHEMA_FILE
+from tests.conftest import json_objects
 
 ROOT = Path(__file__).resolve().parents[1]
 # Every string value of the contract, except DEBUG: "debug" is also the name of the --debug option
@@ -51,18 +52,9 @@ def test_the_literal_check_finds_what_it_looks_for(tmp_path):
     assert [hit.split(":")[0] for hit in _literals(sample)] == ["1", "2", "3", "4"]
 
 
-def _schema_values(node, key: str, path: str = "") -> dict[str, object]:
-    """Every `key` (const or enum) in the schema, by its JSON pointer."""
-    found = {}
-    if isinstance(node, dict):
-        for k, v in node.items():
-            if k == key:
-                found[path] = v
-            found |= _schema_values(v, key, f"{path}/{k}")
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            found |= _schema_values(v, key, f"{path}/{i}")
-    return found
+def _schema_values(schema, key: str) -> dict[str, object]:
+    """Every `key` (const or enum) in the schema, by the JSON pointer of the object holding it."""
+    return {path: node[key] for path, node in json_objects(schema) if key in node}
 
 
 @pytest.fixture(scope="module")
@@ -84,15 +76,6 @@ def test_schema_states_the_contracts_values(schema):
 def test_every_object_of_the_schema_refuses_unknown_fields(schema):
     """An added field is refused wherever it is added, so a writer cannot drift from the schema
     unnoticed: every object with named properties says additionalProperties false."""
-    def objects(node, path=""):
-        if isinstance(node, dict):
-            if "properties" in node:
-                yield path, node
-            for k, v in node.items():
-                yield from objects(v, f"{path}/{k}")
-        elif isinstance(node, list):
-            for i, v in enumerate(node):
-                yield from objects(v, f"{path}/{i}")
-
-    open_objects = [path or "/" for path, node in objects(schema) if node.get("additionalProperties") is not False]
+    open_objects = [path or "/" for path, node in json_objects(schema)
+                    if "properties" in node and node.get("additionalProperties") is not False]
     assert open_objects == []
