@@ -322,3 +322,25 @@ def test_a_port_in_use_is_one_line(repository):
         with pytest.raises(IRevNetError, match=f"port {port} on 127.0.0.1 is in use \\(--http-port\\)"), \
                 serve(ServeOptions(target=str(repository), http_port=port, grpc_port=0, metrics_port=0)):
             pass
+
+
+@needs_server
+def test_a_server_not_ready_in_time_is_one_error_with_its_log(repository):
+    from irevnet.serving.server import ServeOptions, serve
+
+    with pytest.raises(IRevNetError, match=r"tritonserver was not ready within 0 s; its log ends:"), \
+            serve(ServeOptions(target=str(repository), http_port=0, grpc_port=0, metrics_port=0, ready_timeout_s=0.01)):
+        pass
+
+
+@pytest.mark.parametrize("args", [["triton", "{b}", "-o", "{tmp}/r"], ["verify", "{b}", "--server", "http://127.0.0.1:9"]])
+def test_without_the_serve_extra_the_commands_name_it(bundles, tmp_path, args):
+    """tritonclient blocked in a fresh process: one line naming the pip extra, exit 2."""
+    code = ("import sys; sys.modules['tritonclient'] = None\n"
+            "sys.argv = ['irevnet', *sys.argv[1:]]\n"
+            "from irevnet.cli import main; main()\n")
+    argv = [a.format(b=bundles[Precision.fp32], tmp=tmp_path) for a in args]
+    out = subprocess.run([sys.executable, "-c", code, *argv], check=False, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines()[-1].endswith("pip install 'irevnet[serve]'"), out.stderr
+    assert not (tmp_path / "r").exists()
