@@ -37,16 +37,27 @@ def _error(message: str):
 
 
 class TritonPythonModel:
+    """Triton's entry point: one graph of the bundle, or the round trip (the config's `graph`)."""
+
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        kind = RoundTrip if params["graph"] == "roundtrip" else Graph
+        self.model = kind(config, params, Path(args["model_repository"]).resolve().parent)
+
+    def execute(self, requests: list) -> list:
+        return self.model.execute(requests)
+
+    def finalize(self) -> None:
+        self.model.close()
+
+
+class Graph:
+    """NAME_forward or NAME_inverse: the bundle's graph on an irevnet.runtime backend."""
+
+    def __init__(self, config: dict, params: dict[str, str], repository: Path):
         self.outputs = [o["name"] for o in config["output"]]
-        if params["graph"] == "roundtrip":
-            self.__class__ = RoundTrip  # Triton instantiates TritonPythonModel; the round trip is its own class
-            self.forward, self.inverse = params["forward_model"], params["inverse_model"]
-            self.input = config["input"][0]["name"]
-            return
-        shared = Path(args["model_repository"]).resolve().parent / params["shared"]
+        shared = repository / params["shared"]
         if str(shared) not in sys.path:
             sys.path.insert(0, str(shared))  # the repository's own copy of irevnet's runtime
         from irevnet.errors import IRevNetError
@@ -94,12 +105,17 @@ class TritonPythonModel:
             start += len(x)
         return responses
 
-    def finalize(self) -> None:
+    def close(self) -> None:
         self.backend.close()
 
 
-class RoundTrip(TritonPythonModel):
+class RoundTrip:
     """image -> forward -> inverse, through the served models (one BLS call each)."""
+
+    def __init__(self, config: dict, params: dict[str, str], repository: Path):
+        self.outputs = [o["name"] for o in config["output"]]
+        self.input = config["input"][0]["name"]
+        self.forward, self.inverse = params["forward_model"], params["inverse_model"]
 
     def execute(self, requests: list) -> list:
         return [self._one(request) for request in requests]
@@ -124,5 +140,5 @@ class RoundTrip(TritonPythonModel):
             tensors[recon] = pb_utils.Tensor(recon, pb_utils.get_output_tensor_by_name(got, self.input).as_numpy())
         return pb_utils.InferenceResponse(output_tensors=[tensors[name] for name in self.outputs if name in asked])
 
-    def finalize(self) -> None:
+    def close(self) -> None:
         pass
