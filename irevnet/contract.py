@@ -29,6 +29,7 @@ INVERSE = "inverse"  # Z -> IMAGE
 FORWARD_BLOCKS = "forward_blocks"  # IMAGE -> LOGITS, Z, every block_input(i), every branch_output(i)
 INVERSE_BLOCKS = "inverse_blocks"  # Z -> IMAGE, every block_input(i) recovered, every branch_output(i)
 GRAPHS = (FORWARD, INVERSE, FORWARD_BLOCKS, INVERSE_BLOCKS)
+ROUNDTRIP = "roundtrip"  # IMAGE -> RECONSTRUCTION, LOGITS, Z: served as NAME_roundtrip (irevnet.serving)
 ONNX_SUFFIX = ".onnx"
 ENGINE_SUFFIX = ".engine"
 

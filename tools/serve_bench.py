@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from irevnet.contract import FORWARD, IMAGE, INVERSE, Z
+from irevnet.contract import FORWARD, IMAGE, INVERSE, ROUNDTRIP, Z
 from irevnet.runtime import Bundle, open_backend
 from irevnet.runtime.bench import BenchOptions, load_server
 from irevnet.serving.repository import TritonOptions, write_repository
@@ -38,7 +38,7 @@ def in_process(bundle: Bundle, threads: int, requests: int) -> list[dict]:
             open_backend("onnxruntime", bundle, INVERSE, threads=threads) as inv:
         calls = {FORWARD: lambda: fwd.infer({IMAGE: ref["images"][:1]}),
                  INVERSE: lambda: inv.infer({Z: ref[Z][:1]}),
-                 "roundtrip": lambda: inv.infer({Z: fwd.infer({IMAGE: ref["images"][:1]})[Z]})}
+                 ROUNDTRIP: lambda: inv.infer({Z: fwd.infer({IMAGE: ref["images"][:1]})[Z]})}
         for direction, call in calls.items():
             for _ in range(20):
                 call()

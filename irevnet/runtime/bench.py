@@ -21,6 +21,7 @@ import functools
 import os
 import platform
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,10 +32,10 @@ import numpy as np
 
 from .. import validation as check
 from ..allocator import steady_allocator
-from ..contract import FORWARD, IMAGE, INVERSE, RECONSTRUCTION, Z
+from ..contract import FORWARD, IMAGE, INVERSE, RECONSTRUCTION, ROUNDTRIP, Z
 from ..errors import IRevNetError
 from ..model.config import IRevNetConfig
-from .backends import open_backend, resolve_backend, unsupported
+from .backends import open_backend, resolve_backends, unsupported
 from .bundle import Bundle
 
 
@@ -71,11 +72,7 @@ class BenchOptions:
         self.direction = check.choice("direction", self.direction, Direction)
         check.integer("rounds", self.rounds, 1, 1000)
         # with a server: the served models beside the in-process runtime
-        self.backends = [resolve_backend(b) for b in self.backends or (["onnxruntime", "triton"] if self.server else ["onnxruntime"])]
-        if self.server and "triton" not in self.backends:
-            self.backends.append("triton")  # side by side with the local ones asked for
-        if "triton" in self.backends and not self.server:
-            raise IRevNetError("the triton backend needs the server's address: --server http://HOST:PORT")
+        self.backends = resolve_backends(self.backends, self.server, ["onnxruntime"])
         for n in self.batch_sizes or []:
             check.integer("batch_sizes", n, 1, check.MAX_BATCH)
         check.integer("iterations", self.iterations, 1, 10**9, optional=True)
@@ -356,23 +353,21 @@ def load_server(opts: BenchOptions, bundle: Bundle, sizes: list[int],
     `c` clients (threads, one connection each) send `opts.requests` requests each, back to back,
     with the bundle's reference inputs tiled to the batch size. A closed loop like perf_analyzer's
     concurrency mode: a client sends its next request when the previous one is answered."""
-    import threading
-
     reference = bundle.reference("images", Z)
-    levels = [(d, n, c) for d in (FORWARD, INVERSE, "roundtrip") for n in sizes for c in opts.concurrency]
+    levels = [(d, n, c) for d in (FORWARD, INVERSE, ROUNDTRIP) for n in sizes for c in opts.concurrency]
     entries = []
     for done, (direction, n, c) in enumerate(levels):
-        graph = INVERSE if direction == INVERSE else FORWARD
-        source = reference[Z if graph == INVERSE else "images"]
+        source = reference[Z if direction == INVERSE else "images"]
         x = np.ascontiguousarray(np.resize(source, (n, *source.shape[1:])))
         # one client per thread, made in it: tritonclient's HTTP client must stay on its thread
         ready = threading.Barrier(c + 1)
         results: list[dict[str, Any]] = [{} for _ in range(c)]
-        threads = [threading.Thread(target=_client, args=(bundle, graph, direction, opts, x, ready, out))
+        threads = [threading.Thread(target=_client, args=(bundle, direction, opts, x, ready, out))
                    for out in results]
         for t in threads:
             t.start()
-        ready.wait()  # every client connected and warm
+        with contextlib.suppress(threading.BrokenBarrierError):  # broken: a client failed, reported below
+            ready.wait()  # every client connected and warm
         start = time.perf_counter()
         for t in threads:
             t.join()
@@ -386,7 +381,7 @@ def load_server(opts: BenchOptions, bundle: Bundle, sizes: list[int],
         label = results[0]["name"]
         entries.append(BenchEntry(
             label, "triton", str(bundle.path), bundle.precision, direction, n, stats,
-            gflops=conv_flops(bundle.config) * (2 if direction == "roundtrip" else 1) * n * len(flat) / wall / 1e9,
+            gflops=conv_flops(bundle.config) * (2 if direction == ROUNDTRIP else 1) * n * len(flat) / wall / 1e9,
             rounds=[{"runs": len(lat), "median_ms": float(np.median(lat) * 1e3), "min_ms": float(min(lat) * 1e3),
                      "max_ms": float(max(lat) * 1e3)} for lat in latencies],
             concurrency=c,
@@ -395,19 +390,17 @@ def load_server(opts: BenchOptions, bundle: Bundle, sizes: list[int],
     return entries
 
 
-def _client(bundle: Bundle, graph: str, direction: str, opts: BenchOptions, x: np.ndarray,
+def _client(bundle: Bundle, direction: str, opts: BenchOptions, x: np.ndarray,
             ready: Any, out: dict[str, Any]) -> None:
     """One client of load_server: connect, warm up, wait for the others, then send
     `opts.requests` requests back to back, recording each one's latency."""
     from .backends.triton_backend import TritonBackend
 
     try:
-        client = TritonBackend(bundle, graph, opts.server)
-        if direction == "roundtrip":
-            client.model = client.model.removesuffix(f"_{FORWARD}") + "_roundtrip"
-            client.outputs = [{"name": RECONSTRUCTION, "shape": [], "dtype": "float32"}]
+        client = TritonBackend(bundle, direction, opts.server)
         feed = {client.inputs[0]["name"]: x}
-        client.infer(feed)
+        outputs = [RECONSTRUCTION] if direction == ROUNDTRIP else None  # the round trip's image, as a client wants it
+        client.infer(feed, outputs)
         out["name"] = client.name
     except Exception as e:  # noqa: BLE001 - reported by the main thread, which must not wait forever
         out["error"] = str(e)
@@ -415,7 +408,9 @@ def _client(bundle: Bundle, graph: str, direction: str, opts: BenchOptions, x: n
         return
     try:
         ready.wait()
-        out["latencies"] = [_timed(lambda: client.infer(feed)) for _ in range(opts.requests)]
+        out["latencies"] = [_timed(lambda: client.infer(feed, outputs)) for _ in range(opts.requests)]
+    except threading.BrokenBarrierError:
+        pass  # another client failed to start: its error is the one reported
     except Exception as e:  # noqa: BLE001
         out["error"] = str(e)
     finally:

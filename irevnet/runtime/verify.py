@@ -39,7 +39,7 @@ from ..errors import IRevNetError
 from ..io.datasets import read_test_images
 from ..io.images import plot_error_vs_depth
 from ..metrics import rel_l2
-from .backends import open_backend, resolve_backend, unsupported
+from .backends import open_backend, resolve_backends, unsupported
 from .bundle import Bundle
 from .comparison import Parity, RoundTrip, Tolerance, tolerance_for
 
@@ -63,11 +63,7 @@ class VerifyOptions:
         if not self.bundles:
             raise IRevNetError("give at least one bundle folder")
         self.bundles = [str(b) for b in self.bundles]
-        self.backends = [resolve_backend(b) for b in self.backends or (["triton"] if self.server else ["onnxruntime"])]
-        if self.server and "triton" not in self.backends:
-            self.backends.append("triton")  # side by side with the local ones asked for
-        if "triton" in self.backends and not self.server:
-            raise IRevNetError("the triton backend needs the server's address: --server http://HOST:PORT")
+        self.backends = resolve_backends(self.backends, self.server, [] if self.server else ["onnxruntime"])
         check.integer("samples", self.samples, 1, 4096)
         check.threads(self.threads)
 

@@ -32,13 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from .. import validation as check
-from ..contract import FORWARD, INVERSE, LOGITS, MANIFEST, RECONSTRUCTION, Z, graph_file
+from ..contract import FORWARD, INVERSE, LOGITS, MANIFEST, RECONSTRUCTION, ROUNDTRIP, Z, graph_file
 from ..errors import IRevNetError
 from ..io.files import atomic_directory, check_replaceable, write_json
+from ..runtime.backends.triton_backend import served_tensors
 from ..runtime.bundle import Bundle
 
 MARKER = "irevnet.json"  # at the repository's root: Triton reads folders only
-ROUNDTRIP = "roundtrip"
 SHARED = "shared"  # inside NAME_forward: the bundle and the vendored package (python flavour)
 _DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -87,21 +87,26 @@ def model_names(name: str) -> dict[str, str]:
     return {FORWARD: f"{name}_{FORWARD}", INVERSE: f"{name}_{INVERSE}", ROUNDTRIP: f"{name}_{ROUNDTRIP}"}
 
 
-def is_repository_folder(path: Path) -> bool:
-    """True when `path` is a repository `irevnet triton` wrote (what a rerun may replace)."""
+def _record(path: Path) -> dict[str, Any] | None:
+    """The repository's irevnet.json when it is one of `irevnet triton`'s, else None."""
     try:
         record = json.loads((path / MARKER).read_text())
     except (OSError, ValueError, RecursionError):
-        return False
-    return isinstance(record, dict) and record.get("format") == "irevnet-triton-repository"
+        return None
+    return record if isinstance(record, dict) and record.get("format") == "irevnet-triton-repository" else None
+
+
+def is_repository_folder(path: Path) -> bool:
+    """True when `path` is a repository `irevnet triton` wrote (what a rerun may replace)."""
+    return _record(path) is not None
 
 
 def read_marker(path: Path) -> dict[str, Any]:
     """The repository's record, or a one-line error when the folder is not irevnet's."""
-    if not is_repository_folder(path):
+    record = _record(path)
+    if record is None:
         raise IRevNetError(f"{path} is not a Triton repository written by `irevnet triton` (no {MARKER}); "
                            f"write one with `irevnet triton BUNDLE -o {path}`")
-    record = json.loads((path / MARKER).read_text())
     if not (isinstance(record.get("name"), str) and _NAME.match(record["name"]) and record.get("flavour") in Flavour.__members__):
         raise IRevNetError(f"{path / MARKER} is malformed; write the repository again with `irevnet triton`")
     return record
@@ -156,6 +161,11 @@ def _tensor(spec: dict[str, Any], name: str | None = None) -> str:
     return f'{{ name: "{name or spec["name"]}" data_type: {_DTYPES[spec["dtype"]]} dims: [ {dims} ] }}'
 
 
+def _parameters(params: dict[str, str]) -> str:
+    """The python backend's string parameters (read by triton_model.py)."""
+    return "parameters [ " + ", ".join(f'{{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items()) + " ]"
+
+
 def _model_config(bundle: Bundle, graph: str, model: str, opts: TritonOptions, shared: str) -> str:
     spec = bundle.graphs[graph]
     kind = "KIND_GPU" if opts.instance_kind is InstanceKind.gpu else "KIND_CPU"
@@ -177,9 +187,8 @@ def _model_config(bundle: Bundle, graph: str, model: str, opts: TritonOptions, s
     if opts.dynamic_batching:
         lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {opts.max_queue_delay_us} }}")
     if opts.flavour is Flavour.python:
-        params = {"graph": graph, "backend": opts.backend, "shared": shared, "threads": str(opts.threads or 0)}
-        lines.append("parameters [ " + ", ".join(
-            f'{{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items()) + " ]")
+        lines.append(_parameters({"graph": graph, "backend": opts.backend, "shared": shared,
+                                  "threads": str(opts.threads or 0)}))
     return "\n".join(lines) + "\n"
 
 
@@ -195,7 +204,7 @@ def _roundtrip_config(bundle: Bundle, names: dict[str, str], opts: TritonOptions
         "input [ " + _tensor(fwd["inputs"][0]) + " ]",
         "output [ " + ", ".join([_tensor(inv["outputs"][0], RECONSTRUCTION), _tensor(outputs[LOGITS]), _tensor(outputs[Z])]) + " ]",
         f"instance_group [ {{ count: {opts.instances} kind: KIND_CPU }} ]",
-        "parameters [ " + ", ".join(f'{{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items()) + " ]",
+        _parameters(params),
     ]) + "\n"
 
 
@@ -221,10 +230,8 @@ def validate_config(text: str, bundle: Bundle, model: str, names: dict[str, str]
         steps = [config.parameters[k].string_value for k in ("forward_model", "inverse_model") if k in config.parameters]
         if config.backend != "python" or steps != [names[FORWARD], names[INVERSE]]:
             problems.append(f"round trip through {steps}")
-        graphs = {"inputs": bundle.graphs[FORWARD]["inputs"], "outputs": [
-            {**bundle.graphs[INVERSE]["outputs"][0], "name": RECONSTRUCTION}, *bundle.graphs[FORWARD]["outputs"]]}
-    else:
-        graphs = bundle.graphs[FORWARD if model == names[FORWARD] else INVERSE]
+    graph = next(graph for graph, name in names.items() if name == model)
+    graphs = served_tensors(bundle, graph)
     for side, tensors in (("input", config.input), ("output", config.output)):
         declared = {t.name: (config_pb2.DataType.Name(t.data_type), list(t.dims)) for t in tensors}
         expected = {t["name"]: (_DTYPES[t["dtype"]], list(t["shape"][1:])) for t in graphs[f"{side}s"]}

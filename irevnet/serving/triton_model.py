@@ -9,7 +9,7 @@ Each request of a dynamic batch is checked on its own (dtype, shape, batch size,
 backend's own rules); a bad one gets its own INVALID_ARG error (HTTP 400) and the good ones are
 run together and answered. Only the outputs some request asks for are computed.
 
-NAME_roundtrip (`graph` roundtrip) composes the two served models with Triton's business logic
+NAME_roundtrip (parameters `forward_model`, `inverse_model`) composes the two served models with Triton's business logic
 scripting: image -> NAME_forward -> z -> NAME_inverse -> reconstruction, returning what the
 request asks for of reconstruction, logits and z. It is not an `ensemble`: Triton 2.51's ensemble
 scheduler fails a request for exactly one of several ensemble outputs with "unexpected deadlock,
@@ -42,7 +42,7 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        kind = RoundTrip if params["graph"] == "roundtrip" else Graph
+        kind = RoundTrip if "forward_model" in params else Graph
         self.model = kind(config, params, Path(args["model_repository"]).resolve().parent)
 
     def execute(self, requests: list) -> list:

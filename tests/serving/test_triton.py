@@ -20,7 +20,7 @@ import time
 import numpy as np
 import pytest
 
-from irevnet.contract import FORWARD, IMAGE, INVERSE, LOGITS, RECONSTRUCTION, WEIGHTS, Precision, Z
+from irevnet.contract import FORWARD, IMAGE, INVERSE, LOGITS, RECONSTRUCTION, ROUNDTRIP, WEIGHTS, Precision, Z
 from irevnet.errors import IRevNetError
 from irevnet.runtime import Bundle, open_backend
 
@@ -253,7 +253,7 @@ def test_verify_and_bench_reach_the_server(server, bundles):
     assert [e.kind for e in timed.results[:2]] == ["onnxruntime", "triton"], "the in-process runtime beside the server"
     load = timed.results[2:]  # every load level: forward, inverse and the served round trip
     assert [(e.direction, e.concurrency) for e in load] == [(FORWARD, 1), (FORWARD, 4), (INVERSE, 1), (INVERSE, 4),
-                                                            ("roundtrip", 1), ("roundtrip", 4)]
+                                                            (ROUNDTRIP, 1), (ROUNDTRIP, 4)]
     assert all(e.stats["iterations"] == 5 * e.concurrency and e.images_per_s > 0 for e in load), "nothing lost"
 
 

@@ -25,7 +25,18 @@ REGISTRY: dict[str, tuple[str, str, dict[str, Any]]] = {
 BACKENDS = tuple(REGISTRY)
 ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch", "ov": "openvino"}
 
-__all__ = ["BACKENDS", "Backend", "InputError", "open_backend", "resolve_backend", "unsupported"]
+__all__ = ["BACKENDS", "Backend", "InputError", "open_backend", "resolve_backend", "resolve_backends", "unsupported"]
+
+
+def resolve_backends(names: list[str] | None, server: str | None, default: list[str]) -> list[str]:
+    """verify's and bench's backends: the names given (aliases resolved), else `default`; with a
+    server, the triton backend beside them. The triton backend needs the server's address."""
+    kinds = [resolve_backend(name) for name in names or default]
+    if server and "triton" not in kinds:
+        kinds.append("triton")  # side by side with the local ones asked for
+    if "triton" in kinds and not server:
+        raise IRevNetError("the triton backend needs the server's address: --server http://HOST:PORT")
+    return kinds
 
 
 def resolve_backend(name: str) -> str:

@@ -3,8 +3,8 @@ repository of `irevnet triton`), through tritonclient over HTTP or gRPC: verify 
 and time it like a local runtime.
 
 The server is found by URL (`http://HOST:PORT`, `grpc://HOST:PORT`, or `HOST:PORT` for HTTP); the
-model is the one serving this bundle's graph: NAME_forward / NAME_inverse whose inputs and
-outputs are the graph's. Whether it computes what the bundle verified is for verify to judge (its
+model is the one serving this bundle's graph: NAME_forward / NAME_inverse (or NAME_roundtrip)
+whose inputs and outputs are the graph's. Whether it computes what the bundle verified is for verify to judge (its
 outputs against the stored PyTorch reference).
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ...contract import BATCH_DIM, FORWARD, INVERSE
+from ...contract import BATCH_DIM, FORWARD, INVERSE, RECONSTRUCTION, ROUNDTRIP
 from ...errors import IRevNetError
 from ..bundle import Bundle
 from .base import Backend
@@ -35,8 +35,7 @@ def client_for(url: str):
             raise IRevNetError(f"--server {url}: give http://HOST:PORT or grpc://HOST:PORT")
     except ImportError:
         raise IRevNetError("a Triton server is reached through tritonclient: pip install 'irevnet[serve]'") from None
-    client = module.InferenceServerClient(address, ssl=protocol == "https") if protocol != "grpc" else \
-        module.InferenceServerClient(address)
+    client = module.InferenceServerClient(address, **({"ssl": True} if protocol == "https" else {}))
     try:
         live = client.is_server_live()
     except Exception as e:  # noqa: BLE001 - connection errors of two client libraries (gevent, grpc)
@@ -56,8 +55,8 @@ class TritonBackend(Backend):
     def for_bundle(cls, bundle: Bundle, graph: str, *, server: str | None = None, **_: Any) -> TritonBackend:
         if server is None:
             raise IRevNetError("the triton backend needs the server's address: --server http://HOST:PORT")
-        if graph not in (FORWARD, INVERSE):
-            raise IRevNetError(f"a Triton repository of irevnet serves forward and inverse, not {graph}")
+        if graph not in (FORWARD, INVERSE, ROUNDTRIP):
+            raise IRevNetError(f"a Triton repository of irevnet serves forward, inverse and roundtrip, not {graph}")
         return cls(bundle, graph, server)
 
     def __init__(self, bundle: Bundle, graph: str, server: str):
@@ -66,7 +65,7 @@ class TritonBackend(Backend):
         self.name = f"triton[{protocol} {server.rpartition('://')[2]}]"
         self.kind = "triton"
         self.origin = f"{server}: {self.model}"
-        spec = bundle.graphs[graph]
+        spec = served_tensors(bundle, graph)
         self.inputs = [{"name": t["name"], "shape": [BATCH_DIM, *t["shape"][1:]], "dtype": t["dtype"]} for t in spec["inputs"]]
         self.outputs = [{"name": t["name"], "shape": [BATCH_DIM, *t["shape"][1:]], "dtype": t["dtype"]} for t in spec["outputs"]]
         self.max_batch = bundle.max_batch
@@ -88,6 +87,15 @@ class TritonBackend(Backend):
         self.client.close()
 
 
+def served_tensors(bundle: Bundle, graph: str) -> dict[str, list[dict[str, Any]]]:
+    """The inputs and outputs of a served model: a graph's, or the round trip's (the forward's
+    input; the inverse's image as RECONSTRUCTION, then the forward's outputs)."""
+    if graph != ROUNDTRIP:
+        return bundle.graphs[graph]
+    fwd, inv = bundle.graphs[FORWARD], bundle.graphs[INVERSE]
+    return {"inputs": fwd["inputs"], "outputs": [{**inv["outputs"][0], "name": RECONSTRUCTION}, *fwd["outputs"]]}
+
+
 def _served_model(client, bundle: Bundle, graph: str, server: str, protocol: str) -> str:
     """The model on the server whose name ends in _GRAPH and whose tensors are the graph's."""
     try:
@@ -95,7 +103,7 @@ def _served_model(client, bundle: Bundle, graph: str, server: str, protocol: str
     except Exception as e:  # noqa: BLE001
         raise IRevNetError(f"{server}: cannot list its models ({str(e)[:120]})") from None
     entries = index if isinstance(index, list) else [{"name": m.name, "state": m.state} for m in index.models]
-    spec = bundle.graphs[graph]
+    spec = served_tensors(bundle, graph)
     want = {(t["name"], tuple(t["shape"][1:])) for t in spec["inputs"] + spec["outputs"]}
     candidates = []
     for entry in entries:
