@@ -138,7 +138,10 @@ def make_env(path: str) -> Path:
     target = Path(path)
     if target.exists() and any(target.iterdir()):
         raise IRevNetError(f"{target} exists and is not empty; give a new folder")
-    subprocess.run([sys.executable, "-m", "venv", str(target)], check=True)
+    venv = subprocess.run([sys.executable, "-m", "venv", str(target)], check=False)
+    if venv.returncode != 0:
+        raise IRevNetError(f"could not make a virtual environment in {target} (python -m venv exited "
+                           f"{venv.returncode}, see above); give a writable new folder")
     pip = subprocess.run([str(target / "bin" / "python3"), "-m", "pip", "install", "-q", *ENV_PACKAGES], check=False)
     if pip.returncode != 0:
         raise IRevNetError(f"pip could not install {' '.join(ENV_PACKAGES)} into {target}; see its output above")

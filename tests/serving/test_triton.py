@@ -344,3 +344,18 @@ def test_without_the_serve_extra_the_commands_name_it(bundles, tmp_path, args):
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert out.stderr.strip().splitlines()[-1].endswith("pip install 'irevnet[serve]'"), out.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_serve_env_where_no_environment_can_be_made_is_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from irevnet.cli import app
+
+    result = CliRunner().invoke(app, ["serve-env", "/proc/irevnet-env"])  # /proc takes no new folder
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1].startswith("error: could not make a virtual environment in /proc/irevnet-env")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "mine.txt").write_text("mine")
+    result = CliRunner().invoke(app, ["serve-env", str(tmp_path / "taken")])
+    assert result.exit_code == 2 and "exists and is not empty; give a new folder" in result.output
+    assert (tmp_path / "taken" / "mine.txt").read_text() == "mine"
