@@ -21,14 +21,22 @@ from irevnet.contract import MANIFEST, Precision
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory):
     """The runtime's machine caches (optimized ONNX Runtime graphs, TensorRT provider engines)
-    go to a folder of this test session, not the user's ~/.cache."""
+    go to a folder of this test session, not the user's ~/.cache. The server's environment for
+    the serving tests (made on first use, about a minute) stays in the user's cache, so it is
+    made once per machine, not per session."""
+    from irevnet.serving.environment import ENV_VARIABLE, default_env
+
     previous = os.environ.get("XDG_CACHE_HOME")
+    env_before = os.environ.get(ENV_VARIABLE)
+    os.environ.setdefault(ENV_VARIABLE, str(default_env()))
     os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
     yield
     if previous is None:
         del os.environ["XDG_CACHE_HOME"]
     else:
         os.environ["XDG_CACHE_HOME"] = previous
+    if env_before is None:
+        del os.environ[ENV_VARIABLE]
 
 
 @pytest.fixture(autouse=True)

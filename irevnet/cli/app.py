@@ -263,8 +263,9 @@ ProviderOpt = Annotated[
 ]
 ThreadsOpt = Annotated[int | None, typer.Option(help="Intra-op threads (ONNX Runtime, torch).")]
 ServerOpt = Annotated[str | None, typer.Option(
-    help="A live Triton server (http://HOST:PORT or grpc://HOST:PORT) serving a repository of `irevnet triton`: "
-         "its models run as the triton backend.")]
+    help="A live Triton server (http://HOST:PORT, grpc://HOST:PORT, https://, grpcs://) serving a repository of "
+         "`irevnet triton`: its models run as the triton backend.")]
+ServerTimeoutOpt = Annotated[float, typer.Option(help="With --server: the deadline of each call, over its whole answer.")]
 RebuildOpt = Annotated[bool, typer.Option(help="Rebuild TensorRT engines made for another GPU or TensorRT version.")]
 
 

@@ -219,6 +219,16 @@ def bench(r: BenchReport) -> None:
                   f"speedup = baseline median / median (baseline: {r.results[0].baseline}), backends measured in "
                   f"{settings['rounds']} alternating rounds, noisy where the rounds' ratios spread over "
                   f"{settings['noisy_spread']:.0%}; allocator: {settings['allocator'] or 'as started'}", soft_wrap=True)
+    served = [e for e in r.results if e.server_ms]
+    if served:
+        t = Table("model", "dir", "batch", "clients", "client median ms", "queue", "compute input", "infer", "output",
+                  title="inside the server, ms per request (its statistics over the measured requests)")
+        for e in served:
+            s = e.server_ms
+            t.add_row(e.backend, e.direction[:3].replace("for", "fwd"), str(e.batch), str(e.concurrency),
+                      f"{e.median_ms:.2f}", *(f"{s[k]:.3f}" for k in ("queue", "compute_input", "compute_infer",
+                                                                        "compute_output")))
+        console.print(t)
     skipped(r.skipped)
 
 
@@ -236,15 +246,18 @@ def memory(rows: list[dict[str, Any]]) -> None:
     console.print(rows[0]["standard"]["measured_as"], soft_wrap=True)
 
 
-def repository(record: dict[str, Any], out: str) -> None:
-    models = ", ".join(record["models"].values())
-    console.print(f"wrote {out}: {models} ({record['flavour']} flavour, batch up to {record['max_batch']}, "
-                  f"{record['precision']} bundle)", soft_wrap=True)
+def repository(record: Any, out: str) -> None:
+    models = ", ".join(record.models.values())
+    versions = ", ".join(f"{v} ({info['precision']})" for v, info in sorted(record.versions.items(), key=lambda i: int(i[0])))
+    console.print(f"wrote {out}: {models} ({record.flavour} flavour, batch up to {record.max_batch}, "
+                  f"version{'s' * (len(record.versions) > 1)} {versions})", soft_wrap=True)
 
 
 def serving(server: Any) -> None:
+    shm = "private /dev/shm" if server.private_shm else "/dev/shm regions made 0600 (no private /dev/shm here)"
     console.print(f"serving {', '.join(server.models.values())}: HTTP {server.http_url}, gRPC {server.grpc_url}, "
-                  f"metrics {server.host}:{server.metrics_port}/metrics; Ctrl-C or SIGTERM stops it", soft_wrap=True)
+                  f"metrics {server.http_url.rsplit(':', 1)[0]}:{server.metrics_port}/metrics ({shm}); Ctrl-C or "
+                  f"SIGTERM stops it", soft_wrap=True)
 
 
 def demo_step(step: str, result: Any) -> None:

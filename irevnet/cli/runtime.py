@@ -17,6 +17,7 @@ from .app import (
     ProviderOpt,
     RebuildOpt,
     ServerOpt,
+    ServerTimeoutOpt,
     ThreadsOpt,
     check_outputs,
     command,
@@ -40,6 +41,7 @@ def verify(
     plot: Annotated[str | None, typer.Option(help="Write the error-vs-depth plot (PNG) here.")] = None,
     rebuild: RebuildOpt = False,
     server: ServerOpt = None,
+    server_timeout_s: ServerTimeoutOpt = 60.0,
     json: JsonOpt = None,
 ) -> None:
     """Check exported bundles: round trip, cross round trips, parity with PyTorch, error per block.
@@ -80,6 +82,7 @@ def bench(
     checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c", help="For --backend torch (default: the manifest's).")] = None,
     rebuild: RebuildOpt = False,
     server: ServerOpt = None,
+    server_timeout_s: ServerTimeoutOpt = 60.0,
     concurrency: Annotated[str | None, typer.Option(help="With --server: comma-separated numbers of concurrent "
                                                          "clients, e.g. 1,4,16.")] = None,
     requests: Annotated[int, typer.Option(help="With --concurrency: requests per client and level.")] = 200,

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from ..errors import CheckFailed
 from ..serving.repository import Flavour, InstanceKind
 from . import render
 from .app import command, options
@@ -24,6 +25,8 @@ def triton(
     dynamic_batching: Annotated[bool, typer.Option(help="Merge queued requests into one batch.")] = True,
     max_queue_delay_us: Annotated[int, typer.Option(help="Dynamic batching: longest wait for a fuller batch.")] = 0,
     threads: Annotated[int | None, typer.Option(help="python flavour: intra-op threads per instance.")] = None,
+    version: Annotated[int | None, typer.Option(help="Add the bundle as this model version beside the repository's "
+                                                     "others (default: version 1, alone).")] = None,
 ) -> None:
     """Write a Triton model repository: NAME_forward, NAME_inverse and NAME_roundtrip.
 
@@ -39,36 +42,47 @@ def triton(
 @command
 def serve(
     target: Annotated[str, typer.Argument(help="A repository of `irevnet triton`, or a bundle (served from a temporary one).")],
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Address to listen on. Beyond loopback, inference, health, metadata, "
+                                           "configs and statistics are open to every host that reaches it, without "
+                                           "TLS or authentication: put a proxy in front.")] = "127.0.0.1",
     http_port: Annotated[int, typer.Option(help="HTTP port (0: a free one).")] = 8000,
     grpc_port: Annotated[int, typer.Option(help="gRPC port (0: a free one).")] = 8001,
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port (0: a free one).")] = 8002,
     instances: Annotated[int, typer.Option(help="For a bundle: model instances per model.")] = 1,
-    python_env: Annotated[str | None, typer.Option(help="The server's Python environment, with numpy < 2 "
-                                                         "(default: $IREVNET_TRITON_ENV).")] = None,
-    ready_timeout_s: Annotated[float, typer.Option(help="Give up when the models are not ready by then.")] = 60.0,
+    python_env: Annotated[str | None, typer.Option(help="The server's environment (default: $IREVNET_TRITON_ENV, "
+                                                         "else one made on first use in the cache).")] = None,
+    ready_timeout_s: Annotated[float, typer.Option(help="Give up when the models are not ready by then.")] = 120.0,
+    drain_timeout_s: Annotated[float, typer.Option(help="After SIGTERM, how long requests in flight may take.")] = 20.0,
+    restarts: Annotated[int, typer.Option(help="Restarts after a backend stub dies (within 10 minutes).")] = 3,
+    log: Annotated[str | None, typer.Option(help="Keep tritonserver's whole log in this file.")] = None,
     verbose: Annotated[bool, typer.Option(help="Triton's info log.")] = False,
 ) -> None:
     """Serve a repository with a real tritonserver until SIGTERM or Ctrl-C (requests in flight drain).
 
-    Example: `irevnet serve models --http-port 8000 --python-env ~/.irevnet-triton-env`
+    Example: `irevnet serve models --http-port 8000 --log triton.log`
     """
-    from ..serving.server import ServeOptions, wait_for_signal
+    from ..serving.server import ServeOptions, stop_report, wait_for_signal
     from ..serving.server import serve as run_server
 
-    with run_server(options(ServeOptions, locals()), log=render.console.print) as server:
-        code = wait_for_signal(server, announce=render.serving)
-    render.console.print(f"tritonserver stopped (exit code {code})")
+    opts = options(ServeOptions, locals())
+    with run_server(opts, log=render.console.print) as server:
+        wait_for_signal(server, announce=render.serving, log=render.console.print, ready_timeout_s=opts.ready_timeout_s)
+    report = stop_report(server)
+    if not report:
+        raise CheckFailed(str(report))
+    render.console.print(str(report))
 
 
 @command
 def serve_env(
     folder: Annotated[str, typer.Argument(help="A new folder for the environment.")],
 ) -> None:
-    """Make the Python environment Triton's python backend runs irevnet in (numpy < 2, ONNX Runtime).
+    """Make the server's environment ahead of time: tritonserver and the Python its python backend runs in.
 
-    Example: `irevnet serve-env ~/.irevnet-triton-env && export IREVNET_TRITON_ENV=~/.irevnet-triton-env`
+    `irevnet serve` makes one on first use in the cache; this makes one where you choose.
+    Example: `irevnet serve-env ~/triton-env && export IREVNET_TRITON_ENV=~/triton-env`
     """
-    from ..serving.server import make_env
+    from ..serving.environment import make_env
 
-    render.success(f"made {make_env(folder)}; pass --python-env {folder} or set IREVNET_TRITON_ENV")
+    render.success(f"made {make_env(folder, log=render.console.print)}; pass --python-env {folder} or set "
+                   f"IREVNET_TRITON_ENV")

@@ -50,6 +50,7 @@ class BenchOptions:
     bundles: list[str]  # bundles of one model, side by side (say its fp32, mixed and int8 exports)
     backends: list[str] | None = None  # default: onnxruntime, or triton with `server`
     server: str | None = None  # a live Triton server (http://HOST:PORT, grpc://HOST:PORT): the triton backend
+    server_timeout_s: float = 60.0  # the deadline of each call to the server, over its whole answer
     direction: Direction = Direction.both
     batch_sizes: list[int] | None = None  # default: 1 and 8, those within the bundles' max batch
     warmup_s: float = 1.0
@@ -80,6 +81,7 @@ class BenchOptions:
             check.number("duration_s", self.duration_s, 0.0, 86400.0, low_open=True)
         check.number("warmup_s", self.warmup_s, 0.0, 86400.0)
         check.threads(self.threads)
+        check.number("server_timeout_s", self.server_timeout_s, 0.0, 86400.0, low_open=True)
         for n in self.concurrency or []:
             check.integer("concurrency", n, 1, 256)
         check.integer("requests", self.requests, 1, 10**6)
@@ -166,6 +168,9 @@ class BenchEntry:
     speedup_rounds: list[float] | None = None
     noisy: bool = False  # the rounds' ratios spread over NOISY_SPREAD
     concurrency: int = 1  # clients sending at once (a served model under load)
+    # a served model under load: the server's own split of each request's time, from its
+    # statistics (ms per request: queue, compute_input, compute_infer, compute_output)
+    server_ms: dict[str, float] | None = None
 
     def __getattr__(self, name: str) -> float:  # median_ms, p99_ms, images_per_s, ...
         stats = self.__dict__.get("stats", {})
@@ -184,8 +189,11 @@ class BenchEntry:
                "rounds": self.rounds}
         if self.device_median_ms is not None:
             out["device_median_ms"] = self.device_median_ms
-        return out | {"baseline": self.baseline, "speedup": self.speedup, "speedup_rounds": self.speedup_rounds,
-                      "noisy": self.noisy, "concurrency": self.concurrency}
+        out |= {"baseline": self.baseline, "speedup": self.speedup, "speedup_rounds": self.speedup_rounds,
+                "noisy": self.noisy, "concurrency": self.concurrency}
+        if self.server_ms is not None:
+            out["server_ms"] = self.server_ms
+        return out
 
 
 @dataclass
@@ -264,7 +272,8 @@ def bench(opts: BenchOptions, progress: Callable[[str, float], None] = lambda wh
         with contextlib.ExitStack() as opened:  # every backend open at once: they alternate below
             runners = {(i, kind): opened.enter_context(open_backend(
                 kind, bundles[i], direction, providers=opts.providers, threads=opts.threads, device=opts.device,
-                checkpoint=opts.checkpoint, server=opts.server)) for i, kind in candidates}
+                checkpoint=opts.checkpoint, server=opts.server,
+                server_timeout_s=opts.server_timeout_s)) for i, kind in candidates}
             for n in sizes:
                 x = np.ascontiguousarray(np.resize(source, (n, *source.shape[1:])))
                 calls = {key: functools.partial(b.infer, {feed_name: x}) for key, b in runners.items()}
@@ -352,29 +361,39 @@ def load_server(opts: BenchOptions, bundle: Bundle, sizes: list[int],
     """Throughput and latency of the served forward, inverse and round trip at each concurrency:
     `c` clients (threads, one connection each) send `opts.requests` requests each, back to back,
     with the bundle's reference inputs tiled to the batch size. A closed loop like perf_analyzer's
-    concurrency mode: a client sends its next request when the previous one is answered."""
+    concurrency mode: a client sends its next request when the previous one is answered. Beside
+    the clients' latencies, the server's own split of the time (queue, compute input / infer /
+    output) over exactly the measured requests, from its statistics API, as perf_analyzer shows it."""
+    from .backends.triton_backend import TritonBackend
+
     reference = bundle.reference("images", Z)
     levels = [(d, n, c) for d in (FORWARD, INVERSE, ROUNDTRIP) for n in sizes for c in opts.concurrency]
     entries = []
     for done, (direction, n, c) in enumerate(levels):
         source = reference[Z if direction == INVERSE else "images"]
         x = np.ascontiguousarray(np.resize(source, (n, *source.shape[1:])))
-        # one client per thread, made in it: tritonclient's HTTP client must stay on its thread
-        ready = threading.Barrier(c + 1)
+        # one client per thread, made in it; warm, then released together once the server's
+        # statistics are read
+        warm, go = threading.Barrier(c + 1), threading.Barrier(c + 1)
         results: list[dict[str, Any]] = [{} for _ in range(c)]
-        threads = [threading.Thread(target=_client, args=(bundle, direction, opts, x, ready, out))
+        threads = [threading.Thread(target=_client, args=(bundle, direction, opts, x, (warm, go), out))
                    for out in results]
-        for t in threads:
-            t.start()
-        with contextlib.suppress(threading.BrokenBarrierError):  # broken: a client failed, reported below
-            ready.wait()  # every client connected and warm
-        start = time.perf_counter()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - start
-        failed = [r["error"] for r in results if "error" in r]
-        if failed:
-            raise IRevNetError(f"a client of the load failed: {failed[0]}")
+        with TritonBackend(bundle, direction, opts.server, opts.server_timeout_s) as observer:
+            for t in threads:
+                t.start()
+            with contextlib.suppress(threading.BrokenBarrierError):  # broken: a client failed, reported below
+                warm.wait()  # every client connected and warm
+            before = observer.statistics()
+            with contextlib.suppress(threading.BrokenBarrierError):
+                go.wait()
+            start = time.perf_counter()
+            for t in threads:
+                t.join()
+            wall = time.perf_counter() - start
+            failed = [r["error"] for r in results if "error" in r]
+            if failed:
+                raise IRevNetError(f"a client of the load failed: {failed[0]}")
+            after = observer.statistics()
         latencies = [r["latencies"] for r in results]
         flat = [t for lat in latencies for t in lat]
         stats = _stats(flat, n) | {"images_per_s": n * len(flat) / wall}  # throughput of all clients together
@@ -384,30 +403,46 @@ def load_server(opts: BenchOptions, bundle: Bundle, sizes: list[int],
             gflops=conv_flops(bundle.config) * (2 if direction == ROUNDTRIP else 1) * n * len(flat) / wall / 1e9,
             rounds=[{"runs": len(lat), "median_ms": float(np.median(lat) * 1e3), "min_ms": float(min(lat) * 1e3),
                      "max_ms": float(max(lat) * 1e3)} for lat in latencies],
-            concurrency=c,
+            concurrency=c, server_ms=server_split(before, after),
         ))
         progress(f"{label} {direction} batch {n} x{c} clients", (done + 1) / len(levels))
     return entries
 
 
+SERVER_PARTS = ("queue", "compute_input", "compute_infer", "compute_output")
+
+
+def server_split(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) -> dict[str, float] | None:
+    """ms per request of each part of the server's time between two statistics readings (None
+    when no request succeeded in between)."""
+    requests = after["success"]["count"] - before["success"]["count"]
+    if requests <= 0:
+        return None
+    split = {part: (after[part]["ns"] - before[part]["ns"]) / requests / 1e6 for part in SERVER_PARTS}
+    return split | {"requests": requests}
+
+
 def _client(bundle: Bundle, direction: str, opts: BenchOptions, x: np.ndarray,
-            ready: Any, out: dict[str, Any]) -> None:
+            barriers: tuple[Any, Any], out: dict[str, Any]) -> None:
     """One client of load_server: connect, warm up, wait for the others, then send
     `opts.requests` requests back to back, recording each one's latency."""
     from .backends.triton_backend import TritonBackend
 
+    warm, go = barriers
     try:
-        client = TritonBackend(bundle, direction, opts.server)
+        client = TritonBackend(bundle, direction, opts.server, opts.server_timeout_s)
         feed = {client.inputs[0]["name"]: x}
         outputs = [RECONSTRUCTION] if direction == ROUNDTRIP else None  # the round trip's image, as a client wants it
         client.infer(feed, outputs)
         out["name"] = client.name
     except Exception as e:  # noqa: BLE001 - reported by the main thread, which must not wait forever
         out["error"] = str(e)
-        ready.abort()
+        warm.abort()
+        go.abort()
         return
     try:
-        ready.wait()
+        warm.wait()
+        go.wait()
         out["latencies"] = [_timed(lambda: client.infer(feed, outputs)) for _ in range(opts.requests)]
     except threading.BrokenBarrierError:
         pass  # another client failed to start: its error is the one reported

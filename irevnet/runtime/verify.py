@@ -49,6 +49,7 @@ class VerifyOptions:
     bundles: list[str]
     backends: list[str] | None = None  # default: onnxruntime, or triton with `server`
     server: str | None = None  # a live Triton server (http://HOST:PORT, grpc://HOST:PORT): the triton backend
+    server_timeout_s: float = 60.0  # the deadline of each call to the server, over its whole answer
     dataset: str | None = None  # held-out real images; default: the bundle's reference samples
     samples: int = 8
     checkpoint: str | None = None  # live PyTorch reference; default: the manifest's, when torch is there
@@ -63,9 +64,10 @@ class VerifyOptions:
         if not self.bundles:
             raise IRevNetError("give at least one bundle folder")
         self.bundles = [str(b) for b in self.bundles]
-        self.backends = resolve_backends(self.backends, self.server, [] if self.server else ["onnxruntime"])
+        self.backends = resolve_backends(self.backends, self.server, [] if self.server is not None else ["onnxruntime"])
         check.integer("samples", self.samples, 1, 4096)
         check.threads(self.threads)
+        check.number("server_timeout_s", self.server_timeout_s, 0.0, 86400.0, low_open=True)
 
 
 @dataclass
@@ -260,7 +262,7 @@ def _reference(bundle: Bundle, x: np.ndarray, opts: VerifyOptions, log) -> dict[
 def _open(kind: str, bundle: Bundle, graph: str, opts: VerifyOptions):
     return open_backend(
         kind, bundle, graph, providers=opts.providers, threads=opts.threads, device=opts.device,
-        checkpoint=opts.checkpoint, server=opts.server,
+        checkpoint=opts.checkpoint, server=opts.server, server_timeout_s=opts.server_timeout_s,
     )
 
 

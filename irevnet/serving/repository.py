@@ -1,11 +1,12 @@
 """`irevnet triton`: a bundle -> a Triton model repository with three models.
 
     REPO/
-      irevnet.json              what wrote it: the bundle, its manifest's sha256, the flavour
+      irevnet.json              what wrote it: the options, each version's bundle, and the sha256
+                                of every other file of the repository (record.py reads it)
       NAME_forward/             image -> logits, z
         config.pbtxt
-        1/model.py              python flavour: irevnet.runtime runs the graph (triton_model.py)
-        shared/bundle/          python flavour: the bundle, once for all models, checked at load
+        N/model.py              python flavour: irevnet.runtime runs the graph (triton_model.py)
+        shared/bundles/N/       python flavour: version N's bundle, once for all models
         shared/irevnet/         python flavour: irevnet's torch-free package, so REPO is self-contained
       NAME_inverse/             z -> image
       NAME_roundtrip/           image -> NAME_forward -> NAME_inverse -> reconstruction, logits, z
@@ -15,33 +16,40 @@
 Flavours: `python` (Triton's python backend, ONNX Runtime or OpenVINO inside), `onnxruntime` and
 `openvino` (Triton's native backends; the ONNX graph in the directory form, beside its weights
 file), `tensorrt` (the bundle's engines as model.plan). Everything in each config.pbtxt comes from
-the manifest; every config is parsed with Triton's own ModelConfig protobuf and cross-checked
-against the graphs before the repository is swapped into place. Paths inside are relative, so
-the folder can be copied or mounted anywhere (a container's /models).
+the options and the manifest; every config is parsed with Triton's own ModelConfig protobuf and
+cross-checked against the graphs before the repository is swapped into place. Paths inside are
+relative, so the folder can be copied or mounted anywhere (a container's /models).
+
+Versions: `--version N` adds version N (another bundle of the same tensors) beside those already
+there; every version is served (`version_policy: all`), a request without a version gets the
+highest, as Triton does.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from .. import validation as check
+from .._version import __version__
 from ..contract import FORWARD, INVERSE, LOGITS, MANIFEST, RECONSTRUCTION, ROUNDTRIP, Z, graph_file
 from ..errors import IRevNetError
 from ..io.files import atomic_directory, check_replaceable, write_json
 from ..runtime.backends.triton_backend import served_tensors
 from ..runtime.bundle import Bundle
+from .record import MARKER, RECORD_FORMAT, SHARED, Record, code_files, owned_repository, read_record, refuse_foreign
 
-MARKER = "irevnet.json"  # at the repository's root: Triton reads folders only
-SHARED = "shared"  # inside NAME_forward: the bundle and the vendored package (python flavour)
 _DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_VERSION = 10**6
+# the python flavour's string parameters, and the one that is a path (relative to the repository)
+PARAMETERS = {"graph", "backend", "shared", "threads", "forward_model", "inverse_model"}
+PATH_PARAMETERS = {"shared"}
 
 
 class Flavour(str, Enum):
@@ -68,6 +76,7 @@ class TritonOptions:
     dynamic_batching: bool = True  # the server merges queued requests into one batch
     max_queue_delay_us: int = 0  # dynamic batching: how long a request may wait for others (Triton's default)
     threads: int | None = None  # python flavour: intra-op threads of each instance
+    version: int | None = None  # add the bundle as this version beside the repository's others (default: 1, alone)
 
     def __post_init__(self) -> None:
         check.paths(self, "bundle", "out")
@@ -80,6 +89,13 @@ class TritonOptions:
         check.integer("instances", self.instances, 1, 64)
         check.integer("max_queue_delay_us", self.max_queue_delay_us, 0, 10_000_000)
         check.threads(self.threads)
+        check.integer("version", self.version, 1, MAX_VERSION, optional=True)
+
+    def config_options(self) -> dict[str, Any]:
+        """What the configs are made of besides the bundles (the record keeps it, so that serve can
+        make them again and compare)."""
+        kept = ("flavour", "backend", "instances", "instance_kind", "dynamic_batching", "max_queue_delay_us", "threads")
+        return {k: (v.value if isinstance(v, Enum) else v) for k, v in asdict(self).items() if k in kept}
 
 
 def model_names(name: str) -> dict[str, str]:
@@ -87,70 +103,98 @@ def model_names(name: str) -> dict[str, str]:
     return {FORWARD: f"{name}_{FORWARD}", INVERSE: f"{name}_{INVERSE}", ROUNDTRIP: f"{name}_{ROUNDTRIP}"}
 
 
-def _record(path: Path) -> dict[str, Any] | None:
-    """The repository's irevnet.json when it is one of `irevnet triton`'s, else None."""
-    try:
-        record = json.loads((path / MARKER).read_text())
-    except (OSError, ValueError, RecursionError):
-        return None
-    return record if isinstance(record, dict) and record.get("format") == "irevnet-triton-repository" else None
-
-
-def is_repository_folder(path: Path) -> bool:
-    """True when `path` is a repository `irevnet triton` wrote (what a rerun may replace)."""
-    return _record(path) is not None
-
-
-def read_marker(path: Path) -> dict[str, Any]:
-    """The repository's record, or a one-line error when the folder is not irevnet's."""
-    record = _record(path)
-    if record is None:
-        raise IRevNetError(f"{path} is not a Triton repository written by `irevnet triton` (no {MARKER}); "
-                           f"write one with `irevnet triton BUNDLE -o {path}`")
-    if not (isinstance(record.get("name"), str) and _NAME.match(record["name"]) and record.get("flavour") in Flavour.__members__):
-        raise IRevNetError(f"{path / MARKER} is malformed; write the repository again with `irevnet triton`")
-    return record
-
-
-def write_repository(opts: TritonOptions, log=lambda msg: None) -> dict[str, Any]:
+def write_repository(opts: TritonOptions, log=lambda msg: None) -> Record:
     """Writes the repository atomically; returns its record (irevnet.json).
 
+    Without `version`, the repository holds the bundle as version 1 (an earlier repository of
+    irevnet's at `out` is replaced). With `version`, the versions already at `out` are kept
+    (each file checked against the record) and the bundle is added beside them.
+
     Raises:
-        IRevNetError: the bundle cannot be served in this flavour (tensorrt without engines), or a
-            generated config does not parse as Triton's ModelConfig or match the graphs.
+        IRevNetError: the bundle cannot be served in this flavour (tensorrt without engines), the
+            folder holds files irevnet did not write, the version exists or its tensors differ,
+            or a generated config does not parse as Triton's ModelConfig or match the graphs.
     """
     bundle = Bundle.open(opts.bundle)
     out = Path(opts.out)
-    check_replaceable(out, is_repository_folder, "Triton repository")
+    if out.is_dir() and not out.is_symlink():
+        refuse_foreign(out)
+    check_replaceable(out, owned_repository, "Triton repository")
     if opts.flavour is Flavour.tensorrt and not (bundle.has_engine(FORWARD) and bundle.has_engine(INVERSE)):
         raise IRevNetError(f"{bundle.path} has no TensorRT engines; build them with `irevnet build {bundle.path}`, "
                            f"or choose another --flavour")
-    name = opts.name or re.sub(r"[^A-Za-z0-9_.-]", "_", bundle.path.resolve().name)[:64] or "irevnet"
+    kept = _kept_versions(out, opts, bundle) if opts.version is not None else {}
+    version = opts.version or 1
+    name = next(iter(kept.values()))[1] if kept else (
+        opts.name or re.sub(r"[^A-Za-z0-9_.-]", "_", bundle.path.resolve().name)[:64] or "irevnet")
     names = model_names(name)
-    with atomic_directory(out, owned=is_repository_folder, what="Triton repository") as tmp:
-        configs = {}
-        for graph in (FORWARD, INVERSE):
-            log(f"writing {names[graph]}")
-            folder = tmp / names[graph]
-            (folder / "1").mkdir(parents=True)
-            configs[names[graph]] = _model_config(bundle, graph, names[graph], opts, f"{names[FORWARD]}/{SHARED}")
-            _write_model_files(bundle, graph, folder, opts)
-        (tmp / names[ROUNDTRIP] / "1").mkdir(parents=True)
-        shutil.copyfile(Path(__file__).with_name("triton_model.py"), tmp / names[ROUNDTRIP] / "1" / "model.py")
-        configs[names[ROUNDTRIP]] = _roundtrip_config(bundle, names, opts)
+    versions = {**{v: bundle for v, (bundle, _) in kept.items()}, version: bundle}
+    with atomic_directory(out, owned=owned_repository, what="Triton repository") as tmp:
+        for v, b in sorted(versions.items()):
+            log(f"writing version {v}")
+            for graph in (FORWARD, INVERSE, ROUNDTRIP):
+                (tmp / names[graph] / str(v)).mkdir(parents=True)
+                _write_model_files(b, graph, tmp / names[graph] / str(v), opts)
+            if opts.flavour is Flavour.python:
+                _copy_bundle(b, tmp / names[FORWARD] / SHARED / "bundles" / str(v))
         if opts.flavour is Flavour.python:
-            _write_shared(bundle, tmp / names[FORWARD] / SHARED)
-        for model, text in configs.items():
-            validate_config(text, bundle, model, names)
-            (tmp / model / "config.pbtxt").write_text(text)
-        record = {
-            "format": "irevnet-triton-repository", "name": name, "flavour": opts.flavour.value,
-            "models": names, "bundle": str(bundle.path), "precision": bundle.precision,
-            "manifest_sha256": hashlib.sha256((bundle.path / MANIFEST).read_bytes()).hexdigest(),
-            "max_batch": bundle.max_batch,
-        }
-        write_json(tmp / MARKER, record)
+            package = Path(__file__).resolve().parents[1]
+            shutil.copytree(package, tmp / names[FORWARD] / SHARED / "irevnet",
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        for graph in (FORWARD, INVERSE, ROUNDTRIP):
+            text = model_config(bundle, graph, names, opts.config_options())
+            validate_config(text, bundle, names[graph], names)
+            (tmp / names[graph] / "config.pbtxt").write_text(text)
+        record = Record(
+            format=RECORD_FORMAT, irevnet=__version__, name=name, models=names, options=opts.config_options(),
+            max_batch=bundle.max_batch,
+            versions={str(v): {"bundle": str(b.path), "precision": b.precision, "manifest_sha256": _manifest_sha256(b)}
+                      for v, b in sorted(versions.items())},
+            files=_hashes(tmp),
+        )
+        write_json(tmp / MARKER, record.to_dict())
     return record
+
+
+def _kept_versions(out: Path, opts: TritonOptions, bundle: Bundle) -> dict[int, tuple[Bundle, str]]:
+    """The versions of the repository at `out` that a `--version` write keeps: version -> (its
+    bundle, opened from the repository, and the repository's name)."""
+    if not out.exists() or not any(out.iterdir()):
+        return {}
+    record = read_record(out)
+    record.check_files(out)
+    if record.options["flavour"] != Flavour.python.value or opts.flavour is not Flavour.python:
+        raise IRevNetError(f"{out}: --version adds versions to python-flavour repositories; write the "
+                           f"{opts.flavour.value} flavour into a new folder")
+    if str(opts.version) in record.versions:
+        raise IRevNetError(f"{out} already has version {opts.version}; give another --version (it has "
+                           f"{', '.join(sorted(record.versions, key=int))})")
+    if opts.name is not None and opts.name != record.name:
+        raise IRevNetError(f"{out} serves {record.name}_*; --name {opts.name} would rename its models: drop --name")
+    kept = {}
+    for v in record.versions:
+        old = Bundle.open(out / record.models[FORWARD] / SHARED / "bundles" / v)
+        if _tensors(old) != _tensors(bundle) or old.max_batch != bundle.max_batch:
+            raise IRevNetError(f"{opts.bundle} takes or gives other tensors than version {v} of {out} (or another batch "
+                               f"range); a version of a model has the same inputs and outputs: write a new repository")
+        kept[int(v)] = (old, record.name)
+    return kept
+
+
+def _tensors(bundle: Bundle) -> list[Any]:
+    return [(t["name"], t["dtype"], t["shape"][1:]) for g in (FORWARD, INVERSE)
+            for side in ("inputs", "outputs") for t in bundle.graphs[g][side]]
+
+
+def _manifest_sha256(bundle: Bundle) -> str:
+    return hashlib.sha256((bundle.path / MANIFEST).read_bytes()).hexdigest()
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    """sha256 of every file under `root`, by its path relative to it ('/'-separated)."""
+    from ..io.files import sha256_file
+
+    return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 # -- configs ----------------------------------------------------------------------------------------
@@ -166,46 +210,48 @@ def _parameters(params: dict[str, str]) -> str:
     return "parameters [ " + ", ".join(f'{{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items()) + " ]"
 
 
-def _model_config(bundle: Bundle, graph: str, model: str, opts: TritonOptions, shared: str) -> str:
-    spec = bundle.graphs[graph]
-    kind = "KIND_GPU" if opts.instance_kind is InstanceKind.gpu else "KIND_CPU"
-    lines = [f'name: "{model}"']
-    if opts.flavour is Flavour.python:
+def _warmup(spec: dict[str, Any]) -> str:
+    """One zero-filled batch of 1 at load (Triton's model_warmup), so that the first client's
+    request does not pay for the runtime's first run (its memory arenas and kernel choices)."""
+    inputs = " ".join(f'inputs {{ key: "{t["name"]}" value: {{ data_type: {_DTYPES[t["dtype"]]} '
+                      f'dims: [ {", ".join(str(d) for d in t["shape"][1:])} ] zero_data: true }} }}' for t in spec["inputs"])
+    return f'model_warmup [ {{ name: "zeros" batch_size: 1 count: 1 {inputs} }} ]'
+
+
+def model_config(bundle: Bundle, graph: str, names: dict[str, str], options: dict[str, Any]) -> str:
+    """The config.pbtxt of NAME_graph (forward, inverse or roundtrip) for these options (as
+    TritonOptions.config_options gives them): the same text for the same inputs, which serve
+    relies on to recognise a config irevnet wrote."""
+    flavour = Flavour(options["flavour"])
+    spec = served_tensors(bundle, graph)
+    lines = [f'name: "{names[graph]}"']
+    if graph == ROUNDTRIP or flavour is Flavour.python:
         lines.append('backend: "python"')
-    elif opts.flavour is Flavour.onnxruntime:
-        lines += ['backend: "onnxruntime"', 'default_model_filename: "model.onnx"']
-    elif opts.flavour is Flavour.openvino:
-        lines += ['backend: "openvino"', 'default_model_filename: "model.onnx"']
     else:
-        lines += ['backend: "tensorrt"', 'default_model_filename: "model.plan"']
+        lines += [f'backend: "{flavour.value}"',
+                  f'default_model_filename: "{"model.plan" if flavour is Flavour.tensorrt else "model.onnx"}"']
+    kind = "KIND_GPU" if options["instance_kind"] == InstanceKind.gpu.value and graph != ROUNDTRIP else "KIND_CPU"
     lines += [
         f"max_batch_size: {bundle.max_batch}",
+        "version_policy: { all { } }",
         "input [ " + ", ".join(_tensor(t) for t in spec["inputs"]) + " ]",
         "output [ " + ", ".join(_tensor(t) for t in spec["outputs"]) + " ]",
-        f"instance_group [ {{ count: {opts.instances} kind: {kind} }} ]",
+        f"instance_group [ {{ count: {options['instances']} kind: {kind} }} ]",
     ]
-    if opts.dynamic_batching:
-        lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {opts.max_queue_delay_us} }}")
-    if opts.flavour is Flavour.python:
-        lines.append(_parameters({"graph": graph, "backend": opts.backend, "shared": shared,
-                                  "threads": str(opts.threads or 0)}))
+    if graph == ROUNDTRIP:
+        # no dynamic batching and no warm-up of its own: each request is two calls to the models
+        # below, which batch and are warmed; a warm-up here would call them before they are
+        # loaded (Triton loads models in parallel; `is_model_ready` answers "Server not ready"
+        # while it starts, measured on 2.51)
+        lines.append(_parameters({"graph": ROUNDTRIP, "forward_model": names[FORWARD], "inverse_model": names[INVERSE]}))
+        return "\n".join(lines) + "\n"
+    if options["dynamic_batching"]:
+        lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {options['max_queue_delay_us']} }}")
+    if flavour is Flavour.python:
+        lines.append(_parameters({"graph": graph, "backend": options["backend"], "shared": f"{names[FORWARD]}/{SHARED}",
+                                  "threads": str(options["threads"] or 0)}))
+    lines.append(_warmup(spec))
     return "\n".join(lines) + "\n"
-
-
-def _roundtrip_config(bundle: Bundle, names: dict[str, str], opts: TritonOptions) -> str:
-    """NAME_roundtrip: the python backend composing the two served models (triton_model.RoundTrip)."""
-    fwd, inv = bundle.graphs[FORWARD], bundle.graphs[INVERSE]
-    outputs = {o["name"]: o for o in fwd["outputs"]}
-    params = {"graph": ROUNDTRIP, "forward_model": names[FORWARD], "inverse_model": names[INVERSE]}
-    return "\n".join([
-        f'name: "{names[ROUNDTRIP]}"',
-        'backend: "python"',
-        f"max_batch_size: {bundle.max_batch}",
-        "input [ " + _tensor(fwd["inputs"][0]) + " ]",
-        "output [ " + ", ".join([_tensor(inv["outputs"][0], RECONSTRUCTION), _tensor(outputs[LOGITS]), _tensor(outputs[Z])]) + " ]",
-        f"instance_group [ {{ count: {opts.instances} kind: KIND_CPU }} ]",
-        _parameters(params),
-    ]) + "\n"
 
 
 def validate_config(text: str, bundle: Bundle, model: str, names: dict[str, str]) -> Any:
@@ -215,14 +261,8 @@ def validate_config(text: str, bundle: Bundle, model: str, names: dict[str, str]
     Raises:
         IRevNetError: one line naming the model and what does not fit.
     """
-    from google.protobuf import text_format
-    from google.protobuf.message import DecodeError
-
+    config = parse_config(text, model)
     config_pb2 = _model_config_pb2()
-    try:
-        config = text_format.Parse(text, config_pb2.ModelConfig())
-    except (text_format.ParseError, DecodeError) as e:
-        raise IRevNetError(f"{model}/config.pbtxt does not parse as Triton's ModelConfig ({e}); this is a bug") from None
     problems = []
     if config.name != model or config.max_batch_size != bundle.max_batch:
         problems.append(f"name {config.name!r} or max_batch_size {config.max_batch_size}")
@@ -242,6 +282,17 @@ def validate_config(text: str, bundle: Bundle, model: str, names: dict[str, str]
     return config
 
 
+def parse_config(text: str, model: str) -> Any:
+    """A config.pbtxt as Triton's ModelConfig message, or a one-line error naming the model."""
+    from google.protobuf import text_format
+    from google.protobuf.message import DecodeError
+
+    try:
+        return text_format.Parse(text, _model_config_pb2().ModelConfig())
+    except (text_format.ParseError, DecodeError) as e:
+        raise IRevNetError(f"{model}/config.pbtxt does not parse as Triton's ModelConfig ({e})") from None
+
+
 def _model_config_pb2():
     try:
         from tritonclient.grpc import model_config_pb2
@@ -253,32 +304,69 @@ def _model_config_pb2():
 # -- files --------------------------------------------------------------------------------------------
 
 
-def _write_model_files(bundle: Bundle, graph: str, folder: Path, opts: TritonOptions) -> None:
-    version = folder / "1"
-    if opts.flavour is Flavour.python:
-        shutil.copyfile(Path(__file__).with_name("triton_model.py"), version / "model.py")
+def _write_model_files(bundle: Bundle, graph: str, version: Path, opts: TritonOptions) -> None:
+    if graph == ROUNDTRIP or opts.flavour is Flavour.python:
+        shutil.copyfile(code_files()["model.py"], version / "model.py")
     elif opts.flavour is Flavour.tensorrt:
         (version / "model.plan").write_bytes(bundle.engine_bytes(graph))
     else:
         # the directory form: model.onnx beside the weights file its external data names
         target = version / "model.onnx" if opts.flavour is Flavour.onnxruntime else version
         target.mkdir(exist_ok=True)
-        files = bundle.graphs[graph].get("files", [graph_file(graph)])
-        for name in files:
+        for name in bundle.graphs[graph].get("files", [graph_file(graph)]):
             data = bundle.read(name)  # the checked bytes
             (target / ("model.onnx" if name == graph_file(graph) else Path(name).name)).write_bytes(data)
 
 
-def _write_shared(bundle: Bundle, shared: Path) -> None:
-    """The bundle (its manifest and every file it lists, checked) and irevnet's torch-free
-    package, copied once: the python flavour's models load both from here."""
-    target = shared / "bundle"
+def _copy_bundle(bundle: Bundle, target: Path) -> None:
+    """The bundle's manifest and every file it lists (the checked bytes) into `target`."""
     target.mkdir(parents=True)
     for name in bundle.manifest["files"]:
         path = target / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(bundle.read(name))
     shutil.copyfile(bundle.path / MANIFEST, target / MANIFEST)
-    package = Path(__file__).resolve().parents[1]
-    shutil.copytree(package, shared / "irevnet", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
+
+# -- what serve checks of a staged repository ---------------------------------------------------------
+
+
+def check_configs(root: Path, record: Record) -> None:
+    """Each config of a (staged) python-flavour repository is what `irevnet triton` writes for its
+    recorded options and bundles, its path parameters stay inside the repository, and every
+    version's bundle passes Bundle.open.
+
+    Raises:
+        IRevNetError: one line naming the config or bundle.
+    """
+    names = record.models
+    bundles = {}
+    for v in record.versions:
+        bundles[v] = Bundle.open(root / names[FORWARD] / SHARED / "bundles" / v)
+    latest = bundles[max(bundles, key=int)]
+    for graph in (FORWARD, INVERSE, ROUNDTRIP):
+        path = root / names[graph] / "config.pbtxt"
+        text = path.read_text()
+        config = parse_config(text, names[graph])
+        for key, value in config.parameters.items():
+            if key not in PARAMETERS:
+                raise IRevNetError(f"{path}: parameter {key[:80]!r} is not one `irevnet triton` writes; write the "
+                                   f"repository again")
+            if key in PATH_PARAMETERS and not _inside(root, value.string_value):
+                raise IRevNetError(f"{path}: parameter {key} = {value.string_value[:120]!r} leaves the repository; "
+                                   f"write the repository again with `irevnet triton`")
+        if text != model_config(latest, graph, names, record.options):
+            raise IRevNetError(f"{path} is not the config `irevnet triton` writes for this repository's options; "
+                               f"write the repository again")
+
+
+def _inside(root: Path, relative: str) -> bool:
+    """A plain relative path that resolves inside `root` (no '..', no link out)."""
+    if not relative or relative.startswith("/") or "\\" in relative or any(
+            part in ("", ".", "..") for part in relative.split("/")):
+        return False
+    try:
+        resolved = (root / relative).resolve(strict=True)
+    except (OSError, RuntimeError):
+        return False
+    return resolved == root.resolve() or root.resolve() in resolved.parents

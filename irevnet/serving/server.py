@@ -1,44 +1,57 @@
 """`irevnet serve`: a real `tritonserver` on this machine, for a repository of `irevnet triton`.
 
-The binary, its libraries and its python backend come from the `nvidia-pytriton` wheel, used for
-these files only (its own Python API adds a ZMQ hop per request, so it is not imported). Measured
-facts the launcher is built on:
-- the python backend's stub links libpython3.X: the running interpreter's LIBDIR and the wheel's
-  libraries go first on LD_LIBRARY_PATH, else another copy of libpython fails with
-  "'_thread.RLock' object has no attribute '_recursion_count'";
-- the stub runs `python3` from PATH to find its site-packages, and it reads numpy arrays with
-  numpy 1.x's layout: under numpy 2 every output fails with "output tensor shape does not match
-  size of output". So the server's Python is an environment with numpy < 2 (`--python-env`, made
-  once by `irevnet serve-env DIR`), which can differ from the one running irevnet;
+What runs is what was recorded: the repository is checked against its record (every file's
+sha256, nothing added, this irevnet's own code, the configs irevnet writes) and copied from the
+checked bytes into a private scratch folder, which is what the server loads, with only the
+recorded models (`--model-control-mode=explicit`). The APIs a client could use to read or write
+the server's files or memory, or to fill its disk, are off: shared memory, logging, trace and
+model control are restricted to a header no client can send (its value holds a line break).
+
+The server runs under a supervisor process (supervisor.py): in a private /dev/shm, restarted when
+a python backend stub dies, drained on SIGTERM with idle keep-alive connections closed, and
+removed with everything it made when serve ends, however it ends.
+
+Measured facts the launcher is built on (Triton 2.51 of the nvidia-pytriton wheel):
+- the python backend's stub links libpython3.X: the environment's LIBDIR and the wheel's
+  libraries go first on LD_LIBRARY_PATH (environment.py);
+- the stub is started with its model's path as one of several arguments split on spaces, so a
+  path with a space fails ("what(): stol"): the scratch folder's path is plain ASCII;
 - `--pinned-memory-pool-byte-size=0 --allow-gpu-metrics=false` keep a CPU box quiet.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
+import ipaddress
 import os
+import queue
+import re
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .. import validation as check
 from ..contract import MANIFEST
 from ..errors import IRevNetError
-from .repository import Flavour, TritonOptions, read_marker, write_repository
+from .environment import ServerInstall, find_server
+from .record import Record, read_record
 
-SERVER_WHEEL = "nvidia-pytriton==0.7.0"
-ENV_PACKAGES = ["numpy<2", "onnxruntime>=1.18", "onnx>=1.16", "jsonschema>=4"]
-READY_TIMEOUT_S = 60.0
+READY_TIMEOUT_S = 120.0
+DRAIN_TIMEOUT_S = 20.0  # in-flight requests get this long after SIGTERM (a Kubernetes pod gets 30 s)
+# Off for every client: the value cannot be sent in an HTTP header or gRPC metadata
+RESTRICTED = "shared-memory,logging,trace,model-repository"
+_PLAIN_PATH = re.compile(r"^[A-Za-z0-9/._-]+$")
+_SCRATCH = re.compile(r"^irevnet-serve\.(?P<pid>\d+)\.[A-Za-z0-9_]+$")
 
 
 @dataclass(frozen=True)
@@ -49,37 +62,59 @@ class ServeOptions:
     grpc_port: int = 8001
     metrics_port: int = 8002
     instances: int = 1  # for a bundle: model instances per model
-    python_env: str | None = None  # the server's Python environment (numpy < 2); default $IREVNET_TRITON_ENV
+    python_env: str | None = None  # the server's environment (default: $IREVNET_TRITON_ENV or the machine cache's)
     ready_timeout_s: float = READY_TIMEOUT_S
+    drain_timeout_s: float = DRAIN_TIMEOUT_S
+    restarts: int = 3  # restarts after a python backend stub dies, within 10 minutes; then serve stops
+    log: str | None = None  # keep tritonserver's whole log in this file (default: a temporary one)
     verbose: bool = False  # Triton's info log
+    private_shm: bool | None = None  # a private /dev/shm: None where the kernel allows one, True required
 
     def __post_init__(self) -> None:
         check.paths(self, "target")
         for name in ("http_port", "grpc_port", "metrics_port"):
             check.integer(name, getattr(self, name), 0, 65535)
         check.integer("instances", self.instances, 1, 64)
+        check.integer("restarts", self.restarts, 0, 100)
         check.number("ready_timeout_s", self.ready_timeout_s, 0.0, 3600.0, low_open=True)
+        check.number("drain_timeout_s", self.drain_timeout_s, 0.0, 3600.0, low_open=True)
+        if self.log is not None:
+            check.paths(self, "log")
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            raise IRevNetError(f"--host {self.host[:80]!r} is not an IP address; give 127.0.0.1 (this machine only), "
+                               f"0.0.0.0 (every interface) or one interface's address") from None
+
+    @property
+    def loopback(self) -> bool:
+        return ipaddress.ip_address(self.host).is_loopback
 
 
 @dataclass
 class Server:
-    """A running tritonserver: its URLs and process."""
+    """A running tritonserver: its URLs, the supervisor that runs it and what it reports."""
 
-    process: subprocess.Popen
+    supervisor: subprocess.Popen
     host: str
     http_port: int
     grpc_port: int
     metrics_port: int
     models: dict[str, str]
     log_path: Path
+    private_shm: bool
+    pid: int  # tritonserver's
+    events: queue.Queue = field(default_factory=queue.Queue, repr=False)
+    result: dict[str, Any] | None = None  # the supervisor's last word: stopped or exited
+    stop_s: float | None = None  # how long the last stop took
 
     @property
     def http_url(self) -> str:
-        return f"{self.host}:{self.http_port}"
+        return f"{_url_host(self.host)}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
-        return f"{self.host}:{self.grpc_port}"
+        return f"{_url_host(self.host)}:{self.grpc_port}"
 
     def log_tail(self, lines: int = 8) -> str:
         try:
@@ -88,74 +123,166 @@ class Server:
             return ""
         return "\n".join(text.strip().splitlines()[-lines:])
 
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM: Triton drains the requests in flight, then exits. Returns its exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+    def next_event(self, timeout: float) -> dict[str, Any] | None:
+        try:
+            return self.events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def stop(self, timeout: float = DRAIN_TIMEOUT_S + 30.0) -> int | None:
+        """Asks the supervisor to drain and stop the server; returns tritonserver's exit code
+        (None when it had already exited on its own, or the supervisor had to be killed)."""
+        start = time.monotonic()
+        if self.result is None:
+            with suppress(OSError, ValueError):
+                self.supervisor.stdin.write(b"stop\n")
+                self.supervisor.stdin.close()
+            deadline = time.monotonic() + timeout
+            while self.result is None and time.monotonic() < deadline:
+                event = self.next_event(0.2)
+                if event and event["event"] in ("stopped", "exited"):
+                    self.result = event
+                elif event is None and self.supervisor.poll() is not None and self.events.empty():
+                    self.result = {"event": "exited", "code": None, "reason": "the supervisor ended"}
+        try:
+            self.supervisor.wait(10)
+        except subprocess.TimeoutExpired:  # it is stuck: killing it kills the server (parent-death signal)
+            self.supervisor.kill()
+            self.supervisor.wait()
+        if self.stop_s is None:
+            self.stop_s = time.monotonic() - start
+        return (self.result or {}).get("code")
 
 
-def server_files() -> Path:
-    """The folder of the pytriton wheel's tritonserver (found without importing pytriton)."""
-    spec = importlib.util.find_spec("pytriton")
-    root = Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
-    if root is None or not (root / "tritonserver" / "bin" / "tritonserver").is_file():
-        raise IRevNetError(f"no tritonserver here: pip install 'irevnet[serve]' && pip install --no-deps {SERVER_WHEEL} "
-                           f"(its numpy<2 pin would downgrade this environment; only its server binary is used)")
-    return root
+@dataclass(frozen=True)
+class StopReport:
+    """How a served run ended: tritonserver's exit code after the drain."""
+
+    code: int | None
+    seconds: float
+    closed_idle: int  # idle keep-alive connections closed during the drain
+
+    def __bool__(self) -> bool:
+        return self.code == 0
+
+    def __str__(self) -> str:
+        idle = f"; {self.closed_idle} idle connection{'s' * (self.closed_idle != 1)} closed" if self.closed_idle else ""
+        if self:
+            return f"tritonserver stopped (exit code 0) in {self.seconds:.1f} s{idle}"
+        return (f"tritonserver did not stop cleanly ({_exit_words(self.code)} after {self.seconds:.1f} s{idle}): requests "
+                f"in flight may have been cut")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "seconds": self.seconds, "closed_idle": self.closed_idle}
 
 
-def python_env(opts: ServeOptions) -> Path:
-    """The server's Python environment: it must have numpy < 2 and ONNX Runtime."""
-    env = opts.python_env or os.environ.get("IREVNET_TRITON_ENV")
-    if env is None:
-        import numpy
-
-        if int(numpy.__version__.split(".")[0]) < 2:
-            return Path(sys.prefix)
-        raise IRevNetError(f"Triton's python backend needs numpy < 2 and this environment has {numpy.__version__}; "
-                           f"make its environment once with `irevnet serve-env DIR`, then pass --python-env DIR")
-    path = Path(env)
-    python = path / "bin" / "python3"
-    if not python.is_file():
-        raise IRevNetError(f"--python-env {path}: no bin/python3 there; make one with `irevnet serve-env {path}`")
-    probe = subprocess.run([str(python), "-c", "import numpy, onnxruntime; print(numpy.__version__)"],
-                           capture_output=True, text=True, timeout=120, check=False)
-    if probe.returncode != 0 or int((probe.stdout.strip() or "2").split(".")[0]) >= 2:
-        raise IRevNetError(f"--python-env {path} needs numpy < 2 and onnxruntime; make it with "
-                           f"`irevnet serve-env {path}`")
-    return path
+def stop_report(server: Server) -> StopReport:
+    result = server.result or {}
+    return StopReport(result.get("code"), server.stop_s or 0.0, int(result.get("closed_idle") or 0))
 
 
-def make_env(path: str) -> Path:
-    """A virtual environment for the server's Python: numpy < 2, ONNX Runtime, onnx, jsonschema.
-    Uses the running interpreter (the stub links its libpython) and pip (network)."""
-    target = Path(path)
-    if target.exists() and any(target.iterdir()):
-        raise IRevNetError(f"{target} exists and is not empty; give a new folder")
-    venv = subprocess.run([sys.executable, "-m", "venv", str(target)], check=False)
-    if venv.returncode != 0:
-        raise IRevNetError(f"could not make a virtual environment in {target} (python -m venv exited "
-                           f"{venv.returncode}, see above); give a writable new folder")
-    pip = subprocess.run([str(target / "bin" / "python3"), "-m", "pip", "install", "-q", *ENV_PACKAGES], check=False)
-    if pip.returncode != 0:
-        raise IRevNetError(f"pip could not install {' '.join(ENV_PACKAGES)} into {target}; see its output above")
-    return target
+@contextmanager
+def serve(opts: ServeOptions, log: Callable[[str], None] = lambda m: None) -> Iterator[Server]:
+    """Starts tritonserver for opts.target, yields it once every model is ready, and stops it
+    (drained) on the way out; nothing it made stays behind.
+
+    Raises:
+        IRevNetError: the target is not a servable repository (naming the file that is not what
+            irevnet wrote), no server can be found or made, a port is taken, or the server did
+            not become ready (naming the model and the cause from its log).
+    """
+    target = Path(opts.target)
+    is_bundle = (target / MANIFEST).is_file()
+    record = None if is_bundle else _servable(read_record(target), target)
+    install = find_server(opts.python_env, log)
+    ports = _ports(opts)
+    _remove_leftovers()
+    scratch = Path(tempfile.mkdtemp(prefix=f"irevnet-serve.{os.getpid()}.", dir=_plain_temp()))
+    supervisor = None
+    try:
+        models = scratch / "models"
+        if is_bundle:
+            from .repository import TritonOptions, write_repository
+
+            log("writing a temporary repository")
+            record = write_repository(TritonOptions(bundle=opts.target, out=str(models), instances=opts.instances))
+        else:
+            log(f"checking {target} against its record")
+            record.stage(target, models)
+        _check_staged(record, models)
+        backends = scratch / "backends" / "python"
+        backends.mkdir(parents=True)
+        for f in (install.root / "tritonserver" / "backends" / "python").iterdir():
+            if f.is_file():
+                shutil.copy2(f, backends / f.name)
+        shutil.copy2(install.stub, backends / install.stub.name)
+        log_path = Path(opts.log) if opts.log else scratch / "server.log"
+        (scratch / "executing").mkdir(mode=0o700)
+        settings = {
+            "argv": _arguments(opts, install, scratch, models, record, ports),
+            "env": _environment(install) | {"IREVNET_EXECUTING_DIR": str(scratch / "executing")},
+            "log": str(log_path), "scratch": str(scratch), "drain_s": opts.drain_timeout_s,
+            "restarts": opts.restarts, "private_shm": opts.private_shm, "shm_prefix": f"{scratch.name}_",
+            "http_port": ports["http_port"], "metrics_port": ports["metrics_port"],
+            "executing_dir": str(scratch / "executing"),
+            "metrics_host": _url_host(opts.host if not ipaddress.ip_address(opts.host).is_unspecified else
+                                      ("::1" if ipaddress.ip_address(opts.host).version == 6 else "127.0.0.1")),
+        }
+        if not opts.loopback:
+            log(f"listening on {opts.host}: inference, health, metadata, model configs and statistics of "
+                f"{', '.join(record.models.values())} are open to every host that reaches it, without TLS or "
+                f"authentication (shared memory, logging, trace and model control are off); put a proxy with TLS, "
+                f"authentication and a request size limit in front of it")
+        supervisor = _start_supervisor(settings)
+        server = Server(supervisor, opts.host, ports["http_port"], ports["grpc_port"], ports["metrics_port"],
+                        record.models, log_path, private_shm=False, pid=0)
+        threading.Thread(target=_read_events, args=(supervisor, server.events), daemon=True,
+                         name="irevnet-supervisor").start()
+        _wait_started(server)
+        try:
+            wait_ready(server, opts.ready_timeout_s)
+            yield server
+        finally:
+            server.stop(opts.drain_timeout_s + 30.0)
+    finally:
+        if supervisor is None or supervisor.poll() is not None:
+            shutil.rmtree(scratch, ignore_errors=True)  # the supervisor removes it when it ran
 
 
-def free_port(host: str) -> int:
-    with socket.socket() as s:
+def _servable(record: Record, target: Path) -> Record:
+    if record.flavour != "python":
+        raise IRevNetError(f"{target} is of the {record.flavour} flavour; `irevnet serve` runs the python flavour "
+                           f"here (serve the others with NVIDIA's Triton container, see docs)")
+    return record
+
+
+def _check_staged(record: Record, models: Path) -> None:
+    """The staged copy runs this irevnet's code, with configs irevnet writes and bundles that check."""
+    from .repository import check_configs
+
+    record.check_code(models)
+    check_configs(models, record)
+
+
+def _ports(opts: ServeOptions) -> dict[str, int]:
+    ports = {}
+    for name in ("http_port", "grpc_port", "metrics_port"):
+        port = getattr(opts, name) or _free_port(opts.host)
+        if port in ports.values() or not _port_free(opts.host, port):
+            raise IRevNetError(f"port {port} on {opts.host} is in use (--{name.replace('_', '-')}); choose another, "
+                               f"or 0 for a free one")
+        ports[name] = port
+    return ports
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
 
 
 def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
@@ -164,73 +291,116 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def serve(opts: ServeOptions, log: Callable[[str], None] = lambda m: None) -> Iterator[Server]:
-    """Starts tritonserver for opts.target, yields it once every model is ready, stops it (SIGTERM,
-    requests in flight drained) and removes its temporary folders on the way out."""
-    root = server_files()
-    env_path = python_env(opts)
-    with tempfile.TemporaryDirectory(prefix="irevnet-triton-") as scratch:
-        scratch = Path(scratch)
-        repository = Path(opts.target)
-        if (repository / MANIFEST).is_file():  # a bundle: a repository of it, for this run only
-            log("writing a temporary repository")
-            write_repository(TritonOptions(bundle=opts.target, out=str(scratch / "models"), instances=opts.instances))
-            repository = scratch / "models"
-        record = read_marker(repository)
-        if record["flavour"] != Flavour.python.value:
-            raise IRevNetError(f"{repository} is of the {record['flavour']} flavour; `irevnet serve` runs the python "
-                               f"flavour here (serve the others with NVIDIA's Triton container, see the README)")
-        backends = scratch / "backends" / "python"
-        backends.mkdir(parents=True)
-        source = root / "tritonserver" / "backends" / "python"
-        for f in source.iterdir():
-            if f.is_file():
-                shutil.copy2(f, backends / f.name)
-        stub = root / "tritonserver" / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}"
-        shutil.copy2(stub / "triton_python_backend_stub", backends / "triton_python_backend_stub")
-        ports = {}
-        for name in ("http_port", "grpc_port", "metrics_port"):
-            port = getattr(opts, name) or free_port(opts.host)
-            if not _port_free(opts.host, port):
-                raise IRevNetError(f"port {port} on {opts.host} is in use (--{name.replace('_', '-')}); choose another, "
-                                   f"or 0 for a free one")
-            ports[name] = port
-        environ = dict(os.environ)
-        libs = [sysconfig.get_config_var("LIBDIR"), str(root.parent / "nvidia_pytriton.libs")]
-        environ["LD_LIBRARY_PATH"] = ":".join([*libs, environ.get("LD_LIBRARY_PATH", "")]).rstrip(":")
-        environ["PATH"] = f"{env_path / 'bin'}:{environ.get('PATH', '')}"
-        log_path = scratch / "server.log"
-        args = [
-            str(root / "tritonserver" / "bin" / "tritonserver"), f"--model-repository={repository}",
-            f"--backend-directory={scratch / 'backends'}", f"--http-address={opts.host}", f"--grpc-address={opts.host}",
-            f"--http-port={ports['http_port']}", f"--grpc-port={ports['grpc_port']}",
-            f"--metrics-address={opts.host}", f"--metrics-port={ports['metrics_port']}",
-            "--pinned-memory-pool-byte-size=0", "--allow-gpu-metrics=false", "--exit-timeout-secs=30",
-            f"--log-info={'true' if opts.verbose else 'false'}",
-        ]
-        with open(log_path, "wb") as sink:
-            process = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT, env=environ, start_new_session=True)
-        server = Server(process, opts.host, ports["http_port"], ports["grpc_port"], ports["metrics_port"],
-                        record["models"], log_path)
-        try:
-            _wait_ready(server, opts.ready_timeout_s)
-            yield server
-        finally:
-            server.stop()
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
-def _wait_ready(server: Server, timeout: float) -> None:
-    """Polls the HTTP health endpoint until every model is ready, the server exits, or `timeout`."""
+def _plain_temp() -> str:
+    """A temporary folder whose path the stub's argument splitting survives (no spaces, ASCII)."""
+    for folder in (tempfile.gettempdir(), "/tmp", "/var/tmp"):
+        if _PLAIN_PATH.match(folder) and os.access(folder, os.W_OK | os.X_OK):
+            return folder
+    raise IRevNetError(f"no temporary folder with a plain path (TMPDIR={tempfile.gettempdir()!r}): tritonserver's "
+                       f"python backend cannot start from a path with spaces; set TMPDIR to one such as /tmp")
+
+
+def _remove_leftovers() -> None:
+    """Scratch folders of serve runs whose process died before their supervisor could remove
+    them (the supervisor killed too): this user's, whose pid is gone."""
+    folder = Path(_plain_temp())
+    with suppress(OSError):
+        for entry in folder.iterdir():
+            m = _SCRATCH.match(entry.name)
+            if m and entry.is_dir() and not entry.is_symlink() and entry.stat().st_uid == os.getuid():
+                try:
+                    os.kill(int(m["pid"]), 0)
+                except ProcessLookupError:
+                    shutil.rmtree(entry, ignore_errors=True)
+                except (PermissionError, OverflowError):
+                    pass
+
+
+def _arguments(opts: ServeOptions, install: ServerInstall, scratch: Path, models: Path, record: Record,
+               ports: dict[str, int]) -> list[str]:
+    # a key no client knows and a value no client can send (HTTP header values and gRPC metadata
+    # have no line breaks): the APIs are off (Triton's flags take a key, not "off")
+    key, value = f"irevnet-{secrets.token_hex(8)}", f"{secrets.token_hex(16)}\n{secrets.token_hex(16)}"
+    return [
+        str(install.binary), f"--model-repository={models}", f"--backend-directory={scratch / 'backends'}",
+        "--model-control-mode=explicit", *[f"--load-model={m}" for m in record.models.values()],
+        "--disable-auto-complete-config", "--strict-readiness=true", "--exit-on-error=true",
+        f"--http-address={opts.host}", f"--grpc-address={opts.host}", f"--metrics-address={opts.host}",
+        f"--http-port={ports['http_port']}", f"--grpc-port={ports['grpc_port']}", f"--metrics-port={ports['metrics_port']}",
+        f"--http-restricted-api={RESTRICTED}:{key}={value}", f"--grpc-restricted-protocol={RESTRICTED}:{key}={value}",
+        f"--backend-config=python,shm-region-prefix-name={scratch.name}_",
+        "--pinned-memory-pool-byte-size=0", "--allow-gpu-metrics=false",
+        f"--exit-timeout-secs={max(1, round(opts.drain_timeout_s))}",
+        f"--log-info={'true' if opts.verbose else 'false'}",
+    ]
+
+
+def _environment(install: ServerInstall) -> dict[str, str]:
+    environ = dict(os.environ)
+    environ["LD_LIBRARY_PATH"] = ":".join([*install.libraries, environ.get("LD_LIBRARY_PATH", "")]).rstrip(":")
+    environ["PATH"] = f"{install.env / 'bin'}:{environ.get('PATH', '')}"
+    environ["PYTHONDONTWRITEBYTECODE"] = "1"  # nothing written beside the models' code
+    environ.pop("PYTHONPATH", None)  # the stub imports the repository's own irevnet, nothing of the caller's
+    return environ
+
+
+def _start_supervisor(settings: dict[str, Any]) -> subprocess.Popen:
+    import json
+
+    process = subprocess.Popen([sys.executable, "-m", "irevnet.serving.supervisor"], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, start_new_session=True, close_fds=True)
+    process.stdin.write(json.dumps(settings).encode() + b"\n")
+    process.stdin.flush()
+    return process
+
+
+def _read_events(supervisor: subprocess.Popen, events: queue.Queue) -> None:
+    import json
+
+    for line in supervisor.stdout:
+        with suppress(ValueError):
+            event = json.loads(line)
+            if isinstance(event, dict) and isinstance(event.get("event"), str):
+                events.put(event)
+
+
+def _wait_started(server: Server) -> None:
+    deadline = time.monotonic() + 30.0
+    while time.monotonic() < deadline:
+        event = server.next_event(0.2)
+        if event is None:
+            if server.supervisor.poll() is not None and server.events.empty():
+                raise IRevNetError("the server's supervisor ended before starting tritonserver; run with --debug")
+            continue
+        if event["event"] == "namespace":
+            server.private_shm = bool(event["private_shm"])
+        elif event["event"] == "started":
+            server.pid = int(event["pid"])
+            return
+        elif event["event"] == "exited":
+            server.result = event
+            raise IRevNetError(f"tritonserver did not start: {event.get('reason')}")
+    raise IRevNetError("tritonserver did not start within 30 s")
+
+
+def wait_ready(server: Server, timeout: float) -> None:
+    """Polls the HTTP health endpoint until every model is ready; a server that exits first, or
+    is not ready by `timeout`, is one error naming the cause found in its log."""
     import urllib.error
     import urllib.request
 
     deadline = time.monotonic() + timeout
-    url = f"http://{server.http_url}/v2/health/ready"
+    url = f"http://{_url_host(_loopback_of(server.host))}:{server.http_port}/v2/health/ready"
     while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise IRevNetError(f"tritonserver exited with code {server.process.returncode} while loading; its log ends:\n"
-                               f"{server.log_tail()}")
+        event = server.next_event(0.0) if not server.events.empty() else None
+        if event is not None and event["event"] == "exited":
+            server.result = event
+            raise IRevNetError(f"tritonserver {_exit_words(event.get('code'))} while loading: "
+                               f"{cause_from_log(server.log_tail(400))}")
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
                 if response.status == 200:
@@ -238,23 +408,80 @@ def _wait_ready(server: Server, timeout: float) -> None:
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.1)
-    raise IRevNetError(f"tritonserver was not ready within {timeout:.0f} s; its log ends:\n{server.log_tail()}")
+    raise IRevNetError(f"tritonserver was not ready within {timeout:g} s: {cause_from_log(server.log_tail(400))}")
 
 
-def wait_for_signal(server: Server, announce: Callable[[Server], None] = lambda s: None) -> int:
-    """Announces the server, then blocks until SIGTERM or SIGINT (or the server exits); returns the
-    server's exit code after the drain. Used by the CLI: the signals stop the server, not this
-    process; the handlers are in place before the announcement (a supervisor may signal as soon
-    as it reads it), and a second signal during the drain does not cut it short."""
+def _loopback_of(host: str) -> str:
+    address = ipaddress.ip_address(host)
+    if address.is_unspecified:
+        return "::1" if address.version == 6 else "127.0.0.1"
+    return host
+
+
+_LOAD_FAILED = re.compile(r"failed to load '(?P<model>[^']+)' version (?P<version>\d+): (?P<why>.*)")
+_BENIGN = ("CudaDriverHelper has not been initialized", "failed to load all models")
+
+
+def cause_from_log(text: str) -> str:
+    """The line of Triton's log that names why it failed: the first model that did not load
+    (with irevnet's own message where the model raised one), else its first error line, else its
+    last line."""
+    errors = []
+    for line in text.splitlines():
+        m = _LOAD_FAILED.search(line)
+        if m:
+            why = m["why"].strip().strip('"').replace("\\n", "\n").split("\n")[0]
+            why = re.sub(r"^(Internal|Invalid argument|Unavailable): (TritonModelException: )?", "", why)
+            return f"{m['model']} (version {m['version']}) did not load: {why}"
+        if re.match(r"^E\d{4} ", line) and not any(b in line for b in _BENIGN):
+            errors.append(line.split("] ", 1)[-1].strip().strip('"'))
+    if errors:
+        return errors[0]
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "its log is empty"
+
+
+def _exit_words(code: int | None) -> str:
+    if code is None:
+        return "ended"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by {name}"
+    return f"exited with code {code}"
+
+
+def wait_for_signal(server: Server, announce: Callable[[Server], None] = lambda s: None,
+                    log: Callable[[str], None] = lambda m: None, ready_timeout_s: float = READY_TIMEOUT_S) -> int | None:
+    """Announces the server, then serves until SIGTERM or SIGINT: logs a stub that died and the
+    restart that follows, and raises when the server ends on its own. Returns tritonserver's
+    exit code after the drain. The handlers are in place before the announcement (a supervisor
+    may signal as soon as it reads it); a second signal does not cut the drain short."""
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         announce(server)
-        while not stop.is_set() and server.process.poll() is None:
-            stop.wait(0.2)
-        if server.process.poll() is not None and not stop.is_set():
-            raise IRevNetError(f"tritonserver exited on its own with code {server.process.returncode}; its log ends:\n"
-                               f"{server.log_tail()}")
+        while not stop.is_set():
+            event = server.next_event(0.2)
+            if event is None:
+                if server.supervisor.poll() is not None and server.events.empty():
+                    raise IRevNetError(f"the server's supervisor ended; its log ends: {cause_from_log(server.log_tail())}")
+                continue
+            kind = event["event"]
+            if kind == "stub-died":
+                log(f"the python backend stub of {', '.join(event['instances'])} died; its model cannot answer")
+            elif kind == "restarting":
+                log("restarting tritonserver (requests in flight drain first)")
+            elif kind == "started":
+                server.pid = int(event["pid"])
+                wait_ready(server, ready_timeout_s)
+                log("ready again")
+            elif kind == "exited":
+                server.result = event
+                reason = event.get("reason") or cause_from_log(server.log_tail(400))
+                raise IRevNetError(f"tritonserver {_exit_words(event.get('code'))} on its own: {reason}")
         return server.stop()
     finally:
         for s, handler in previous.items():

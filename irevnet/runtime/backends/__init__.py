@@ -32,9 +32,13 @@ def resolve_backends(names: list[str] | None, server: str | None, default: list[
     """verify's and bench's backends: the names given (aliases resolved), else `default`; with a
     server, the triton backend beside them. The triton backend needs the server's address."""
     kinds = [resolve_backend(name) for name in names or default]
-    if server and "triton" not in kinds:
-        kinds.append("triton")  # side by side with the local ones asked for
-    if "triton" in kinds and not server:
+    if server is not None:
+        from .triton_client import ServerAddress
+
+        ServerAddress.parse(server)  # an empty or unparsable address is refused before any work
+        if "triton" not in kinds:
+            kinds.append("triton")  # side by side with the local ones asked for
+    if "triton" in kinds and server is None:
         raise IRevNetError("the triton backend needs the server's address: --server http://HOST:PORT")
     return kinds
 
@@ -56,6 +60,7 @@ def open_backend(
     device: str = "auto",
     checkpoint: str | None = None,
     server: str | None = None,
+    server_timeout_s: float = 60.0,
 ) -> Backend:
     """Opens `graph` (forward, inverse, forward_blocks, inverse_blocks) of a bundle on a backend.
 
@@ -68,4 +73,4 @@ def open_backend(
     module, name, fixed = REGISTRY[kind]
     cls = getattr(importlib.import_module(f"{__name__}.{module}"), name)
     return cls.for_bundle(bundle, graph, providers=providers, threads=threads, device=device, checkpoint=checkpoint,
-                          server=server, **fixed)
+                          server=server, server_timeout_s=server_timeout_s, **fixed)

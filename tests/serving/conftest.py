@@ -1,0 +1,169 @@
+"""Fixtures of the serving tests: the server this machine runs (its environment made on first
+use, as `irevnet serve` makes it), a repository of the trained digits model, one server serving
+it for the tests that only ask it things, and `irevnet serve` run as a user runs it (a process
+whose children, ports and leftovers the lifecycle tests inspect).
+
+Without the serve extra or where no server can be made (no package index), these tests skip
+with the reason; they never fail for it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from irevnet.contract import Precision
+from irevnet.errors import IRevNetError
+
+tritonclient = pytest.importorskip("tritonclient", reason="tritonclient is not installed: pip install 'irevnet[serve]'")
+
+
+@pytest.fixture(scope="session")
+def server_install():
+    """The tritonserver and environment `irevnet serve` uses here (made on first use)."""
+    from irevnet.serving.environment import find_server
+
+    try:
+        return find_server(log=lambda m: print(m, file=sys.stderr))
+    except IRevNetError as e:
+        pytest.skip(f"no Triton server here: {e}")
+
+
+@pytest.fixture(scope="session")
+def repository(bundles, tmp_path_factory):
+    from irevnet.serving.repository import TritonOptions, write_repository
+
+    out = tmp_path_factory.mktemp("triton") / "models"
+    # a longer queue delay than the default, so that requests sent together meet in one batch
+    write_repository(TritonOptions(bundle=str(bundles[Precision.fp32]), out=str(out), name="digits",
+                                   max_queue_delay_us=20_000, threads=1))
+    return out
+
+
+@pytest.fixture(scope="session")
+def server(repository, server_install):
+    from irevnet.serving.server import ServeOptions, serve
+
+    with serve(ServeOptions(target=str(repository), http_port=0, grpc_port=0, metrics_port=0)) as running:
+        yield running
+
+
+_ANNOUNCE = re.compile(r"HTTP (?P<http>\S+), gRPC (?P<grpc>\S+), metrics (?P<metrics>\S+)/metrics")
+
+
+class ServeProcess:
+    """`irevnet serve TARGET` in a process of its own, as a user or a supervisor runs it."""
+
+    def __init__(self, target: Path, *args: str, tmpdir: Path, env: dict[str, str] | None = None, wait: bool = True):
+        self.tmpdir = tmpdir
+        tmpdir.mkdir(parents=True, exist_ok=True)
+        self.shm_before = set(os.listdir("/dev/shm"))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "irevnet", "serve", str(target), "--http-port", "0", "--grpc-port", "0",
+             "--metrics-port", "0", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "TMPDIR": str(tmpdir), **(env or {})})
+        self.lines: list[str] = []
+        self.http = self.grpc = None
+        if wait:
+            self.wait_serving()
+
+    def wait_serving(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.lines.append(line)
+            m = _ANNOUNCE.search(line)
+            if m:
+                self.http, self.grpc = m["http"], m["grpc"]
+                return
+        err = self.proc.stderr.read() if self.proc.poll() is not None else ""
+        raise AssertionError(f"irevnet serve did not announce itself: {''.join(self.lines)}{err}")
+
+    def tree(self) -> dict[str, list[int]]:
+        """The pids of its supervisor, tritonserver and python backend stubs."""
+        supervisors = [p for p in _children(self.proc.pid) if b"irevnet.serving.supervisor" in _cmdline(p)]
+        servers = [p for s in supervisors for p in _children(s) if _cmdline(p).split(b"\0")[0].endswith(b"tritonserver")]
+        stubs = [p for s in servers for p in _children(s) if b"triton_python_backend_stub" in _cmdline(p)]
+        return {"supervisor": supervisors, "tritonserver": servers, "stubs": stubs}
+
+    def finish(self, sig: int | None = signal.SIGTERM, timeout: float = 60) -> tuple[int, str, str, float]:
+        """Sends `sig` (None: waits for it to end by itself); (exit code, stdout, stderr, seconds)."""
+        start = time.monotonic()
+        if sig is not None:
+            self.proc.send_signal(sig)
+        out, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, "".join(self.lines) + out, err, time.monotonic() - start
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                stat = Path(f"/proc/{name}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+                found.append(int(name))
+    return found
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"  # a zombie has ended
+
+
+def wait_gone(pids: list[int], timeout: float) -> list[int]:
+    """The pids still alive after up to `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.1)
+    return [p for p in pids if alive(p)]
+
+
+def leftovers(serve: ServeProcess) -> list[str]:
+    """What a finished serve left: files in its TMPDIR (but the .ses file onnxruntime writes on
+    import, measured with `import onnxruntime` alone) and shared-memory regions."""
+    files = [p.name for p in serve.tmpdir.iterdir() if p.name != ".ses"]
+    regions = sorted(set(os.listdir("/dev/shm")) - serve.shm_before)
+    return files + [f"/dev/shm/{r}" for r in regions]
+
+
+@pytest.fixture
+def serve_process(tmp_path):
+    """Starts `irevnet serve` processes (ServeProcess) and kills whatever is left of them."""
+    started: list[ServeProcess] = []
+
+    def start(target, *args, **kw):
+        kw.setdefault("tmpdir", tmp_path / f"tmp{len(started)}")
+        started.append(ServeProcess(Path(target), *args, **kw))
+        return started[-1]
+
+    yield start
+    for s in started:
+        s.kill()

@@ -1,0 +1,137 @@
+"""`irevnet triton`: repositories of every flavour parse as Triton's ModelConfig and match the
+graphs; the record vouches for every file; a rewrite never deletes what irevnet did not write;
+versions are added beside each other. No server needed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import pytest
+
+from irevnet.contract import IMAGE, LOGITS, RECONSTRUCTION, WEIGHTS, Precision, Z
+from irevnet.errors import IRevNetError
+from irevnet.runtime import Bundle
+
+
+def _write(bundle, out, **kw):
+    from irevnet.serving.repository import TritonOptions, write_repository
+
+    return write_repository(TritonOptions(bundle=str(bundle), out=str(out), **kw))
+
+
+@pytest.mark.parametrize("flavour", ["python", "onnxruntime", "openvino", "tensorrt"])
+def test_every_flavour_parses_as_triton_model_config_and_matches_the_graphs(bundles, tmp_path, flavour, fake_trt):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    source = bundles[Precision.fp32]
+    if flavour == "tensorrt":
+        with pytest.raises(IRevNetError, match="has no TensorRT engines; build them with `irevnet build"):
+            _write(source, tmp_path / "no-engines", flavour=flavour)
+        from irevnet.runtime.trt_build import BuildOptions, build_engines
+
+        fake_trt("10.13.0.35")
+        source = shutil.copytree(source, tmp_path / "b")
+        build_engines(BuildOptions(bundle=str(source)))
+    record = _write(source, tmp_path / "repo", flavour=flavour, name="d")
+    bundle = Bundle.open(source)
+    configs = {}
+    for model in record.models.values():
+        configs[model] = text_format.Parse((tmp_path / "repo" / model / "config.pbtxt").read_text(),
+                                           model_config_pb2.ModelConfig())
+        assert configs[model].max_batch_size == bundle.max_batch
+        assert configs[model].version_policy.HasField("all"), "every version of the repository is served"
+    fwd = configs["d_forward"]
+    assert [(t.name, list(t.dims)) for t in fwd.input] == [(IMAGE, list(bundle.config.in_shape))]
+    assert [(t.name, list(t.dims)) for t in fwd.output] == [(LOGITS, [bundle.config.num_classes]), (Z, list(bundle.config.z_shape))]
+    assert [(t.name, list(t.dims)) for t in configs["d_inverse"].input] == [(Z, list(bundle.config.z_shape))]
+    assert [t.name for t in configs["d_roundtrip"].output] == [RECONSTRUCTION, LOGITS, Z]
+    assert fwd.HasField("dynamic_batching") and fwd.dynamic_batching.max_queue_delay_microseconds == 0
+    for model, tensor in (("d_forward", IMAGE), ("d_inverse", Z)):  # warmed at load: one zero batch of 1
+        (warmup,) = configs[model].model_warmup
+        assert warmup.batch_size == 1 and warmup.inputs[tensor].zero_data
+        assert list(warmup.inputs[tensor].dims) == list(bundle.graphs["forward" if tensor == IMAGE else "inverse"]
+                                                        ["inputs"][0]["shape"][1:])
+    version = tmp_path / "repo" / "d_forward" / "1"
+    expected = {"python": ["model.py"], "onnxruntime": ["model.onnx"], "openvino": ["model.onnx", WEIGHTS],
+                "tensorrt": ["model.plan"]}[flavour]
+    assert sorted(p.name for p in version.iterdir()) == expected
+    if flavour == "onnxruntime":  # the directory form: the graph beside the weights its external data names
+        assert sorted(p.name for p in (version / "model.onnx").iterdir()) == ["model.onnx", WEIGHTS]
+    if flavour == "python":  # self-contained: the bundle and irevnet's runtime, once, no absolute path
+        shared = tmp_path / "repo" / "d_forward" / "shared"
+        assert (shared / "bundles" / "1" / WEIGHTS).is_file() and (shared / "irevnet" / "runtime" / "bundle.py").is_file()
+        assert str(tmp_path) not in "".join(p.read_text() for p in (tmp_path / "repo").rglob("config.pbtxt"))
+
+
+def test_the_record_holds_the_sha256_of_every_other_file(bundles, tmp_path):
+    record = _write(bundles[Precision.fp32], tmp_path / "repo", name="d")
+    root = tmp_path / "repo"
+    on_disk = {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+               for p in root.rglob("*") if p.is_file() and p.name != "irevnet.json"}
+    assert record.files == on_disk and len(on_disk) > 50, "configs, model.py, the vendored package, the bundle"
+    assert json.loads((root / "irevnet.json").read_text())["files"] == on_disk
+
+
+def test_a_rewrite_refuses_a_repository_holding_what_irevnet_did_not_write(bundles, tmp_path):
+    """The issue's data loss: `irevnet triton -o REPO` again deleted a model folder the user had
+    added, with exit 0. Now each kind of foreign content is refused, naming it, and kept."""
+    from typer.testing import CliRunner
+
+    from irevnet.cli import app
+
+    source = bundles[Precision.fp32]
+    repo = tmp_path / "repo"
+    _write(source, repo, name="d")
+    (repo / "mine").mkdir()
+    (repo / "mine" / "config.pbtxt").write_text("name: \"mine\"\n")
+    result = CliRunner().invoke(app, ["triton", str(source), "-o", str(repo), "--name", "d"])
+    assert result.exit_code == 2 and "mine/config.pbtxt was added after `irevnet triton` wrote the repository" in result.output
+    assert (repo / "mine" / "config.pbtxt").read_text() == "name: \"mine\"\n", "nothing of the user's deleted"
+    shutil.rmtree(repo / "mine")
+    config = repo / "d_forward" / "config.pbtxt"
+    config.write_text(config.read_text() + "# tuned by hand\n")
+    result = CliRunner().invoke(app, ["triton", str(source), "-o", str(repo), "--name", "d"])
+    assert result.exit_code == 2 and "d_forward/config.pbtxt does not match its sha256" in result.output
+    assert config.read_text().endswith("# tuned by hand\n")
+    config.unlink()  # a missing file is no loss: the repository is irevnet's and may be rewritten
+    assert CliRunner().invoke(app, ["triton", str(source), "-o", str(repo), "--name", "d"]).exit_code == 0
+    assert config.is_file()
+
+
+def test_a_version_is_added_beside_the_others(bundles, tmp_path):
+    repo = tmp_path / "repo"
+    _write(bundles[Precision.fp32], repo, name="d")
+    before = {n: d for n, d in json.loads((repo / "irevnet.json").read_text())["files"].items() if "/shared/bundles/1/" in n}
+    record = _write(bundles[Precision.mixed], repo, version=2)
+    assert sorted(record.versions) == ["1", "2"] and record.versions["2"]["precision"] == Precision.mixed
+    assert record.name == "d", "the repository keeps its models' names"
+    for model in record.models.values():
+        assert (repo / model / "1" / "model.py").is_file() and (repo / model / "2" / "model.py").is_file()
+    after = record.files
+    assert all(after[n] == d for n, d in before.items()), "version 1's bundle is kept byte for byte"
+    assert Bundle.open(repo / "d_forward" / "shared" / "bundles" / "2").precision == Precision.mixed
+    with pytest.raises(IRevNetError, match="already has version 2; give another --version"):
+        _write(bundles[Precision.fp16], repo, version=2)
+
+
+def test_a_version_of_other_tensors_is_refused(bundles, trained_tiny_bijective, tmp_path):
+    from tests.conftest import export_tiny
+
+    other = export_tiny(trained_tiny_bijective, tmp_path / "bijective", debug_graphs=False)
+    repo = tmp_path / "repo"
+    _write(bundles[Precision.fp32], repo, name="d")
+    with pytest.raises(IRevNetError, match="takes or gives other tensors than version 1"):
+        _write(other, repo, version=2)
+    assert sorted(p.name for p in (repo / "d_forward").iterdir()) == ["1", "config.pbtxt", "shared"], "unchanged"
+
+
+def test_a_folder_that_is_not_a_repository_of_irevnet_is_refused_before_any_server_is_looked_for(tmp_path):
+    from irevnet.serving.server import ServeOptions, serve
+
+    (tmp_path / "models" / "m").mkdir(parents=True)
+    with pytest.raises(IRevNetError, match="is not a Triton repository written by `irevnet triton`"), \
+            serve(ServeOptions(target=str(tmp_path / "models"), python_env=str(tmp_path / "no-such-env"))):
+        pass
