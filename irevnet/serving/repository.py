@@ -331,10 +331,10 @@ def _copy_bundle(bundle: Bundle, target: Path) -> None:
 # -- what serve checks of a staged repository ---------------------------------------------------------
 
 
-def check_configs(root: Path, record: Record) -> None:
+def check_configs(root: Path, record: Record) -> Bundle:
     """Each config of a (staged) python-flavour repository is what `irevnet triton` writes for its
     recorded options and bundles, its path parameters stay inside the repository, and every
-    version's bundle passes Bundle.open.
+    version's bundle passes Bundle.open. Returns the highest version's bundle.
 
     Raises:
         IRevNetError: one line naming the config or bundle.
@@ -358,6 +358,7 @@ def check_configs(root: Path, record: Record) -> None:
         if text != model_config(latest, graph, names, record.options):
             raise IRevNetError(f"{path} is not the config `irevnet triton` writes for this repository's options; "
                                f"write the repository again")
+    return latest
 
 
 def _inside(root: Path, relative: str) -> bool:

@@ -54,6 +54,9 @@ _PENDING = re.compile(r"^nv_inference_pending_request_count\{[^}]*\}\s+([0-9.eE+
 
 
 def main() -> int:
+    # serve sends "stop"; a SIGTERM sent here directly stops the same way (through `finally`)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     settings = json.loads(sys.stdin.readline())
     events = _Events()
     private, why = _private_shm() if settings["private_shm"] is not False else (False, "not asked for")

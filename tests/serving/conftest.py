@@ -167,3 +167,20 @@ def serve_process(tmp_path):
     yield start
     for s in started:
         s.kill()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_left_behind():
+    """After the serving tests, no server, stub or supervisor of this session runs and no region
+    of theirs is in /dev/shm (a green run once left two stubs, parent gone, ignoring SIGTERM)."""
+    before = {int(p) for p in os.listdir("/proc") if p.isdigit()}
+    yield
+    def ours():
+        return [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in before and alive(int(p)) and any(
+            name in _cmdline(int(p)) for name in (b"triton_python_backend_stub", b"bin/tritonserver",
+                                                  b"irevnet.serving.supervisor"))]
+    deadline = time.monotonic() + 30
+    while ours() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ours() == [], "serving processes left behind"
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith("irevnet-serve.")], "shared-memory regions left behind"

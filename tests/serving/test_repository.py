@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from irevnet.contract import IMAGE, LOGITS, RECONSTRUCTION, WEIGHTS, Precision, Z
+from irevnet.contract import FORWARD, IMAGE, INVERSE, LOGITS, RECONSTRUCTION, WEIGHTS, Precision, Z
 from irevnet.errors import IRevNetError
 from irevnet.runtime import Bundle
 
@@ -52,8 +52,8 @@ def test_every_flavour_parses_as_triton_model_config_and_matches_the_graphs(bund
     for model, tensor in (("d_forward", IMAGE), ("d_inverse", Z)):  # warmed at load: one zero batch of 1
         (warmup,) = configs[model].model_warmup
         assert warmup.batch_size == 1 and warmup.inputs[tensor].zero_data
-        assert list(warmup.inputs[tensor].dims) == list(bundle.graphs["forward" if tensor == IMAGE else "inverse"]
-                                                        ["inputs"][0]["shape"][1:])
+        graph = FORWARD if tensor == IMAGE else INVERSE
+        assert list(warmup.inputs[tensor].dims) == list(bundle.graphs[graph]["inputs"][0]["shape"][1:])
     version = tmp_path / "repo" / "d_forward" / "1"
     expected = {"python": ["model.py"], "onnxruntime": ["model.onnx"], "openvino": ["model.onnx", WEIGHTS],
                 "tensorrt": ["model.plan"]}[flavour]

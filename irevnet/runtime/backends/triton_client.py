@@ -61,7 +61,10 @@ class ServerAddress:
         shown = _redacted(url)
         if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
             raise IRevNetError(f"--server {shown!r} holds spaces or control characters; give http://HOST:PORT")
-        parts = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+        try:
+            parts = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+        except ValueError as e:
+            raise IRevNetError(f"--server {shown!r} does not parse as a URL ({e}); give http://HOST:PORT") from None
         scheme = parts.scheme.lower()
         if scheme not in _SCHEMES:
             raise IRevNetError(f"--server {shown!r}: unknown scheme {scheme[:20]!r}; give http://, https://, grpc:// or "
@@ -155,8 +158,10 @@ class ServerClient:
         """The model's inputs and outputs as the server declares them (shapes with the batch axis)."""
         raise NotImplementedError
 
-    def infer(self, model: str, feeds: dict[str, np.ndarray], outputs: list[TensorSpec]) -> dict[str, np.ndarray]:
-        """Runs one request; every output checked against `outputs` at the feeds' batch size."""
+    def infer(self, model: str, feeds: dict[str, np.ndarray], outputs: list[TensorSpec],
+              version: str = "") -> dict[str, np.ndarray]:
+        """Runs one request (on `version`, default: the server's choice, the highest); every output
+        checked against `outputs` at the feeds' batch size."""
         raise NotImplementedError
 
     def statistics(self, model: str) -> dict[str, dict[str, int]]:
@@ -359,7 +364,8 @@ class HttpClient(ServerClient):
         entries = stats.get("model_stats") if isinstance(stats, dict) else None
         return _statistics(entries, model, lambda p: self._fail(f"{model} statistics", p))
 
-    def infer(self, model: str, feeds: dict[str, np.ndarray], outputs: list[TensorSpec]) -> dict[str, np.ndarray]:
+    def infer(self, model: str, feeds: dict[str, np.ndarray], outputs: list[TensorSpec],
+              version: str = "") -> dict[str, np.ndarray]:
         what = f"{model} inference"
         header = {
             "inputs": [{"name": name, "shape": list(x.shape), "datatype": "FP32",
@@ -368,7 +374,8 @@ class HttpClient(ServerClient):
         }
         head = json.dumps(header).encode()
         body = b"".join([head, *(np.ascontiguousarray(x, dtype="<f4").tobytes() for x in feeds.values())])
-        status, headers, data = self.request(what, "POST", f"/v2/models/{_path(model)}/infer", body,
+        versioned = f"/versions/{_path(version)}" if version else ""
+        status, headers, data = self.request(what, "POST", f"/v2/models/{_path(model)}{versioned}/infer", body,
                                              {"Inference-Header-Content-Length": str(len(head)),
                                               "Content-Type": "application/octet-stream"}, limit=self.bound)
         if status != 200:
@@ -587,7 +594,8 @@ class GrpcClient(ServerClient):
         entries = stats.get("model_stats") if isinstance(stats, dict) else None
         return _statistics(entries, model, lambda p: self._fail(f"{model} statistics", p))
 
-    def infer(self, model: str, feeds: dict[str, np.ndarray], outputs: list[TensorSpec]) -> dict[str, np.ndarray]:
+    def infer(self, model: str, feeds: dict[str, np.ndarray], outputs: list[TensorSpec],
+              version: str = "") -> dict[str, np.ndarray]:
         what = f"{model} inference"
         inputs = []
         for name, x in feeds.items():
@@ -595,7 +603,7 @@ class GrpcClient(ServerClient):
             tensor.set_data_from_numpy(np.ascontiguousarray(x, dtype=np.float32))
             inputs.append(tensor)
         asked = [self.module.InferRequestedOutput(t.name) for t in outputs]
-        result = self._call(what, self.client.infer, model, inputs, outputs=asked)
+        result = self._call(what, self.client.infer, model, inputs, outputs=asked, model_version=version)
         response = result.get_response()
         batch = next(iter(feeds.values())).shape[0]
         fail = lambda p: self._fail(what, p)  # noqa: E731

@@ -1,0 +1,245 @@
+"""`irevnet serve` behaves like a service: SIGTERM drains and exits 0 within seconds even with idle
+keep-alive clients, tritonserver dies with serve, a dead backend stub is restarted and logged,
+signals while loading leave nothing behind, and a failure names its cause."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+
+import numpy as np
+import pytest
+
+from irevnet.contract import IMAGE, RECONSTRUCTION, Z
+from irevnet.errors import IRevNetError
+
+from .conftest import alive, leftovers, wait_gone
+
+# SIGTERM to exit with idle keep-alive clients: Triton's shutdown sleeps a second per phase
+# (connections, in-flight inferences, live models) and the python models unload in about one
+# (measured: 3.4 s in all here); a Kubernetes pod gets 30 s before SIGKILL
+SIGTERM_BOUND_S = 10.0
+
+
+def _request(address: str, x: np.ndarray | None = None):
+    from tritonclient import http
+
+    x = np.zeros((1, 1, 16, 16), np.float32) if x is None else x
+    client = http.InferenceServerClient(address)
+    tensor = http.InferInput(IMAGE, list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    return client, client.infer("digits_forward", [tensor]).as_numpy(Z)
+
+
+def test_sigterm_with_idle_keep_alive_clients_exits_0_within_seconds(repository, server_install, serve_process):
+    """Triton 2.51 serves every open HTTP connection until its exit timeout, an idle one
+    included: one client that made one request held SIGTERM for 30 s, then tritonserver was
+    SIGKILLed behind an exit 0. Idle connections are now closed once nothing is in flight."""
+    from tritonclient import grpc
+
+    serve = serve_process(repository)
+    tree = serve.tree()
+    http_client, _ = _request(serve.http)  # its keep-alive connection stays open, idle
+    host, port = serve.http.rsplit(":", 1)
+    idle = socket.create_connection((host, int(port)))  # and one that never sent a byte
+    g = grpc.InferenceServerClient(serve.grpc)
+    assert g.is_server_ready()  # an idle gRPC channel too
+    code, out, err, seconds = serve.finish(signal.SIGTERM)
+    assert code == 0 and "Traceback" not in err, err
+    assert seconds <= SIGTERM_BOUND_S, f"{seconds:.1f} s to exit"
+    assert "tritonserver stopped (exit code 0)" in out and "idle connection" in out, out
+    assert wait_gone([p for pids in tree.values() for p in pids], 5) == []
+    assert leftovers(serve) == [], "temporary folders and shared-memory regions removed"
+    idle.close()
+    http_client.close()
+
+
+def test_kill_9_of_serve_takes_tritonserver_and_its_files_with_it(repository, server_install, serve_process):
+    """tritonserver kept serving on the port forever after kill -9 of serve, and the temporary
+    repository stayed."""
+    serve = serve_process(repository)
+    tree = serve.tree()
+    assert len(tree["tritonserver"]) == 1 and len(tree["stubs"]) == 3, tree
+    serve.proc.kill()
+    serve.proc.wait()
+    assert wait_gone([p for pids in tree.values() for p in pids], 30) == [], "supervisor, server and stubs end"
+    host, port = serve.http.rsplit(":", 1)
+    with pytest.raises(OSError):
+        socket.create_connection((host, int(port)), timeout=2).close()
+    deadline = time.monotonic() + 10
+    while leftovers(serve) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert leftovers(serve) == []
+
+
+def test_kill_9_of_tritonserver_ends_serve_naming_it_and_leaves_nothing(repository, server_install, serve_process):
+    serve = serve_process(repository)
+    tree = serve.tree()
+    signal_pid = tree["tritonserver"][0]
+    import os
+
+    os.kill(signal_pid, signal.SIGKILL)
+    code, out, err, _ = serve.finish(sig=None)
+    assert code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("error: tritonserver was killed by SIGKILL on its own"), err
+    assert wait_gone(tree["stubs"], 10) == [], "its orphaned stubs are killed"
+    assert leftovers(serve) == []
+
+
+def test_a_dead_stub_is_logged_and_its_model_comes_back(repository, server_install, serve_process, bundles):
+    """A dead stub left its model "ready" while every request failed with "Stub process ... is
+    not healthy". Now serve logs it and restarts the server, and the model answers again."""
+    import os
+
+    from irevnet.contract import FORWARD, Precision
+    from irevnet.runtime import Bundle, open_backend
+
+    serve = serve_process(repository)
+    stub = next(p for p in serve.tree()["stubs"] if b"digits_forward_0_0" in open(f"/proc/{p}/cmdline", "rb").read())
+    os.kill(stub, signal.SIGKILL)
+    seen = []
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not any("ready again" in line for line in seen):
+        line = serve.proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+    text = "".join(seen)
+    assert "the python backend stub of digits_forward_0_0 died" in text and "ready again" in text, text
+    x = Bundle.open(bundles[Precision.fp32]).reference("images")["images"][:2]
+    with open_backend("onnxruntime", Bundle.open(bundles[Precision.fp32]), FORWARD, threads=1) as local:
+        assert np.array_equal(_request(serve.http, x)[1], local.infer({IMAGE: x})[Z])
+    code, out, err, _ = serve.finish(signal.SIGTERM)
+    assert code == 0, err
+    assert leftovers(serve) == []
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_while_the_models_load_leaves_nothing(repository, server_install, serve_process, sig, code):
+    """SIGTERM or Ctrl-C while the models loaded left orphaned stubs and /dev/shm regions."""
+    serve = serve_process(repository, wait=False)
+    deadline = time.monotonic() + 60
+    tree = {}
+    while time.monotonic() < deadline:
+        tree = serve.tree()
+        if tree["stubs"]:  # loading: the stubs have started, the server is not ready yet
+            break
+        time.sleep(0.02)
+    assert tree.get("stubs"), "the stubs started"
+    exit_code, out, err, _ = serve.finish(sig)
+    assert exit_code == code and "Traceback" not in err, err
+    assert "serving" not in out, "it was stopped before it was ready"
+    assert wait_gone([p for pids in tree.values() for p in pids], 30) == []
+    assert leftovers(serve) == []
+
+
+def test_the_line_shown_for_a_failed_start_names_the_model_and_the_cause():
+    """After a failed start the line shown was the last of Triton's log ("error: creating
+    server: Internal - failed to load all models"); the model and its cause were in a log
+    deleted with the temporary folder. Lines as tritonserver 2.51 writes them."""
+    from irevnet.serving.server import cause_from_log
+
+    log = (
+        'E1201 23:27:35.102995 3848 server.cc:241] "CudaDriverHelper has not been initialized."\n'
+        'E1201 23:27:36.806285 3848 model_lifecycle.cc:642] "failed to load \'digits_forward\' version 1: Internal: '
+        'TritonModelException: irevnet: models/weights.bin does not match its sha256 in the manifest\\n\\nAt:\\n  '
+        'model.py(5): initialize\\n"\n'
+        "error: creating server: Internal - failed to load all models\n"
+    )
+    assert cause_from_log(log) == ("digits_forward (version 1) did not load: irevnet: models/weights.bin does not match "
+                                   "its sha256 in the manifest")
+    assert cause_from_log('E1201 00:00:00.0 1 main.cc:1] "failed to start GRPC service: Unavailable"\n') == \
+        "failed to start GRPC service: Unavailable"
+
+
+def test_a_port_in_use_is_one_line(repository, server_install):
+    from irevnet.serving.server import ServeOptions, serve
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(IRevNetError, match=f"port {port} on 127.0.0.1 is in use \\(--http-port\\)"), \
+                serve(ServeOptions(target=str(repository), http_port=port, grpc_port=0, metrics_port=0)):
+            pass
+
+
+def test_a_server_not_ready_in_time_is_one_error_and_leaves_nothing(repository, server_install, tmp_path, monkeypatch):
+    import os
+
+    from irevnet.serving.server import ServeOptions, serve
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    with pytest.raises(IRevNetError, match=r"tritonserver was not ready within 0.01 s"), \
+            serve(ServeOptions(target=str(repository), http_port=0, grpc_port=0, metrics_port=0, ready_timeout_s=0.01)):
+        pass
+    assert [p for p in os.listdir(tmp_path) if p != ".ses"] == []
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and alive(int(p))
+                and b"irevnet.serving.supervisor" in open(f"/proc/{p}/cmdline", "rb").read()]
+
+
+def test_sigterm_waits_for_a_request_in_flight_before_closing_idle_connections(repository, server_install, serve_process):
+    """The drain closes idle connections only once nothing is in flight: while a model instance
+    says it is executing (the file triton_model._Executing keeps, written here by hand, as a
+    request lasting seconds would), the connection stays open and the server keeps draining."""
+    serve = serve_process(repository)
+    (scratch,) = [p for p in serve.tmpdir.iterdir() if p.name.startswith("irevnet-serve.")]
+    flag = scratch / "executing" / "digits_forward_0_0"
+    host, port = serve.http.rsplit(":", 1)
+    idle = socket.create_connection((host, int(port)))
+    flag.write_bytes(b"%8d" % 1)
+    serve.proc.send_signal(signal.SIGTERM)
+    time.sleep(3)
+    assert serve.proc.poll() is None, "still draining: a request is in flight"
+    flag.write_bytes(b"%8d" % 0)
+    code, out, err, seconds = serve.finish(sig=None)
+    assert code == 0 and seconds <= SIGTERM_BOUND_S, (code, seconds, err)
+    assert "1 idle connection closed" in out, out
+    idle.close()
+
+
+def test_every_version_is_served_and_the_round_trip_stays_within_its_version(bundles, server_install, tmp_path):
+    from tritonclient import http
+
+    from irevnet.contract import FORWARD, INVERSE, Precision
+    from irevnet.runtime import Bundle, open_backend
+    from irevnet.serving.repository import TritonOptions, write_repository
+    from irevnet.serving.server import ServeOptions, serve
+
+    repo = tmp_path / "models"
+    write_repository(TritonOptions(bundle=str(bundles[Precision.fp32]), out=str(repo), name="d", threads=1))
+    write_repository(TritonOptions(bundle=str(bundles[Precision.mixed]), out=str(repo), version=2, threads=1))
+    x = Bundle.open(bundles[Precision.fp32]).reference("images")["images"][:2]
+    expected = {}
+    for version, precision in (("1", Precision.fp32), ("2", Precision.mixed)):
+        bundle = Bundle.open(bundles[precision])
+        with open_backend("onnxruntime", bundle, FORWARD, threads=1) as fwd, \
+                open_backend("onnxruntime", bundle, INVERSE, threads=1) as inv:
+            z = fwd.infer({IMAGE: x})[Z]
+            expected[version] = (z, inv.infer({Z: z})[IMAGE])
+    assert not np.array_equal(expected["1"][0], expected["2"][0]), "the two versions differ, so the test can tell"
+    with serve(ServeOptions(target=str(repo), http_port=0, grpc_port=0, metrics_port=0)) as running:
+        client = http.InferenceServerClient(running.http_url)
+        tensor = http.InferInput(IMAGE, list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        for version in ("1", "2", ""):
+            z = client.infer("d_forward", [tensor], model_version=version).as_numpy(Z)
+            assert np.array_equal(z, expected[version or "2"][0]), f"version {version or 'default: the highest'}"
+            back = client.infer("d_roundtrip", [tensor], model_version=version).as_numpy(RECONSTRUCTION)
+            assert np.array_equal(back, expected[version or "2"][1]), "version N of the round trip calls version N"
+
+
+def test_a_host_beyond_loopback_says_what_it_exposes(repository, server_install):
+    from irevnet.serving.server import ServeOptions, serve
+
+    said = []
+    with pytest.raises(IRevNetError, match="not ready within"), \
+            serve(ServeOptions(target=str(repository), host="0.0.0.0", http_port=0, grpc_port=0, metrics_port=0,
+                               ready_timeout_s=0.01), log=said.append):
+        pass
+    assert any(line.startswith("listening on 0.0.0.0: inference, health, metadata") and "without TLS or authentication"
+               in line for line in said), said
