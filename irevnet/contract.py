@@ -50,6 +50,8 @@ Z = "z"  # the last representation, from which the image is recovered
 LOGITS = "logits"  # (N, classes), the linear classifier on z
 RECONSTRUCTION = "reconstruction"  # the image recovered from z: reference.npz, the round-trip ensemble
 BATCH_DIM = "N"  # the dynamic batch axis of every input and output
+# Triton's names of the dtypes the graphs take and give (KServe v2 protocol; config.pbtxt writes TYPE_ before them)
+TRITON_DATATYPES = {"float32": "FP32", "float16": "FP16"}
 LAYOUT = "NCHW"
 
 

@@ -219,15 +219,14 @@ def bench(r: BenchReport) -> None:
                   f"speedup = baseline median / median (baseline: {r.results[0].baseline}), backends measured in "
                   f"{settings['rounds']} alternating rounds, noisy where the rounds' ratios spread over "
                   f"{settings['noisy_spread']:.0%}; allocator: {settings['allocator'] or 'as started'}", soft_wrap=True)
-    served = [e for e in r.results if e.server_ms]
+    served = [e for e in r.results if e.server]
     if served:
         t = Table("model", "dir", "batch", "clients", "client median ms", "queue", "compute input", "infer", "output",
                   title="inside the server, ms per request (its statistics over the measured requests)")
         for e in served:
-            s = e.server_ms
             t.add_row(e.backend, e.direction[:3].replace("for", "fwd"), str(e.batch), str(e.concurrency),
-                      f"{e.median_ms:.2f}", *(f"{s[k]:.3f}" for k in ("queue", "compute_input", "compute_infer",
-                                                                        "compute_output")))
+                      f"{e.median_ms:.2f}", *(f"{getattr(e.server, k):.3f}" for k in ("queue", "compute_input",
+                                                                                      "compute_infer", "compute_output")))
         console.print(t)
     skipped(r.skipped)
 
@@ -254,7 +253,8 @@ def repository(record: Any, out: str) -> None:
 
 
 def serving(server: Any) -> None:
-    shm = "private /dev/shm" if server.private_shm else "/dev/shm regions made 0600 (no private /dev/shm here)"
+    shm = "private /dev/shm" if server.private_shm else (f"no private /dev/shm here ({server.private_shm_why}): its "
+                                                         f"regions are made 0600 as they appear")
     console.print(f"serving {', '.join(server.models.values())}: HTTP {server.http_url}, gRPC {server.grpc_url}, "
                   f"metrics {server.http_url.rsplit(':', 1)[0]}:{server.metrics_port}/metrics ({shm}); Ctrl-C or "
                   f"SIGTERM stops it", soft_wrap=True)

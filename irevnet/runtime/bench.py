@@ -146,6 +146,41 @@ def machine_info() -> dict[str, Any]:
 
 
 NOISY_SPREAD = 0.25  # (max - min) / median of a speedup's round ratios above which it is noisy
+SERVER_PARTS = ("queue", "compute_input", "compute_infer", "compute_output")
+
+
+@dataclass(frozen=True)
+class ServerSplit:
+    """Where a served request's time went inside the server, ms per request, from its statistics
+    over exactly the measured requests (Triton's queue, compute input / infer / output)."""
+
+    requests: int
+    queue: float
+    compute_input: float
+    compute_infer: float
+    compute_output: float
+
+    @classmethod
+    def between(cls, before: dict[str, dict[str, int]] | None, after: dict[str, dict[str, int]] | None) -> ServerSplit | None:
+        """The split between two statistics readings (None without both, or without a request
+        that succeeded in between)."""
+        if before is None or after is None:
+            return None
+        requests = after["success"]["count"] - before["success"]["count"]
+        if requests <= 0:
+            return None
+        return cls(requests, *((after[part]["ns"] - before[part]["ns"]) / requests / 1e6 for part in SERVER_PARTS))
+
+    @property
+    def total_ms(self) -> float:
+        return self.queue + self.compute_input + self.compute_infer + self.compute_output
+
+    def __str__(self) -> str:
+        return (f"queue {self.queue:.3f} ms, compute input {self.compute_input:.3f}, infer {self.compute_infer:.3f}, "
+                f"output {self.compute_output:.3f} (per request, {self.requests} requests)")
+
+    def to_dict(self) -> dict[str, float]:
+        return {"requests": self.requests, **{part: getattr(self, part) for part in SERVER_PARTS}}
 
 
 @dataclass
@@ -168,9 +203,7 @@ class BenchEntry:
     speedup_rounds: list[float] | None = None
     noisy: bool = False  # the rounds' ratios spread over NOISY_SPREAD
     concurrency: int = 1  # clients sending at once (a served model under load)
-    # a served model under load: the server's own split of each request's time, from its
-    # statistics (ms per request: queue, compute_input, compute_infer, compute_output)
-    server_ms: dict[str, float] | None = None
+    server: ServerSplit | None = None  # a served model under load: the server's own split of the time
 
     def __getattr__(self, name: str) -> float:  # median_ms, p99_ms, images_per_s, ...
         stats = self.__dict__.get("stats", {})
@@ -191,8 +224,8 @@ class BenchEntry:
             out["device_median_ms"] = self.device_median_ms
         out |= {"baseline": self.baseline, "speedup": self.speedup, "speedup_rounds": self.speedup_rounds,
                 "noisy": self.noisy, "concurrency": self.concurrency}
-        if self.server_ms is not None:
-            out["server_ms"] = self.server_ms
+        if self.server is not None:
+            out["server_ms"] = self.server.to_dict()
         return out
 
 
@@ -381,11 +414,16 @@ def load_server(opts: BenchOptions, bundle: Bundle, sizes: list[int],
         with TritonBackend(bundle, direction, opts.server, opts.server_timeout_s) as observer:
             for t in threads:
                 t.start()
-            with contextlib.suppress(threading.BrokenBarrierError):  # broken: a client failed, reported below
-                warm.wait()  # every client connected and warm
-            before = observer.statistics()
-            with contextlib.suppress(threading.BrokenBarrierError):
-                go.wait()
+            try:
+                with contextlib.suppress(threading.BrokenBarrierError):  # broken: a client failed, reported below
+                    warm.wait()  # every client connected and warm
+                before = _statistics(observer)
+                with contextlib.suppress(threading.BrokenBarrierError):
+                    go.wait()
+            except BaseException:  # no client may wait on a barrier forever (not on success: a
+                warm.abort()       # released thread that has not yet woken would see it broken)
+                go.abort()
+                raise
             start = time.perf_counter()
             for t in threads:
                 t.join()
@@ -393,7 +431,7 @@ def load_server(opts: BenchOptions, bundle: Bundle, sizes: list[int],
             failed = [r["error"] for r in results if "error" in r]
             if failed:
                 raise IRevNetError(f"a client of the load failed: {failed[0]}")
-            after = observer.statistics()
+            after = _statistics(observer)
         latencies = [r["latencies"] for r in results]
         flat = [t for lat in latencies for t in lat]
         stats = _stats(flat, n) | {"images_per_s": n * len(flat) / wall}  # throughput of all clients together
@@ -403,23 +441,19 @@ def load_server(opts: BenchOptions, bundle: Bundle, sizes: list[int],
             gflops=conv_flops(bundle.config) * (2 if direction == ROUNDTRIP else 1) * n * len(flat) / wall / 1e9,
             rounds=[{"runs": len(lat), "median_ms": float(np.median(lat) * 1e3), "min_ms": float(min(lat) * 1e3),
                      "max_ms": float(max(lat) * 1e3)} for lat in latencies],
-            concurrency=c, server_ms=server_split(before, after),
+            concurrency=c, server=ServerSplit.between(before, after),
         ))
         progress(f"{label} {direction} batch {n} x{c} clients", (done + 1) / len(levels))
     return entries
 
 
-SERVER_PARTS = ("queue", "compute_input", "compute_infer", "compute_output")
-
-
-def server_split(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) -> dict[str, float] | None:
-    """ms per request of each part of the server's time between two statistics readings (None
-    when no request succeeded in between)."""
-    requests = after["success"]["count"] - before["success"]["count"]
-    if requests <= 0:
+def _statistics(observer) -> dict[str, dict[str, int]] | None:
+    """The served model's statistics, or None where the server will not give them (restricted,
+    or an answer that does not check): the load is still measured, without the server's split."""
+    try:
+        return observer.statistics()
+    except IRevNetError:
         return None
-    split = {part: (after[part]["ns"] - before[part]["ns"]) / requests / 1e6 for part in SERVER_PARTS}
-    return split | {"requests": requests}
 
 
 def _client(bundle: Bundle, direction: str, opts: BenchOptions, x: np.ndarray,

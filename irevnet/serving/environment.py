@@ -13,7 +13,6 @@ of the running interpreter (`pip install --no-deps nvidia-pytriton`).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -117,7 +116,7 @@ def _own_pytriton() -> Path | None:
     import importlib.util
 
     spec = importlib.util.find_spec("pytriton")
-    return Path(list(spec.submodule_search_locations)[0]) if spec and spec.submodule_search_locations else None
+    return Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
 
 
 def make_env(path: str | Path, log: Callable[[str], None] = lambda m: None) -> Path:
@@ -136,6 +135,8 @@ def make_env(path: str | Path, log: Callable[[str], None] = lambda m: None) -> P
     except OSError as e:
         raise IRevNetError(f"could not make a virtual environment in {target} ({e.strerror}); give a writable new "
                            f"folder") from None
+    import fcntl  # Linux and macOS; serve runs on Linux only (ServeOptions)
+
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / _MARKER).is_file():  # made by another process while this one waited

@@ -11,7 +11,9 @@ record rewritten to match a changed file does not make that file run either.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import re
 import stat
@@ -22,7 +24,7 @@ from typing import Any
 
 from ..contract import FORWARD, INVERSE, ROUNDTRIP
 from ..errors import IRevNetError
-from ..io.files import TEMPORARY, open_regular
+from ..io.files import open_regular, sha256_file
 
 MARKER = "irevnet.json"  # at the repository's root: Triton reads folders only
 RECORD_FORMAT = "irevnet-triton-repository"
@@ -30,7 +32,7 @@ SHARED = "shared"  # inside NAME_forward: the bundles and the vendored package (
 MAX_RECORD_BYTES = 4 << 20
 MAX_FILES = 100_000
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # a model name prefix
 _VERSION = re.compile(r"^[1-9][0-9]{0,6}$")
 _CHUNK = 1 << 20
 
@@ -55,26 +57,30 @@ class Record:
     def flavour(self) -> str:
         return self.options["flavour"]
 
-    @property
-    def latest(self) -> dict[str, str]:
-        return self.versions[max(self.versions, key=int)]
-
-    def foreign(self, root: Path) -> Iterator[tuple[str, str]]:
-        """(path, what is wrong) for every file under `root` that the record does not vouch for:
-        added, missing, a link or special file, or changed (its bytes hashed)."""
+    def _unvouched(self, root: Path) -> Iterator[tuple[str, str]]:
+        """(path, what is wrong) for every entry under `root` the record's listing does not
+        account for (a link or special file, a file added) and every listed file that is missing;
+        nothing is read, so nothing is hashed."""
         listed = set(self.files)
         for name, kind in walk(root):
             if kind != "file":
                 yield name, f"is a {kind}, which `irevnet triton` never writes"
             elif name not in listed:
                 yield name, "was added after `irevnet triton` wrote the repository"
-            else:
-                listed.discard(name)
-                with open_regular(root / name) as (f, _):
-                    if _digest(f) != self.files[name]:
-                        yield name, f"does not match its sha256 in {MARKER}: it was changed after `irevnet triton` wrote it"
+            listed.discard(name)
         for name in sorted(listed):
             yield name, "is missing"
+
+    def foreign(self, root: Path) -> Iterator[tuple[str, str]]:
+        """(path, what is wrong) for every file under `root` that the record does not vouch for:
+        added, missing, a link or special file, or changed (its bytes hashed)."""
+        problems = dict(self._unvouched(root))
+        yield from problems.items()
+        for name, digest in self.files.items():
+            if name not in problems:
+                with _opened(root, name) as (f, _):
+                    if _digest(f) != digest:
+                        yield name, f"does not match its sha256 in {MARKER}: it was changed after `irevnet triton` wrote it"
 
     def check_files(self, root: Path) -> None:
         """Raises a one-line error naming the first file of `root` the record does not vouch for."""
@@ -85,20 +91,13 @@ class Record:
         """Copies the repository into `target` (a new private folder) from bytes checked against
         the record as they are read: the copy is exactly what was recorded, whatever happens to
         `root` afterwards. Refuses, naming the file, anything the record does not vouch for."""
-        listed = set(self.files)
-        for name, kind in walk(root):
-            if kind != "file" or name not in listed:
-                why = (f"is a {kind}, which `irevnet triton` never writes" if kind != "file"
-                       else "was added after `irevnet triton` wrote the repository")
-                raise IRevNetError(f"{root / name} {why}; serve only what `irevnet triton` wrote (write the "
-                                   f"repository again)")
-            listed.discard(name)
-        for name in sorted(listed):
-            raise IRevNetError(f"{root / name} is missing; write the repository again with `irevnet triton`")
+        for name, why in self._unvouched(root):
+            raise IRevNetError(f"{root / name} {why}; serve only what `irevnet triton` wrote (write the repository "
+                               f"again)")
         for name, digest in self.files.items():
             out = target / name
             out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            with open_regular(root / name) as (f, _), open(out, "xb") as sink:
+            with _opened(root, name) as (f, _), open(out, "xb") as sink:
                 os.fchmod(sink.fileno(), 0o600)
                 h = hashlib.sha256()
                 while block := f.read(_CHUNK):
@@ -107,26 +106,46 @@ class Record:
             if h.hexdigest() != digest:
                 raise IRevNetError(f"{root / name} does not match its sha256 in {MARKER}: it was changed after "
                                    f"`irevnet triton` wrote it; write the repository again")
-        out = target / MARKER
-        out.write_bytes((root / MARKER).read_bytes())
+        (target / MARKER).write_text(json.dumps(self.to_dict(), indent=2) + "\n")  # the record as checked
 
     def check_code(self, root: Path) -> None:
-        """A python-flavour repository's model.py files and vendored package must be this
-        irevnet's own files, byte for byte (the native flavours' model.py too, for the round trip)."""
-        ours = {name: _file_digest(path) for name, path in code_files().items()}
-        package = f"{self.models[FORWARD]}/{SHARED}/irevnet/"
-        vendored = {name[len(package):]: d for name, d in self.files.items() if name.startswith(package)}
-        expected_vendored = {name.removeprefix("irevnet/"): d for name, d in ours.items() if name.startswith("irevnet/")}
+        """A python-flavour repository holds only what `irevnet triton` writes there (configs, each
+        version's model.py and bundle, the vendored package), and its code is this irevnet's own,
+        byte for byte: a record rewritten to match other code does not make that code run.
+        Messages name the files under `root` (the repository as the user gave it)."""
+        ours = {name: sha256_file(path) for name, path in code_files().items()}
+        forward = self.models[FORWARD]
+        package = f"{forward}/{SHARED}/irevnet/"
+        bundles = f"{forward}/{SHARED}/bundles/"
         for name, digest in self.files.items():
             parts = name.split("/")
-            if len(parts) == 3 and parts[1].isdigit() and parts[2] == "model.py" and digest != ours["model.py"]:
-                raise IRevNetError(f"{root / name} is not this irevnet's model code (written by irevnet {self.irevnet}, "
-                                   f"or edited); write the repository again with this irevnet's `irevnet triton`")
-        if self.flavour == "python" and vendored != expected_vendored:
-            differs = sorted(set(vendored) ^ set(expected_vendored)) or sorted(
-                k for k in vendored if vendored[k] != expected_vendored[k])
+            if len(parts) == 3 and parts[0] in self.models.values() and parts[1] in self.versions and parts[2] == "model.py":
+                if digest != ours["model.py"]:
+                    raise IRevNetError(f"{root / name} is not this irevnet's model code (written by irevnet "
+                                       f"{self.irevnet}, or edited); write the repository again with this irevnet's "
+                                       f"`irevnet triton`")
+            elif not ((len(parts) == 2 and parts[0] in self.models.values() and parts[1] == "config.pbtxt")
+                      or name.startswith(package)
+                      or (name.startswith(bundles) and name[len(bundles):].split("/")[0] in self.versions)):
+                raise IRevNetError(f"{root / name} is not a file `irevnet triton` writes; serve only what it wrote "
+                                   f"(write the repository again)")
+        vendored = {name[len(package):]: d for name, d in self.files.items() if name.startswith(package)}
+        expected = {name.removeprefix("irevnet/"): d for name, d in ours.items() if name.startswith("irevnet/")}
+        if vendored != expected:
+            differs = sorted(set(vendored) ^ set(expected)) or sorted(k for k in vendored if vendored[k] != expected[k])
             raise IRevNetError(f"{root / (package + differs[0])} differs from this irevnet's package (written by irevnet "
                                f"{self.irevnet}); write the repository again with this irevnet's `irevnet triton`")
+
+
+@contextlib.contextmanager
+def _opened(root: Path, name: str):
+    """open_regular for a file of the repository, its refusals as one line naming the file."""
+    try:
+        with open_regular(root / name) as opened:
+            yield opened
+    except (ValueError, OSError) as e:  # a link or special file put in place since the walk, no permission
+        raise IRevNetError(f"{root / name} cannot be read as a plain file ({getattr(e, 'strerror', None) or e}); "
+                           f"serve only what `irevnet triton` wrote") from None
 
 
 def walk(root: Path) -> Iterator[tuple[str, str]]:
@@ -172,11 +191,6 @@ def _digest(f) -> str:
     return h.hexdigest()
 
 
-def _file_digest(path: Path) -> str:
-    with open(path, "rb") as f:
-        return _digest(f)
-
-
 def code_files() -> dict[str, Path]:
     """The code a repository carries, from this irevnet: model.py (triton_model.py) and every
     file of the irevnet package as `irevnet triton` copies it (no __pycache__), by the name it
@@ -191,8 +205,6 @@ def code_files() -> dict[str, Path]:
 
 def read_record(path: Path) -> Record:
     """The repository's record, checked field by field, or a one-line error."""
-    import json
-
     try:
         with open_regular(path / MARKER) as (f, size):
             if size > MAX_RECORD_BYTES:
@@ -201,7 +213,7 @@ def read_record(path: Path) -> Record:
     except FileNotFoundError:
         raise IRevNetError(f"{path} is not a Triton repository written by `irevnet triton` (no {MARKER}); "
                            f"write one with `irevnet triton BUNDLE -o {path}`") from None
-    except (ValueError, RecursionError, UnicodeDecodeError) as e:
+    except (ValueError, RecursionError, UnicodeDecodeError, OSError) as e:
         raise IRevNetError(f"{path / MARKER} is not a record of `irevnet triton` ({str(e)[:100]}); write the "
                            f"repository again") from None
     problem = _record_problem(raw)
@@ -217,7 +229,7 @@ def _record_problem(raw: Any) -> str | None:
     fields = set(Record.__dataclass_fields__)
     if set(raw) != fields:
         return f"fields {sorted(set(raw) ^ fields)[:3]} (written by another irevnet?)"
-    if not isinstance(raw["irevnet"], str) or not isinstance(raw["name"], str) or not _NAME.match(raw["name"]):
+    if not isinstance(raw["irevnet"], str) or not isinstance(raw["name"], str) or not NAME.match(raw["name"]):
         return "name"
     models = raw["models"]
     if not isinstance(models, dict) or set(models) != {FORWARD, INVERSE, ROUNDTRIP} or any(
@@ -263,7 +275,11 @@ def refuse_foreign(path: Path) -> None:
     irevnet did not write (added, changed, a link), so that nothing of the user's is deleted."""
     if not (path / MARKER).exists():
         return  # not a repository: check_replaceable judges the folder
-    record = read_record(path)
+    try:
+        record = read_record(path)
+    except IRevNetError:
+        raise IRevNetError(f"{path / MARKER} is not a record irevnet can read, so {path} may hold what irevnet did not "
+                           f"write; writing replaces it whole: remove it yourself, or choose another --out") from None
     for name, why in record.foreign(path):
         if why != "is missing":
             raise IRevNetError(f"{path / name} {why}; writing replaces {path} whole and would delete it: move it out, "

@@ -37,15 +37,24 @@ from typing import Any
 
 from .. import validation as check
 from .._version import __version__
-from ..contract import FORWARD, INVERSE, LOGITS, MANIFEST, RECONSTRUCTION, ROUNDTRIP, Z, graph_file
+from ..contract import FORWARD, INVERSE, MANIFEST, ROUNDTRIP, TRITON_DATATYPES, graph_file
 from ..errors import IRevNetError
 from ..io.files import atomic_directory, check_replaceable, write_json
 from ..runtime.backends.triton_backend import served_tensors
 from ..runtime.bundle import Bundle
-from .record import MARKER, RECORD_FORMAT, SHARED, Record, code_files, owned_repository, read_record, refuse_foreign
+from .record import (
+    MARKER,
+    NAME,
+    RECORD_FORMAT,
+    SHARED,
+    Record,
+    code_files,
+    owned_repository,
+    read_record,
+    refuse_foreign,
+)
 
-_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_DTYPES = {dtype: f"TYPE_{name}" for dtype, name in TRITON_DATATYPES.items()}
 MAX_VERSION = 10**6
 # the python flavour's string parameters, and the one that is a path (relative to the repository)
 PARAMETERS = {"graph", "backend", "shared", "threads", "forward_model", "inverse_model"}
@@ -84,7 +93,7 @@ class TritonOptions:
         object.__setattr__(self, "instance_kind", check.choice("instance_kind", self.instance_kind, InstanceKind))
         if self.backend not in ("onnxruntime", "openvino"):
             raise IRevNetError(f"--backend {self.backend!r}: the python flavour runs onnxruntime or openvino")
-        if self.name is not None and not _NAME.match(self.name):
+        if self.name is not None and not NAME.match(self.name):
             raise IRevNetError(f"--name {self.name[:80]!r}: use letters, digits, '_', '.', '-' (at most 64)")
         check.integer("instances", self.instances, 1, 64)
         check.integer("max_queue_delay_us", self.max_queue_delay_us, 0, 10_000_000)
@@ -117,19 +126,29 @@ def write_repository(opts: TritonOptions, log=lambda msg: None) -> Record:
     """
     bundle = Bundle.open(opts.bundle)
     out = Path(opts.out)
-    if out.is_dir() and not out.is_symlink():
-        refuse_foreign(out)
-    check_replaceable(out, owned_repository, "Triton repository")
+    checked = out.is_dir() and not out.is_symlink() and (out / MARKER).exists()
+    if checked:
+        refuse_foreign(out)  # every file hashed, once: what follows may take the folder as irevnet's
+
+    def owned(path: Path) -> bool:
+        return (checked and path == out) or owned_repository(path)
+
+    check_replaceable(out, owned, "Triton repository")
     if opts.flavour is Flavour.tensorrt and not (bundle.has_engine(FORWARD) and bundle.has_engine(INVERSE)):
         raise IRevNetError(f"{bundle.path} has no TensorRT engines; build them with `irevnet build {bundle.path}`, "
                            f"or choose another --flavour")
-    kept = _kept_versions(out, opts, bundle) if opts.version is not None else {}
+    previous = read_record(out) if opts.version is not None and checked else None
+    kept = _kept_versions(out, previous, opts, bundle) if previous else {}
+    options = _options_beside(previous, opts) if previous else opts.config_options()
     version = opts.version or 1
-    name = next(iter(kept.values()))[1] if kept else (
+    name = previous.name if previous else (
         opts.name or re.sub(r"[^A-Za-z0-9_.-]", "_", bundle.path.resolve().name)[:64] or "irevnet")
     names = model_names(name)
-    versions = {**{v: bundle for v, (bundle, _) in kept.items()}, version: bundle}
-    with atomic_directory(out, owned=owned_repository, what="Triton repository") as tmp:
+    versions = {**kept, version: bundle}
+    provenance = {**(previous.versions if previous else {}),
+                  str(version): {"bundle": str(bundle.path), "precision": bundle.precision,
+                                 "manifest_sha256": _manifest_sha256(bundle)}}
+    with atomic_directory(out, owned=owned, what="Triton repository") as tmp:
         for v, b in sorted(versions.items()):
             log(f"writing version {v}")
             for graph in (FORWARD, INVERSE, ROUNDTRIP):
@@ -138,31 +157,27 @@ def write_repository(opts: TritonOptions, log=lambda msg: None) -> Record:
             if opts.flavour is Flavour.python:
                 _copy_bundle(b, tmp / names[FORWARD] / SHARED / "bundles" / str(v))
         if opts.flavour is Flavour.python:
-            package = Path(__file__).resolve().parents[1]
-            shutil.copytree(package, tmp / names[FORWARD] / SHARED / "irevnet",
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            for file, path in code_files().items():  # exactly the files serve compares with its own
+                if file.startswith("irevnet/"):
+                    target = tmp / names[FORWARD] / SHARED / file
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(path, target)
         for graph in (FORWARD, INVERSE, ROUNDTRIP):
-            text = model_config(bundle, graph, names, opts.config_options())
+            text = model_config(bundle, graph, names, options)
             validate_config(text, bundle, names[graph], names)
             (tmp / names[graph] / "config.pbtxt").write_text(text)
         record = Record(
-            format=RECORD_FORMAT, irevnet=__version__, name=name, models=names, options=opts.config_options(),
-            max_batch=bundle.max_batch,
-            versions={str(v): {"bundle": str(b.path), "precision": b.precision, "manifest_sha256": _manifest_sha256(b)}
-                      for v, b in sorted(versions.items())},
+            format=RECORD_FORMAT, irevnet=__version__, name=name, models=names, options=options,
+            max_batch=bundle.max_batch, versions={v: provenance[v] for v in sorted(provenance, key=int)},
             files=_hashes(tmp),
         )
         write_json(tmp / MARKER, record.to_dict())
     return record
 
 
-def _kept_versions(out: Path, opts: TritonOptions, bundle: Bundle) -> dict[int, tuple[Bundle, str]]:
-    """The versions of the repository at `out` that a `--version` write keeps: version -> (its
-    bundle, opened from the repository, and the repository's name)."""
-    if not out.exists() or not any(out.iterdir()):
-        return {}
-    record = read_record(out)
-    record.check_files(out)
+def _kept_versions(out: Path, record: Record, opts: TritonOptions, bundle: Bundle) -> dict[int, Bundle]:
+    """The versions of the repository at `out` that a `--version` write keeps: version -> its
+    bundle, opened from the repository (every file already checked against the record)."""
     if record.options["flavour"] != Flavour.python.value or opts.flavour is not Flavour.python:
         raise IRevNetError(f"{out}: --version adds versions to python-flavour repositories; write the "
                            f"{opts.flavour.value} flavour into a new folder")
@@ -177,8 +192,22 @@ def _kept_versions(out: Path, opts: TritonOptions, bundle: Bundle) -> dict[int, 
         if _tensors(old) != _tensors(bundle) or old.max_batch != bundle.max_batch:
             raise IRevNetError(f"{opts.bundle} takes or gives other tensors than version {v} of {out} (or another batch "
                                f"range); a version of a model has the same inputs and outputs: write a new repository")
-        kept[int(v)] = (old, record.name)
+        kept[int(v)] = old
     return kept
+
+
+def _options_beside(record: Record, opts: TritonOptions) -> dict[str, Any]:
+    """A version added keeps the repository's options (its configs serve every version): an
+    option left at its default takes the recorded value; one given otherwise is refused."""
+    defaults = TritonOptions(bundle=".", out=".").config_options()
+    given = opts.config_options()
+    changed = [k for k, v in given.items() if v != record.options.get(k) and v != defaults[k]]
+    if changed:
+        k = changed[0]
+        raise IRevNetError(f"--version keeps the repository's options ({k.replace('_', '-')} "
+                           f"{record.options.get(k)!r}, not {given[k]!r}): drop --{k.replace('_', '-')}, or write "
+                           f"a new repository")
+    return dict(record.options)
 
 
 def _tensors(bundle: Bundle) -> list[Any]:
@@ -331,28 +360,44 @@ def _copy_bundle(bundle: Bundle, target: Path) -> None:
 # -- what serve checks of a staged repository ---------------------------------------------------------
 
 
-def check_configs(root: Path, record: Record) -> Bundle:
+def check_configs(root: Path, record: Record, shown: Path | None = None) -> Bundle:
     """Each config of a (staged) python-flavour repository is what `irevnet triton` writes for its
     recorded options and bundles, its path parameters stay inside the repository, and every
-    version's bundle passes Bundle.open. Returns the highest version's bundle.
+    version's bundle passes Bundle.open. Returns the highest version's bundle. Messages name
+    files under `shown` (the repository as the user gave it; default `root`).
 
     Raises:
         IRevNetError: one line naming the config or bundle.
     """
     names = record.models
+    shown = shown or root
+    try:
+        options = TritonOptions(bundle=".", out=".", **record.options)
+    except (TypeError, IRevNetError) as e:  # an unknown or missing option, or a value out of range
+        raise IRevNetError(f"{shown / MARKER}: options {str(e)[:120]}; write the repository again with `irevnet triton`") from None
+    if options.config_options() != record.options:
+        raise IRevNetError(f"{shown / MARKER}: options are not what `irevnet triton` records (their types); write the "
+                           f"repository again")
     bundles = {}
     for v in record.versions:
-        bundles[v] = Bundle.open(root / names[FORWARD] / SHARED / "bundles" / v)
+        folder = root / names[FORWARD] / SHARED / "bundles" / v
+        bundles[v] = Bundle.open(folder)
+        prefix = f"{names[FORWARD]}/{SHARED}/bundles/{v}/"
+        recorded = {name[len(prefix):] for name in record.files if name.startswith(prefix)}
+        extra = sorted(recorded - {MANIFEST, *bundles[v].manifest["files"]})
+        if extra:
+            raise IRevNetError(f"{shown / prefix / extra[0]} is not a file of the bundle; serve only what `irevnet triton` "
+                               f"wrote (write the repository again)")
     latest = bundles[max(bundles, key=int)]
     for graph in (FORWARD, INVERSE, ROUNDTRIP):
-        path = root / names[graph] / "config.pbtxt"
-        text = path.read_text()
+        text = (root / names[graph] / "config.pbtxt").read_text()
+        path = shown / names[graph] / "config.pbtxt"
         config = parse_config(text, names[graph])
         for key, value in config.parameters.items():
             if key not in PARAMETERS:
                 raise IRevNetError(f"{path}: parameter {key[:80]!r} is not one `irevnet triton` writes; write the "
                                    f"repository again")
-            if key in PATH_PARAMETERS and not _inside(root, value.string_value):
+            if key in PATH_PARAMETERS and not _inside(root, value.string_value):  # resolved in the staged copy
                 raise IRevNetError(f"{path}: parameter {key} = {value.string_value[:120]!r} leaves the repository; "
                                    f"write the repository again with `irevnet triton`")
         if text != model_config(latest, graph, names, record.options):

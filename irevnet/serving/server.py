@@ -5,7 +5,8 @@ sha256, nothing added, this irevnet's own code, the configs irevnet writes) and 
 checked bytes into a private scratch folder, which is what the server loads, with only the
 recorded models (`--model-control-mode=explicit`). The APIs a client could use to read or write
 the server's files or memory, or to fill its disk, are off: shared memory, logging, trace and
-model control are restricted to a header no client can send (its value holds a line break).
+model control are restricted to a header no client can send (its name holds a space and
+capitals, its value a line break).
 
 The server runs under a supervisor process (supervisor.py): in a private /dev/shm, restarted when
 a python backend stub dies, drained on SIGTERM with idle keep-alive connections closed, and
@@ -51,7 +52,7 @@ from .record import Record, read_record
 
 READY_TIMEOUT_S = 120.0
 DRAIN_TIMEOUT_S = 20.0  # in-flight requests get this long after SIGTERM (a Kubernetes pod gets 30 s)
-# Off for every client: the value cannot be sent in an HTTP header or gRPC metadata
+# Off for every client: restricted to a header no client can send (_arguments)
 RESTRICTED = "shared-memory,logging,trace,model-repository"
 _PLAIN_PATH = re.compile(r"^[A-Za-z0-9/._-]+$")
 _SCRATCH = re.compile(r"^irevnet-serve\.(?P<pid>\d+)\.[A-Za-z0-9_]+$")
@@ -74,6 +75,9 @@ class ServeOptions:
     private_shm: bool | None = None  # a private /dev/shm: None where the kernel allows one, True required
 
     def __post_init__(self) -> None:
+        if not sys.platform.startswith("linux"):
+            raise IRevNetError(f"`irevnet serve` runs on Linux (the wheel's tritonserver is a Linux binary), not "
+                               f"{sys.platform}; serve the repository with NVIDIA's Triton container")
         check.paths(self, "target")
         for name in ("http_port", "grpc_port", "metrics_port"):
             check.integer(name, getattr(self, name), 0, 65535)
@@ -107,6 +111,9 @@ class Server:
     log_path: Path
     private_shm: bool
     pid: int  # tritonserver's
+    scratch: Path  # the private folder the server runs from (its copy of the repository)
+    drain_s: float = DRAIN_TIMEOUT_S
+    private_shm_why: str = ""  # why there is no private /dev/shm, where there is none
     events: queue.Queue = field(default_factory=queue.Queue, repr=False)
     result: dict[str, Any] | None = None  # the supervisor's last word: stopped or exited
     stop_s: float | None = None  # how long the last stop took
@@ -127,15 +134,22 @@ class Server:
             return ""
         return "\n".join(text.strip().splitlines()[-lines:])
 
+    def say_ready(self) -> None:
+        """Tells the supervisor the models are ready: from now on a stub that dies is a failure."""
+        with suppress(OSError, ValueError):
+            self.supervisor.stdin.write(b"ready\n")
+            self.supervisor.stdin.flush()
+
     def next_event(self, timeout: float) -> dict[str, Any] | None:
         try:
             return self.events.get(timeout=timeout)
         except queue.Empty:
             return None
 
-    def stop(self, timeout: float = DRAIN_TIMEOUT_S + 30.0) -> int | None:
+    def stop(self) -> int | None:
         """Asks the supervisor to drain and stop the server; returns tritonserver's exit code
         (None when it had already exited on its own, or the supervisor had to be killed)."""
+        timeout = self.drain_s + 30.0  # the supervisor's own bound is drain_s + 5
         start = time.monotonic()
         if self.result is None:
             with suppress(OSError, ValueError):
@@ -181,6 +195,7 @@ class StopReport:
 
 
 def stop_report(server: Server) -> StopReport:
+    """How the server's run ended, from the supervisor's last word."""
     result = server.result or {}
     return StopReport(result.get("code"), server.stop_s or 0.0, int(result.get("closed_idle") or 0))
 
@@ -213,7 +228,7 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = lambda m: None) -> It
         else:
             log(f"checking {target} against its record")
             record.stage(target, models)
-        bundle = _check_staged(record, models)
+        bundle = _check_staged(record, models, models if is_bundle else target)
         backends = scratch / "backends" / "python"
         backends.mkdir(parents=True)
         for f in (install.root / "tritonserver" / "backends" / "python").iterdir():
@@ -226,49 +241,51 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = lambda m: None) -> It
             "argv": _arguments(opts, install, scratch, models, record, ports),
             "env": _environment(install) | {"IREVNET_EXECUTING_DIR": str(scratch / "executing")},
             "log": str(log_path), "scratch": str(scratch), "drain_s": opts.drain_timeout_s,
-            "restarts": opts.restarts, "private_shm": opts.private_shm, "shm_prefix": f"{scratch.name}_",
+            "restarts": opts.restarts, "shm_prefix": f"{scratch.name}_",
             "http_port": ports["http_port"], "metrics_port": ports["metrics_port"],
             "executing_dir": str(scratch / "executing"),
-            "metrics_host": _url_host(opts.host if not ipaddress.ip_address(opts.host).is_unspecified else
-                                      ("::1" if ipaddress.ip_address(opts.host).version == 6 else "127.0.0.1")),
+            **dict(zip(("private_shm", "private_shm_why"), _private_shm_setting(opts, install))),
+            "metrics_host": _url_host(_loopback_of(opts.host)),
         }
         if not opts.loopback:
-            log(f"listening on {opts.host}: inference, health, metadata, model configs and statistics of "
-                f"{', '.join(record.models.values())} are open to every host that reaches it, without TLS or "
+            log(f"listening on {opts.host}: inference, health, metadata, model configs, statistics and Prometheus "
+                f"metrics of {', '.join(record.models.values())} are open to every host that reaches it, without TLS or "
                 f"authentication (shared memory, logging, trace and model control are off); put a proxy with TLS, "
                 f"authentication and a request size limit in front of it")
         supervisor = _start_supervisor(settings)
         server = Server(supervisor, opts.host, ports["http_port"], ports["grpc_port"], ports["metrics_port"],
-                        record.models, log_path, private_shm=False, pid=0)
+                        record.models, log_path, private_shm=False, pid=0, scratch=scratch, drain_s=opts.drain_timeout_s)
         threading.Thread(target=_read_events, args=(supervisor, server.events), daemon=True,
                          name="irevnet-supervisor").start()
-        server.warm = lambda: warm_round_trips(server, record, bundle, opts.instances)
-        _wait_started(server)
+        server.warm = lambda: warm_round_trips(server, record, bundle, record.options["instances"])
         try:
+            _wait_started(server)
             wait_ready(server, opts.ready_timeout_s)
             server.warm()
+            server.say_ready()
             yield server
         finally:
-            server.stop(opts.drain_timeout_s + 30.0)
+            server.stop()
     finally:
         if supervisor is None or supervisor.poll() is not None:
             shutil.rmtree(scratch, ignore_errors=True)  # the supervisor removes it when it ran
 
 
 def _servable(record: Record, target: Path) -> Record:
+    """The record of a repository serve can run here (the python flavour), or a one-line error."""
     if record.flavour != "python":
         raise IRevNetError(f"{target} is of the {record.flavour} flavour; `irevnet serve` runs the python flavour "
                            f"here (serve the others with NVIDIA's Triton container, see docs)")
     return record
 
 
-def _check_staged(record: Record, models: Path) -> Bundle:
+def _check_staged(record: Record, models: Path, shown: Path) -> Bundle:
     """The staged copy runs this irevnet's code, with configs irevnet writes and bundles that
-    check; returns the highest version's bundle."""
+    check; returns the highest version's bundle. Messages name files under `shown`."""
     from .repository import check_configs
 
-    record.check_code(models)
-    return check_configs(models, record)
+    record.check_code(shown)  # from the record alone: the staged files are the recorded ones
+    return check_configs(models, record, shown)
 
 
 def _ports(opts: ServeOptions) -> dict[str, int]:
@@ -303,35 +320,69 @@ def _url_host(host: str) -> str:
 
 
 def _plain_temp() -> str:
-    """A temporary folder whose path the stub's argument splitting survives (no spaces, ASCII)."""
+    """A temporary folder whose path the stub's argument splitting survives (no spaces, ASCII),
+    outside /dev/shm (which the server's private mount namespace replaces)."""
     for folder in (tempfile.gettempdir(), "/tmp", "/var/tmp"):
-        if _PLAIN_PATH.match(folder) and os.access(folder, os.W_OK | os.X_OK):
+        if _PLAIN_PATH.match(folder) and not _under_dev_shm(folder) and os.access(folder, os.W_OK | os.X_OK):
             return folder
     raise IRevNetError(f"no temporary folder with a plain path (TMPDIR={tempfile.gettempdir()!r}): tritonserver's "
                        f"python backend cannot start from a path with spaces; set TMPDIR to one such as /tmp")
 
 
+def _under_dev_shm(path: str | Path) -> bool:
+    resolved = Path(os.path.realpath(path))
+    return resolved == Path("/dev/shm") or Path("/dev/shm") in resolved.parents
+
+
+def _private_shm_setting(opts: ServeOptions, install: ServerInstall) -> tuple[bool | None, str]:
+    """The supervisor's private_shm and why it is off: off where the server's own files are
+    under /dev/shm, which a private one would hide (an error where one was required)."""
+    hidden = [str(p) for p in (install.env, install.root) if _under_dev_shm(p)]
+    if not hidden:
+        return opts.private_shm, "not asked for"
+    if opts.private_shm:
+        raise IRevNetError(f"{hidden[0]} is under /dev/shm, which a private /dev/shm would hide from the server; "
+                           f"move it, or serve without a private one")
+    return False, f"the server's environment {hidden[0]} is under /dev/shm"
+
+
 def _remove_leftovers() -> None:
-    """Scratch folders of serve runs whose process died before their supervisor could remove
-    them (the supervisor killed too): this user's, whose pid is gone."""
+    """Scratch folders of serve runs that ended before they could remove them (their supervisor
+    killed too): this user's, whose supervisor no longer holds the folder's lock, or, where none
+    started, whose serve's pid is gone. A supervisor still draining after its serve was killed
+    holds its lock: its folder stays."""
+    import fcntl
+
     folder = Path(_plain_temp())
     with suppress(OSError):
         for entry in folder.iterdir():
             m = _SCRATCH.match(entry.name)
-            if m and entry.is_dir() and not entry.is_symlink() and entry.stat().st_uid == os.getuid():
-                try:
-                    os.kill(int(m["pid"]), 0)
-                except ProcessLookupError:
+            if not (m and entry.is_dir() and not entry.is_symlink() and entry.stat().st_uid == os.getuid()):
+                continue
+            lock = entry / ".lock"
+            if lock.is_file():
+                with suppress(OSError), open(lock) as held:
+                    try:
+                        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue  # its supervisor lives
                     shutil.rmtree(entry, ignore_errors=True)
-                except (PermissionError, OverflowError):
-                    pass
+                continue
+            try:
+                os.kill(int(m["pid"]), 0)
+            except ProcessLookupError:
+                shutil.rmtree(entry, ignore_errors=True)
+            except (PermissionError, OverflowError):
+                pass
 
 
 def _arguments(opts: ServeOptions, install: ServerInstall, scratch: Path, models: Path, record: Record,
                ports: dict[str, int]) -> list[str]:
-    # a key no client knows and a value no client can send (HTTP header values and gRPC metadata
-    # have no line breaks): the APIs are off (Triton's flags take a key, not "off")
-    key, value = f"irevnet-{secrets.token_hex(8)}", f"{secrets.token_hex(16)}\n{secrets.token_hex(16)}"
+    # The key and value are on the command line, which every local user can read, so they must be
+    # unsendable, not secret (Triton's flags take a key, not "off"): a header name with a space and
+    # capitals, which neither HTTP/1.1 (a token) nor HTTP/2 (lowercase; gRPC refuses the stream,
+    # measured) carries, and a value with a line break (which HPACK would carry: measured too)
+    key, value = f"Irevnet Key_{secrets.token_hex(8)}", f"{secrets.token_hex(16)}\n{secrets.token_hex(16)}"
     return [
         str(install.binary), f"--model-repository={models}", f"--backend-directory={scratch / 'backends'}",
         "--model-control-mode=explicit", *[f"--load-model={m}" for m in record.models.values()],
@@ -385,6 +436,7 @@ def _wait_started(server: Server) -> None:
             continue
         if event["event"] == "namespace":
             server.private_shm = bool(event["private_shm"])
+            server.private_shm_why = str(event.get("why") or "")
         elif event["event"] == "started":
             server.pid = int(event["pid"])
             return
@@ -394,24 +446,28 @@ def _wait_started(server: Server) -> None:
     raise IRevNetError("tritonserver did not start within 30 s")
 
 
-def wait_ready(server: Server, timeout: float) -> None:
-    """Polls the HTTP health endpoint until every model is ready; a server that exits first, or
-    is not ready by `timeout`, is one error naming the cause found in its log."""
+def wait_ready(server: Server, timeout: float, stop: threading.Event | None = None) -> bool:
+    """Polls the HTTP health endpoint until every model is ready (True), or `stop` is set
+    (False); a server that exits first, or is not ready by `timeout`, is one error naming the
+    cause found in its log."""
     import urllib.error
     import urllib.request
 
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # local: never through $http_proxy
     deadline = time.monotonic() + timeout
     url = f"http://{_url_host(_loopback_of(server.host))}:{server.http_port}/v2/health/ready"
     while time.monotonic() < deadline:
+        if stop is not None and stop.is_set():
+            return False
         event = server.next_event(0.0) if not server.events.empty() else None
         if event is not None and event["event"] == "exited":
             server.result = event
             raise IRevNetError(f"tritonserver {_exit_words(event.get('code'))} while loading: "
-                               f"{cause_from_log(server.log_tail(400))}")
+                               f"{event.get('reason') or cause_from_log(event.get('log_tail') or server.log_tail(400))}")
         try:
-            with urllib.request.urlopen(url, timeout=1) as response:
+            with opener.open(url, timeout=1) as response:
                 if response.status == 200:
-                    return
+                    return True
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.1)
@@ -505,7 +561,9 @@ def wait_for_signal(server: Server, announce: Callable[[Server], None] = lambda 
             event = server.next_event(0.2)
             if event is None:
                 if server.supervisor.poll() is not None and server.events.empty():
-                    raise IRevNetError(f"the server's supervisor ended; its log ends: {cause_from_log(server.log_tail())}")
+                    server.result = {"event": "exited", "code": None}
+                    raise IRevNetError(f"the server's supervisor {_exit_words(server.supervisor.returncode)}, and "
+                                       f"tritonserver ended with it (a parent-death signal)")
                 continue
             kind = event["event"]
             if kind == "stub-died":
@@ -514,13 +572,16 @@ def wait_for_signal(server: Server, announce: Callable[[Server], None] = lambda 
                 log("restarting tritonserver (requests in flight drain first)")
             elif kind == "started":
                 server.pid = int(event["pid"])
-                wait_ready(server, ready_timeout_s)
-                server.warm()
-                log("ready again")
+                if wait_ready(server, ready_timeout_s, stop):
+                    server.warm()
+                    server.say_ready()
+                    log("ready again")
             elif kind == "exited":
                 server.result = event
-                reason = event.get("reason") or cause_from_log(server.log_tail(400))
-                raise IRevNetError(f"tritonserver {_exit_words(event.get('code'))} on its own: {reason}")
+                if event.get("reason"):
+                    raise IRevNetError(event["reason"])
+                raise IRevNetError(f"tritonserver {_exit_words(event.get('code'))} on its own: "
+                                   f"{cause_from_log(event.get('log_tail') or server.log_tail(400))}")
         return server.stop()
     finally:
         for s, handler in previous.items():

@@ -14,15 +14,17 @@ serve ends (kill -9 included), and because Triton 2.51 leaves three things to wh
   get no time at all): once nothing is in flight, connections on which nothing moves are shut
   down from here (pidfd_getfd), so an idle client costs a fraction of a second.
 
-Protocol: serve writes one JSON line of settings to stdin, then "stop" (or closes stdin, or dies);
-the supervisor answers with JSON lines on stdout (started, stub-died, restarting, exited,
+Protocol: serve writes one JSON line of settings to stdin, then "ready" once the models are (the
+stubs are watched from then on), and "stop" (or closes stdin, or dies); the supervisor answers with JSON lines on stdout (started, stub-died, restarting, exited,
 stopped). Standard library only: it starts in tens of milliseconds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
+import fcntl
 import json
 import os
 import re
@@ -49,27 +51,61 @@ _SIOCINQ, _SIOCOUTQ = 0x541B, 0x5411
 _TCP_INFO = 11
 _RESTART_WINDOW_S = 600.0
 _POLL_S = 0.1  # while draining
+QUIET_LOOKS = 10  # a connection on which nothing moved for this many looks (a second) is idle
 _WATCH_S = 0.5  # while serving: how soon a dead stub is seen (each look reads a few /proc files)
-_PENDING = re.compile(r"^nv_inference_pending_request_count\{[^}]*\}\s+([0-9.eE+-]+)$", re.M)
+_PENDING = re.compile(r"^nv_inference_pending_request_count\{[^}]*\}\s+([0-9.eE+-]+)$", re.MULTILINE)
 
 
 def main() -> int:
     # serve sends "stop"; a SIGTERM sent here directly stops the same way (through `finally`)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    settings = json.loads(sys.stdin.readline())
+    commands = _Commands()
+    settings = json.loads(commands.line(None) or "{}")
+    # opened before the private mount namespace hides it (a log under /dev/shm is the host's)
+    log = os.open(settings["log"], os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     events = _Events()
-    private, why = _private_shm() if settings["private_shm"] is not False else (False, "not asked for")
+    private, why = _private_shm() if settings["private_shm"] is not False else (False, settings["private_shm_why"])
     if settings["private_shm"] is True and not private:
-        events.emit("exited", code=None, reason=f"no private /dev/shm could be made here ({why})")
+        events.emit("exited", code=None, reason=f"no private /dev/shm could be made here ({why})", log_tail="")
+        shutil.rmtree(settings["scratch"], ignore_errors=True)
         return 1
     _LIBC.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphaned stubs come to this process, not to init
     events.emit("namespace", private_shm=private, why=why)
-    supervisor = Supervisor(settings, events, private)
+    # held while this process lives: a later serve removes the scratch folder only once it is free
+    lock = open(os.path.join(settings["scratch"], ".lock"), "w")  # noqa: SIM115
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    supervisor = Supervisor(settings, events, private, commands, log)
     try:
         return supervisor.run()
     finally:
         supervisor.cleanup()
+        lock.close()
+
+
+class _Commands:
+    """Lines from serve on stdin, read from the descriptor itself (a buffered reader could hold a
+    second line where select() no longer sees it)."""
+
+    def __init__(self):
+        self.buffer = b""
+        self.closed = False
+
+    def line(self, timeout: float | None) -> str | None:
+        """The next line ("" once stdin is closed), or None when none came within `timeout`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self.buffer and not self.closed:
+            wait = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            ready, _, _ = select.select([0], [], [], wait)
+            if not ready:
+                return None
+            data = os.read(0, 65536)
+            self.buffer += data
+            self.closed = not data
+        if b"\n" in self.buffer:
+            line, self.buffer = self.buffer.split(b"\n", 1)
+            return line.decode(errors="replace").strip()
+        return ""
 
 
 class _Events:
@@ -82,10 +118,11 @@ class _Events:
 
 
 class Supervisor:
-    def __init__(self, settings: dict[str, Any], events: _Events, private: bool):
-        self.settings, self.events, self.private = settings, events, private
+    def __init__(self, settings: dict[str, Any], events: _Events, private: bool, commands: _Commands, log: int):
+        self.settings, self.events, self.private, self.commands, self.log = settings, events, private, commands, log
         self.process: subprocess.Popen | None = None
         self.stubs: dict[int, str] = {}
+        self.watching = False  # stubs are watched once serve says the models are ready (a failed load ends its own)
         self.restarts: deque[float] = deque()
         self.protected: set[str] = set()
 
@@ -94,14 +131,17 @@ class Supervisor:
     def run(self) -> int:
         self.start()
         while True:
-            command = self._command(_WATCH_S)
+            command = self.commands.line(_WATCH_S)
             if command in ("stop", ""):  # "" is EOF: serve closed stdin or died
                 code, closed = self.stop()
                 self.events.emit("stopped", code=code, closed_idle=closed)
                 return 0 if code == 0 else 1
+            if command == "ready":
+                self.watching = True
+                self.stubs = dict(_children(self.process.pid))
             if self.process.poll() is not None:
                 self._reap_orphans()
-                self.events.emit("exited", code=self.process.returncode, reason=None)
+                self.events.emit("exited", code=self.process.returncode, reason=None, log_tail=self._log_tail())
                 return 1
             if not self.private:
                 self._protect_regions()
@@ -113,30 +153,38 @@ class Supervisor:
                     self.restarts.popleft()
                 if len(self.restarts) >= self.settings["restarts"]:
                     code, _ = self.stop()
-                    self.events.emit("exited", code=code, reason=f"gave up after {len(self.restarts)} restarts in "
-                                                                 f"{_RESTART_WINDOW_S:.0f} s")
+                    self.events.emit("exited", code=code, log_tail=self._log_tail(),
+                                     reason=f"a python backend stub died again after {len(self.restarts)} restart"
+                                            f"{'s' * (len(self.restarts) != 1)} in {_RESTART_WINDOW_S:.0f} s; "
+                                            f"tritonserver was stopped (--restarts)")
                     return 1
                 self.restarts.append(now)
                 self.events.emit("restarting")
                 self.stop()
                 self.start()
 
-    def _command(self, timeout: float) -> str | None:
-        ready, _, _ = select.select([sys.stdin], [], [], timeout)
-        if not ready:
-            return None
-        line = sys.stdin.readline()
-        return line.strip() if line else ""
+    def _log_tail(self, limit: int = 64 << 10) -> str:
+        """The end of the server's log, for the message that names why it ended (the log itself
+        may be in the scratch folder, removed when this process ends)."""
+        try:
+            size = os.fstat(self.log).st_size
+            return os.pread(self.log, limit, max(size - limit, 0)).decode("utf-8", "replace")
+        except OSError:
+            return ""
 
     def start(self) -> None:
-        log = os.open(self.settings["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        try:
-            self.process = subprocess.Popen(
-                self.settings["argv"], env=self.settings["env"], stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True, umask=0o077, preexec_fn=_die_with_parent)
-        finally:
-            os.close(log)
-        self.stubs = {}
+        # a restart starts clean: no executing count of a stub that died mid-request, and every
+        # new region of the server (same names again) protected anew
+        executing = Path(self.settings["executing_dir"])
+        for entry in executing.iterdir() if executing.is_dir() else []:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+        self.protected.clear()
+        self.process = subprocess.Popen(
+            self.settings["argv"], env=self.settings["env"], stdin=subprocess.DEVNULL, stdout=self.log,
+            stderr=subprocess.STDOUT, start_new_session=True, umask=0o077,
+            preexec_fn=_die_with_parent)  # noqa: PLW1509 - this process runs no thread of its own
+        self.stubs, self.watching = {}, False
         self.events.emit("started", pid=self.process.pid)
 
     def stop(self) -> tuple[int | None, int]:
@@ -148,7 +196,8 @@ class Supervisor:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             closer = _IdleCloser(process.pid, self.settings)
-            deadline = time.monotonic() + self.settings["drain_s"] + 10.0  # Triton's own exit timeout, then unloading
+            # Triton's own exit timeout is drain_s; then the models unload (about a second each, in parallel)
+            deadline = time.monotonic() + self.settings["drain_s"] + 5.0
             while process.poll() is None and time.monotonic() < deadline:
                 closed += closer.poll()
                 try:
@@ -157,10 +206,10 @@ class Supervisor:
                     pass
             closer.close()
             if process.poll() is None:
-                with _ignore(ProcessLookupError, PermissionError):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-        with _ignore(ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)  # whatever of its group is left (stubs included)
         self._reap_orphans()
         self._remove_regions()
@@ -177,6 +226,8 @@ class Supervisor:
 
     def _dead_stubs(self) -> dict[int, str]:
         """Stubs that were running at the last look and are gone while the server runs."""
+        if not self.watching:
+            return {}
         now = {pid: instance for pid, instance in _children(self.process.pid)}
         dead = {pid: instance for pid, instance in self.stubs.items() if pid not in now}
         self.stubs = now
@@ -188,9 +239,9 @@ class Supervisor:
         server = self.process.pid if self.process else None
         for pid, ppid in _processes():
             if ppid == me and pid != server:
-                with _ignore(ProcessLookupError, PermissionError):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
-                with _ignore(ChildProcessError):
+                with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, 0)
 
     # -- shared memory where no private /dev/shm could be made ---------------------------------
@@ -205,14 +256,14 @@ class Supervisor:
     def _protect_regions(self) -> None:
         for path in self._regions():
             if path.name not in self.protected:
-                with _ignore(OSError):
+                with contextlib.suppress(OSError):
                     os.chmod(path, 0o600)
                     self.protected.add(path.name)
 
     def _remove_regions(self) -> None:
         if not self.private:
             for path in self._regions():
-                with _ignore(OSError):
+                with contextlib.suppress(OSError):
                     path.unlink()
 
 
@@ -220,8 +271,10 @@ class _IdleCloser:
     """During the drain: shuts down the server's HTTP connections on which nothing moves while
     nothing is in flight (no request queued, from Triton's metrics, nor executing, from the
     files each model instance keeps in `executing_dir`, triton_model._Executing). A connection is quiet when its queues are empty and its byte
-    counters did not change since the previous look; it is closed after two looks in a row that
-    found it quiet with nothing in flight. Does nothing where pidfd_getfd is refused."""
+    counters did not change since the previous look; it is closed once QUIET_LOOKS looks in a row
+    (a second) found it quiet with nothing in flight: a client sending its request slower than a
+    byte a second is cut, as a server's body timeout would. Does nothing where pidfd_getfd is
+    refused."""
 
     def __init__(self, pid: int, settings: dict[str, Any]):
         self.pid, self.port = pid, settings["http_port"]
@@ -248,8 +301,8 @@ class _IdleCloser:
             now = _counters(sock)
             quiet = now is not None and now == counters and _queues_empty(sock)
             looks = looks + 1 if quiet and idle else 0
-            if looks >= 2:
-                with _ignore(OSError):
+            if looks >= QUIET_LOOKS:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
                 sock.close()
                 del self.seen[inode]
@@ -265,10 +318,13 @@ class _IdleCloser:
             os.close(self.pidfd)
 
 
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # the server is local: never via $http_proxy
+
+
 def _pending(url: str) -> float | None:
     """Requests queued on the server, from its metrics (None when unreadable)."""
     try:
-        with urllib.request.urlopen(url, timeout=1.0) as response:
+        with _NO_PROXY.open(url, timeout=1.0) as response:
             text = response.read(8 << 20).decode("utf-8", "replace")
     except (OSError, ValueError):
         return None
@@ -327,7 +383,7 @@ def _connections(pid: int, port: int) -> list[tuple[int, int]]:
     except OSError:
         return []
     for fd in fds:
-        with _ignore(OSError):
+        with contextlib.suppress(OSError):
             target = os.readlink(f"/proc/{pid}/fd/{fd}")
             if target.startswith("socket:[") and int(target[8:-1]) in inodes:
                 found.append((int(target[8:-1]), int(fd)))
@@ -339,7 +395,7 @@ def _processes() -> list[tuple[int, int]]:
     out = []
     for name in os.listdir("/proc"):
         if name.isdigit():
-            with _ignore(OSError, ValueError, IndexError):
+            with contextlib.suppress(OSError, ValueError, IndexError):
                 stat = Path(f"/proc/{name}/stat").read_text()
                 out.append((int(name), int(stat[stat.rindex(")") + 2:].split()[1])))
     return out
@@ -350,7 +406,7 @@ def _children(server: int) -> list[tuple[int, str]]:
     argument after the IPC handle, e.g. digits_forward_0_0."""
     found = []
     for pid in _child_pids(server):
-        with _ignore(OSError):
+        with contextlib.suppress(OSError):
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             if argv and os.path.basename(argv[0].decode(errors="replace")) == STUB:
                 found.append((pid, argv[8].decode(errors="replace") if len(argv) > 8 else "?"))
@@ -367,7 +423,7 @@ def _child_pids(pid: int) -> list[int]:
     children: list[int] = []
     try:
         for task in tasks:
-            with _ignore(FileNotFoundError, ProcessLookupError):  # a thread that just ended
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread that just ended
                 children += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
     except OSError:
         return [child for child, parent in _processes() if parent == pid]
@@ -401,24 +457,9 @@ def _private_shm() -> tuple[bool, str]:
     return True, ""
 
 
-class _ignore:
-    """contextlib.suppress without importing contextlib's extras (a few ms of start-up)."""
-
-    def __init__(self, *kinds: type[BaseException]):
-        self.kinds = kinds
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, value, tb) -> bool:
-        return kind is not None and issubclass(kind, self.kinds)
-
-
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except KeyboardInterrupt:  # Ctrl-C reaches the whole foreground group; serve sends "stop"
-        sys.exit(130)
     except OSError as e:
-        if e.errno != errno.EPIPE:
+        if e.errno != errno.EPIPE:  # serve is gone and its pipe with it: the run already ended
             raise

@@ -35,8 +35,8 @@ from pathlib import Path
 
 sys.dont_write_bytecode = True  # the repository is hashed: no __pycache__ may appear in it
 
-import numpy as np  # noqa: E402
-import triton_python_backend_utils as pb_utils  # noqa: E402
+import numpy as np
+import triton_python_backend_utils as pb_utils
 
 
 def _error(message: str):
@@ -55,6 +55,7 @@ class _Executing:
         folder = os.environ.get("IREVNET_EXECUTING_DIR")
         instance = re.sub(r"[^A-Za-z0-9_.-]", "_", str(args.get("model_instance_name", "instance")))[:128]
         self.fd = os.open(os.path.join(folder, instance), os.O_RDWR | os.O_CREAT, 0o600) if folder else None
+        self.set(0)  # a count left by a stub that died mid-request is not this one's
 
     def set(self, n: int) -> None:
         if self.fd is not None:

@@ -10,10 +10,12 @@ with the reason; they never fail for it.
 from __future__ import annotations
 
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -71,23 +73,44 @@ class ServeProcess:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "TMPDIR": str(tmpdir), **(env or {})})
         self.lines: list[str] = []
+        self.errors: list[str] = []
+        self.stdout: queue.Queue[str | None] = queue.Queue()
+        for stream, sink in ((self.proc.stdout, self.stdout), (self.proc.stderr, None)):
+            threading.Thread(target=self._pump, args=(stream, sink), daemon=True).start()
         self.http = self.grpc = None
         if wait:
             self.wait_serving()
 
-    def wait_serving(self, timeout: float = 120) -> None:
+    def _pump(self, stream, sink) -> None:
+        for line in stream:
+            if sink is None:
+                self.errors.append(line)
+            else:
+                sink.put(line)
+        if sink is not None:
+            sink.put(None)
+
+    def read_until(self, text: str, timeout: float) -> str:
+        """Its output up to the line holding `text` (all of it, if that line never comes in time)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
+            try:
+                line = self.stdout.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                break
+            if line is None:
                 break
             self.lines.append(line)
-            m = _ANNOUNCE.search(line)
-            if m:
-                self.http, self.grpc = m["http"], m["grpc"]
-                return
-        err = self.proc.stderr.read() if self.proc.poll() is not None else ""
-        raise AssertionError(f"irevnet serve did not announce itself: {''.join(self.lines)}{err}")
+            if text in line:
+                break
+        return "".join(self.lines)
+
+    def wait_serving(self, timeout: float = 120) -> None:
+        out = self.read_until("serving ", timeout)
+        m = _ANNOUNCE.search(self.lines[-1]) if self.lines else None
+        if m is None:
+            raise AssertionError(f"irevnet serve did not announce itself: {out}{''.join(self.errors)}")
+        self.http, self.grpc = m["http"], m["grpc"]
 
     def tree(self) -> dict[str, list[int]]:
         """The pids of its supervisor, tritonserver and python backend stubs."""
@@ -101,13 +124,15 @@ class ServeProcess:
         start = time.monotonic()
         if sig is not None:
             self.proc.send_signal(sig)
-        out, err = self.proc.communicate(timeout=timeout)
-        return self.proc.returncode, "".join(self.lines) + out, err, time.monotonic() - start
+        self.proc.wait(timeout=timeout)
+        seconds = time.monotonic() - start
+        self.read_until("\0", 5)  # the rest of its output, to the end
+        return self.proc.returncode, "".join(self.lines), "".join(self.errors), seconds
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.communicate()
+            self.proc.wait()
 
 
 def _children(pid: int) -> list[int]:
@@ -172,15 +197,31 @@ def serve_process(tmp_path):
 @pytest.fixture(scope="session", autouse=True)
 def _nothing_left_behind():
     """After the serving tests, no server, stub or supervisor of this session runs and no region
-    of theirs is in /dev/shm (a green run once left two stubs, parent gone, ignoring SIGTERM)."""
-    before = {int(p) for p in os.listdir("/proc") if p.isdigit()}
+    of theirs is in /dev/shm (a green run once left two stubs, parent gone, ignoring SIGTERM).
+    This session's processes are told apart by a variable they inherit (kill -9 of a serve
+    leaves its children to init, so descent does not tell)."""
+    import secrets
+
+    mark = f"IREVNET_TEST_SESSION={secrets.token_hex(8)}".encode()
+    os.environ["IREVNET_TEST_SESSION"] = mark.split(b"=")[1].decode()
+    regions_before = set(os.listdir("/dev/shm"))
     yield
+
     def ours():
-        return [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in before and alive(int(p)) and any(
-            name in _cmdline(int(p)) for name in (b"triton_python_backend_stub", b"bin/tritonserver",
-                                                  b"irevnet.serving.supervisor"))]
+        found = []
+        for p in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                environ = Path(f"/proc/{p}/environ").read_bytes()
+            except OSError:
+                continue
+            if mark in environ.split(b"\0") and alive(int(p)) and any(name in _cmdline(int(p)) for name in (
+                    b"triton_python_backend_stub", b"bin/tritonserver", b"irevnet.serving.supervisor")):
+                found.append(int(p))
+        return found
+
     deadline = time.monotonic() + 30
     while ours() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert ours() == [], "serving processes left behind"
-    assert not [n for n in os.listdir("/dev/shm") if n.startswith("irevnet-serve.")], "shared-memory regions left behind"
+    left = [n for n in set(os.listdir("/dev/shm")) - regions_before if n.startswith("irevnet-serve.")]
+    assert left == [], "shared-memory regions left behind"

@@ -55,7 +55,7 @@ class FakeTriton:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    def __enter__(self) -> FakeTriton:
+    def __enter__(self) -> FakeTriton:  # noqa: PYI034 - typing.Self needs Python 3.11
         self.thread.start()
         return self
 

@@ -61,8 +61,8 @@ def test_a_lying_server_is_one_line_within_the_deadline(bundles, lie):
         result, seconds = _verify(bundles[Precision.fp32], fake.url)
     line = _one_line_error(result)
     assert LIES[lie] in line and fake.url in line, line
-    # one call's deadline, and the other calls' few milliseconds; a hang would be hours
-    assert seconds < TIMEOUT_S + 5, f"{seconds:.1f} s"
+    # one call's deadline of 1 s and a few fast calls: 30 s leaves a loaded machine room; a hang is hours
+    assert seconds < 30, f"{seconds:.1f} s"
 
 
 def test_a_correct_fake_passes_so_the_lies_are_what_fails(bundles):
@@ -84,7 +84,7 @@ def test_a_server_that_never_answers_is_one_line_within_the_deadline(bundles, sc
         peer.close()
     line = _one_line_error(result)
     assert f"no Triton server answers at {scheme}://127.0.0.1:{peer.port}" in line, line
-    assert seconds < TIMEOUT_S + 5, f"{seconds:.1f} s"
+    assert seconds < 30, f"{seconds:.1f} s: the 1 s deadline of the first call ends it"
 
 
 BAD_URLS = {
@@ -100,6 +100,9 @@ BAD_URLS = {
     "grpc://[::1:8001": "does not parse as a URL (Invalid IPv6 URL)",
     "http://exa mple:80": "holds spaces or control characters",
     "http://user:hunter2@127.0.0.1:99999": "the port must be a number from 1 to 65535",
+    "user:hunter2@127.0.0.1:99999": "the port must be a number from 1 to 65535",  # no scheme
+    "http://user:hun/ter2@127.0.0.1:8000": "has no path",  # a '/' in the password
+    "http://user:hunter2@x@127.0.0.1:99999": "the port must be a number from 1 to 65535",  # an '@' in it
 }
 
 
@@ -111,7 +114,7 @@ def test_an_address_that_does_not_parse_is_one_line_and_exit_2(bundles, url):
         result = CliRunner().invoke(app, [*command, "--server", url])
         line = _one_line_error(result)
         assert BAD_URLS[url] in line and "passed" not in result.output, line
-        assert "hunter2" not in result.output, "credentials are never shown"
+        assert "hunter2" not in result.output and "ter2" not in result.output, "credentials are never shown"
 
 
 def test_server_addresses_parse_to_what_is_contacted():
@@ -123,6 +126,7 @@ def test_server_addresses_parse_to_what_is_contacted():
         "https://triton.example.org": ("https", "triton.example.org", 443, "https://triton.example.org:443"),
         "grpc://[::1]:9001": ("grpc", "::1", 9001, "grpc://[::1]:9001"),
         "http://alice:s3cret@10.0.0.2:8000/": ("http", "10.0.0.2", 8000, "http://***@10.0.0.2:8000"),
+        "http://triton_server:8000": ("http", "triton_server", 8000, "http://triton_server:8000"),  # compose names
     }
     for url, (scheme, host, port, display) in cases.items():
         address = ServerAddress.parse(url)

@@ -117,13 +117,15 @@ def test_a_version_is_added_beside_the_others(bundles, tmp_path):
         _write(bundles[Precision.fp16], repo, version=2)
 
 
-def test_a_version_of_other_tensors_is_refused(bundles, trained_tiny_bijective, tmp_path):
-    from tests.conftest import export_tiny
+def test_a_version_of_other_tensors_is_refused(bundles, tmp_path):
+    """A version shares its model's config (dims, batch range): one that does not fit is refused."""
+    from tests.conftest import edit_manifest
 
-    other = export_tiny(trained_tiny_bijective, tmp_path / "bijective", debug_graphs=False)
+    other = edit_manifest(shutil.copytree(bundles[Precision.fp16], tmp_path / "other"),
+                          lambda m: m["batch"].update(max=4))
     repo = tmp_path / "repo"
     _write(bundles[Precision.fp32], repo, name="d")
-    with pytest.raises(IRevNetError, match="takes or gives other tensors than version 1"):
+    with pytest.raises(IRevNetError, match=r"takes or gives other tensors than version 1 of .* \(or another batch range\)"):
         _write(other, repo, version=2)
     assert sorted(p.name for p in (repo / "d_forward").iterdir()) == ["1", "config.pbtxt", "shared"], "unchanged"
 
@@ -135,3 +137,36 @@ def test_a_folder_that_is_not_a_repository_of_irevnet_is_refused_before_any_serv
     with pytest.raises(IRevNetError, match="is not a Triton repository written by `irevnet triton`"), \
             serve(ServeOptions(target=str(tmp_path / "models"), python_env=str(tmp_path / "no-such-env"))):
         pass
+
+
+def test_a_version_keeps_the_repositorys_options_and_where_each_version_came_from(bundles, tmp_path):
+    """Adding a version rewrote the configs with the default options (version 1 then served with
+    other instances and another runtime) and recorded version 1 as coming from the repository."""
+    repo = tmp_path / "repo"
+    first = _write(bundles[Precision.fp32], repo, name="d", instances=2, backend="openvino")
+    config = (repo / "d_forward" / "config.pbtxt").read_bytes()
+    second = _write(bundles[Precision.mixed], repo, version=2)
+    assert (repo / "d_forward" / "config.pbtxt").read_bytes() == config, "the configs serve every version unchanged"
+    assert second.options == first.options and second.versions["1"] == first.versions["1"]
+    with pytest.raises(IRevNetError, match=r"--version keeps the repository's options \(instances 2, not 4\)"):
+        _write(bundles[Precision.fp16], repo, version=3, instances=4)
+
+
+def test_a_new_serve_removes_only_the_leftovers_no_one_holds(tmp_path, monkeypatch):
+    """A scratch folder is its supervisor's while it holds the folder's lock: a serve killed with
+    -9 leaves a supervisor that drains for a while, and its folder must stay until it ends."""
+    import fcntl
+    import tempfile
+
+    from irevnet.serving import server
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    held, free, dead = (tmp_path / f"irevnet-serve.{pid}.abc" for pid in (999_999_1, 999_999_2, 999_999_3))
+    for folder in (held, free, dead):
+        (folder / "models").mkdir(parents=True)
+    (held / ".lock").touch()
+    (free / ".lock").touch()
+    with open(held / ".lock") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        server._remove_leftovers()
+    assert held.is_dir() and not free.exists() and not dead.exists()

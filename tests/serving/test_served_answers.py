@@ -190,10 +190,10 @@ def test_verify_and_bench_reach_the_server_with_its_own_split_of_the_time(server
     for e in load:
         assert e.stats["iterations"] == 5 * e.concurrency and e.images_per_s > 0, "nothing lost"
         # the server's statistics count exactly the measured requests: the warm-up ones are before
-        assert e.server_ms["requests"] == 5 * e.concurrency, e.server_ms
-        assert all(e.server_ms[part] >= 0 for part in SERVER_PARTS)
+        assert e.server.requests == 5 * e.concurrency, e.server
+        assert all(getattr(e.server, part) >= 0 for part in SERVER_PARTS)
         # time inside the server cannot exceed what the clients waited for, on average
-        assert sum(e.server_ms[p] for p in SERVER_PARTS) <= e.stats["mean_ms"] * 1.05 + 0.05, e.server_ms
+        assert e.server.total_ms <= e.stats["mean_ms"] * 1.05 + 0.05, e.server
 
 
 def test_credentials_in_the_address_are_never_shown(server, bundles, tmp_path):

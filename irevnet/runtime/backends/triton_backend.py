@@ -16,13 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from ...contract import BATCH_DIM, FORWARD, INVERSE, RECONSTRUCTION, ROUNDTRIP
+from ...contract import BATCH_DIM, FORWARD, INVERSE, RECONSTRUCTION, ROUNDTRIP, TRITON_DATATYPES
 from ...errors import IRevNetError
 from ..bundle import Bundle
 from .base import Backend
 from .triton_client import DEFAULT_TIMEOUT_S, ServerAddress, ServerClient, TensorSpec, answer_bound, connect
-
-_DATATYPES = {"float32": "FP32", "float16": "FP16"}
 
 
 class TritonBackend(Backend):
@@ -44,7 +42,7 @@ class TritonBackend(Backend):
         spec = served_tensors(bundle, graph)
         self.inputs = [{"name": t["name"], "shape": [BATCH_DIM, *t["shape"][1:]], "dtype": t["dtype"]} for t in spec["inputs"]]
         self.outputs = [{"name": t["name"], "shape": [BATCH_DIM, *t["shape"][1:]], "dtype": t["dtype"]} for t in spec["outputs"]]
-        self.specs = {t["name"]: TensorSpec(t["name"], _DATATYPES[t["dtype"]], tuple(t["shape"][1:])) for t in spec["outputs"]}
+        self.specs = {t["name"]: TensorSpec(t["name"], TRITON_DATATYPES[t["dtype"]], tuple(t["shape"][1:])) for t in spec["outputs"]}
         self.max_batch = bundle.max_batch
         self.client: ServerClient = connect(self.address, timeout_s, answer_bound(list(self.specs.values()), bundle.max_batch))
         try:
@@ -79,7 +77,7 @@ def served_tensors(bundle: Bundle, graph: str) -> dict[str, list[dict[str, Any]]
 def served_model(client: ServerClient, spec: dict[str, list[dict[str, Any]]], graph: str) -> str:
     """The one ready model on the server whose name ends in _GRAPH and whose declared tensors
     (names, datatypes, shapes) are the graph's."""
-    want = {side: sorted((t["name"], _DATATYPES[t["dtype"]], tuple(t["shape"][1:])) for t in spec[side])
+    want = {side: sorted((t["name"], TRITON_DATATYPES[t["dtype"]], tuple(t["shape"][1:])) for t in spec[side])
             for side in ("inputs", "outputs")}
     candidates = []
     for name in sorted({name for name, _ in client.models() if name.endswith(f"_{graph}")}):

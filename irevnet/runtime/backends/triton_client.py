@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ...contract import TRITON_DATATYPES
 from ...errors import IRevNetError
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -41,7 +42,7 @@ CONTROL_LIMIT = 4 << 20  # bytes of a listing, metadata or statistics answer
 _HEADER_ALLOWANCE = 64 << 10  # an inference answer's JSON header, beyond its tensors
 _SCHEMES = {"http": 8000, "https": 443, "grpc": 8001, "grpcs": 443}
 _MODEL = re.compile(r"^[A-Za-z0-9_.-]{1,256}$")
-_HOST = re.compile(r"^[A-Za-z0-9.-]{1,253}$")
+_HOST = re.compile(r"^[A-Za-z0-9._-]{1,253}$")  # '_' too: compose and Kubernetes service names resolve
 
 
 @dataclass(frozen=True)
@@ -119,8 +120,14 @@ def _ipv6(host: str) -> bool:
 
 
 def _redacted(url: str) -> str:
-    """The URL as typed, without what stands between '//' and '@' (credentials), at most 120 characters."""
-    return re.sub(r"(//)[^/@]*@", r"\1***@", url)[:120]
+    """The URL as typed, at most 120 characters, with everything between its scheme and its last
+    '@' replaced by ***: whatever may be credentials (a password may hold '/', '@' or '#')."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    return f"{scheme}{sep}{rest}"[:120]
 
 
 @dataclass(frozen=True)
@@ -137,8 +144,9 @@ def answer_bound(outputs: list[TensorSpec], max_batch: int) -> int:
     return per_image * max_batch + _HEADER_ALLOWANCE
 
 
-_ITEMSIZE = {"FP32": 4, "FP16": 2}
-_NUMPY = {"FP32": "<f4", "FP16": "<f2"}
+_NUMPY = {name: np.dtype(dtype).newbyteorder("<") for dtype, name in TRITON_DATATYPES.items()}
+_ITEMSIZE = {name: dtype.itemsize for name, dtype in _NUMPY.items()}
+_DIGITS = re.compile(r"[0-9]{1,19}")  # an ASCII count (str.isdigit takes '²', which int() refuses)
 
 
 class ServerClient:
@@ -263,33 +271,55 @@ class HttpClient(ServerClient):
         self.headers = {"Host": address.hostport, **address.auth_headers()}
 
     def _connect(self, deadline: float) -> http.client.HTTPConnection:
-        if self.connection is None:
-            remaining = max(deadline - time.monotonic(), 0.001)
-            if self.address.tls:
-                conn = http.client.HTTPSConnection(self.address.host, self.address.port, timeout=remaining,
-                                                   context=ssl.create_default_context())
-            else:
-                conn = http.client.HTTPConnection(self.address.host, self.address.port, timeout=remaining)
-            conn.connect()
-            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        """The kept-alive connection, or a new one made within the deadline: the name resolved in
+        a thread that is not waited on past it, each socket armed before it connects, the TLS
+        handshake armed too."""
+        if self.connection is not None:
+            return self.connection
+        failure: OSError | None = None
+        for family, kind, proto, _, addr in _resolve(self.address.host, self.address.port, deadline):
+            sock = socket.socket(family, kind, proto)
+            token = _WATCHDOG.arm(sock, deadline)
+            try:
+                sock.settimeout(max(deadline - time.monotonic(), 0.001))
+                sock.connect(addr)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.address.tls:
+                    _WATCHDOG.disarm(token)
+                    sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.address.host,
+                                                                    do_handshake_on_connect=False)
+                    token = _WATCHDOG.arm(sock, deadline)
+                    sock.do_handshake()
+            except OSError as e:
+                failure = e
+                sock.close()
+                if _WATCHDOG.disarm(token):
+                    raise TimeoutError from None
+                continue
+            if _WATCHDOG.disarm(token):
+                sock.close()
+                raise TimeoutError
+            conn = http.client.HTTPConnection(self.address.host, self.address.port)
+            conn.sock = sock  # http.client writes to a connection's socket when it has one
             self.connection = conn
-        return self.connection
+            return conn
+        raise failure or OSError(f"{self.address.host} resolves to no address")
 
     def request(self, what: str, method: str, path: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None, limit: int = CONTROL_LIMIT) -> tuple[int, dict[str, str], bytes]:
         """(status, headers, body) of one call, whole within the deadline and at most `limit` bytes.
         A kept-alive connection the server closed while idle is opened again once."""
+        deadline = time.monotonic() + self.timeout_s  # once: a retry shares it
         for attempt in (0, 1):
-            deadline = time.monotonic() + self.timeout_s
             token = None
             try:
                 conn = self._connect(deadline)
-                conn.sock.settimeout(self.timeout_s)
+                conn.sock.settimeout(max(deadline - time.monotonic(), 0.001))
                 token = _WATCHDOG.arm(conn.sock, deadline)
                 conn.request(method, path, body=body, headers={**self.headers, **(headers or {})})
                 response = conn.getresponse()
                 length = response.getheader("Content-Length")
-                if length is not None and (not length.isdigit() or int(length) > limit):
+                if length is not None and (not _DIGITS.fullmatch(length.strip()) or int(length) > limit):
                     raise _TooLarge(length)
                 if response.getheader("Content-Encoding", "identity").lower() != "identity":
                     raise _Malformed(f"an encoded body ({response.getheader('Content-Encoding')[:40]}), which was not asked for")
@@ -388,6 +418,36 @@ class HttpClient(ServerClient):
         self._drop()
 
 
+def _resolve(host: str, port: int, deadline: float) -> list[tuple]:
+    """getaddrinfo within the deadline (it has no timeout of its own: a thread that is left
+    behind if the resolver stalls); an address literal needs no lookup."""
+    import ipaddress
+
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        literal = None
+    if literal is not None:
+        family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
+        return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
+    found: list = []
+
+    def lookup() -> None:
+        try:
+            found.extend(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError as e:
+            found.append(e)
+
+    thread = threading.Thread(target=lookup, daemon=True, name="irevnet-resolve")
+    thread.start()
+    thread.join(max(deadline - time.monotonic(), 0.0))
+    if thread.is_alive():
+        raise TimeoutError
+    if found and isinstance(found[0], OSError):
+        raise found[0]
+    return found
+
+
 class _TooLarge(Exception):
     pass
 
@@ -406,10 +466,15 @@ def _short(e: BaseException) -> str:
 
 
 def _parse_json(data: bytes, fail) -> Any:
+    """Strict JSON: NaN and Infinity, which Python's parser takes by default, are refused."""
     try:
-        return json.loads(data)
+        return json.loads(data, parse_constant=_refuse_constant)
     except (ValueError, RecursionError):
         raise fail(f"not JSON ({data[:60]!r})") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _error_of(data: bytes) -> str:
@@ -425,7 +490,7 @@ def _error_of(data: bytes) -> str:
 def _http_outputs(data: bytes, header_length: str | None, outputs: list[TensorSpec], batch: int, fail) -> dict[str, np.ndarray]:
     """The requested outputs of a binary-extension answer, each checked: present once, the
     declared datatype, the shape (batch, *dims), and exactly the bytes that shape takes."""
-    if header_length is None or not header_length.isdigit() or not 0 < int(header_length) <= len(data):
+    if header_length is None or not _DIGITS.fullmatch(header_length) or not 0 < int(header_length) <= len(data):
         raise fail(f"malformed answer: Inference-Header-Content-Length {str(header_length)[:20]!r} for a body of "
                    f"{len(data)} bytes")
     size = int(header_length)
@@ -512,7 +577,7 @@ def _statistics(entries: Any, model: str, fail) -> dict[str, dict[str, int]]:
     versions = [e for e in entries if isinstance(e, dict) and e.get("name") == model]
     if not versions:
         raise fail(f"no statistics for {model}")
-    entry = max(versions, key=lambda e: int(e["version"]) if str(e.get("version", "")).isdigit() else -1)
+    entry = max(versions, key=lambda e: int(e["version"]) if _DIGITS.fullmatch(str(e.get("version", ""))) else -1)
     stats = entry.get("inference_stats")
     out = {}
     for key in _STAT_KEYS:
@@ -520,12 +585,10 @@ def _statistics(entries: Any, model: str, fail) -> dict[str, dict[str, int]]:
         count = value.get("count", 0) if isinstance(value, dict) else None
         ns = value.get("ns", 0) if isinstance(value, dict) else None
         # the protobuf's JSON writes 64-bit integers as strings
-        try:
-            count, ns = int(count), int(ns)
-        except (TypeError, ValueError):
-            raise fail(f"malformed answer: inference_stats.{key}") from None
-        if count < 0 or ns < 0:
-            raise fail(f"malformed answer: inference_stats.{key} is negative")
+        count, ns = (v if isinstance(v, int) and not isinstance(v, bool) else
+                     int(v) if isinstance(v, str) and _DIGITS.fullmatch(v) else None for v in (count, ns))
+        if count is None or ns is None or count < 0 or ns < 0:
+            raise fail(f"malformed answer: inference_stats.{key} is not a count")
         out[key] = {"count": count, "ns": ns}
     return out
 
@@ -544,7 +607,8 @@ class GrpcClient(ServerClient):
         self.headers = {k.lower(): v for k, v in address.auth_headers().items()} or None
         self.client = module.InferenceServerClient(
             address.hostport, ssl=address.tls,
-            channel_args=[("grpc.max_receive_message_length", bound), ("grpc.max_send_message_length", 1 << 30),
+            channel_args=[("grpc.max_receive_message_length", max(bound, CONTROL_LIMIT)),
+                          ("grpc.max_send_message_length", 1 << 30),
                           ("grpc.enable_retries", 0)])
 
     def _call(self, what: str, fn, *args, **kwargs) -> Any:
@@ -606,7 +670,7 @@ class GrpcClient(ServerClient):
         result = self._call(what, self.client.infer, model, inputs, outputs=asked, model_version=version)
         response = result.get_response()
         batch = next(iter(feeds.values())).shape[0]
-        fail = lambda p: self._fail(what, p)  # noqa: E731
+        fail = lambda p: self._fail(what, p)
         if len(response.raw_output_contents) != len(response.outputs):
             raise fail(f"malformed answer: {len(response.outputs)} outputs with {len(response.raw_output_contents)} "
                        f"buffers")
