@@ -86,6 +86,8 @@ NEVER = {
     "irevnet.io": ("irevnet.training", "irevnet.cli", "irevnet.export", "irevnet.runtime"),
     "irevnet.export": ("irevnet.training.loop", "irevnet.cli"),
     "irevnet.training": ("irevnet.export", "irevnet.runtime", "irevnet.cli"),
+    # whole-dataset evaluation runs on the runtime's backends, on deployment boxes too
+    "irevnet.evaluation": ("irevnet.export", "irevnet.training", "irevnet.cli", "irevnet.demo", "irevnet.serving"),
 }
 # The runtime modules that may import torch, and why: the PyTorch backend runs the checkpoint
 # (with the model it is exported from), and CUDA memory goes through torch where cuda-python is absent.
@@ -101,6 +103,12 @@ def test_the_never_arrows_hold_lazy_imports_included():
         for room, never in NEVER.items():
             if name == room or name.startswith(room + "."):
                 broken += [f"{name} -> {m}" for m in imported if m.startswith(never)]
+        if name.startswith("irevnet.evaluation"):  # torch only to run a checkpoint, where its target is made
+            heavy = {m for m in imported if m.startswith(("irevnet.model", "irevnet.io.checkpoint", "irevnet.runtime.backends.torch"))}
+            if name != "irevnet.evaluation.engine":
+                broken += [f"{name} -> {m}" for m in heavy]
+                if "torch" in _imports(name, path, mods, external=True):
+                    broken.append(f"{name} -> torch")
         if name.startswith("irevnet.runtime"):
             allowed = TORCH_IN_RUNTIME.get(name)
             if "torch" in _imports(name, path, mods, external=True) and allowed is None:
@@ -125,7 +133,8 @@ def test_runtime_and_cli_import_neither_torch_nor_export():
     that verifies and benches on it) must not pull in torch or the export room."""
     code = textwrap.dedent("""
         import sys
-        import irevnet.runtime, irevnet.runtime.verify, irevnet.runtime.bench, irevnet.cli
+        import irevnet.runtime, irevnet.runtime.verify, irevnet.runtime.bench, irevnet.cli, irevnet.evaluation.run
+        import irevnet.evaluation.invert, irevnet.evaluation.ray_runner
         heavy = sorted(m for m in sys.modules if m == "torch" or m.startswith(("torch.", "irevnet.export")))
         print(heavy)
     """)

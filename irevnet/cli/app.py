@@ -41,7 +41,7 @@ app = typer.Typer(
 # numpy, onnx and the CLI, and training/export need `irevnet[torch]`.
 _EXTRA_OF = {
     "torch": "torch", "torchvision": "torch", "onnxscript": "torch", "sklearn": "torch", "PIL": "torch",
-    "onnxruntime": "ort", "tensorrt": "tensorrt", "cuda": "tensorrt", "tritonclient": "serve",
+    "onnxruntime": "ort", "tensorrt": "tensorrt", "cuda": "tensorrt", "tritonclient": "serve", "ray": "ray",
 }
 
 

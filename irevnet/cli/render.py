@@ -98,6 +98,65 @@ class ProgressBar:
         )
 
 
+class ChunkProgress:
+    """An evaluation's progress: a bar with images/s and the time left on a terminal; one line
+    per chunk with --quiet (or when the output is not a terminal)."""
+
+    def __init__(self, quiet: bool) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = None if quiet or not console.is_terminal else Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(), console=console, transient=True)
+        self.task = None
+
+    def __enter__(self) -> ChunkProgress:  # noqa: PYI034 - typing.Self needs Python 3.11
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def update(self, what: str, done: int, total: int, seconds: float) -> None:
+        rate = done / max(seconds, 1e-9)
+        if self.bar is None:
+            console.print(f"{what}: {done:,}/{total:,} images, {rate:,.0f} images/s", soft_wrap=True)
+            return
+        if self.task is None:
+            self.task = self.bar.add_task("evaluating", total=total, rate="")
+        self.bar.update(self.task, completed=done, rate=f"{rate:,.0f} images/s", description=what)
+
+
+def evaluation(report: Any) -> None:
+    """An evaluation's summary as key-value rows (the records have every image)."""
+    s = report.summary
+    rows: dict[str, Any] = {"images": f"{s.images:,}", "top-1": f"{s.top1:.3f}%", "top-5": f"{s.top5:.3f}%",
+                            "loss": f"{s.loss:.4f}"}
+    if s.round_trip:
+        rows["round trip rel. L2"] = (f"median {s.round_trip['median']:.2e}, p99 {s.round_trip['p99']:.2e}, "
+                                      f"max {s.round_trip['max']:.2e}")
+        if s.psnr_db:
+            rows["round trip PSNR"] = f"median {s.psnr_db['median']:.1f} dB, min {s.psnr_db['min']:.1f} dB"
+    for u in s.unreadable:  # each once, with its path (the records and --json have them too)
+        console.print(f"warning: unreadable, counted and passed over: {u['error']}", soft_wrap=True, highlight=False)
+    rows["unreadable"] = str(len(s.unreadable))
+    if s.agreement:
+        a = s.agreement
+        rows[f"against {a.against}"] = (f"top-1 agreement {a.top1:.4f} on {a.images:,} images, {len(a.changed)} changed; "
+                                        f"logits drift median {a.drift['median']:.2e}, p99 {a.drift['p99']:.2e}, "
+                                        f"max {a.drift['max']:.2e}")
+    if s.images_per_s:
+        rows["images/s"] = f"{s.images_per_s:,.1f} ({report.chunks} chunks computed, {report.resumed} resumed)"
+    if report.records:
+        rows["records"] = report.records
+    for note in report.skipped[:3]:
+        rows.setdefault("skipped", note)
+    key_values(f"{s.identity.target} {s.identity.precision} on {s.identity.backend}: {s.identity.dataset} "
+               f"({s.identity.split})", rows)
+
+
 def inversion(metrics: dict[str, Any], dataset: str, out: str) -> None:
     t = Table("sample", "PSNR (dB)", "max abs error (pixels, 0-1)", title=f"inverse(forward(x)) on {dataset}")
     for i, row in enumerate(metrics["per_image"]):

@@ -14,6 +14,7 @@ from .app import command, options
 
 @command
 def triton(
+    ctx: typer.Context,
     bundle: Annotated[str, typer.Argument(help="Bundle folder from `irevnet export`.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Repository folder to write (replaced whole on success).")],
     flavour: Annotated[Flavour, typer.Option(help="python (irevnet.runtime in Triton's python backend) | onnxruntime | "
@@ -32,10 +33,13 @@ def triton(
 
     Example: `irevnet triton bundles/digits -o models && irevnet serve models`
     """
-    from ..serving.repository import TritonOptions, write_repository
+    from ..serving.repository import CONFIG_OPTIONS, TritonOptions, write_repository
 
+    # with --version, what was not given on this command line is the repository's (by name: typer
+    # vendors its own click, so its ParameterSource is not click's)
+    inherit = tuple(n for n in CONFIG_OPTIONS if getattr(ctx.get_parameter_source(n), "name", "") != "COMMANDLINE")
     with render.console.status("writing the repository") as status:
-        record = write_repository(options(TritonOptions, locals()), log=status.update)
+        record = write_repository(options(TritonOptions, ctx.params, inherit=inherit), log=status.update)
     render.repository(record, out)
 
 

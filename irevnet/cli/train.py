@@ -1,4 +1,4 @@
-"""`irevnet train`, `evaluate` and `invert`: the PyTorch side (needs `irevnet[torch]`)."""
+"""`irevnet train`: the PyTorch side (needs `irevnet[torch]`)."""
 
 from __future__ import annotations
 
@@ -13,15 +13,10 @@ from ..devices import Device
 from ..training.recipes import RecipeName
 from . import render
 from .app import (
-    CheckpointOpt,
     DatasetOpt,
     DeviceOpt,
-    ImageSizeOpt,
-    JsonOpt,
-    check_outputs,
     command,
     options,
-    write_json,
 )
 
 
@@ -70,55 +65,3 @@ def train(
     result = run_training(opts, None if quiet else render.ProgressBar())
     if result["rank"] == 0:
         render.console.print(f"best test top-1 {result['best_top1']:.2f}% after {result['epochs']} epochs; files in {out}/")
-
-
-@command
-def evaluate(
-    checkpoint: CheckpointOpt,
-    dataset: DatasetOpt = "digits",
-    image_size: ImageSizeOpt = None,
-    batch_size: int = 256,
-    workers: int = 0,
-    device: DeviceOpt = Device.auto,
-    json: JsonOpt = None,
-) -> None:
-    """Loss, top-1 and top-5 of a checkpoint on a dataset's test split.
-
-    Example: `irevnet evaluate -c ILSVRC_trained_irevnet.pth.tar -d imagefolder:/data/imagenet`
-    """
-    from ..training.evaluate import EvaluateOptions, evaluate_checkpoint
-
-    opts = options(EvaluateOptions, locals())
-    check_outputs(json)
-    metrics = evaluate_checkpoint(opts)
-    render.key_values(f"{checkpoint} on {dataset}", {
-        "images": metrics["images"], "loss": f"{metrics['loss']:.4f}",
-        "top-1": f"{metrics['top1']:.3f}%", "top-5": f"{metrics['top5']:.3f}%",
-    })
-    write_json(json, {"checkpoint": checkpoint, "dataset": dataset, **metrics})
-
-
-@command
-def invert(
-    checkpoint: CheckpointOpt,
-    dataset: DatasetOpt = "digits",
-    out: Annotated[str, typer.Option("--out", "-o", help="PNG: originals on top, reconstructions from z below.")] = "inversion.png",
-    samples: Annotated[int, typer.Option(help="Test images to invert.")] = 8,
-    image_size: ImageSizeOpt = None,
-    projection: Annotated[
-        bool, typer.Option(help="Range projection for injective models (on by default; off to compare).")
-    ] = True,
-    device: DeviceOpt = Device.auto,
-    json: JsonOpt = None,
-) -> None:
-    """Reconstruct test images from their final representation z, like the paper's figure.
-
-    Example: `irevnet invert -c runs/digits/best.pt -d digits -o inversion.png`
-    """
-    from ..training.invert import InvertOptions, invert_checkpoint
-
-    opts = options(InvertOptions, locals())
-    check_outputs(out, json)
-    result = invert_checkpoint(opts)
-    render.inversion(result.metrics, dataset, out)
-    write_json(json, {"checkpoint": checkpoint, "dataset": dataset, "projection": projection, **result.metrics})

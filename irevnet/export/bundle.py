@@ -44,7 +44,7 @@ from ..contract import (
     graph_file,
 )
 from ..errors import CheckFailed, IRevNetError
-from ..io.checkpoint import Checkpoint, load_checkpoint
+from ..io.checkpoint import Checkpoint, load_checkpoint, weights_sha256
 from ..io.datasets import CIFAR_STATS, IMAGENET_STATS
 from ..io.files import atomic_directory, check_replaceable, sha256_file, write_json
 from ..io.images import reconstruction_metrics
@@ -182,7 +182,7 @@ def export_bundle(opts: ExportOptions, log=lambda msg: None) -> dict[str, Any]:
                 "parameters": model.num_parameters(),
             },
             "checkpoint": {"path": str(opts.checkpoint), "sha256": sha256_file(opts.checkpoint), "format": ckpt.format},
-            "weights_sha256": _weights_sha256(net),
+            "weights_sha256": weights_sha256(net),
             "normalization": normalization,
             "layout": LAYOUT,
             "batch": {"dim": BATCH_DIM, "min": 1, "max": opts.max_batch},
@@ -248,11 +248,16 @@ def _grid(model, x: torch.Tensor, source: str) -> dict[str, Any]:
 
 def _samples(ckpt: Checkpoint, dataset: str | None, n: int):
     cfg = ckpt.config
-    if dataset:
-        data = load_datasets(dataset, cfg.in_shape, augment=False)
-        x = first_images(data.test, n)
-        y = np.array([data.test[i][1] for i in range(len(x))], dtype=np.int64)
-        return x, y, {**data.normalization(), "source": f"dataset {dataset}", **_pixels()}
+    if dataset:  # drawn as verify draws them: a seeded sample over the held-out split, stratified by class
+        from ..io.splits import open_split, sample_images
+
+        split = open_split(dataset, "val", tuple(cfg.in_shape))
+        if split.classes != cfg.num_classes:
+            raise IRevNetError(f"{dataset} has {split.classes} classes but the checkpoint {cfg.num_classes}; export "
+                               f"with the dataset it was trained on")
+        x, y, _, _ = sample_images(split, n)
+        normalization = {"dataset": split.kind, "mean": list(split.mean), "std": list(split.std)}
+        return torch.from_numpy(x), y, {**normalization, "source": f"dataset {dataset}", **_pixels()}
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, *cfg.in_shape, generator=g)  # normalised inputs are ~N(0, 1)
     return x, None, {**_normalization_for(ckpt), **_pixels()}
@@ -336,14 +341,6 @@ def _block_reference(model, x: torch.Tensor) -> dict[str, np.ndarray]:
     if n > 1:  # one sample is all irevnet-301 fits: then the sizing pass is the result
         pairs = [merge(*p) for p in model.forward_pairs(x[:n])]
     return {block_input(i): h.numpy() for i, h in enumerate(pairs)}
-
-
-def _weights_sha256(net: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for key, value in sorted(net.state_dict().items()):
-        h.update(key.encode())
-        h.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def _versions() -> dict[str, str]:

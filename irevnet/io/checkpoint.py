@@ -322,3 +322,13 @@ def _build(path: Path, config: IRevNetConfig, state: dict[str, torch.Tensor]) ->
     model = IRevNet(config)
     model.load_state_dict(state)
     return model.eval()
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """sha256 of a model's weights (every state_dict tensor by its sorted key): what identifies
+    the model in a bundle's manifest and an evaluation's records, whatever file it came from."""
+    h = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()

@@ -262,51 +262,6 @@ def walk(top: Path) -> list[str]:
     return files
 
 
-# -- held-out images for the runtime -----------------------------------------------------------
-
-
-def read_test_images(spec: str, in_shape: tuple[int, int, int], n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first n images of a dataset's held-out split, as the model sees them, without torch.
-
-    Returns:
-        images (n, C, H, W) float32, resized to `in_shape` and normalised by the dataset's
-        (mean, std) as training does; labels (n,) int64. The same files and split as
-        irevnet.training.data; resizing is numpy's or Pillow's, so values may differ from the
-        torch pipeline's by float32 rounding.
-    """
-    kind, path = parse_spec(spec)
-    c, h, w = in_shape
-    if kind == "digits":
-        images, labels, train, test = read_digits()
-        if (h, w) != (8, 8):
-            images = np.clip(_bilinear(images, h, w), 0.0, 1.0)
-        mean, std = float(images[train].mean()), float(images[train].std(ddof=1))  # as torch's .std()
-        x, y = images[test[:n]], labels[test[:n]]
-        means, stds = [mean] * c, [std] * c
-        if c != 1:
-            x = np.repeat(x, c, axis=1)  # grayscale replicated, as training does
-    elif kind == "synthetic":
-        rng = np.random.default_rng(0)
-        x, y = rng.standard_normal((n, c, h, w), dtype=np.float32), rng.integers(0, 10, n)
-        means, stds = [0.0] * c, [1.0] * c
-    elif kind in CIFAR_STATS:
-        splits = read_cifar(kind, path)
-        if splits is None:
-            raise DatasetError(f"no {kind} data under {path}; give the folder `irevnet train --download` fills")
-        pixels, y = splits[1][0][:n], splits[1][1][:n]
-        x = np.stack([_resized(img.transpose(1, 2, 0), (h, w)) for img in pixels]) if (h, w) != (32, 32) else pixels
-        x = x.astype(np.float32) / 255.0
-        means, stds = CIFAR_STATS[kind]
-    else:
-        x, y = _image_folder_head(path / "val", (h, w), n)
-        means, stds = IMAGENET_STATS
-    if x.shape[1] != c:
-        raise DatasetError(f"{spec} has {x.shape[1]}-channel images but the model takes {c}; pick a matching model")
-    mean_ = np.asarray(means, np.float32)[:, None, None]
-    std_ = np.asarray(stds, np.float32)[:, None, None]
-    return ((x - mean_) / std_).astype(np.float32), np.asarray(y, np.int64)
-
-
 def _bilinear(x: np.ndarray, h: int, w: int) -> np.ndarray:
     """Bilinear resize of (N, C, h0, w0), PyTorch's `interpolate(align_corners=False)` formula."""
     def axis(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -324,35 +279,6 @@ def _resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.fromarray(image).resize(size[::-1], Image.BILINEAR)).transpose(2, 0, 1)
-
-
-def _image_folder_head(root: Path, size: tuple[int, int], n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first n images of an ImageNet-style split (class folders in sorted order, as
-    torchvision's ImageFolder), resized to 256/224 of the input and center-cropped, in [0, 1]."""
-    from PIL import Image
-
-    if not root.is_dir():
-        raise DatasetError(f"imagefolder:{root.parent} needs {root}/ with one sub-folder per class")
-    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
-    images, labels = [], []
-    for label, name in enumerate(classes):
-        for file in walk(root / name):
-            if len(images) == n:
-                break
-            if Path(file).suffix.lower() not in IMAGE_EXTENSIONS:
-                continue
-            img = load_image(file)
-            short = round(size[0] * 256 / 224)
-            scale = short / min(img.size)
-            img = img.resize((max(short, int(img.size[0] * scale)), max(short, int(img.size[1] * scale))),
-                             Image.BILINEAR)
-            left, top = round((img.size[0] - size[1]) / 2.0), round((img.size[1] - size[0]) / 2.0)
-            img = img.crop((left, top, left + size[1], top + size[0]))
-            images.append(np.asarray(img, np.float32).transpose(2, 0, 1) / 255.0)
-            labels.append(label)
-    if not images:
-        raise DatasetError(f"{root}: no image files (.jpg, .png, ...) in its class folders")
-    return np.stack(images), np.asarray(labels)
 
 
 # the extensions torchvision's ImageFolder reads

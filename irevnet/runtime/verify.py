@@ -36,8 +36,8 @@ from ..contract import (
     branch_output,
 )
 from ..errors import IRevNetError
-from ..io.datasets import read_test_images
 from ..io.images import plot_error_vs_depth
+from ..io.splits import read_test_images
 from ..metrics import rel_l2
 from .backends import open_backend, resolve_backends, unsupported
 from .bundle import Bundle
@@ -119,6 +119,7 @@ class VerifyReport:
     blocks: list[BlockReport] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     plot: str | None = None
+    images: list[str] = field(default_factory=list)  # with --dataset: the images used, by their paths in the split
 
     @property
     def judged(self) -> list[RoundTrip | Parity]:
@@ -138,7 +139,7 @@ class VerifyReport:
 
     def to_dict(self) -> dict[str, Any]:
         out = {"bundles": self.bundles, "backends": self.backends, "samples": self.samples, "inputs": self.inputs,
-               "reference": self.reference}
+               "images": self.images, "reference": self.reference}
         for key in ("round_trip", "cross_round_trip", "parity", "blocks"):
             out[key] = [entry.to_dict() for entry in getattr(self, key)]
         out |= {"skipped": self.skipped, "passed": self.passed}
@@ -155,10 +156,10 @@ def verify(opts: VerifyOptions, log: Callable[[str], None] = lambda m: None) -> 
     if any(b.config != bundles[0].config for b in bundles):
         raise IRevNetError("the bundles come from different models; verify them one at a time")
     backends = opts.backends
-    x, labels, source = _inputs(bundles[0], opts)
+    x, labels, source, paths = _inputs(bundles[0], opts)
     reference = _reference(bundles[0], x, opts, log)
     report = VerifyReport([{"path": str(b.path), "precision": b.precision} for b in bundles], backends, len(x), source,
-                          reference["source"])
+                          reference["source"], images=paths)
     for bundle in bundles:
         # with several bundles, a pair the backend cannot run (int8 on torch) is skipped; alone, it refuses
         kinds = [kind for kind in backends if len(bundles) == 1 or not unsupported(kind, bundle.precision)]
@@ -222,13 +223,14 @@ def _in_batches(backend, name: str, x: np.ndarray) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def _inputs(bundle: Bundle, opts: VerifyOptions) -> tuple[np.ndarray, np.ndarray | None, str]:
+def _inputs(bundle: Bundle, opts: VerifyOptions) -> tuple[np.ndarray, np.ndarray | None, str, list[str]]:
+    """(images, labels, what they are, their paths in the split: empty for the stored samples)."""
     if opts.dataset:
-        x, labels = read_test_images(opts.dataset, bundle.config.in_shape, opts.samples)
-        return x, labels, f"dataset {opts.dataset}"
+        x, labels, paths = read_test_images(opts.dataset, bundle.config.in_shape, opts.samples)
+        return x, labels, f"images of {opts.dataset} (a seeded sample of its held-out split, stratified by class)", paths
     ref = bundle.reference("images", "labels")
     n = min(opts.samples, len(ref["images"]))
-    return ref["images"][:n], ref["labels"][:n] if "labels" in ref else None, "reference samples stored at export"
+    return ref["images"][:n], ref["labels"][:n] if "labels" in ref else None, "reference samples stored at export", []
 
 
 def _reference(bundle: Bundle, x: np.ndarray, opts: VerifyOptions, log) -> dict[str, Any]:

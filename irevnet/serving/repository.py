@@ -59,6 +59,8 @@ MAX_VERSION = 10**6
 # the python flavour's string parameters, and the one that is a path (relative to the repository)
 PARAMETERS = {"graph", "backend", "shared", "threads", "forward_model", "inverse_model"}
 PATH_PARAMETERS = {"shared"}
+# the options the configs are made of (recorded; shared by every version of a repository)
+CONFIG_OPTIONS = ("flavour", "backend", "instances", "instance_kind", "dynamic_batching", "max_queue_delay_us", "threads")
 
 
 class Flavour(str, Enum):
@@ -86,6 +88,7 @@ class TritonOptions:
     max_queue_delay_us: int = 0  # dynamic batching: how long a request may wait for others (Triton's default)
     threads: int | None = None  # python flavour: intra-op threads of each instance
     version: int | None = None  # add the bundle as this version beside the repository's others (default: 1, alone)
+    inherit: tuple[str, ...] = ()  # with `version`: options to take from the repository (the CLI: those not given)
 
     def __post_init__(self) -> None:
         check.paths(self, "bundle", "out")
@@ -99,12 +102,15 @@ class TritonOptions:
         check.integer("max_queue_delay_us", self.max_queue_delay_us, 0, 10_000_000)
         check.threads(self.threads)
         check.integer("version", self.version, 1, MAX_VERSION, optional=True)
+        object.__setattr__(self, "inherit", tuple(self.inherit))
+        unknown = set(self.inherit) - set(CONFIG_OPTIONS)
+        if unknown:
+            raise IRevNetError(f"inherit: {min(unknown)!r} is not an option of the configs")
 
     def config_options(self) -> dict[str, Any]:
         """What the configs are made of besides the bundles (the record keeps it, so that serve can
         make them again and compare)."""
-        kept = ("flavour", "backend", "instances", "instance_kind", "dynamic_batching", "max_queue_delay_us", "threads")
-        return {k: (v.value if isinstance(v, Enum) else v) for k, v in asdict(self).items() if k in kept}
+        return {k: (v.value if isinstance(v, Enum) else v) for k, v in asdict(self).items() if k in CONFIG_OPTIONS}
 
 
 def model_names(name: str) -> dict[str, str]:
@@ -198,10 +204,9 @@ def _kept_versions(out: Path, record: Record, opts: TritonOptions, bundle: Bundl
 
 def _options_beside(record: Record, opts: TritonOptions) -> dict[str, Any]:
     """A version added keeps the repository's options (its configs serve every version): an
-    option left at its default takes the recorded value; one given otherwise is refused."""
-    defaults = TritonOptions(bundle=".", out=".").config_options()
+    option in `opts.inherit` takes the recorded value; one given otherwise is refused."""
     given = opts.config_options()
-    changed = [k for k, v in given.items() if v != record.options.get(k) and v != defaults[k]]
+    changed = [k for k, v in given.items() if v != record.options.get(k) and k not in opts.inherit]
     if changed:
         k = changed[0]
         raise IRevNetError(f"--version keeps the repository's options ({k.replace('_', '-')} "

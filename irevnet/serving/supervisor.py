@@ -51,7 +51,8 @@ _SIOCINQ, _SIOCOUTQ = 0x541B, 0x5411
 _TCP_INFO = 11
 _RESTART_WINDOW_S = 600.0
 _POLL_S = 0.1  # while draining
-QUIET_LOOKS = 10  # a connection on which nothing moved for this many looks (a second) is idle
+QUIET_LOOKS = 2  # a connection on which nothing moved for this many looks (0.2 s) is idle
+RESTART_DRAIN_S = 3.0  # a restart for a dead stub: what requests in flight on the other models get
 _WATCH_S = 0.5  # while serving: how soon a dead stub is seen (each look reads a few /proc files)
 _PENDING = re.compile(r"^nv_inference_pending_request_count\{[^}]*\}\s+([0-9.eE+-]+)$", re.MULTILINE)
 
@@ -160,7 +161,7 @@ class Supervisor:
                     return 1
                 self.restarts.append(now)
                 self.events.emit("restarting")
-                self.stop()
+                self.stop(min(self.settings["drain_s"], RESTART_DRAIN_S))  # the dead model's clients wait meanwhile
                 self.start()
 
     def _log_tail(self, limit: int = 64 << 10) -> str:
@@ -187,17 +188,20 @@ class Supervisor:
         self.stubs, self.watching = {}, False
         self.events.emit("started", pid=self.process.pid)
 
-    def stop(self) -> tuple[int | None, int]:
-        """SIGTERM, then Triton drains; idle connections are closed once nothing is in flight.
-        Returns (tritonserver's exit code, idle connections closed)."""
+    def stop(self, drain_s: float | None = None) -> tuple[int | None, int]:
+        """SIGTERM, then Triton drains (at most `drain_s`, default the run's); idle connections
+        are closed once nothing is in flight. Returns (tritonserver's exit code, idle connections
+        closed)."""
         process, closed = self.process, 0
+        drain_s = self.settings["drain_s"] if drain_s is None else drain_s
         if process is None:
             return None, 0
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             closer = _IdleCloser(process.pid, self.settings)
-            # Triton's own exit timeout is drain_s; then the models unload (about a second each, in parallel)
-            deadline = time.monotonic() + self.settings["drain_s"] + 5.0
+            # Triton's own exit timeout is the run's drain_s; then the models unload (about a second
+            # each, in parallel). A shorter drain (a restart) ends in SIGKILL of the group.
+            deadline = time.monotonic() + drain_s + (5.0 if drain_s == self.settings["drain_s"] else 0.0)
             while process.poll() is None and time.monotonic() < deadline:
                 closed += closer.poll()
                 try:
@@ -272,9 +276,10 @@ class _IdleCloser:
     nothing is in flight (no request queued, from Triton's metrics, nor executing, from the
     files each model instance keeps in `executing_dir`, triton_model._Executing). A connection is quiet when its queues are empty and its byte
     counters did not change since the previous look; it is closed once QUIET_LOOKS looks in a row
-    (a second) found it quiet with nothing in flight: a client sending its request slower than a
-    byte a second is cut, as a server's body timeout would. Does nothing where pidfd_getfd is
-    refused."""
+    (0.2 s) found it quiet with nothing in flight, so a client that sends a request every half
+    second is closed between two of them. The price: a client that sends one request slower than
+    a byte in 0.2 s is cut, as a server's body timeout would cut it. Does nothing where
+    pidfd_getfd is refused."""
 
     def __init__(self, pid: int, settings: dict[str, Any]):
         self.pid, self.port = pid, settings["http_port"]

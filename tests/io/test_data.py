@@ -246,11 +246,30 @@ def test_torch_free_reader_gives_the_training_pipelines_held_out_images(shape):
     """irevnet.io.datasets (numpy) and the torch datasets read the same files, split and
     normalisation: same labels, images equal within float32 rounding of a few operations on
     values of magnitude ~3 (bilinear weights, mean/std), far below 1e-5."""
-    from irevnet.io.datasets import read_test_images
-    from irevnet.training.invert import first_images
+    from irevnet.io.splits import open_split
 
-    x, y = read_test_images("digits", shape, 24)
+    split = open_split("digits", "val", shape)
     data = load_datasets("digits", shape, augment=False)
-    assert x.dtype == np.float32 and x.shape == (24, *shape)
-    np.testing.assert_array_equal(y, [data.test[i][1] for i in range(24)])
-    assert np.abs(x - first_images(data.test, 24).numpy()).max() < 1e-5
+    assert len(split) == len(data.test)
+    for item in split.items[::15]:  # every 15th of the 360: both pipelines, image by image
+        x = split.decode(item)
+        expected, label = data.test[item.index]
+        assert x.dtype == np.float32 and x.shape == shape and item.label == int(label)
+        assert np.abs(x - expected.numpy()).max() < 1e-5
+
+
+def test_a_sample_of_a_split_is_stratified_over_the_whole_split(tmp_path):
+    """`verify --dataset ... --samples 1000` took the first 1,000 files of the class folders in
+    sorted order: classes 0-19 of ImageNet. A sample is now drawn over the whole split: every
+    prefix holds each class's share within one image, and it is the same for the same seed."""
+    from irevnet.io.splits import open_split, stratified
+
+    split = open_split("digits", "val", (1, 8, 8))
+    counts = np.bincount([it.label for it in split.items], minlength=10)
+    for n in (10, 37, 100, 360):
+        got = np.bincount([it.label for it in stratified(split)[:n]], minlength=10)
+        assert np.all(np.abs(got - counts * n / len(split)) <= 1.0 + 1e-9), (n, got, counts * n / len(split))
+    assert [it.index for it in stratified(split)[:20]] == [it.index for it in stratified(split)[:20]]
+    assert [it.index for it in stratified(split, seed=1)[:20]] != [it.index for it in stratified(split)[:20]]
+    first = stratified(split)[:10]
+    assert len({it.label for it in first}) == 10, "ten images: one of each class"

@@ -46,14 +46,16 @@ def test_runtime_runs_where_torch_cannot_be_imported(bundles):
         b = bench(BenchOptions(bundles=[{str(bundles[Precision.fp32])!r}], batch_sizes=[1], warmup_s=0, iterations=2))
         d = verify(VerifyOptions(bundles=[{str(bundles[Precision.fp32])!r}], dataset="digits", samples=16, blocks=False))
         print(json.dumps({{"passed": r.passed, "reference": r.reference, "bench": len(b.results),
-                          "digits": [d.passed, d.samples, d.inputs, len(d.round_trip)]}}))
+                          "digits": [d.passed, d.samples, d.inputs, len(d.round_trip)], "images": d.images}}))
     """)
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["passed"] and result["bench"] == 2
     assert result["reference"] == "PyTorch fp32 outputs stored in the bundle at export"
-    assert result["digits"] == [True, 16, "dataset digits", 1]
+    inputs = "images of digits (a seeded sample of its held-out split, stratified by class)"
+    assert result["digits"] == [True, 16, inputs, 1]
+    assert len(set(result["images"])) == 16 and all(p.startswith("digits/val/") for p in result["images"])
 
 
 @pytest.mark.parametrize(

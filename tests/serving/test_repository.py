@@ -145,11 +145,21 @@ def test_a_version_keeps_the_repositorys_options_and_where_each_version_came_fro
     repo = tmp_path / "repo"
     first = _write(bundles[Precision.fp32], repo, name="d", instances=2, backend="openvino")
     config = (repo / "d_forward" / "config.pbtxt").read_bytes()
-    second = _write(bundles[Precision.mixed], repo, version=2)
+    second = _write(bundles[Precision.mixed], repo, version=2, inherit=("instances", "backend"))
     assert (repo / "d_forward" / "config.pbtxt").read_bytes() == config, "the configs serve every version unchanged"
     assert second.options == first.options and second.versions["1"] == first.versions["1"]
     with pytest.raises(IRevNetError, match=r"--version keeps the repository's options \(instances 2, not 4\)"):
-        _write(bundles[Precision.fp16], repo, version=3, instances=4)
+        _write(bundles[Precision.fp16], repo, version=3, instances=4, inherit=("backend",))
+    from typer.testing import CliRunner
+
+    from irevnet.cli import app
+
+    # given on the command line at its default value, an option that differs is refused too
+    result = CliRunner().invoke(app, ["triton", str(bundles[Precision.fp16]), "-o", str(repo), "--version", "3",
+                                      "--instances", "1"])
+    assert result.exit_code == 2 and "(instances 2, not 1)" in result.output, result.output
+    result = CliRunner().invoke(app, ["triton", str(bundles[Precision.fp16]), "-o", str(repo), "--version", "3"])
+    assert result.exit_code == 0, result.output
 
 
 def test_a_new_serve_removes_only_the_leftovers_no_one_holds(tmp_path, monkeypatch):

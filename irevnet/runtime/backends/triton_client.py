@@ -200,7 +200,9 @@ def connect(address: ServerAddress, timeout_s: float = DEFAULT_TIMEOUT_S, bound:
                            f"one with `irevnet serve REPO`, or check the address") from None
     if not live:
         client.close()
-        raise IRevNetError(f"the Triton server at {address.display} says it is not live")
+        status = getattr(client, "live_status", None)
+        raise IRevNetError(f"the Triton server at {address.display} says it is not live"
+                           f"{f' (HTTP {status} to /v2/health/live)' if status else ''}")
     return client
 
 
@@ -319,7 +321,9 @@ class HttpClient(ServerClient):
                 conn.request(method, path, body=body, headers={**self.headers, **(headers or {})})
                 response = conn.getresponse()
                 length = response.getheader("Content-Length")
-                if length is not None and (not _DIGITS.fullmatch(length.strip()) or int(length) > limit):
+                if length is not None and not _DIGITS.fullmatch(length.strip()):
+                    raise _Malformed(f"Content-Length {length[:40]!r}")
+                if length is not None and int(length) > limit:
                     raise _TooLarge(length)
                 if response.getheader("Content-Encoding", "identity").lower() != "identity":
                     raise _Malformed(f"an encoded body ({response.getheader('Content-Encoding')[:40]}), which was not asked for")
@@ -368,6 +372,7 @@ class HttpClient(ServerClient):
 
     def live(self) -> bool:
         status, _, _ = self.request("health", "GET", "/v2/health/live", limit=64 << 10)
+        self.live_status = status
         return status == 200
 
     def models(self) -> list[tuple[str, str]]:
