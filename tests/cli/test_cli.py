@@ -386,7 +386,7 @@ def test_paths_are_printed_as_text_not_markup(tmp_path, trained_tiny):
     out = tmp_path / "run [/] [bold]x"
     result = runner.invoke(app, ["invert", "-c", str(trained_tiny / "best.pt"), "-o", str(out / "grid.png")])
     assert result.exit_code == 0, result.output
-    assert f"grid written to {out / 'grid.png'}" in result.output.replace("\n", "")
+    assert f"grid {out / 'grid.png'}" in result.output.replace("\n", "")
 
 
 def test_training_that_diverges_stops_at_once_without_nan_checkpoints(tmp_path):

@@ -1,3 +1,4 @@
+import os
 import pickle
 import random
 import subprocess
@@ -71,10 +72,10 @@ def test_cifar_batch_with_code_is_refused(tmp_path):
 
     class Evil:
         def __reduce__(self):
-            return (print, ("pwned",))
+            return (os.system, ("echo pwned",))
 
     (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps({b"data": Evil()}))
-    with pytest.raises(DatasetError, match="names builtins.print"):
+    with pytest.raises(DatasetError, match=r"names (posix|os)\.system"):
         load_datasets(f"cifar10:{tmp_path}", (3, 32, 32))
 
 
