@@ -27,7 +27,8 @@ def _lowered_isas() -> list[str]:
     """The ISAs below this CPU's: AVX2 where it has AVX-512 (the main run already is the AVX2 run
     on an AVX2-only CPU), SSE4.1 everywhere."""
     try:
-        flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "").split()
+        with open("/proc/cpuinfo") as info:
+            flags = next((line for line in info if line.startswith("flags")), "").split()
     except OSError:
         flags = ["avx512f"]
     return ["AVX2", "SSE41"] if "avx512f" in flags else ["SSE41"]

@@ -148,7 +148,8 @@ def evaluation(report: Any) -> None:
                                         f"logits drift median {a.drift['median']:.2e}, p99 {a.drift['p99']:.2e}, "
                                         f"max {a.drift['max']:.2e}")
     if s.images_per_s:
-        rows["images/s"] = f"{s.images_per_s:,.1f} ({report.chunks} chunks computed, {report.resumed} resumed)"
+        rows["images/s"] = (f"{s.images_per_s:,.1f} ({report.chunks} chunk{'s' if report.chunks != 1 else ''} computed, "
+                              f"{report.resumed} resumed)")
     if report.records:
         rows["records"] = report.records
     for note in report.skipped[:3]:

@@ -38,9 +38,16 @@ class _Worker:
     """A Ray actor: the target and the split, opened on its node, and an Engine over them."""
 
     def __init__(self, opts: Any, expected_sha256: str):
+        import dataclasses
+
+        import ray
+
         from ..io.splits import open_split
         from .engine import open_target
 
+        if opts.threads is None:  # the runtime's threads on the CPUs Ray gave this actor, not on every core
+            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+            opts = dataclasses.replace(opts, threads=max(1, int(cpus)))
         target = open_target(opts)
         if target.sha256 != expected_sha256:
             raise IRevNetError(f"{socket.gethostname()}: {target.path} is not the {target.kind} the driver checked (its "

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -156,11 +157,21 @@ def chunk_table(identity: RunIdentity, items, logits: np.ndarray | None, ok: np.
 
 
 def write_table(table, path: Path) -> None:
-    """One Parquet file, atomically (written whole, then renamed into place)."""
+    """One chunk's Parquet file, atomically (written whole, then renamed into place)."""
     pq = _pyarrow().parquet
     with atomic_output(path) as tmp:
-        # one layout for the same rows, however they were gathered (whole, resumed, merged shards)
         pq.write_table(table.combine_chunks(), str(tmp), compression="zstd", write_statistics=False)
+
+
+def write_records(path: Path, identity: RunIdentity, chunks: Iterable[Any]) -> None:
+    """The records of a run, from its chunks' tables in chunk order, atomically: one row group
+    per chunk, so the same rows give the same bytes however they were gathered (whole, resumed,
+    merged shards), and one chunk is in memory at a time."""
+    pq = _pyarrow().parquet
+    with atomic_output(path) as tmp, pq.ParquetWriter(str(tmp), schema(identity), compression="zstd",
+                                                      write_statistics=False) as writer:
+        for table in chunks:
+            writer.write_table(table.replace_schema_metadata(schema(identity).metadata).combine_chunks())
 
 
 def parts_folder(records: Path) -> Path:
@@ -178,9 +189,9 @@ def done_chunks(folder: Path) -> set[int]:
     return {int(m[1]) for entry in folder.iterdir() if (m := _PART.match(entry.name))}
 
 
-def read_records(path: Path, *, identity: RunIdentity | None = None, what: str = "records"):
-    """(RunIdentity, table) of a records file, checked: its metadata, its schema, and a size
-    bounded by what the metadata says it holds, before the rows are read.
+def open_records(path: Path, *, identity: RunIdentity | None = None, what: str = "records"):
+    """(RunIdentity, pyarrow ParquetFile) of a records file, checked before a row is read: its
+    metadata, its schema, and a size bounded by what the metadata says it holds.
 
     Raises:
         IRevNetError: one line naming the file and what is wrong.
@@ -188,12 +199,13 @@ def read_records(path: Path, *, identity: RunIdentity | None = None, what: str =
     pa = _pyarrow()
     pq = pa.parquet
     try:
-        meta = pq.read_metadata(str(path))
+        file = pq.ParquetFile(str(path))
     except FileNotFoundError:
         raise IRevNetError(f"{path}: no such {what} file; give one `irevnet evaluate --records` wrote") from None
     except (OSError, pa.ArrowException) as e:
         raise IRevNetError(f"{path} is not a Parquet file ({str(e).splitlines()[0][:100]}); give one "
                            f"`irevnet evaluate --records` wrote") from None
+    meta = file.metadata
     raw = (meta.metadata or {}).get(META)
     if raw is None or len(raw) > 1 << 16:
         raise IRevNetError(f"{path} is not a records file of `irevnet evaluate` (no irevnet metadata)")
@@ -201,19 +213,57 @@ def read_records(path: Path, *, identity: RunIdentity | None = None, what: str =
     if identity is not None and found != identity:
         raise IRevNetError(f"{path} records another run ({_difference(found, identity)}); give the same --records "
                            f"with the same options, or a new path")
-    expected = schema(found)
     rows = found.images if found.shard is None else -(-found.images // found.shard[1]) + found.chunk_size
     # every row at most its logits, top-5 and path: far more than a real file needs, far less than a bomb
     bound = rows * (8 * found.classes + 8192)
     if meta.num_rows > found.images or sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)) > bound:
         raise IRevNetError(f"{path} holds more than its metadata says it records; give a file `irevnet evaluate` wrote")
+    if not file.schema_arrow.equals(schema(found), check_metadata=False):
+        raise IRevNetError(f"{path} does not have the columns of `irevnet evaluate`'s records; give a file it wrote")
+    return found, file
+
+
+def read_chunk(path: Path, identity: RunIdentity):
+    """One chunk's part, whole (a chunk is bounded by --chunk-size), checked to be of this run."""
+    pa = _pyarrow()
+    _, file = open_records(path, identity=identity, what="chunk")
     try:
-        table = pq.read_table(str(path))
+        return file.read()
     except (OSError, pa.ArrowException) as e:
         raise IRevNetError(f"{path} cannot be read ({str(e).splitlines()[0][:100]})") from None
-    if not table.schema.equals(expected, check_metadata=False):
-        raise IRevNetError(f"{path} does not have the columns of `irevnet evaluate`'s records; give a file it wrote")
-    return found, table
+
+
+def batches(files: list[tuple[Path, Any]], columns: list[str], rows: int = 1024) -> Iterator[Any]:
+    """The given columns of checked records files (open_records' files), `rows` at a time, in order."""
+    pa = _pyarrow()
+    for path, file in files:
+        try:
+            yield from file.iter_batches(batch_size=rows, columns=columns)
+        except (OSError, pa.ArrowException) as e:
+            raise IRevNetError(f"{path} cannot be read ({str(e).splitlines()[0][:100]})") from None
+
+
+class Rows:
+    """Rows of a stream of record batches, taken n at a time whatever the batches' sizes (to
+    walk two records files side by side)."""
+
+    def __init__(self, stream: Iterator[Any]):
+        self.stream, self.held, self.offset = stream, None, 0
+
+    def take(self, n: int):
+        """The next n rows as a table (fewer at the end of the stream, None past it)."""
+        pa = _pyarrow()
+        parts = []
+        while n > 0:
+            if self.held is None or self.offset >= self.held.num_rows:
+                self.held, self.offset = next(self.stream, None), 0
+                if self.held is None:
+                    break
+            piece = self.held.slice(self.offset, n)
+            self.offset += piece.num_rows
+            n -= piece.num_rows
+            parts.append(piece)
+        return pa.Table.from_batches(parts) if parts else None
 
 
 def _difference(a: RunIdentity, b: RunIdentity) -> str:
@@ -222,43 +272,64 @@ def _difference(a: RunIdentity, b: RunIdentity) -> str:
     return f"{key} {str(da[key])[:80]} where this run has {str(db[key])[:80]}"
 
 
-def join_parts(folder: Path, chunks: list[int], identity: RunIdentity):
-    """The table of the given chunks' parts, in chunk order (each part checked)."""
-    pa = _pyarrow()
-    tables = [read_records(part_path(folder, c), identity=identity, what="chunk")[1] for c in chunks]
-    return pa.concat_tables(tables).replace_schema_metadata(schema(identity).metadata) if tables else None
+def join_parts(folder: Path, chunks: list[int], identity: RunIdentity, out: Path) -> None:
+    """Writes the records of the given chunks' parts (each checked) into `out`, in chunk order."""
+    write_records(out, identity, (read_chunk(part_path(folder, c), identity) for c in chunks))
 
 
-def merge(paths: list[Path], out: Path) -> tuple[RunIdentity, Any]:
-    """Joins the records of shards of one run into `out`: refuses files of other runs (naming
-    what differs), overlaps and gaps.
+def merge(paths: list[Path], out: Path) -> RunIdentity:
+    """Joins the records of shards of one run into `out`, a chunk at a time: refuses files of other
+    runs (naming what differs), overlaps and gaps, from their index columns, before a row is
+    written.
 
     Returns:
-        (the whole run's identity, its table).
+        the whole run's identity.
     """
     pa = _pyarrow()
     if len(paths) < 2:
         raise IRevNetError("--merge joins the records of several shards: give --merge A --merge B ...")
-    read = [(p, *read_records(p)) for p in paths]
-    first_path, first, _ = read[0]
-    for p, found, _ in read[1:]:
+    opened = [(p, *open_records(p)) for p in paths]
+    first_path, first, _ = opened[0]
+    for p, found, _ in opened[1:]:
         if found.whole() != first.whole():
             raise IRevNetError(f"{p} records another run than {first_path} ({_difference(found.whole(), first.whole())}); "
                                f"merge the shards of one run")
     identity = first.whole()
-    table = pa.concat_tables([t.replace_schema_metadata(None) for _, _, t in read])
-    indices = np.asarray(table.column("index").to_numpy())
-    order = np.argsort(indices, kind="stable")
-    sorted_indices = indices[order]
-    duplicates = sorted_indices[1:][sorted_indices[1:] == sorted_indices[:-1]]
+    indices = []  # 8 bytes per image: the only whole-split column read
+    for p, _, file in opened:
+        column = np.concatenate([np.asarray(b.column(0)) for b in batches([(p, file)], ["index"], rows=65536)]
+                                or [np.zeros(0, np.int64)])
+        if column.size > 1 and not (np.diff(column) > 0).all():
+            raise IRevNetError(f"{p}: its rows are not in the order `irevnet evaluate` writes them; give a file it wrote")
+        indices.append(column)
+    every = np.sort(np.concatenate(indices), kind="stable")
+    duplicates = every[1:][every[1:] == every[:-1]]
     if duplicates.size:
-        owners = [str(p) for p, _, t in read if int(duplicates[0]) in set(t.column("index").to_pylist())]
+        owners = [str(p) for (p, _, _), column in zip(opened, indices, strict=True) if int(duplicates[0]) in column]
         raise IRevNetError(f"image {int(duplicates[0])} is in {owners[0]} and {owners[1]}: the shards overlap; merge "
                            f"each shard once")
-    missing = np.setdiff1d(np.arange(identity.images), sorted_indices)
+    if every.size and (every[0] < 0 or every[-1] >= identity.images):
+        raise IRevNetError(f"the shards hold rows of images the split does not have (index {int(every[-1])} of "
+                           f"{identity.images}); give files `irevnet evaluate` wrote")
+    missing = np.setdiff1d(np.arange(identity.images), every)
     if missing.size:
         raise IRevNetError(f"{missing.size} images of the split are in no file given (the first: index "
                            f"{int(missing[0])}); give every shard")
-    table = table.take(pa.array(order)).replace_schema_metadata(schema(identity).metadata)
-    write_table(table, out)
-    return identity, table
+    columns = schema(identity).names
+    streams = [(Rows(batches([(p, file)], columns)), column) for (p, _, file), column in zip(opened, indices, strict=True)]
+
+    def chunks():
+        taken = [0] * len(streams)
+        for start in range(0, identity.images, identity.chunk_size):
+            end = min(start + identity.chunk_size, identity.images)
+            pieces = []
+            for k, (rows, column) in enumerate(streams):
+                n = int(np.searchsorted(column, end)) - taken[k]  # this shard's rows of the chunk: next in its file
+                if n:
+                    pieces.append(rows.take(n))
+                    taken[k] += n
+            table = pa.concat_tables(pieces)
+            yield table.take(pa.array(np.argsort(table.column("index").to_numpy(), kind="stable")))
+
+    write_records(out, identity, chunks())
+    return identity

@@ -31,12 +31,12 @@ from .records import (
     done_chunks,
     join_parts,
     merge,
+    open_records,
     part_path,
     parts_folder,
-    read_records,
     write_table,
 )
-from .summary import Summary
+from .summary import Summary, comparable
 
 _SHARD = re.compile(r"^(\d{1,6})/(\d{1,6})$")
 
@@ -101,6 +101,9 @@ class EvaluateOptions:
             raise IRevNetError("--resume continues the run of --records PATH: give it")
         if self.changed_grid and not self.against:
             raise IRevNetError("--changed-grid shows the images whose top-1 changed: give --against RECORDS")
+        if self.shard is not None and self.against:
+            raise IRevNetError("--against compares whole runs: merge the shards first (irevnet evaluate --merge A "
+                               "--merge B ... --records OUT --against RECORDS)")
         if self.shard is not None and (self.ray or self.ray_address):
             raise IRevNetError("--shard is a scheduler's slice and --ray spreads the chunks itself: use one of them")
 
@@ -161,8 +164,9 @@ def evaluate(opts: EvaluateOptions, progress: Callable[[str, int, int, float], N
     """
     start = time.monotonic()
     if opts.merge:
-        identity, table = merge([Path(p) for p in opts.merge], Path(opts.records))
-        return EvaluationReport(_summary(identity, table, opts), opts.records, 0, 0, time.monotonic() - start)
+        identity = merge([Path(p) for p in opts.merge], Path(opts.records))
+        summary = _summary(identity, [Path(opts.records)], opts)
+        return EvaluationReport(summary, opts.records, 0, 0, time.monotonic() - start)
     target = open_target(opts)
     split = open_split(opts.dataset, opts.split, target.in_shape, opts.limit)
     if split.classes != target.classes:
@@ -171,6 +175,8 @@ def evaluate(opts: EvaluateOptions, progress: Callable[[str, int, int, float], N
     with _parts(opts) as folder, _runner(opts, target, split) as runner:
         identity = identity_of(target, split, opts, runner.backend)
         runner.identity = identity
+        if opts.against:  # before the work: records of another model or other images are refused now
+            comparable(identity, open_records(Path(opts.against), what="--against records")[0])
         todo = chunks_of(split, opts.chunk_size, opts.shard_index)
         done = _resumable(folder, identity, opts) & set(todo)
         pending = [c for c in todo if c not in done]
@@ -182,10 +188,13 @@ def evaluate(opts: EvaluateOptions, progress: Callable[[str, int, int, float], N
             images += table.num_rows
             progress(f"chunk {chunk}", images, total, time.monotonic() - t0)
         seconds = time.monotonic() - t0
-        table = join_parts(folder, todo, identity)
         if opts.records:
-            write_table(table, Path(opts.records))
-    summary = replace(_summary(identity, table, opts), images_per_s=images / seconds if computed and seconds else None)
+            join_parts(folder, todo, identity, Path(opts.records))
+        else:  # the parts are all there is, in a temporary folder
+            summary = _summary(identity, [part_path(folder, c) for c in todo], opts)
+    if opts.records:
+        summary = _summary(identity, [Path(opts.records)], opts)
+    summary = replace(summary, images_per_s=images / seconds if computed and seconds else None)
     if opts.changed_grid and summary.agreement:
         from .grids import changed_grid
 
@@ -209,9 +218,14 @@ def _runner(opts: EvaluateOptions, target: Target, split: Split):
         runner.close()
 
 
-def _summary(identity: RunIdentity, table, opts: EvaluateOptions) -> Summary:
-    against = read_records(Path(opts.against), what="--against records") if opts.against else None
-    return Summary.of(identity, table, against)
+def _summary(identity: RunIdentity, files: list[Path], opts: EvaluateOptions) -> Summary:
+    """The summary from the run's records files (its own, checked again: one code path for every run)."""
+    opened = [(path, open_records(path, identity=identity)[1]) for path in files]
+    against = None
+    if opts.against:
+        other, file = open_records(Path(opts.against), what="--against records")
+        against = (other, Path(opts.against), file)
+    return Summary.of(identity, opened, against)
 
 
 @contextlib.contextmanager
@@ -242,5 +256,5 @@ def _resumable(folder: Path, identity: RunIdentity, opts: EvaluateOptions) -> se
         return set()
     done = done_chunks(folder)
     for chunk in sorted(done)[:1]:  # every part carries the run's identity: one refuses a foreign folder
-        read_records(part_path(folder, chunk), identity=identity, what="chunk")
+        open_records(part_path(folder, chunk), identity=identity, what="chunk")
     return done

@@ -4,13 +4,14 @@ whole, resumed or sharded: the same records give the same summary."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..contract import LOGITS
 from ..errors import IRevNetError
-from .records import RunIdentity
+from .records import Rows, RunIdentity, batches
 
 
 def _quantiles(values: np.ndarray) -> dict[str, float] | None:
@@ -52,29 +53,43 @@ class Summary:
     images_per_s: float | None = field(default=None, compare=False)  # of this run (not from the records)
 
     @classmethod
-    def of(cls, identity: RunIdentity, table, against: tuple[RunIdentity, Any] | None = None) -> Summary:
-        ok = np.asarray(table.column("status").to_numpy(zero_copy_only=False)) == "ok"
-        index = table.column("index").to_numpy()
-        paths = table.column("path").to_pylist()
-        errors = table.column("error").to_pylist()
-        unreadable = [{"index": int(index[i]), "path": paths[i], "error": errors[i]} for i in np.flatnonzero(~ok)]
-        if not ok.any():
+    def of(cls, identity: RunIdentity, files: list[tuple[Path, Any]],
+           against: tuple[RunIdentity, Path, Any] | None = None) -> Summary:
+        """From records files (open_records' files, in order), read a batch of rows at a time: what
+        stays in memory is a few numbers per image, never the logits of the split."""
+        unreadable: list[dict[str, Any]] = []
+        hits1 = hits5 = 0
+        loss, rel, psnr = [], [], []
+        for batch in batches(files, ["index", "path", "status", "error", "label", "top5", "loss", "round_trip_rel_l2",
+                                     "psnr_db"]):
+            ok = np.asarray(batch.column("status").to_numpy(zero_copy_only=False)) == "ok"
+            for i in np.flatnonzero(~ok):
+                unreadable.append({"index": batch.column("index")[i].as_py(), "path": batch.column("path")[i].as_py(),
+                                   "error": batch.column("error")[i].as_py()})
+            if not ok.any():
+                continue
+            labels = batch.column("label").to_numpy()[ok]
+            top5 = np.stack(batch.column("top5").filter(ok).to_numpy(zero_copy_only=False))
+            hits1 += int((top5[:, 0] == labels).sum())
+            hits5 += int((top5 == labels[:, None]).any(axis=1).sum())
+            loss.append(batch.column("loss").to_numpy(zero_copy_only=False)[ok])
+            rel.append(batch.column("round_trip_rel_l2").to_numpy(zero_copy_only=False)[ok])
+            psnr.append(batch.column("psnr_db").to_numpy(zero_copy_only=False)[ok])
+        images = sum(len(v) for v in loss)
+        if not images:
             raise IRevNetError(f"no image of {identity.dataset}'s {identity.split} split could be read "
                                f"({unreadable[0]['error'] if unreadable else 'none listed'})")
-        labels = table.column("label").to_numpy()[ok]
-        top5 = np.stack(table.column("top5").filter(ok).to_numpy(zero_copy_only=False))
-        rel = table.column("round_trip_rel_l2").to_numpy(zero_copy_only=False)[ok].astype(np.float64)
-        psnr = table.column("psnr_db").to_numpy(zero_copy_only=False)[ok].astype(np.float64)
-        psnr_finite = psnr[np.isfinite(psnr)]
+        rel_all = np.concatenate(rel).astype(np.float64)
+        psnr_all = np.concatenate(psnr).astype(np.float64)
+        psnr_finite = psnr_all[np.isfinite(psnr_all)]
         return cls(
-            identity=identity, images=int(ok.sum()), unreadable=unreadable,
-            top1=100.0 * float(np.mean(top5[:, 0] == labels)),
-            top5=100.0 * float(np.mean((top5 == labels[:, None]).any(axis=1))),
-            loss=float(np.mean(table.column("loss").to_numpy(zero_copy_only=False)[ok].astype(np.float64))),
-            round_trip=_quantiles(rel) if identity.round_trip else None,
+            identity=identity, images=images, unreadable=unreadable,
+            top1=100.0 * hits1 / images, top5=100.0 * hits5 / images,
+            loss=float(np.mean(np.concatenate(loss).astype(np.float64))),
+            round_trip=_quantiles(rel_all) if identity.round_trip else None,
             psnr_db=({"median": float(np.median(psnr_finite)), "min": float(psnr_finite.min())}
                      if identity.round_trip and psnr_finite.size else None),
-            agreement=_agreement(identity, table, against) if against else None,
+            agreement=_agreement(identity, files, against) if against else None,
         )
 
     def __str__(self) -> str:
@@ -97,29 +112,53 @@ class Summary:
         return out | {"run": {k: v for k, v in self.identity.__dict__.items()}}
 
 
-def _agreement(identity: RunIdentity, table, against: tuple[RunIdentity, Any]) -> Agreement:
-    other, other_table = against
+def _agreement(identity: RunIdentity, files: list[tuple[Path, Any]], against: tuple[RunIdentity, Path, Any]) -> Agreement:
+    """Both runs' records side by side, a batch of rows at a time (both hold every image of the
+    same split, in index order)."""
+    other, other_path, other_file = against
+    comparable(identity, other)
+    columns = ["index", "path", "status", "label", LOGITS]
+    theirs = Rows(batches([(other_path, other_file)], columns))
+    same, both, changed, drift = 0, 0, [], []
+    for mine in batches(files, columns):
+        there = theirs.take(mine.num_rows)
+        index = mine.column("index").to_numpy()
+        if there is None or there.num_rows != mine.num_rows or not np.array_equal(there.column("index").to_numpy(), index):
+            raise IRevNetError(f"{other_path} does not hold the images of this run in its order; compare a whole run "
+                               f"over the same split")
+        if mine.column("path").to_pylist() != there.column("path").to_pylist():
+            raise IRevNetError("--against lists other files at the same indices; compare runs over the same split")
+        ok = ((np.asarray(mine.column("status").to_numpy(zero_copy_only=False)) == "ok")
+              & (np.asarray(there.column("status").to_numpy(zero_copy_only=False)) == "ok"))
+        if not ok.any():
+            continue
+        rows = np.flatnonzero(ok)
+        a = np.stack(mine.column(LOGITS).filter(ok).to_numpy(zero_copy_only=False)).astype(np.float64)
+        b = np.stack(there.column(LOGITS).filter(ok).to_numpy(zero_copy_only=False)).astype(np.float64)
+        top_a, top_b = a.argmax(axis=1), b.argmax(axis=1)
+        drift.append(np.linalg.norm(a - b, axis=1) / np.maximum(np.linalg.norm(b, axis=1), 1e-30))
+        same += int((top_a == top_b).sum())
+        both += len(rows)
+        labels = mine.column("label").to_numpy()
+        paths = mine.column("path")
+        changed += [{"index": int(index[r]), "path": paths[int(r)].as_py(), "label": int(labels[r]),
+                     "top1": int(top_a[k]), "against_top1": int(top_b[k])}
+                    for k, r in enumerate(rows) if top_a[k] != top_b[k]]
+    if theirs.take(1) is not None:
+        raise IRevNetError(f"{other_path} holds more rows than this run; compare a whole run over the same split")
+    return Agreement(f"{other.target} {other.precision} on {other.backend}", both, same / both if both else 0.0,
+                     changed, _quantiles(np.concatenate(drift)) if drift else None)
+
+
+
+def comparable(identity: RunIdentity, other: RunIdentity) -> None:
+    """Refuses --against records of another model or of other images, naming what differs."""
+    if other.shard is not None:
+        raise IRevNetError(f"--against records shard {other.shard[0]}/{other.shard[1]} of a run; merge its shards "
+                           f"first (irevnet evaluate --merge A --merge B ... --records OUT)")
     if other.checkpoint_sha256 != identity.checkpoint_sha256:
         raise IRevNetError(f"--against records a run of another checkpoint (sha256 {other.checkpoint_sha256[:16]}..., "
                            f"this run's {identity.checkpoint_sha256[:16]}...); compare runs of one model")
     if (other.dataset, other.split, other.images) != (identity.dataset, identity.split, identity.images):
         raise IRevNetError(f"--against records {other.dataset} ({other.split}, {other.images} images), this run "
                            f"{identity.dataset} ({identity.split}, {identity.images} images); compare the same images")
-    mine = {int(i): k for k, i in enumerate(table.column("index").to_numpy())}
-    theirs = {int(i): k for k, i in enumerate(other_table.column("index").to_numpy())}
-    common = sorted(set(mine) & set(theirs))
-    paths, other_paths = table.column("path").to_pylist(), other_table.column("path").to_pylist()
-    if any(paths[mine[i]] != other_paths[theirs[i]] for i in common):
-        raise IRevNetError("--against lists other files at the same indices; compare runs over the same split")
-    ok = np.asarray(table.column("status").to_numpy(zero_copy_only=False)) == "ok"
-    other_ok = np.asarray(other_table.column("status").to_numpy(zero_copy_only=False)) == "ok"
-    both = [i for i in common if ok[mine[i]] and other_ok[theirs[i]]]
-    a = np.stack(table.column(LOGITS).take([mine[i] for i in both]).to_numpy(zero_copy_only=False)).astype(np.float64)
-    b = np.stack(other_table.column(LOGITS).take([theirs[i] for i in both]).to_numpy(zero_copy_only=False)).astype(np.float64)
-    top_a, top_b = a.argmax(axis=1), b.argmax(axis=1)
-    drift = np.linalg.norm(a - b, axis=1) / np.maximum(np.linalg.norm(b, axis=1), 1e-30)
-    labels = table.column("label").to_numpy()
-    changed = [{"index": i, "path": paths[mine[i]], "label": int(labels[mine[i]]), "top1": int(top_a[k]),
-                "against_top1": int(top_b[k])} for k, i in enumerate(both) if top_a[k] != top_b[k]]
-    return Agreement(f"{other.target} {other.precision} on {other.backend}", len(both),
-                     float(np.mean(top_a == top_b)), changed, _quantiles(drift))

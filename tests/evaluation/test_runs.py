@@ -94,3 +94,37 @@ def test_merge_refuses_overlaps_gaps_and_other_runs(bundles, tmp_path):
                                            r"[0-9a-f]{64} where this run has [0-9a-f]{64}\)"):
         evaluate(EvaluateOptions(merge=[str(half), str(other)], records=out))
     assert not (tmp_path / "m.parquet").exists()
+
+
+def test_the_summary_reads_a_few_rows_at_a_time_and_gives_the_same_numbers(bundles, whole, tmp_path, monkeypatch):
+    """The summary and the agreement walk the records a batch of rows at a time (never a split's
+    logits at once): batches of 7 rows against batches of 5 (so the two files' batches never line
+    up) give the numbers of batches of 1,024, and a run against itself agrees on every image."""
+    from irevnet.evaluation import records
+
+    path, report = whole
+    against = evaluate(EvaluateOptions(target=str(bundles[Precision.fp32]), dataset="synthetic",
+                                       limit=SYNTHETIC, chunk_size=256, against=str(path)))
+    assert against.summary.agreement.images == SYNTHETIC and against.summary.agreement.top1 == 1.0
+    assert against.summary.agreement.drift["max"] == 0.0, "the same graphs on the same images: the same logits"
+    batched = records.batches
+    sizes = iter([7, 5] * 8)
+    monkeypatch.setattr(records, "batches", lambda files, columns, rows=1024: batched(files, columns, next(sizes)))
+    from irevnet.evaluation import summary as summary_module
+
+    monkeypatch.setattr(summary_module, "batches", records.batches)
+    small = evaluate(EvaluateOptions(target=str(bundles[Precision.fp32]), dataset="synthetic", limit=SYNTHETIC,
+                                     chunk_size=256, against=str(path)))
+    assert small.summary == against.summary
+    assert (small.summary.images, small.summary.top1, small.summary.loss) == (report.summary.images,
+                                                                             report.summary.top1, report.summary.loss)
+
+
+def test_against_takes_whole_runs(bundles, whole, tmp_path):
+    with pytest.raises(IRevNetError, match=r"--against compares whole runs: merge the shards first"):
+        _options(bundles[Precision.fp32], tmp_path / "s.parquet", shard="0/2", against=str(whole[0]))
+    shard = tmp_path / "shard.parquet"
+    evaluate(_options(bundles[Precision.fp32], shard, shard="1/2"))
+    with pytest.raises(IRevNetError, match=r"--against records shard 1/2 of a run; merge its shards first"):
+        evaluate(EvaluateOptions(target=str(bundles[Precision.fp32]), dataset="synthetic", limit=SYNTHETIC,
+                                 chunk_size=256, against=str(shard)))
