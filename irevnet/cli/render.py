@@ -17,9 +17,6 @@ if TYPE_CHECKING:
     from ..runtime.bench import BenchEntry, BenchReport
     from ..runtime.verify import BlockReport, VerifyReport
 
-if TYPE_CHECKING:
-    from ..runtime.verify import BlockReport, VerifyReport
-
 from ..contract import MANIFEST
 
 console = Console(highlight=False, markup=False)

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .onnx_export import BRANCH_NODE
+from .onnx_export import BRANCH_NODE, consumers
 
 MANTISSA_BITS = 24  # fp32's significand, the implicit bit included
 MARGIN = 4  # headroom over the largest coupling value measured at calibration
@@ -44,10 +44,7 @@ def snap_coupling(model: onnx.ModelProto, k: int, input_name: str | None) -> int
     unscale = numpy_helper.from_array(np.array(2.0**-k, np.float32), "coupling/grid/unscale")
     model.graph.initializer.extend([scale, unscale])
     producers = {o: n for n in model.graph.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    readers = consumers(model.graph)
     graph_outputs = {o.name for o in model.graph.output}
 
     def in_branch(node: onnx.NodeProto | None) -> re.Match | None:
@@ -57,7 +54,7 @@ def snap_coupling(model: onnx.ModelProto, k: int, input_name: str | None) -> int
     outputs = {}
     for tensor, node in producers.items():
         m = in_branch(node)
-        if m and (tensor in graph_outputs or any(not in_branch(c) for c in consumers.get(tensor, []))):
+        if m and (tensor in graph_outputs or any(not in_branch(c) for c in readers.get(tensor, []))):
             outputs[tensor] = f"block{m.group(1)}/F/snap"
     snaps = [(t, prefix, producers[t]) for t, prefix in outputs.items()]
     if input_name is not None:
@@ -68,7 +65,7 @@ def snap_coupling(model: onnx.ModelProto, k: int, input_name: str | None) -> int
     for tensor, prefix, producer in snaps:
         raw = f"{prefix}/raw"
         if producer is None:  # a graph input: its consumers read the snapped copy instead
-            for c in consumers.get(tensor, []):
+            for c in readers.get(tensor, []):
                 c.input[:] = [f"{prefix}/out" if i == tensor else i for i in c.input]
             source, target = tensor, f"{prefix}/out"
         else:  # the producer's output is renamed, the snapped tensor takes its name

@@ -178,3 +178,12 @@ def branch_signatures(model: onnx.ModelProto) -> dict[int, str]:
             else:
                 h.update(b"<activation>")
     return {i: d.hexdigest() for i, d in sorted(digests.items())}
+
+
+def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """The nodes that read each tensor of `graph`, by tensor name (in node order)."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return readers

@@ -24,7 +24,7 @@ from onnx import helper, numpy_helper
 
 from ..contract import IMAGE, Calibration
 from ..errors import IRevNetError
-from .onnx_export import BRANCH_NODE
+from .onnx_export import BRANCH_NODE, consumers
 
 INT8_MAX = 127  # activations: symmetric int8, zero point 0
 # Weights use 7 bits (-63..63), as ONNX Runtime's `reduce_range`. x86 CPUs without VNNI (AVX2
@@ -146,18 +146,15 @@ def _output_ranges(model: onnx.ModelProto, ranges: dict[str, float]) -> dict[str
     ReLU discards) the same activation would be rounded twice on two different grids:
     measured on a trained irevnet-tiny, logits 7.6e-2 from fp32 instead of 0.9e-2.
     """
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    readers = consumers(model.graph)
     graph_outputs = {o.name for o in model.graph.output}
     chosen = {}
     for node in branch_convs(model):
         chosen[node.name] = ranges[f"{node.name}:output"]
-        after = consumers.get(node.output[0], [])
+        after = readers.get(node.output[0], [])
         if len(after) != 1 or after[0].op_type != "Relu" or node.output[0] in graph_outputs:
             continue
-        following = consumers.get(after[0].output[0], [])
+        following = readers.get(after[0].output[0], [])
         if len(following) == 1 and _is_branch_conv(following[0]) and after[0].output[0] not in graph_outputs:
             chosen[node.name] = ranges[f"{following[0].name}:input"]
     return chosen

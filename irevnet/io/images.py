@@ -93,6 +93,8 @@ def save_inversion(originals: np.ndarray, reconstructions: np.ndarray, mean, std
 
 def plot_error_vs_depth(panels: dict[str, dict[str, Sequence[float | None]]], path: str | Path, title: str) -> Path:
     """Error-vs-depth line plots, log y, side by side: one panel per direction, one line per label.
+    An exact (zero) error is drawn at 0, on a linear stretch at the bottom of the log axis (symlog),
+    instead of vanishing from it.
 
     Args:
         panels: panel title -> (label, e.g. "fp16 onnxruntime" -> relative error at block 0..B;
@@ -106,10 +108,13 @@ def plot_error_vs_depth(panels: dict[str, dict[str, Sequence[float | None]]], pa
 
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), dpi=110, squeeze=False)
     for ax, (panel, series) in zip(axes[0], panels.items()):
+        positive = [v for values in series.values() for v in values if v is not None and v > 0]
         for label, values in series.items():
-            xs = [i for i, v in enumerate(values) if v is not None and v > 0]
+            xs = [i for i, v in enumerate(values) if v is not None]
             ax.plot(xs, [values[i] for i in xs], marker="o", markersize=3, label=label)
-        ax.set_yscale("log")
+        # below the smallest error measured, the axis is linear down to 0: exact blocks sit on it
+        ax.set_yscale("symlog", linthresh=min(positive) / 10 if positive else 1e-12)
+        ax.set_ylim(bottom=0)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("block boundary (0 = input of the first block, B = z)")
         ax.set_ylabel("relative L2 error")

@@ -1,6 +1,6 @@
 """A pickle reader that runs no code from the file, changes no object of the process, and is
 bounded in time and memory by the file's size. Torch-free: the checkpoint reader
-(irevnet.io.safe_unpickle) and the CIFAR batch reader (irevnet.training.data) subclass it.
+(irevnet.io.safe_unpickle) and the CIFAR batch reader (irevnet.io.datasets) subclass it.
 
 What the base class enforces, whatever the subclass allows:
 

@@ -140,8 +140,8 @@ class MemoryOptions:
             raise IRevNetError("give at least one --model")
         for name in self.presets:  # unknown names and sizes the preset cannot take fail here, in one line
             config = get_config(name)
-            if self.image_size:
-                config.replace(in_shape=(config.in_shape[0], self.image_size, self.image_size))
+            if self.image_size:  # replace() validates the new config; the measurement builds its own
+                _ = config.replace(in_shape=(config.in_shape[0], self.image_size, self.image_size))
 
 
 def compare_memory(opts: MemoryOptions, progress: Callable[[str], None] = lambda what: None) -> list[dict[str, Any]]:

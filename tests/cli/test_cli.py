@@ -426,3 +426,23 @@ def test_a_system_error_names_the_file_and_the_fix(tmp_path, trained_tiny):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].endswith("File too large; the file size limit (ulimit -f) is too small for it")
     assert not out.exists(), "the atomic write left nothing behind"
+
+
+def test_every_help_reads_in_80_columns():
+    """Each command's --help fits an 80-column terminal with its help texts at least 40 columns
+    wide (rich's panels squeezed them into 17 beside the long option names)."""
+    import typer.main
+
+    commands = sorted(typer.main.get_command(app).commands)
+    assert len(commands) >= 12, commands
+    narrowest = {}
+    for name in commands:
+        result = CliRunner(env={"COLUMNS": "80", "TERM": "dumb"}).invoke(app, [name, "--help"])
+        assert result.exit_code == 0, result.output
+        lines = result.output.splitlines()
+        assert max(len(line) for line in lines) <= 80, (name, max(lines, key=len))
+        options = lines[next(i for i, line in enumerate(lines) if line.startswith("Options:")):]
+        # the help column: where an option's help text continues on the lines under it
+        indents = [len(line) - len(line.lstrip()) for line in options[1:] if line.startswith(" " * 8) and line.strip()]
+        narrowest[name] = 80 - max(indents, default=0)
+    assert min(narrowest.values()) >= 40, narrowest

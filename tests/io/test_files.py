@@ -154,3 +154,23 @@ def test_outputs_follow_links_keep_modes_and_write_into_pipes(tmp_path):
     write_json(stdout_link, {"d": 4})
     reader.join(timeout=30)
     assert json.loads(received[1]) == {"d": 4} and stdout_link.is_symlink() and stat.S_ISFIFO(fifo.stat().st_mode)
+
+
+def test_an_exact_error_is_drawn_at_zero_on_the_depth_plot(tmp_path, monkeypatch):
+    """A mixed bundle's inverse is exact at some blocks (error 0): the plot keeps those points, on
+    a linear stretch below the smallest error measured, instead of dropping them from a log axis."""
+    import matplotlib.axes
+
+    from irevnet.io.images import plot_error_vs_depth
+
+    drawn = []
+    plot = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", lambda ax, x, y, **kw: drawn.append((ax, list(x), list(y)))
+                        or plot(ax, x, y, **kw))
+    panels = {"inverse": {"mixed": [0.0, 3e-8, 0.0, None, 2e-7], "fp32": [1e-7, 1e-7, 1e-7, 1e-7, 1e-7]}}
+    path = plot_error_vs_depth(panels, tmp_path / "blocks.png", "error per block")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (ax, xs, ys), _ = drawn
+    assert (xs, ys) == ([0, 1, 2, 4], [0.0, 3e-8, 0.0, 2e-7]), "every measured block, the exact ones at 0"
+    assert ax.get_yscale() == "symlog" and ax.get_ylim()[0] == 0
+    assert ax.yaxis.get_transform().linthresh == pytest.approx(3e-9), "linear below a tenth of the smallest error"
