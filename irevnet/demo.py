@@ -76,7 +76,7 @@ def run_demo(opts: DemoOptions, report: Report = lambda step, result: None, obse
         bundles[precision] = export_bundle(ExportOptions(
             checkpoint=str(checkpoint), out=str(path), precision=precision, dataset="digits", max_batch=32,
         ))
-        report(f"export {precision}", (bundles[precision], path))
+        report(f"export {precision}", bundles[precision])
 
     accuracy = _accuracy(checkpoint, out / "bundle-fp32")
     report("evaluate", accuracy)
@@ -87,7 +87,7 @@ def run_demo(opts: DemoOptions, report: Report = lambda step, result: None, obse
     report("verify", verified)
 
     grid = out / "inversion.png"
-    norm = bundles[Precision.fp32]["normalization"]
+    norm = bundles[Precision.fp32].manifest["normalization"]
     save_inversion(*_onnx_round_trip(out / "bundle-fp32"), norm["mean"], norm["std"], grid)
     report("invert", grid)
 

@@ -9,7 +9,7 @@ import typer
 from ..contract import Calibration, Precision
 from ..runtime.engines import HardwareCompat
 from . import render
-from .app import CheckpointOpt, ImageSizeOpt, command, options
+from .app import CheckpointOpt, ImageSizeOpt, JsonOpt, check_outputs, command, options, write_json
 
 
 @command
@@ -37,6 +37,7 @@ def export(
     debug_graphs: Annotated[bool, typer.Option("--debug/--no-debug", help="Also write per-block debug graphs (used by `irevnet verify`).")] = True,
     allow_mismatch: Annotated[bool, typer.Option(help="Keep the bundle even if it misses its tolerances.")] = False,
     engine: Annotated[bool, typer.Option(help="Also build TensorRT engines (as `irevnet build` with its defaults).")] = False,
+    json: JsonOpt = None,
 ) -> None:
     """Export forward (image -> logits, z) and inverse (z -> image) ONNX graphs, verified against PyTorch.
 
@@ -45,9 +46,11 @@ def export(
     from ..export.bundle import ExportOptions, export_bundle
 
     opts = options(ExportOptions, locals())
+    check_outputs(json)
     with render.console.status("exporting") as status:
-        manifest = export_bundle(opts, log=lambda msg: status.update(msg))
-    render.export(manifest, out)
+        result = export_bundle(opts, log=lambda msg: status.update(msg))
+    render.export(result)
+    write_json(json, result.to_dict())
     if engine:
         from ..runtime.trt_build import BuildOptions
 

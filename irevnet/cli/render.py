@@ -6,7 +6,6 @@ is text, not a style), and styles are given as styles.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -14,10 +13,10 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
+    from ..export.bundle import ExportResult
     from ..runtime.bench import BenchEntry, BenchReport
     from ..runtime.verify import BlockReport, VerifyReport
 
-from ..contract import MANIFEST
 
 console = Console(highlight=False, markup=False)
 if not console.is_terminal:  # logs and pipes: room for the wide tables instead of 80 columns
@@ -164,28 +163,31 @@ def inversion(metrics: dict[str, Any], dataset: str, out: str) -> None:
     console.print(f"relative L2 error {metrics['rel_l2']:.2e}; grid written to {out}")
 
 
-def export(manifest: dict[str, Any], out: str) -> None:
-    v = manifest["verification"]
-    graphs = Table("graph", "nodes", "ops", "export s", title=f"{out} ({manifest['precision']})")
+def export(result: ExportResult) -> None:
+    from ..runtime.comparison import Comparison
+
+    manifest, v = result.manifest, result.manifest["verification"]
+    graphs = Table("graph", "nodes", "ops", "export s", title=f"{result.out} ({result.precision})")
     for name, g in manifest["graphs"].items():
         graphs.add_row(name, str(g["nodes"]), ", ".join(f"{k} {n}" for k, n in g["ops"].items()), f"{g['export_seconds']:.1f}")
     console.print(graphs)
     table = Table("check (vs PyTorch fp32)", "max abs", "measured", "limit", "",
                   title=f"verification: {v['samples']} {v['inputs']} samples, {v['backend']}")
-    for c in v["checks"]:  # comparisons (rel. L2 against a tolerance) and agreements (a share against a minimum)
-        measured, limit = (c["rel_l2"], f"{c['tolerance']:.0e}") if "rel_l2" in c else (c["value"], f">= {c['min']}")
-        max_abs = f"{c['max_abs']:.2e}" if "max_abs" in c else ""
-        table.add_row(c["name"], max_abs, f"{measured:.3g}", limit, verdict(c["passed"]))
+    for c in result.checks:  # comparisons (rel. L2 against a tolerance) and agreements (a share against a minimum)
+        if isinstance(c, Comparison):
+            table.add_row(c.name, f"{c.max_abs:.2e}", f"{c.rel_l2:.3g}", f"{c.tolerance:.0e}", verdict(bool(c)))
+        else:
+            table.add_row(c.name, "", f"{c.value:.3g}", f">= {c.minimum}", verdict(bool(c)))
     console.print(table)
     extra = f"round trip PSNR {db(v['round_trip_psnr_db'])} dB"
     if "top1_pytorch" in v:
         extra += f"; top-1 PyTorch {v['top1_pytorch']:.1f}% vs ONNX {v['top1_onnx']:.1f}%"
     console.print(extra)
-    if "weights" in manifest:
-        on_disk = sum((Path(out) / name).stat().st_size for name in manifest["files"]) + (Path(out) / MANIFEST).stat().st_size
-        console.print(f"{on_disk / 1e6:,.1f} MB on disk, of which {manifest['weights']['bytes'] / 1e6:,.1f} MB of weights in "
-                      f"{manifest['weights']['file']}, shared by all {len(manifest['graphs'])} graphs")
-    console.print(f"bundle written to {out}" if v["passed"] else f"bundle written to {out} despite failed checks (--allow-mismatch)")
+    weights = manifest["weights"]
+    console.print(f"{result.bytes_on_disk / 1e6:,.1f} MB on disk, of which {weights['bytes'] / 1e6:,.1f} MB of weights in "
+                  f"{weights['file']}, shared by all {len(manifest['graphs'])} graphs")
+    console.print(f"bundle written to {result.out}" if result
+                  else f"bundle written to {result.out} despite failed checks (--allow-mismatch)")
 
 
 def engines(section: dict[str, Any]) -> None:
@@ -321,9 +323,9 @@ def demo_step(step: str, result: Any) -> None:
     """What each stage of `irevnet demo` shows as it finishes."""
     heading(step)
     if step == "train":
-        console.print(f"trained irevnet-tiny on digits: best held-out top-1 {result['best_top1']:.2f}%")
+        console.print(f"trained irevnet-tiny on digits: best held-out top-1 {result.best_top1:.2f}%")
     elif step.startswith("export"):
-        export(*result)
+        export(result)
     elif step == "evaluate":
         console.print(f"test split ({result['images']} images): top-1 PyTorch {result['top1_pytorch']:.2f}%, "
                       f"ONNX Runtime fp32 {result['top1_onnx']:.2f}%")

@@ -63,5 +63,5 @@ def train(
     if quiet:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     result = run_training(opts, None if quiet else render.ProgressBar())
-    if result["rank"] == 0:
-        render.console.print(f"best test top-1 {result['best_top1']:.2f}% after {result['epochs']} epochs; files in {out}/")
+    if result.rank == 0:
+        render.console.print(str(result))

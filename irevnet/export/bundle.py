@@ -52,7 +52,7 @@ from ..metrics import top1_accuracy
 from ..model.graphs import ForwardBlocksGraph, ForwardGraph, InverseBlocksGraph, InverseGraph, prepare
 from ..runtime.backends.ort_backend import OrtBackend
 from ..runtime.bundle import check_manifest, is_bundle_folder
-from ..runtime.comparison import Parity, Tolerance, compare, tolerance_for
+from ..runtime.comparison import Agreement, Comparison, Parity, Tolerance, compare, tolerance_for
 from ..training.data import load_datasets
 from ..training.invert import first_images
 from .coupling import MANTISSA_BITS, grid_exponent, snap_coupling
@@ -102,8 +102,39 @@ class ExportOptions:
                                "(use --precision mixed)")
 
 
-def export_bundle(opts: ExportOptions, log=lambda msg: None) -> dict[str, Any]:
-    """Exports, verifies and writes a bundle; returns its manifest.
+@dataclass(frozen=True)
+class ExportResult:
+    """A bundle export wrote: where, its manifest, and the checks its verification ran (truthy
+    when all passed; a failed one is written only with allow_mismatch)."""
+
+    out: Path
+    manifest: dict[str, Any]
+    checks: tuple[Comparison | Agreement, ...]
+
+    @property
+    def precision(self) -> str:
+        return self.manifest["precision"]
+
+    @property
+    def bytes_on_disk(self) -> int:
+        return sum((self.out / name).stat().st_size for name in [*self.manifest["files"], MANIFEST])
+
+    def __bool__(self) -> bool:
+        return all(self.checks)
+
+    def __str__(self) -> str:
+        v = self.manifest["verification"]
+        verdict = "passed" if self else "FAILED (kept: --allow-mismatch)"
+        return (f"{self.precision} bundle {self.out}: {', '.join(self.manifest['graphs'])}; verification on "
+                f"{v['samples']} {v['inputs']} samples, {v['backend']}, {verdict}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out": str(self.out), "passed": bool(self), "bytes_on_disk": self.bytes_on_disk,
+                "manifest": self.manifest}
+
+
+def export_bundle(opts: ExportOptions, log=lambda msg: None) -> ExportResult:
+    """Exports, verifies and writes a bundle.
 
     Raises:
         CheckFailed: the verification missed a tolerance (and allow_mismatch is off); no bundle
@@ -160,7 +191,7 @@ def export_bundle(opts: ExportOptions, log=lambda msg: None) -> dict[str, Any]:
 
         log("verifying with ONNX Runtime (CPU)")
         tolerance = tolerance_for(precision, grid and grid["exponent"])
-        verification, reference = _verify(tmp, graphs, model, images, labels, normalization, tolerance, opts)
+        verification, reference, checks = _verify(tmp, graphs, model, images, labels, normalization, tolerance, opts)
         np.savez(tmp / REFERENCE, **reference)
         z0 = reference[Z][:1]
         np.save(tmp / SAMPLE_Z, z0)  # a z for the C++ example to invert
@@ -212,7 +243,7 @@ def export_bundle(opts: ExportOptions, log=lambda msg: None) -> dict[str, Any]:
             )
         check_manifest(manifest, f"the manifest of {out}")  # what Bundle.open enforces, before the swap
         write_json(tmp / MANIFEST, manifest)
-    return manifest
+    return ExportResult(out, manifest, tuple(checks))
 
 
 # -- inputs for the verification and the int8 calibration ----------------------------------------
@@ -326,7 +357,7 @@ def _verify(tmp: Path, graphs, model, images, labels, normalization, tol: Tolera
     if labels is not None:
         reference["labels"] = labels
     reference |= _block_reference(model, x)
-    return result, reference
+    return result, reference, checks
 
 
 def _block_reference(model, x: torch.Tensor) -> dict[str, np.ndarray]:

@@ -1,19 +1,12 @@
-"""Loss, top-1 and top-5 of a model or a checkpoint on a dataset's test split, sharded across processes."""
+"""Loss, top-1 and top-5 of a model on a dataset split, sharded across processes (the training
+loop's held-out check)."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .. import validation as check
-from ..devices import Device, resolve_device
-from ..errors import IRevNetError
-from ..io.checkpoint import load_checkpoint
-from ..io.datasets import parse_spec
-from .data import load_datasets
 from .distributed import Dist, Shard
 
 
@@ -42,34 +35,3 @@ def evaluate(
         n += len(y)
     loss, top1, top5, n = dist.sum([loss, top1, top5, n], device)
     return {"loss": loss / n, "top1": 100 * top1 / n, "top5": 100 * top5 / n, "images": int(n)}
-
-
-@dataclass(frozen=True)
-class EvaluateOptions:
-    checkpoint: str
-    dataset: str = "digits"  # spec, see irevnet.training.data
-    image_size: int | None = None  # for reference files that do not store it
-    batch_size: int = 256
-    workers: int = 0
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        check.paths(self, "checkpoint")
-        object.__setattr__(self, "device", check.choice("device", self.device, Device).value)
-        parse_spec(self.dataset)
-        check.integer("image_size", self.image_size, 1, optional=True)
-        check.integer("batch_size", self.batch_size, 1, 1 << 16)
-        check.integer("workers", self.workers, 0, 256)
-
-
-def evaluate_checkpoint(opts: EvaluateOptions) -> dict[str, float]:
-    """Loss, top-1 and top-5 of a checkpoint on a dataset's test split (the class counts must match)."""
-    ckpt = load_checkpoint(opts.checkpoint, image_size=opts.image_size)
-    data = load_datasets(opts.dataset, ckpt.config.in_shape, augment=False)
-    if data.num_classes != ckpt.config.num_classes:
-        raise IRevNetError(
-            f"{opts.checkpoint} has {ckpt.config.num_classes} classes but {opts.dataset} has {data.num_classes}; "
-            f"evaluate on the dataset it was trained on"
-        )
-    device = resolve_device(opts.device)
-    return evaluate(ckpt.model.to(device), data.test, device, batch_size=opts.batch_size, workers=opts.workers)

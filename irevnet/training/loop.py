@@ -14,6 +14,7 @@ import os
 import shlex
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -90,7 +91,25 @@ def _train_loader(data: Datasets, opts: TrainOptions, recipe: Recipe, dist: Dist
     )
 
 
-def train(opts: TrainOptions, observer: TrainObserver | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class TrainResult:
+    """A finished run: where its files are, its best held-out top-1 and the last epoch's metrics."""
+
+    out: str
+    best_top1: float  # percent, of the epoch best.pt holds
+    final: dict[str, Any]  # the last epoch's row of metrics.jsonl
+    epochs: int
+    world_size: int
+    rank: int  # this process's: only rank 0 reports
+
+    def __str__(self) -> str:
+        return f"best test top-1 {self.best_top1:.2f}% after {self.epochs} epochs; files in {self.out}/"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def train(opts: TrainOptions, observer: TrainObserver | None = None) -> TrainResult:
     """Trains (or resumes) a run into `opts.out`; returns the final metrics and file paths.
 
     Files: last.pt (every epoch, atomic, with optimizer and scheduler state), best.pt (best test
@@ -227,10 +246,8 @@ def _run(opts, recipe, config, device, dist, resumed, observer) -> dict[str, Any
             observer.epoch_end(metrics)
         dist.barrier()
     final = history[-1] if history else {}
-    return {
-        "out": str(out), "best_top1": best, "final": final, "epochs": len(history),
-        "world_size": dist.world, "rank": dist.rank,
-    }
+    return TrainResult(out=str(out), best_top1=best, final=final, epochs=len(history), world_size=dist.world,
+                       rank=dist.rank)
 
 
 def _train_epoch(net, loader, optimizer, scaler, device, opts, channels_last, observer, epoch, epochs, dist) -> dict:

@@ -13,7 +13,8 @@ from irevnet.cli import app
 
 # command -> (its options dataclass, the parameters that are the CLI's own and why)
 COMMANDS = {
-    "export": ("irevnet.export.bundle:ExportOptions", {"engine": "builds engines after the export (`irevnet build`)"}),
+    "export": ("irevnet.export.bundle:ExportOptions", {"engine": "builds engines after the export (`irevnet build`)",
+                                                       "json": "where the result is written"}),
     "build": ("irevnet.runtime.trt_build:BuildOptions", {}),
     "verify": ("irevnet.runtime.verify:VerifyOptions", {"json": "an output of the command"}),
     "bench": ("irevnet.runtime.bench:BenchOptions", {"json": "an output of the command"}),

@@ -205,7 +205,7 @@ def test_reference_format_checkpoints_export(tmp_path):
     path = tmp_path / "ILSVRC_trained_irevnet.pth.tar"
     torch.save({"epoch": 1, "state_dict": reference_state_dict(model), "best_prec1": 1.0}, path)
     m = export_bundle(ExportOptions(checkpoint=str(path), out=str(tmp_path / "b301"), image_size=64,
-                                    max_batch=2, samples=2, debug_graphs=False))
+                                    max_batch=2, samples=2, debug_graphs=False)).manifest
     assert m["checkpoint"]["format"] == "reference-imagenet" and m["verification"]["passed"]
     assert m["normalization"]["dataset"] == "imagenet", "1000 classes: ImageNet mean/std by default"
     assert _ops(tmp_path / "b301" / graph_file(FORWARD))["SpaceToDepth"] == 1 + 2 * 4, "init psi + 2 per stride-2 block"
@@ -214,7 +214,7 @@ def test_reference_format_checkpoints_export(tmp_path):
     t7 = tmp_path / "i-revnet-7.t7"
     write_reference_t7(t7, cifar.config, reference_state_dict(cifar), legacy=True)
     m = export_bundle(ExportOptions(checkpoint=str(t7), out=str(tmp_path / "bcifar"), max_batch=2, samples=2,
-                                    debug_graphs=False))
+                                    debug_graphs=False)).manifest
     assert m["checkpoint"]["format"] == "reference-cifar" and m["verification"]["passed"]
 
 
@@ -271,9 +271,12 @@ def test_a_bundle_for_batch_one_exports(trained_tiny, tmp_path):
     from irevnet.runtime import Bundle, InputError, open_backend
 
     out = tmp_path / "b1"
-    manifest = export_bundle(ExportOptions(checkpoint=str(trained_tiny / "best.pt"), out=str(out), max_batch=1,
-                                           debug_graphs=False))
-    assert manifest["batch"]["max"] == 1 and manifest["verification"]["passed"]
+    result = export_bundle(ExportOptions(checkpoint=str(trained_tiny / "best.pt"), out=str(out), max_batch=1,
+                                         debug_graphs=False))
+    assert result and result.manifest["batch"]["max"] == 1 and result.manifest["verification"]["passed"]
+    assert result.to_dict()["passed"] is True and result.to_dict()["bytes_on_disk"] == sum(
+        p.stat().st_size for p in out.rglob("*") if p.is_file()), "--json: every file of the bundle counted"
+    assert str(result).startswith(f"fp32 bundle {out}: forward, inverse; verification on")
     bundle = Bundle.open(out)
     x = bundle.reference("images")["images"]
     with open_backend("onnxruntime", bundle, FORWARD) as fwd:
