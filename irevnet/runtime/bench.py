@@ -35,7 +35,7 @@ from ..allocator import steady_allocator
 from ..contract import FORWARD, IMAGE, INVERSE, RECONSTRUCTION, ROUNDTRIP, Z
 from ..errors import IRevNetError
 from ..model.config import IRevNetConfig
-from .backends import open_backend, resolve_backends, unsupported
+from .backends import BackendOptions, open_backend, options_for, refuse_options_not_taken, resolve_backends, unsupported
 from .bundle import Bundle
 
 
@@ -87,6 +87,13 @@ class BenchOptions:
         check.integer("requests", self.requests, 1, 10**6)
         if self.concurrency and not self.server:
             raise IRevNetError("--concurrency loads a Triton server: give --server http://HOST:PORT")
+        refuse_options_not_taken(self.backends, self.backend_options)
+
+    @property
+    def backend_options(self) -> BackendOptions:
+        """What was asked of the backends, each opened with its share (backends.options_for)."""
+        return BackendOptions(providers=self.providers, threads=self.threads, device=self.device,
+                              checkpoint=self.checkpoint, server=self.server, server_timeout_s=self.server_timeout_s)
 
 
 
@@ -304,9 +311,7 @@ def bench(opts: BenchOptions, progress: Callable[[str, float], None] = lambda wh
         source = reference["images" if direction == FORWARD else Z]
         with contextlib.ExitStack() as opened:  # every backend open at once: they alternate below
             runners = {(i, kind): opened.enter_context(open_backend(
-                kind, bundles[i], direction, providers=opts.providers, threads=opts.threads, device=opts.device,
-                checkpoint=opts.checkpoint, server=opts.server,
-                server_timeout_s=opts.server_timeout_s)) for i, kind in candidates}
+                kind, bundles[i], direction, options_for(kind, opts.backend_options))) for i, kind in candidates}
             for n in sizes:
                 x = np.ascontiguousarray(np.resize(source, (n, *source.shape[1:])))
                 calls = {key: functools.partial(b.infer, {feed_name: x}) for key, b in runners.items()}
