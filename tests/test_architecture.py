@@ -24,16 +24,13 @@ def _modules() -> dict[str, Path]:
 
 def _imports(name: str, path: Path, mods: dict[str, Path], *, external: bool = False) -> set[str]:
     """Every irevnet module `name` imports, at module level or inside functions (lazy imports
-    form cycles too), except under `if TYPE_CHECKING:`; with `external`, the top-level names of
+    form cycles too), by statement or by a call of `__import__` or `importlib.import_module` on
+    a name written out, except under `if TYPE_CHECKING:`; with `external`, the top-level names of
     the other packages it imports instead."""
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-    tree = ast.parse(path.read_text())
-    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
-            for n in ast.walk(node)}
+    tree = _tree(path)
     found = set()
-    for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
+    for node in _nodes(tree):
         if isinstance(node, ast.ImportFrom):
             parts = package.split(".")
             base = ".".join(parts[: len(parts) - node.level + 1] + [node.module or ""]) if node.level else node.module
@@ -41,9 +38,40 @@ def _imports(name: str, path: Path, mods: dict[str, Path], *, external: bool = F
             found |= {f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names}
         elif isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
+        elif _imports_by_call(node) and node.args:
+            target = node.args[0]
+            if isinstance(target, ast.Constant) and isinstance(target.value, str) and not target.value.startswith("."):
+                found.add(target.value)
     if external:
         return {m.split(".")[0] for m in found if m and not m.startswith("irevnet")}
     return {m for m in found if m in mods and m != name}
+
+
+def _tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text())
+
+
+def _nodes(tree: ast.Module) -> list[ast.AST]:
+    """The tree's nodes, less those under `if TYPE_CHECKING:` (imported for annotations only)."""
+    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+            for n in ast.walk(node)}
+    return [node for node in ast.walk(tree) if id(node) not in skip]
+
+
+def _imports_by_call(node: ast.AST) -> bool:
+    """`__import__(...)`, `import_module(...)` or `importlib.import_module(...)`."""
+    if not isinstance(node, ast.Call):
+        return False
+    func = node.func
+    return (isinstance(func, ast.Name) and func.id in ("__import__", "import_module")) or \
+        (isinstance(func, ast.Attribute) and func.attr == "import_module")
+
+
+def _unnamed_imports(path: Path) -> list[int]:
+    """The lines of `__import__` / `import_module` calls on a name computed at run time, which no
+    scan can follow."""
+    return [node.lineno for node in _nodes(_tree(path)) if _imports_by_call(node) and not (
+        node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str))]
 
 
 def test_no_import_cycles_among_irevnets_modules():
@@ -93,13 +121,30 @@ NEVER = {
 # (with the model it is exported from), and CUDA memory goes through torch where cuda-python is absent.
 TORCH_IN_RUNTIME = {"irevnet.runtime.backends.torch_backend": ("irevnet.model", "irevnet.io.checkpoint"),
                     "irevnet.runtime.gpu": ()}
+# The one module of the runtime and of evaluation that imports TensorRT (import_tensorrt, which the
+# TensorRT backend and the engine builder call): one place says what to install when it is absent.
+TENSORRT_IN_RUNTIME = {"irevnet.runtime.engines"}
+# The modules of the runtime and of evaluation that may import a module named at run time: the
+# backend registry imports its own backends' modules, by their rows.
+UNNAMED_IMPORTS = {"irevnet.runtime.backends"}
 
 
 def test_the_never_arrows_hold_lazy_imports_included():
-    mods = _modules()
+    assert _broken(_modules()) == []
+
+
+def _broken(mods: dict[str, Path], names: set[str] | None = None) -> list[str]:
+    """The arrows that the modules `names` (default: all of `mods`) break."""
     broken = []
     for name, path in mods.items():
+        if names is not None and name not in names:
+            continue
         imported = _imports(name, path, mods)
+        if name.startswith(("irevnet.runtime", "irevnet.evaluation")):
+            if "tensorrt" in _imports(name, path, mods, external=True) and name not in TENSORRT_IN_RUNTIME:
+                broken.append(f"{name} -> tensorrt")
+            if name not in UNNAMED_IMPORTS:
+                broken += [f"{name}:{line} imports a module named at run time" for line in _unnamed_imports(path)]
         for room, never in NEVER.items():
             if name == room or name.startswith(room + "."):
                 broken += [f"{name} -> {m}" for m in imported if m.startswith(never)]
@@ -116,7 +161,7 @@ def test_the_never_arrows_hold_lazy_imports_included():
             model = {m for m in imported if m.startswith(("irevnet.model", "irevnet.io.checkpoint"))}
             broken += [f"{name} -> {m}" for m in model - {"irevnet.model.config"}
                        if not (allowed and m.startswith(allowed))]
-    assert broken == []
+    return broken
 
 
 def test_the_arrow_check_sees_a_lazy_import(tmp_path):
@@ -126,6 +171,35 @@ def test_the_arrow_check_sees_a_lazy_import(tmp_path):
     mods = {"irevnet.export.bundle": module, "irevnet.runtime.lazy": module}
     assert _imports("irevnet.runtime.lazy", module, mods) == {"irevnet.export.bundle"}
     assert _imports("irevnet.runtime.lazy", module, mods, external=True) == {"torch"}
+
+
+def test_the_arrow_check_sees_imports_by_call(tmp_path):
+    """`__import__` and `importlib.import_module` import as surely as a statement (bench once imported
+    torch and tensorrt by `__import__`, only to print their versions); a module named at run time is
+    refused, since no scan can follow it."""
+    module = tmp_path / "sneaky.py"
+    module.write_text(textwrap.dedent("""
+        import importlib
+        from importlib import import_module
+
+        def versions():
+            __import__("torch")
+            importlib.import_module("tensorrt")
+            import_module("irevnet.training.loop")
+            for name in ("onnxruntime",):
+                __import__(name)
+    """))
+    mods = _modules() | {"irevnet.runtime.sneaky": module}
+    assert sorted(_broken(mods, {"irevnet.runtime.sneaky"})) == [
+        "irevnet.runtime.sneaky -> irevnet.training.loop", "irevnet.runtime.sneaky -> tensorrt",
+        "irevnet.runtime.sneaky -> torch", "irevnet.runtime.sneaky:10 imports a module named at run time"]
+    # where the policy lets them, the same calls pass: torch in the PyTorch backend, TensorRT in engines.py
+    allowed = tmp_path / "allowed.py"
+    allowed.write_text('def f():\n    __import__("torch")\n')
+    torch_backend = "irevnet.runtime.backends.torch_backend"
+    assert _broken(mods | {torch_backend: allowed}, {torch_backend}) == []
+    allowed.write_text('import importlib\n\ndef f():\n    importlib.import_module("tensorrt")\n')
+    assert _broken(mods | {"irevnet.runtime.engines": allowed}, {"irevnet.runtime.engines"}) == []
 
 
 def test_runtime_and_cli_import_neither_torch_nor_export():

@@ -143,7 +143,7 @@ def r301(work: Path, images: int) -> dict:
     bundle = export(work, "irevnet-301", (3, 224, 224), 8, classes=10)
     results = {}
     timed = bench(BenchOptions([str(bundle)], batch_sizes=[8], warmup_s=2, duration_s=20, rounds=2))
-    per = {e.direction: e.median_ms for e in timed.results}
+    per = {e.direction: e.stats.median_ms for e in timed.results}
     results["bench forward, batch 8"] = {"images_per_s": 8000 / per[FORWARD], "median_ms": per[FORWARD]}
     results["bench forward + inverse, batch 8"] = {"images_per_s": 8000 / (per[FORWARD] + per[INVERSE])}
     common = [str(bundle), "-d", f"imagefolder:{folder}", "--batch-size", "8", "--chunk-size", "64"]

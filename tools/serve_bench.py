@@ -30,7 +30,8 @@ import numpy as np
 
 from irevnet.contract import FORWARD, IMAGE, INVERSE, ROUNDTRIP, Z
 from irevnet.runtime import Bundle, open_backend
-from irevnet.runtime.bench import BenchOptions, load_server
+from irevnet.runtime.bench import BenchOptions
+from irevnet.runtime.load_test import load_server
 from irevnet.serving.repository import TritonOptions, write_repository
 from irevnet.serving.server import ServeOptions, serve
 
@@ -128,8 +129,8 @@ def main() -> int:
                     for e in load_server(opts, bundle, [1], lambda what, frac: print(f"  {what}", file=sys.stderr)):
                         rows.append({"where": "served", "protocol": protocol, "batching": "on" if batching else "off",
                                      "direction": e.direction, "clients": e.concurrency,
-                                     "images_per_s": e.stats["images_per_s"], "p50_ms": e.stats["median_ms"],
-                                     "p99_ms": e.stats["p99_ms"]})
+                                     "images_per_s": e.stats.images_per_s, "p50_ms": e.stats.median_ms,
+                                     "p99_ms": e.stats.p99_ms})
         stops = [sigterm_seconds(Path(scratch) / "models-True", args.python_env) for _ in range(3)]
     print(f"{'where':<11}{'protocol':<9}{'batching':<9}{'direction':<10}{'clients':>8}{'images/s':>11}{'p50 ms':>9}{'p99 ms':>9}")
     for r in rows:

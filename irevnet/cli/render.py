@@ -14,7 +14,8 @@ from rich.text import Text
 
 if TYPE_CHECKING:
     from ..export.bundle import ExportResult
-    from ..runtime.bench import BenchEntry, BenchReport
+    from ..runtime.bench import BenchReport
+    from ..runtime.timing import BenchEntry
     from ..runtime.verify import BlockReport, VerifyReport
 
 
@@ -270,8 +271,9 @@ def bench(r: BenchReport) -> None:
               title=f"{bundles}, {r.model['gflop_per_image']:.2f} GFLOP/image; min/mean/p95/max and every round in --json")
     for e in r.results:
         backend = e.backend if e.concurrency == 1 else f"{e.backend} x{e.concurrency} clients"
-        t.add_row(backend, e.precision, e.direction[:3].replace("for", "fwd"), str(e.batch), f"{e.median_ms:.2f}",
-                  f"{e.p90_ms:.2f}", f"{e.p99_ms:.2f}", f"{e.images_per_s:,.1f}", f"{e.gflops:.1f}", speedup(e))
+        s = e.stats
+        t.add_row(backend, e.precision, e.direction[:3].replace("for", "fwd"), str(e.batch), f"{s.median_ms:.2f}",
+                  f"{s.p90_ms:.2f}", f"{s.p99_ms:.2f}", f"{s.images_per_s:,.1f}", f"{e.gflops:.1f}", speedup(e))
     console.print(t)
     gpus = ", ".join(m["gpus"]) or "none"
     console.print(f"{m['cpu']} ({m['cpu_count']} logical CPUs), GPU: {gpus}; numpy fp32 matmul {m['fp32_matmul_gflops']:.1f} GFLOP/s; "
@@ -284,7 +286,7 @@ def bench(r: BenchReport) -> None:
                   title="inside the server, ms per request (its statistics over the measured requests)")
         for e in served:
             t.add_row(e.backend, e.direction[:3].replace("for", "fwd"), str(e.batch), str(e.concurrency),
-                      f"{e.median_ms:.2f}", *(f"{getattr(e.server, k):.3f}" for k in ("queue", "compute_input",
+                      f"{e.stats.median_ms:.2f}", *(f"{getattr(e.server, k):.3f}" for k in ("queue", "compute_input",
                                                                                       "compute_infer", "compute_output")))
         console.print(t)
     skipped(r.skipped)

@@ -15,7 +15,7 @@ import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from ..errors import IRevNetError
 from ..io.images import denormalize
 from ..io.splits import Item, Split, Unreadable
 from .records import RunIdentity, chunk_table
+
+if TYPE_CHECKING:
+    from ..runtime.backends import BackendOptions
 
 
 @dataclass
@@ -42,19 +45,18 @@ class Target:
     open_graphs: Callable[[bool], tuple[Any, Any | None]]  # round_trip -> (forward, inverse or None) backends
 
 
-def bundle_target(path: str, backend: str, *, server: str | None = None, server_timeout_s: float = 60.0,
-                  threads: int | None = None, providers: list[str] | None = None, device: str = "auto") -> Target:
+def bundle_target(path: str, backend: str, options: BackendOptions) -> Target:
     """A bundle, checked (Bundle.open: the schema and every file's sha256), on `backend`."""
     from ..runtime import Bundle, open_backend
+    from ..runtime.backends import refuse_options_not_taken
 
+    refuse_options_not_taken([backend], options)  # here, before any image is read or any worker started
     bundle = Bundle.open(path)
 
     def open_graphs(round_trip: bool):
-        kw = {"threads": threads, "providers": providers, "device": device, "server": server,
-              "server_timeout_s": server_timeout_s}
-        forward = open_backend(backend, bundle, FORWARD, **kw)
+        forward = open_backend(backend, bundle, FORWARD, options)
         try:
-            return forward, open_backend(backend, bundle, INVERSE, **kw) if round_trip else None
+            return forward, open_backend(backend, bundle, INVERSE, options) if round_trip else None
         except BaseException:
             forward.close()
             raise
@@ -89,14 +91,18 @@ def checkpoint_target(path: str, *, image_size: int | None = None, device: str =
 def open_target(opts: Any) -> Target:
     """The target of an evaluation's options (run.EvaluateOptions): a bundle on its backend, or a
     checkpoint on torch."""
+    from ..runtime.backends import BackendOptions, refuse_options_not_taken
+
     path = opts.checkpoint or opts.target
+    options = BackendOptions(providers=opts.providers, threads=opts.threads, device=opts.device, server=opts.server,
+                             server_timeout_s=opts.server_timeout_s)
     if opts.checkpoint is None and (Path(path) / MANIFEST).is_file():
-        return bundle_target(path, opts.backend, server=opts.server, server_timeout_s=opts.server_timeout_s,
-                             threads=opts.threads, providers=opts.providers, device=opts.device)
+        return bundle_target(path, opts.backend, options)
     if Path(path).is_dir():
         raise IRevNetError(f"{path} is a folder without {MANIFEST}: give a bundle of `irevnet export` or a checkpoint file")
     if opts.backend not in ("onnxruntime", "torch"):
         raise IRevNetError(f"a checkpoint runs on torch, not -b {opts.backend}; export a bundle to run it there")
+    refuse_options_not_taken(["torch"], options)
     return checkpoint_target(path, image_size=opts.image_size, device=opts.device, threads=opts.threads,
                              projection=opts.projection)
 

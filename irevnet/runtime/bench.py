@@ -10,18 +10,18 @@ and warmed up first, then measured in alternating rounds (the order rotates each
 of them see the same machine; a speedup is a ratio of medians, each round gives its own ratio,
 and a comparison whose rounds disagree by more than NOISY_SPREAD is marked noisy instead of
 being reported as a headline. Several bundles of one model (fp32, mixed, int8) are benched
-together the same way, each backend on each bundle a candidate of the same rounds. PyTorch eager runs with glibc's malloc thresholds fixed
-(`steady_allocator`): with the adaptive mmap threshold its latency swings by 1.5x between runs.
+together the same way, each backend on each bundle a candidate of the same rounds. PyTorch eager
+runs with glibc's malloc thresholds fixed (`steady_allocator`): with the adaptive mmap threshold
+its latency swings by 1.5x between runs.
+
+What a measurement records is in timing.py, the machine it ran on in machine.py, and a served
+model under load (`--server URL --concurrency ...`) is measured by load_test.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import os
-import platform
-import subprocess
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,11 +32,15 @@ import numpy as np
 
 from .. import validation as check
 from ..allocator import steady_allocator
-from ..contract import FORWARD, IMAGE, INVERSE, RECONSTRUCTION, ROUNDTRIP, Z
+from ..contract import FORWARD, IMAGE, INVERSE, Z
 from ..errors import IRevNetError
-from ..model.config import IRevNetConfig
-from .backends import open_backend, resolve_backends, unsupported
+from .backends import BackendOptions, open_backend, options_for, refuse_options_not_taken, resolve_backends, unsupported
 from .bundle import Bundle
+from .load_test import load_server
+from .machine import machine_info, matmul_gflops
+from .timing import BenchEntry, LatencyStats, Round, conv_flops, tiled_input, timed
+
+NOISY_SPREAD = 0.25  # (max - min) / median of a speedup's round ratios above which it is noisy
 
 
 class Direction(str, Enum):
@@ -87,146 +91,13 @@ class BenchOptions:
         check.integer("requests", self.requests, 1, 10**6)
         if self.concurrency and not self.server:
             raise IRevNetError("--concurrency loads a Triton server: give --server http://HOST:PORT")
-
-
-
-def conv_flops(config: IRevNetConfig) -> int:
-    """Multiply-adds x 2 of the convolutions of one image's pass (forward and inverse are equal:
-    each evaluates every F once). The head (BN, pooling, linear) is < 0.1% and left out."""
-    _, h, w = config.in_shape
-    h, w = h // (config.init_ds or 1), w // (config.init_ds or 1)
-    total = 0
-    for spec in config.block_specs():
-        inner = spec.out_ch // config.mult
-        h, w = h // spec.stride, w // spec.stride  # F's first convolution is strided
-        total += 2 * 9 * h * w * (spec.f_in * inner + inner * inner + inner * spec.out_ch)
-    return total
-
-
-def matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
-    """The machine's fp32 matrix-multiply rate through numpy's BLAS (best of `repeats`)."""
-    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-    b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * n**3 / best / 1e9
-
-
-def _timed(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def machine_info() -> dict[str, Any]:
-    """What the numbers were measured on."""
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    info: dict[str, Any] = {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform()}
-    try:
-        gpus = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()
-        info["gpus"] = [g.strip() for g in gpus.splitlines() if g.strip()]
-    except (OSError, subprocess.SubprocessError):
-        info["gpus"] = []
-    versions = {}
-    for module in ("onnxruntime", "tensorrt", "torch", "numpy"):
-        try:
-            versions[module] = __import__(module).__version__
-        except ImportError:
-            pass
-    info["versions"] = versions
-    return info
-
-
-NOISY_SPREAD = 0.25  # (max - min) / median of a speedup's round ratios above which it is noisy
-SERVER_PARTS = ("queue", "compute_input", "compute_infer", "compute_output")
-
-
-@dataclass(frozen=True)
-class ServerSplit:
-    """Where a served request's time went inside the server, ms per request, from its statistics
-    over exactly the measured requests (Triton's queue, compute input / infer / output)."""
-
-    requests: int
-    queue: float
-    compute_input: float
-    compute_infer: float
-    compute_output: float
-
-    @classmethod
-    def between(cls, before: dict[str, dict[str, int]] | None, after: dict[str, dict[str, int]] | None) -> ServerSplit | None:
-        """The split between two statistics readings (None without both, or without a request
-        that succeeded in between)."""
-        if before is None or after is None:
-            return None
-        requests = after["success"]["count"] - before["success"]["count"]
-        if requests <= 0:
-            return None
-        return cls(requests, *((after[part]["ns"] - before[part]["ns"]) / requests / 1e6 for part in SERVER_PARTS))
+        refuse_options_not_taken(self.backends, self.backend_options)
 
     @property
-    def total_ms(self) -> float:
-        return self.queue + self.compute_input + self.compute_infer + self.compute_output
-
-    def __str__(self) -> str:
-        return (f"queue {self.queue:.3f} ms, compute input {self.compute_input:.3f}, infer {self.compute_infer:.3f}, "
-                f"output {self.compute_output:.3f} (per request, {self.requests} requests)")
-
-    def to_dict(self) -> dict[str, float]:
-        return {"requests": self.requests, **{part: getattr(self, part) for part in SERVER_PARTS}}
-
-
-@dataclass
-class BenchEntry:
-    """One (bundle, backend, direction, batch) measurement: latency statistics over every round,
-    and its speed relative to the baseline measured in the same rounds."""
-
-    backend: str  # what ran, as the backend labels itself (onnxruntime-cpu, torch[cpu], ...)
-    kind: str  # the backend's registry name
-    bundle: str
-    precision: str
-    direction: str
-    batch: int
-    stats: dict[str, float]  # iterations, min/median/mean/p90/p95/p99/max_ms, images_per_s
-    gflops: float
-    rounds: list[dict[str, float]]  # per round: runs, median_ms, min_ms, max_ms
-    device_median_ms: float | None = None  # GPU backends: CUDA-event time
-    baseline: str | None = None
-    speedup: float | None = None  # baseline median / this median
-    speedup_rounds: list[float] | None = None
-    noisy: bool = False  # the rounds' ratios spread over NOISY_SPREAD
-    concurrency: int = 1  # clients sending at once (a served model under load)
-    server: ServerSplit | None = None  # a served model under load: the server's own split of the time
-
-    def __getattr__(self, name: str) -> float:  # median_ms, p99_ms, images_per_s, ...
-        stats = self.__dict__.get("stats", {})
-        if name in stats:
-            return stats[name]
-        raise AttributeError(name)
-
-    def __str__(self) -> str:
-        ratio = "" if self.speedup is None else f", {self.speedup:.2f}x{' (noisy)' if self.noisy else ''} vs {self.baseline}"
-        return (f"{self.backend} {self.precision} {self.direction} batch {self.batch}: median {self.median_ms:.2f} ms, "
-                f"p99 {self.p99_ms:.2f} ms, {self.images_per_s:,.1f} images/s{ratio}")
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {"backend": self.backend, "kind": self.kind, "bundle": self.bundle, "precision": self.precision,
-               "direction": self.direction, "batch": self.batch, **self.stats, "gflops": self.gflops,
-               "rounds": self.rounds}
-        if self.device_median_ms is not None:
-            out["device_median_ms"] = self.device_median_ms
-        out |= {"baseline": self.baseline, "speedup": self.speedup, "speedup_rounds": self.speedup_rounds,
-                "noisy": self.noisy, "concurrency": self.concurrency}
-        if self.server is not None:
-            out["server_ms"] = self.server.to_dict()
-        return out
+    def backend_options(self) -> BackendOptions:
+        """What was asked of the backends, each opened with its share (backends.options_for)."""
+        return BackendOptions(providers=self.providers, threads=self.threads, device=self.device,
+                              checkpoint=self.checkpoint, server=self.server, server_timeout_s=self.server_timeout_s)
 
 
 @dataclass
@@ -247,19 +118,6 @@ class BenchReport:
     def to_dict(self) -> dict[str, Any]:
         return {"bundles": self.bundles, "skipped": self.skipped, "model": self.model, "machine": self.machine,
                 "threads": self.threads, "settings": self.settings, "results": [e.to_dict() for e in self.results]}
-def _stats(latencies_s: list[float], batch: int) -> dict[str, float]:
-    ms = np.array(latencies_s) * 1e3
-    return {
-        "iterations": len(ms),
-        "min_ms": float(ms.min()),
-        "median_ms": float(np.median(ms)),
-        "mean_ms": float(ms.mean()),
-        "p90_ms": float(np.percentile(ms, 90)),
-        "p95_ms": float(np.percentile(ms, 95)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "max_ms": float(ms.max()),
-        "images_per_s": float(batch * len(ms) / ms.sum() * 1e3),  # throughput over the whole measurement
-    }
 
 
 def _split(total: int, parts: int) -> list[int]:
@@ -301,14 +159,11 @@ def bench(opts: BenchOptions, progress: Callable[[str, float], None] = lambda wh
     steps, done = len(directions) * len(sizes) * rounds * len(candidates), 0
     for direction in directions:
         feed_name = IMAGE if direction == FORWARD else Z
-        source = reference["images" if direction == FORWARD else Z]
         with contextlib.ExitStack() as opened:  # every backend open at once: they alternate below
             runners = {(i, kind): opened.enter_context(open_backend(
-                kind, bundles[i], direction, providers=opts.providers, threads=opts.threads, device=opts.device,
-                checkpoint=opts.checkpoint, server=opts.server,
-                server_timeout_s=opts.server_timeout_s)) for i, kind in candidates}
+                kind, bundles[i], direction, options_for(kind, opts.backend_options))) for i, kind in candidates}
             for n in sizes:
-                x = np.ascontiguousarray(np.resize(source, (n, *source.shape[1:])))
+                x = tiled_input(reference, direction, n)
                 calls = {key: functools.partial(b.infer, {feed_name: x}) for key, b in runners.items()}
                 for run in calls.values():  # warm-up, once per backend before any round
                     deadline = time.perf_counter() + opts.warmup_s
@@ -346,7 +201,7 @@ def _measure(run: Callable[[], Any], backend, count: int | None, seconds: float)
     latencies, device_ms = [], []
     start = time.perf_counter()
     while not latencies or (len(latencies) < count if count else time.perf_counter() - start < seconds):
-        latencies.append(_timed(run))
+        latencies.append(timed(run))
         if backend.last_device_ms is not None:
             device_ms.append(backend.last_device_ms)
     return latencies, device_ms
@@ -354,13 +209,11 @@ def _measure(run: Callable[[], Any], backend, count: int | None, seconds: float)
 
 def _entry(name: str, kind: str, bundle: Bundle, direction: str, batch: int, parts, flops: int) -> BenchEntry:
     latencies = [t for lat, _ in parts for t in lat]
-    stats = _stats(latencies, batch)
+    stats = LatencyStats.of(latencies, batch)
     device = [t for _, dev in parts for t in dev]
     return BenchEntry(
         name, kind, str(bundle.path), bundle.precision, direction, batch, stats,
-        gflops=flops * batch / (stats["median_ms"] / 1e3) / 1e9,
-        rounds=[{"runs": len(lat), "median_ms": float(np.median(lat) * 1e3), "min_ms": float(min(lat) * 1e3),
-                 "max_ms": float(max(lat) * 1e3)} for lat, _ in parts],
+        gflops=flops * batch / (stats.median_ms / 1e3) / 1e9, rounds=[Round.of(lat) for lat, _ in parts],
         device_median_ms=float(np.median(device)) if device else None,
     )
 
@@ -380,107 +233,7 @@ def compare_with_baseline(results: list[BenchEntry]) -> None:
         r.baseline = f"{ref.backend} {ref.precision}"
         if ref is r:
             continue
-        r.speedup = ref.median_ms / r.median_ms
-        r.speedup_rounds = [b["median_ms"] / m["median_ms"] for b, m in zip(ref.rounds, r.rounds)]
+        r.speedup = ref.stats.median_ms / r.stats.median_ms
+        r.speedup_rounds = [b.median_ms / m.median_ms for b, m in zip(ref.rounds, r.rounds)]
         spread = (max(r.speedup_rounds) - min(r.speedup_rounds)) / r.speedup
         r.noisy = bool(spread > NOISY_SPREAD)
-
-
-# -- a served model under load -----------------------------------------------------------------------
-
-
-def load_server(opts: BenchOptions, bundle: Bundle, sizes: list[int],
-                progress: Callable[[str, float], None]) -> list[BenchEntry]:
-    """Throughput and latency of the served forward, inverse and round trip at each concurrency:
-    `c` clients (threads, one connection each) send `opts.requests` requests each, back to back,
-    with the bundle's reference inputs tiled to the batch size. A closed loop like perf_analyzer's
-    concurrency mode: a client sends its next request when the previous one is answered. Beside
-    the clients' latencies, the server's own split of the time (queue, compute input / infer /
-    output) over exactly the measured requests, from its statistics API, as perf_analyzer shows it."""
-    from .backends.triton_backend import TritonBackend
-
-    reference = bundle.reference("images", Z)
-    levels = [(d, n, c) for d in (FORWARD, INVERSE, ROUNDTRIP) for n in sizes for c in opts.concurrency]
-    entries = []
-    for done, (direction, n, c) in enumerate(levels):
-        source = reference[Z if direction == INVERSE else "images"]
-        x = np.ascontiguousarray(np.resize(source, (n, *source.shape[1:])))
-        # one client per thread, made in it; warm, then released together once the server's
-        # statistics are read
-        warm, go = threading.Barrier(c + 1), threading.Barrier(c + 1)
-        results: list[dict[str, Any]] = [{} for _ in range(c)]
-        threads = [threading.Thread(target=_client, args=(bundle, direction, opts, x, (warm, go), out))
-                   for out in results]
-        with TritonBackend(bundle, direction, opts.server, opts.server_timeout_s) as observer:
-            for t in threads:
-                t.start()
-            try:
-                with contextlib.suppress(threading.BrokenBarrierError):  # broken: a client failed, reported below
-                    warm.wait()  # every client connected and warm
-                before = _statistics(observer)
-                with contextlib.suppress(threading.BrokenBarrierError):
-                    go.wait()
-            except BaseException:  # no client may wait on a barrier forever (not on success: a
-                warm.abort()       # released thread that has not yet woken would see it broken)
-                go.abort()
-                raise
-            start = time.perf_counter()
-            for t in threads:
-                t.join()
-            wall = time.perf_counter() - start
-            failed = [r["error"] for r in results if "error" in r]
-            if failed:
-                raise IRevNetError(f"a client of the load failed: {failed[0]}")
-            after = _statistics(observer)
-        latencies = [r["latencies"] for r in results]
-        flat = [t for lat in latencies for t in lat]
-        stats = _stats(flat, n) | {"images_per_s": n * len(flat) / wall}  # throughput of all clients together
-        label = results[0]["name"]
-        entries.append(BenchEntry(
-            label, "triton", str(bundle.path), bundle.precision, direction, n, stats,
-            gflops=conv_flops(bundle.config) * (2 if direction == ROUNDTRIP else 1) * n * len(flat) / wall / 1e9,
-            rounds=[{"runs": len(lat), "median_ms": float(np.median(lat) * 1e3), "min_ms": float(min(lat) * 1e3),
-                     "max_ms": float(max(lat) * 1e3)} for lat in latencies],
-            concurrency=c, server=ServerSplit.between(before, after),
-        ))
-        progress(f"{label} {direction} batch {n} x{c} clients", (done + 1) / len(levels))
-    return entries
-
-
-def _statistics(observer) -> dict[str, dict[str, int]] | None:
-    """The served model's statistics, or None where the server will not give them (restricted,
-    or an answer that does not check): the load is still measured, without the server's split."""
-    try:
-        return observer.statistics()
-    except IRevNetError:
-        return None
-
-
-def _client(bundle: Bundle, direction: str, opts: BenchOptions, x: np.ndarray,
-            barriers: tuple[Any, Any], out: dict[str, Any]) -> None:
-    """One client of load_server: connect, warm up, wait for the others, then send
-    `opts.requests` requests back to back, recording each one's latency."""
-    from .backends.triton_backend import TritonBackend
-
-    warm, go = barriers
-    try:
-        client = TritonBackend(bundle, direction, opts.server, opts.server_timeout_s)
-        feed = {client.inputs[0]["name"]: x}
-        outputs = [RECONSTRUCTION] if direction == ROUNDTRIP else None  # the round trip's image, as a client wants it
-        client.infer(feed, outputs)
-        out["name"] = client.name
-    except Exception as e:  # noqa: BLE001 - reported by the main thread, which must not wait forever
-        out["error"] = str(e)
-        warm.abort()
-        go.abort()
-        return
-    try:
-        warm.wait()
-        go.wait()
-        out["latencies"] = [_timed(lambda: client.infer(feed, outputs)) for _ in range(opts.requests)]
-    except threading.BrokenBarrierError:
-        pass  # another client failed to start: its error is the one reported
-    except Exception as e:  # noqa: BLE001
-        out["error"] = str(e)
-    finally:
-        client.close()

@@ -39,7 +39,7 @@ from ..errors import IRevNetError
 from ..io.images import plot_error_vs_depth
 from ..io.splits import read_test_images
 from ..metrics import rel_l2
-from .backends import open_backend, resolve_backends, unsupported
+from .backends import BackendOptions, open_backend, options_for, refuse_options_not_taken, resolve_backends, unsupported
 from .bundle import Bundle
 from .comparison import Parity, RoundTrip, Tolerance, tolerance_for
 
@@ -68,6 +68,14 @@ class VerifyOptions:
         check.integer("samples", self.samples, 1, 4096)
         check.threads(self.threads)
         check.number("server_timeout_s", self.server_timeout_s, 0.0, 86400.0, low_open=True)
+        # --checkpoint is also the live reference, whichever backends run
+        refuse_options_not_taken(self.backends, self.backend_options, taken=["checkpoint"])
+
+    @property
+    def backend_options(self) -> BackendOptions:
+        """What was asked of the backends, each opened with its share (backends.options_for)."""
+        return BackendOptions(providers=self.providers, threads=self.threads, device=self.device,
+                              checkpoint=self.checkpoint, server=self.server, server_timeout_s=self.server_timeout_s)
 
 
 @dataclass
@@ -262,10 +270,7 @@ def _reference(bundle: Bundle, x: np.ndarray, opts: VerifyOptions, log) -> dict[
 
 
 def _open(kind: str, bundle: Bundle, graph: str, opts: VerifyOptions):
-    return open_backend(
-        kind, bundle, graph, providers=opts.providers, threads=opts.threads, device=opts.device,
-        checkpoint=opts.checkpoint, server=opts.server, server_timeout_s=opts.server_timeout_s,
-    )
+    return open_backend(kind, bundle, graph, options_for(kind, opts.backend_options))
 
 
 # -- checks ----------------------------------------------------------------------------------------

@@ -259,6 +259,15 @@ def test_out_of_range_numbers_are_one_line_errors(tmp_path, bundles, args, messa
     args = [a.format(b=bundles[Precision.fp32], tmp=tmp_path) for a in args]
     assert message in _one_line_error(runner.invoke(app, args))
 
+
+@pytest.mark.parametrize("command", ["verify", "bench", "evaluate"])
+def test_an_option_the_backend_does_not_take_is_one_line(bundles, command):
+    """`-b openvino --provider cuda` ran OpenVINO and ignored the provider: the option and the
+    backend are named, exit 2, before anything runs."""
+    line = _one_line_error(runner.invoke(app, [command, str(bundles[Precision.fp32]), "-b", "openvino",
+                                               "--provider", "cuda"]))
+    assert line == "error: -b openvino does not take --provider (an option of -b onnxruntime); leave it out"
+
 def test_demo_fast_runs_the_whole_pipeline(tmp_path):
     out = tmp_path / "demo"
     result = runner.invoke(app, ["demo", "--fast", "--out", str(out)])

@@ -1,11 +1,17 @@
-"""bench's FLOP count, checked against the convolutions PyTorch actually runs."""
+"""bench: its FLOP count against the convolutions PyTorch actually runs, its rounds, its
+baseline, and the machine facts it reads without importing what it names."""
+
+import json
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
 
 import irevnet
 from irevnet.contract import BATCH_DIM, FORWARD, IMAGE, Precision
-from irevnet.runtime.bench import conv_flops
+from irevnet.runtime.timing import conv_flops
 from tests.conftest import SMALL_FAMILIES
 
 
@@ -40,6 +46,10 @@ def test_backends_alternate_in_rounds_and_every_round_is_reported(bundles, monke
             self.inputs = [{"name": IMAGE, "shape": [BATCH_DIM, 1, 16, 16], "dtype": "float32"}]
             self.outputs = []
 
+        @classmethod
+        def for_bundle(cls, bundle, graph, options):
+            raise AssertionError("made by the patched open_backend")
+
         def _infer(self, feeds, outputs):
             calls.append(self.kind)
             return {}
@@ -60,11 +70,13 @@ def test_backends_alternate_in_rounds_and_every_round_is_reported(bundles, monke
 
 
 def test_a_ratio_whose_rounds_disagree_is_marked_noisy():
-    from irevnet.runtime.bench import NOISY_SPREAD, BenchEntry, compare_with_baseline
+    from irevnet.runtime.bench import NOISY_SPREAD, compare_with_baseline
+    from irevnet.runtime.timing import BenchEntry, LatencyStats, Round
 
-    def entry(kind, medians):
-        stats = {"median_ms": sorted(medians)[len(medians) // 2]}
-        return BenchEntry(kind, kind, "b", Precision.fp32, FORWARD, 1, stats, 1.0, [{"median_ms": m} for m in medians])
+    def entry(kind, medians):  # one run per round: the entry's median is the rounds' median
+        stats = LatencyStats.of([m / 1e3 for m in medians], 1)
+        rounds = [Round.of([m / 1e3]) for m in medians]
+        return BenchEntry(kind, kind, "b", Precision.fp32, FORWARD, 1, stats, 1.0, rounds)
 
     steady = [entry("torch", [200, 202, 198]), entry("onnxruntime", [100, 101, 99])]
     compare_with_baseline(steady)
@@ -102,3 +114,23 @@ def test_bundles_of_one_model_are_benched_side_by_side(bundles, trained_tiny, tr
     other = export_tiny(trained_tiny_bijective, tmp_path / "other", debug_graphs=False)
     with pytest.raises(IRevNetError, match="different models"):
         bench_module.bench(bench_module.BenchOptions(bundles=[str(bundles[Precision.fp32]), str(other)], iterations=1))
+
+
+def test_machine_facts_name_versions_without_importing_the_packages():
+    """bench imported torch and tensorrt only to print their versions (seconds and hundreds of MB
+    where torch is installed): the versions come from the installed distributions' metadata, also
+    where the distribution's name is not the module's (Pillow installs PIL)."""
+    code = textwrap.dedent("""
+        import importlib.metadata, json, sys
+        from irevnet.runtime.machine import machine_info, versions
+        info = machine_info()
+        print(json.dumps({"versions": info["versions"], "pil": versions(("PIL",)),
+                          "torch": importlib.metadata.version("torch"), "pillow": importlib.metadata.version("pillow"),
+                          "imported": sorted(m for m in ("torch", "onnxruntime", "openvino", "tensorrt", "PIL")
+                                             if m in sys.modules)}))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120)
+    facts = json.loads(out.stdout)
+    assert facts["imported"] == [], "a package named by its version was imported"
+    assert facts["versions"]["torch"] == facts["torch"] and "numpy" in facts["versions"]
+    assert facts["pil"] == {"PIL": facts["pillow"]}

@@ -176,7 +176,8 @@ def test_sixteen_clients_lose_nothing_and_the_server_survives(server, local):
 
 
 def test_verify_and_bench_reach_the_server_with_its_own_split_of_the_time(server, bundles):
-    from irevnet.runtime.bench import SERVER_PARTS, BenchOptions, bench
+    from irevnet.runtime.bench import BenchOptions, bench
+    from irevnet.runtime.load_test import SERVER_PARTS
     from irevnet.runtime.verify import VerifyOptions, verify
 
     report = verify(VerifyOptions([str(bundles[Precision.fp32])], server=f"grpc://{server.grpc_url}", blocks=False))
@@ -188,12 +189,12 @@ def test_verify_and_bench_reach_the_server_with_its_own_split_of_the_time(server
     assert [(e.direction, e.concurrency) for e in load] == [(FORWARD, 1), (FORWARD, 4), (INVERSE, 1), (INVERSE, 4),
                                                             (ROUNDTRIP, 1), (ROUNDTRIP, 4)]
     for e in load:
-        assert e.stats["iterations"] == 5 * e.concurrency and e.images_per_s > 0, "nothing lost"
+        assert e.stats.iterations == 5 * e.concurrency and e.stats.images_per_s > 0, "nothing lost"
         # the server's statistics count exactly the measured requests: the warm-up ones are before
         assert e.server.requests == 5 * e.concurrency, e.server
         assert all(getattr(e.server, part) >= 0 for part in SERVER_PARTS)
         # time inside the server cannot exceed what the clients waited for, on average
-        assert e.server.total_ms <= e.stats["mean_ms"] * 1.05 + 0.05, e.server
+        assert e.server.total_ms <= e.stats.mean_ms * 1.05 + 0.05, e.server
 
 
 def test_credentials_in_the_address_are_never_shown(server, bundles, tmp_path):

@@ -2,30 +2,33 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+from collections.abc import Iterable
 from typing import Any
 
 from ... import validation as check
 from ...errors import IRevNetError
 from ..bundle import Bundle
-from .base import Backend, InputError, unsupported
+from .base import Backend, BackendOptions, InputError, OptionNotTaken, flag, unsupported
 
-# The backends, each a class in its own module with a `for_bundle(bundle, graph, **options)`
+# The backends, each a class in its own module with a `for_bundle(bundle, graph, options)`
 # constructor (base.Backend), imported only when opened: a new backend is one row here.
 # openvino-bf16 is OpenVINO with F in bf16 (mixed bundles), a row of its own so that verify and
 # bench show it beside the f32 one.
-REGISTRY: dict[str, tuple[str, str, dict[str, Any]]] = {
-    "onnxruntime": ("ort_backend", "OrtBackend", {}),
-    "tensorrt": ("trt_backend", "TrtBackend", {}),
-    "torch": ("torch_backend", "TorchBackend", {}),
-    "openvino": ("ov_backend", "OpenVinoBackend", {}),
-    "openvino-bf16": ("ov_backend", "OpenVinoBackend", {"bf16": True}),
-    "triton": ("triton_backend", "TritonBackend", {}),  # a live Triton server (irevnet serve)
+REGISTRY: dict[str, tuple[str, str]] = {
+    "onnxruntime": ("ort_backend", "OrtBackend"),
+    "tensorrt": ("trt_backend", "TrtBackend"),
+    "torch": ("torch_backend", "TorchBackend"),
+    "openvino": ("ov_backend", "OpenVinoBackend"),
+    "openvino-bf16": ("ov_backend", "OpenVinoBf16Backend"),
+    "triton": ("triton_backend", "TritonBackend"),  # a live Triton server (irevnet serve)
 }
 BACKENDS = tuple(REGISTRY)
 ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch", "ov": "openvino"}
 
-__all__ = ["BACKENDS", "Backend", "InputError", "open_backend", "resolve_backend", "resolve_backends", "unsupported"]
+__all__ = ["BACKENDS", "Backend", "BackendOptions", "InputError", "OptionNotTaken", "backend_class", "open_backend",
+           "options_for", "refuse_options_not_taken", "resolve_backend", "resolve_backends", "unsupported"]
 
 
 def resolve_backends(names: list[str] | None, server: str | None, default: list[str]) -> list[str]:
@@ -50,27 +53,47 @@ def resolve_backend(name: str) -> str:
     return name
 
 
-def open_backend(
-    kind: str,
-    bundle: Bundle,
-    graph: str,
-    *,
-    providers: list[str] | None = None,
-    threads: int | None = None,
-    device: str = "auto",
-    checkpoint: str | None = None,
-    server: str | None = None,
-    server_timeout_s: float = 60.0,
-) -> Backend:
+def backend_class(kind: str) -> type[Backend]:
+    """The class of a backend (its module imported, not its runtime: that happens when it is opened)."""
+    module, name = REGISTRY[resolve_backend(kind)]
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def refuse_options_not_taken(kinds: Iterable[str], options: BackendOptions, *, taken: Iterable[str] = ()) -> None:
+    """Raises OptionNotTaken, one line, for an option given (away from its default) that none of
+    the backends `kinds` runs with, nor the caller itself (`taken`: verify's --checkpoint is its
+    live reference too); options given for several backends at once go each to those taking it."""
+    kinds = [resolve_backend(kind) for kind in kinds]
+    taken = set(taken).union(*(backend_class(kind).takes for kind in kinds))
+    for option in options.given():
+        if option not in taken:
+            owners = ", ".join(f"-b {kind}" for kind in BACKENDS if option in backend_class(kind).takes)
+            who = f"-b {kinds[0]} does not" if len(kinds) == 1 else f"none of {', '.join(f'-b {k}' for k in kinds)}"
+            raise OptionNotTaken(f"{who} take{'s' if len(kinds) > 1 else ''} {flag(option)} (an option of {owners}); "
+                                 f"leave it out")
+
+
+def options_for(kind: str, options: BackendOptions) -> BackendOptions:
+    """One backend's share of options given for several (verify's and bench's `-b onnxruntime -b
+    torch --provider cuda --checkpoint C`): those it takes, the others at their defaults."""
+    return options.only(backend_class(kind).takes)
+
+
+def open_backend(kind: str, bundle: Bundle, graph: str, options: BackendOptions | None = None,
+                 **fields: Any) -> Backend:
     """Opens `graph` (forward, inverse, forward_blocks, inverse_blocks) of a bundle on a backend.
 
+    Args:
+        options: what to ask of the backend (BackendOptions); its fields can also be given as
+            keywords, `open_backend("onnxruntime", bundle, "forward", threads=1)`.
+
     Raises:
+        OptionNotTaken: an option given that this backend does not run with.
         EngineMismatch: for tensorrt, engines built for another GPU or TensorRT version; the
             caller decides whether to rebuild them (`irevnet.runtime.trt_build.rebuild_stale_engines`).
     """
     kind = resolve_backend(kind)
-    check.threads(threads)
-    module, name, fixed = REGISTRY[kind]
-    cls = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    return cls.for_bundle(bundle, graph, providers=providers, threads=threads, device=device, checkpoint=checkpoint,
-                          server=server, server_timeout_s=server_timeout_s, **fixed)
+    options = dataclasses.replace(options or BackendOptions(), **fields)
+    check.threads(options.threads)
+    refuse_options_not_taken([kind], options)
+    return backend_class(kind).for_bundle(bundle, graph, options)

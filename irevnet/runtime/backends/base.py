@@ -3,19 +3,61 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from ...contract import BATCH_DIM, Precision
 from ...errors import BundleError, IRevNetError, Terminated, shown
+from .triton_client import DEFAULT_TIMEOUT_S
+
+if TYPE_CHECKING:
+    from ..bundle import Bundle
 
 
 class InputError(IRevNetError):
     """A feed that does not fit the graph: wrong name, dtype, shape or non-finite values."""
+
+
+class OptionNotTaken(IRevNetError):
+    """An option given to a backend that does not run with it (`-b openvino --provider cuda`)."""
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """What a user may ask of a backend. Each backend takes the fields it runs with (Backend.takes);
+    one left at its default is not asked for, so any backend opens with the defaults."""
+
+    providers: tuple[str, ...] | None = None  # onnxruntime: providers in order (default: all available, best first)
+    threads: int | None = None  # onnxruntime, openvino, torch: intra-op threads (default: the runtime's)
+    device: str = "auto"  # torch: cpu | cuda | auto
+    checkpoint: str | None = None  # torch: the checkpoint to run (default: the one the manifest names)
+    server: str | None = None  # triton: the server's address, http://HOST:PORT or grpc://HOST:PORT
+    server_timeout_s: float = DEFAULT_TIMEOUT_S  # triton: the deadline of each call, over its whole answer
+
+    def __post_init__(self) -> None:
+        # a list from the command line; an empty one asks for nothing
+        object.__setattr__(self, "providers", tuple(self.providers) if self.providers else None)
+
+    def given(self) -> list[str]:
+        """The fields set away from their defaults, in declaration order."""
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) != f.default]
+
+    def only(self, names: Iterable[str]) -> BackendOptions:
+        """These options with every field but `names` at its default: one backend's share of options
+        given for several at once."""
+        keep = set(names)
+        return BackendOptions(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in keep})
+
+
+def flag(option: str) -> str:
+    """The command line's name of a BackendOptions field."""
+    return "--provider" if option == "providers" else f"--{option.replace('_', '-')}"
 
 
 class GraphFailed(BundleError):
@@ -61,18 +103,30 @@ def interruptible(stop: Callable[[], None]):
 class Backend(ABC):
     """One graph on one runtime (Polygraphy's runner shape: activate, infer, deactivate).
 
-    Subclasses set `inputs`/`outputs` (name, shape with contract.BATCH_DIM for the batch, dtype) and implement
+    Subclasses open a bundle's graph in `for_bundle`, reading only the options they name in `takes`,
+    set `inputs`/`outputs` (name, shape with contract.BATCH_DIM for the batch, dtype) and implement
     `_infer` and `close`. `infer` validates the feed first, so every runtime refuses bad input
     with the same one-line messages.
     """
 
     name = "backend"
+    takes: ClassVar[frozenset[str]] = frozenset()  # the BackendOptions fields for_bundle runs with
     origin = "the graph"  # where the graph came from, for messages ("BUNDLE: forward")
     runtime_errors: tuple[type[BaseException], ...] = ()  # the runtime's exceptions of a failed run
     inputs: list[dict[str, Any]]
     outputs: list[dict[str, Any]]
     max_batch: int | None = None
     last_device_ms: float | None = None  # GPU time of the last infer (CUDA events), where measured
+
+    @classmethod
+    @abstractmethod
+    def for_bundle(cls, bundle: Bundle, graph: str, options: BackendOptions) -> Backend:
+        """Opens `graph` (forward, inverse, forward_blocks, inverse_blocks) of an opened bundle.
+
+        Args:
+            options: what was asked of the backend; open_backend has refused any option given
+                that is not in `takes`, so the others are at their defaults.
+        """
 
     def __enter__(self) -> Backend:  # noqa: PYI034 - typing.Self needs Python 3.11; the package supports 3.10
         return self

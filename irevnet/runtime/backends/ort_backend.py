@@ -11,7 +11,7 @@ import numpy as np
 from ...errors import IRevNetError, shown
 from ...io.files import machine_cache
 from ..bundle import Bundle
-from .base import Backend, GraphFailed, interruptible
+from .base import Backend, BackendOptions, GraphFailed, interruptible
 
 PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
@@ -91,6 +91,7 @@ class OrtBackend(Backend):
     """
 
     name = "onnxruntime"
+    takes = frozenset({"providers", "threads"})
 
     def __init__(
         self,
@@ -137,13 +138,12 @@ class OrtBackend(Backend):
         self.name = f"onnxruntime[{','.join(p.removesuffix('ExecutionProvider').lower() for p in self.providers)}]"
 
     @classmethod
-    def for_bundle(
-        cls, bundle: Bundle, graph: str, *, providers: list[str] | None = None, threads: int | None = None, **_: Any,
-    ) -> OrtBackend:
-        """Opens a bundle's graph. On the CPU provider alone the graph is optimized once per
-        machine (ort_offline), so every session of the process shares one copy of the weights;
-        where that cache cannot be written the session optimizes on its own, with its own copy."""
-        providers = providers or available_providers()
+    def for_bundle(cls, bundle: Bundle, graph: str, options: BackendOptions) -> OrtBackend:
+        """Opens a bundle's graph on `options.providers` with `options.threads`. On the CPU provider
+        alone the graph is optimized once per machine (ort_offline), so every session of the process
+        shares one copy of the weights; where that cache cannot be written the session optimizes on
+        its own, with its own copy."""
+        providers, threads = list(options.providers or available_providers()), options.threads
         if providers == ["cpu"]:
             from .ort_offline import prepared_session_inputs
 

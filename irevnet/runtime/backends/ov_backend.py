@@ -21,7 +21,7 @@ import numpy as np
 from ...contract import BATCH_DIM, Precision
 from ...errors import IRevNetError
 from ..bundle import Bundle
-from .base import Backend, GraphFailed, interruptible, unsupported
+from .base import Backend, BackendOptions, GraphFailed, interruptible, unsupported
 
 # bundle precision -> the CPU plugin's inference precision
 INFERENCE_PRECISION = {Precision.fp32: "f32", Precision.fp16: "f32", Precision.mixed: "f32", Precision.int8: "f32"}
@@ -47,11 +47,12 @@ class OpenVinoBackend(Backend):
     """
 
     name = "openvino"
+    takes = frozenset({"threads"})
+    bf16 = False  # what for_bundle asks for: F in bf16 (OpenVinoBf16Backend)
 
     @classmethod
-    def for_bundle(cls, bundle: Bundle, graph: str, *, bf16: bool = False, threads: int | None = None,
-                   **_: Any) -> OpenVinoBackend:
-        return cls(bundle, graph, bf16=bf16, threads=threads)
+    def for_bundle(cls, bundle: Bundle, graph: str, options: BackendOptions) -> OpenVinoBackend:
+        return cls(bundle, graph, bf16=cls.bf16, threads=options.threads)
 
     def __init__(self, bundle: Bundle, graph: str, *, bf16: bool = False, threads: int | None = None):
         ov = _openvino()
@@ -96,6 +97,12 @@ class OpenVinoBackend(Backend):
     def close(self) -> None:
         self.request = None
         self.compiled = None
+
+
+class OpenVinoBf16Backend(OpenVinoBackend):
+    """openvino-bf16: F of a mixed bundle in bf16, the coupling in f32 (see the module docstring)."""
+
+    bf16 = True
 
 
 def _message(e: BaseException) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 from ...contract import BATCH_DIM, FORWARD, FORWARD_BLOCKS, IMAGE, INVERSE, INVERSE_BLOCKS, Precision
 from ...errors import BundleError, IRevNetError
 from ..bundle import Bundle
-from .base import Backend, unsupported
+from .base import Backend, BackendOptions, unsupported
 
 
 class TorchBackend(Backend):
@@ -34,11 +34,13 @@ class TorchBackend(Backend):
     """
 
     name = "torch"
+    takes = frozenset({"checkpoint", "device", "threads"})
 
     @classmethod
-    def for_bundle(cls, bundle: Bundle, graph: str, *, checkpoint: str | None = None, device: str = "auto",
-                   threads: int | None = None, **_: Any) -> TorchBackend:
-        """The checkpoint the bundle was exported from (or `checkpoint`), run as the bundle was exported."""
+    def for_bundle(cls, bundle: Bundle, graph: str, options: BackendOptions) -> TorchBackend:
+        """The checkpoint the bundle was exported from (or `options.checkpoint`), run as the bundle
+        was exported, on `options.device` with `options.threads`."""
+        checkpoint, device, threads = options.checkpoint, options.device, options.threads
         ckpt = checkpoint or bundle.manifest["checkpoint"]["path"]
         if checkpoint is None and not Path(ckpt).is_file():
             raise BundleError(

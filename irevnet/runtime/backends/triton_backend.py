@@ -19,7 +19,7 @@ import numpy as np
 from ...contract import BATCH_DIM, FORWARD, INVERSE, RECONSTRUCTION, ROUNDTRIP, TRITON_DATATYPES
 from ...errors import IRevNetError
 from ..bundle import Bundle
-from .base import Backend
+from .base import Backend, BackendOptions
 from .triton_client import DEFAULT_TIMEOUT_S, ServerAddress, ServerClient, TensorSpec, answer_bound, connect
 
 
@@ -27,10 +27,11 @@ class TritonBackend(Backend):
     """One graph on a Triton server: infer() is one request (the server batches)."""
 
     runtime_errors = ()
+    takes = frozenset({"server", "server_timeout_s"})
 
     @classmethod
-    def for_bundle(cls, bundle: Bundle, graph: str, *, server: str | None = None,
-                   server_timeout_s: float = DEFAULT_TIMEOUT_S, **_: Any) -> TritonBackend:
+    def for_bundle(cls, bundle: Bundle, graph: str, options: BackendOptions) -> TritonBackend:
+        server, server_timeout_s = options.server, options.server_timeout_s
         if server is None:
             raise IRevNetError("the triton backend needs the server's address: --server http://HOST:PORT")
         if graph not in (FORWARD, INVERSE, ROUNDTRIP):

@@ -17,7 +17,7 @@ from ...errors import BundleError, IRevNetError
 from .. import gpu
 from ..bundle import Bundle
 from ..engines import check_compatible, import_tensorrt, make_logger
-from .base import Backend
+from .base import Backend, BackendOptions
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +32,10 @@ class TrtBackend(Backend):
     """
 
     name = "tensorrt"
+    takes = frozenset()  # the engine was built with all it runs with
 
     @classmethod
-    def for_bundle(cls, bundle: Bundle, graph: str, **_: Any) -> TrtBackend:
+    def for_bundle(cls, bundle: Bundle, graph: str, options: BackendOptions) -> TrtBackend:
         """The bundle's checked engine of `graph`.
 
         Raises:
