@@ -261,7 +261,7 @@ BackendOpt = Annotated[
 ProviderOpt = Annotated[
     list[str] | None, typer.Option("--provider", help="ONNX Runtime providers in order: tensorrt, cuda, cpu (default: all available).")
 ]
-ThreadsOpt = Annotated[int | None, typer.Option(help="Intra-op threads (ONNX Runtime, torch).")]
+ThreadsOpt = Annotated[int | None, typer.Option(help="Intra-op threads (ONNX Runtime, OpenVINO, torch).")]
 ServerOpt = Annotated[str | None, typer.Option(
     help="A live Triton server (http://HOST:PORT, grpc://HOST:PORT, https://, grpcs://) serving a repository of "
          "`irevnet triton`: its models run as the triton backend.")]

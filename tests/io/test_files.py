@@ -167,7 +167,7 @@ def test_an_exact_error_is_drawn_at_zero_on_the_depth_plot(tmp_path, monkeypatch
     plot = matplotlib.axes.Axes.plot
     monkeypatch.setattr(matplotlib.axes.Axes, "plot", lambda ax, x, y, **kw: drawn.append((ax, list(x), list(y)))
                         or plot(ax, x, y, **kw))
-    panels = {"inverse": {"mixed": [0.0, 3e-8, 0.0, None, 2e-7], "fp32": [1e-7, 1e-7, 1e-7, 1e-7, 1e-7]}}
+    panels = {"one direction": {"exact at some blocks": [0.0, 3e-8, 0.0, None, 2e-7], "never exact": [1e-7] * 5}}
     path = plot_error_vs_depth(panels, tmp_path / "blocks.png", "error per block")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     (ax, xs, ys), _ = drawn
