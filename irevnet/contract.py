@@ -1,9 +1,10 @@
 """The contract between the exporter and every reader of a bundle: each name written once.
 
-Tensor names, the batch axis, file and folder names, graph names and precision names, imported by
-the graphs, the exporter, the engine builder, the runtime, the C++ app's tests and the test suite;
-the manifest's JSON Schema (runtime/manifest.schema.json) states the same values, and a test checks
-that it does (tests/test_contract.py), as it checks that no other module spells them out.
+Tensor names, the batch axis, file and folder names, graph names, precision names and what a
+graph may contain (operators, opsets, attribute types), imported by the graphs, the exporter, the
+engine builder, the runtime, the C++ app's tests and the test suite; the manifest's JSON Schema
+(runtime/manifest.schema.json) states the same values, and a test checks that it does
+(tests/test_contract.py), as it checks that no other module spells them out.
 Pure Python: imported on deployment boxes without torch.
 """
 
@@ -32,6 +33,24 @@ GRAPHS = (FORWARD, INVERSE, FORWARD_BLOCKS, INVERSE_BLOCKS)
 ROUNDTRIP = "roundtrip"  # IMAGE -> RECONSTRUCTION, LOGITS, Z: served as NAME_roundtrip (irevnet.serving)
 ONNX_SUFFIX = ".onnx"
 ENGINE_SUFFIX = ".engine"
+
+
+# -- what a graph may contain --------------------------------------------------------------------
+# The operators irevnet's exporter writes (default ONNX domain), over every preset and precision,
+# debug graphs and int8 Q/DQ included; each one is in TensorRT 10's ONNX parser's supported set
+# (onnx-tensorrt docs/operators.md). Export refuses a graph with any other (export/onnx_export.py),
+# and so does every reader before a runtime sees it (runtime/graph_policy.py): control flow (Loop,
+# If, Scan) could run without bound. Identity: the debug graphs return a tensor under two names.
+GRAPH_OPERATORS = frozenset({
+    "Add", "BatchNormalization", "Cast", "Concat", "Conv", "DepthToSpace", "DequantizeLinear", "Gemm", "Identity",
+    "Mul", "Pad", "QuantizeLinear", "ReduceMean", "Relu", "Reshape", "Round", "Slice", "SpaceToDepth", "Sub",
+})
+# ai.onnx opsets a graph may import: 18 is the dynamo exporter's floor, 20 TensorRT 10's ceiling
+OPSETS = range(18, 21)
+# ONNX AttributeProto types a node may carry: FLOAT 1, INT 2, STRING 3, TENSOR 4, FLOATS 6, INTS 7,
+# STRINGS 8; never GRAPH(S) or SPARSE_TENSOR(S) (tensors from outside the bundle's checked bytes),
+# TENSORS or TYPE_PROTO(S)
+ATTRIBUTE_TYPES = frozenset({1, 2, 3, 4, 6, 7, 8})
 
 
 def graph_file(graph: str) -> str:

@@ -1,5 +1,5 @@
-"""The bundle's contract (irevnet.contract) is the one place its names are spelled out, and the
-manifest's JSON Schema states the same values."""
+"""The bundle's contract (irevnet.contract) is the one place its names and its graph policy are
+spelled out, and the manifest's JSON Schema states the same values."""
 
 import ast
 import json
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from irevnet import contract
-from irevnet.contract import BATCH_DIM, FORWARD, GRAPHS, INVERSE, LAYOUT, Precision
+from irevnet.contract import BATCH_DIM, FORWARD, GRAPHS, INVERSE, LAYOUT, OPSETS, Precision
 from irevnet.runtime.bundle import SCHEMA_FILE
 from tests.conftest import json_objects
 
@@ -71,6 +71,15 @@ def test_schema_states_the_contracts_values(schema):
     assert batch_dims == [BATCH_DIM, BATCH_DIM], "the batch section and every tensor shape name the same axis"
     assert props["tensorrt"]["properties"]["engines"]["propertyNames"]["enum"] == list(GRAPHS)
     assert set(props["graphs"]["properties"]) == set(GRAPHS) and {FORWARD, INVERSE} <= set(props["graphs"]["required"])
+
+
+def test_schema_states_the_graph_policys_opsets(schema):
+    """The manifest's opset fields (top level and per graph) allow exactly the opsets the exporter
+    writes and every reader opens (contract.OPSETS)."""
+    ranges = {path: (node.get("minimum"), node.get("maximum")) for path, node in json_objects(schema)
+              if path.endswith("/opset")}
+    assert set(ranges) == {"/properties/opset", "/$defs/graph/properties/opset"}
+    assert set(ranges.values()) == {(OPSETS.start, OPSETS.stop - 1)}
 
 
 def test_every_object_of_the_schema_refuses_unknown_fields(schema):

@@ -1,8 +1,9 @@
 """`irevnet export`: a checkpoint -> a verified bundle of forward and inverse ONNX graphs.
 
 The bundle is assembled in a temporary folder beside the target and renamed into place only after
-every graph passed its checks and the verification against PyTorch met the precision's
-tolerances; a failed or interrupted export leaves any previous bundle untouched.
+every graph passed its checks, the verification against PyTorch met the precision's tolerances,
+and the folder opened as every reader opens a bundle (Bundle.open, then each graph through the
+graph policy); a failed or interrupted export leaves any previous bundle untouched.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ..contract import (
     LAYOUT,
     LOGITS,
     MANIFEST,
+    OPSETS,
     RECONSTRUCTION,
     REFERENCE,
     SAMPLE_Z,
@@ -43,7 +45,7 @@ from ..contract import (
     block_input,
     graph_file,
 )
-from ..errors import CheckFailed, IRevNetError
+from ..errors import BundleError, CheckFailed, IRevNetError
 from ..io.checkpoint import Checkpoint, load_checkpoint, weights_sha256
 from ..io.datasets import CIFAR_STATS, IMAGENET_STATS
 from ..io.files import atomic_directory, check_replaceable, sha256_file, write_json
@@ -51,7 +53,7 @@ from ..io.images import reconstruction_metrics
 from ..metrics import top1_accuracy
 from ..model.graphs import ForwardBlocksGraph, ForwardGraph, InverseBlocksGraph, InverseGraph, prepare
 from ..runtime.backends.ort_backend import OrtBackend
-from ..runtime.bundle import check_manifest, is_bundle_folder
+from ..runtime.bundle import Bundle, check_manifest, is_bundle_folder
 from ..runtime.comparison import Agreement, Comparison, Parity, Tolerance, compare, tolerance_for
 from ..training.data import load_datasets
 from ..training.invert import first_images
@@ -88,8 +90,8 @@ class ExportOptions:
         object.__setattr__(self, "precision", check.choice("precision", self.precision, Precision))
         object.__setattr__(self, "calibration_method", check.choice("calibration_method", self.calibration_method, Calibration))
         check.integer("image_size", self.image_size, 1, optional=True)
-        # the exporter needs opset 18; TensorRT 10 parses up to 20
-        check.integer("opset", self.opset, 18, 20)
+        # the exporter needs opset 18; TensorRT 10 parses up to 20 (the graph policy's range)
+        check.integer("opset", self.opset, OPSETS.start, OPSETS.stop - 1)
         check.integer("max_batch", self.max_batch, 1, check.MAX_BATCH)
         check.integer("samples", self.samples, 1, 4096)
         check.integer("calibration", self.calibration, 1, 65536)
@@ -241,9 +243,22 @@ def export_bundle(opts: ExportOptions, log=lambda msg: None) -> ExportResult:
                 f"export verification failed ({failed}) against the {precision.value} tolerances; "
                 f"no bundle written (--allow-mismatch keeps it anyway)"
             )
-        check_manifest(manifest, f"the manifest of {out}")  # what Bundle.open enforces, before the swap
+        check_manifest(manifest, f"the manifest of {out}")  # what Bundle.open enforces, field by field
         write_json(tmp / MANIFEST, manifest)
+        _open_as_a_reader(tmp, out)
     return ExportResult(out, manifest, tuple(checks))
+
+
+def _open_as_a_reader(tmp: Path, out: Path) -> None:
+    """Opens the finished bundle as every reader does, before it is put in place: Bundle.open
+    (manifest, paths, hashes), then each graph through the graph policy and its declared inputs
+    and outputs. What a reader would refuse is never written."""
+    try:
+        Bundle.open(tmp).check_graphs()
+    except BundleError as e:
+        detail = str(e).replace(str(tmp), str(out))[:300]
+        raise BundleError(f"export made a bundle that readers refuse, so {out} was not written: {detail}; this is "
+                          f"an export bug") from None
 
 
 # -- inputs for the verification and the int8 calibration ----------------------------------------

@@ -6,8 +6,9 @@ folding, dead code removal). On top of it:
 - nodes inside a block's bottleneck F get canonical names `block{i}/F/...`, identical in the
   forward and inverse graphs, so that F can be compared node for node and engines built from
   both graphs share timing-cache entries;
-- every op is checked against what TensorRT's ONNX parser supports, and nothing that a static
-  graph should not have (Identity, Shape/Gather chains) may remain.
+- every graph is checked against the graph policy every reader applies (irevnet.contract's
+  operators, opsets and attribute types, each operator one TensorRT's ONNX parser supports), and
+  nothing that a static graph should not have (Identity, Shape/Gather chains) may remain.
 """
 
 from __future__ import annotations
@@ -24,20 +25,14 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from ..contract import BATCH_DIM
+from ..contract import BATCH_DIM, OPSETS
 from ..errors import IRevNetError
+from ..runtime.graph_policy import check_graph_policy
 
-DEFAULT_OPSET = 18  # the dynamo exporter's floor; TensorRT 10 parses opsets 9-20
+DEFAULT_OPSET = OPSETS.start  # the dynamo exporter's floor
 
-# Ops that TensorRT's ONNX parser supports (onnx-tensorrt docs/operators.md, TensorRT 10),
-# restricted to those an i-RevNet graph can plausibly contain.
 # Nodes of a block's bottleneck F are named block{i}/F/... identically in the forward and inverse graphs.
 BRANCH_NODE = re.compile(r"^block(\d+)/F/")
-TRT_SUPPORTED_OPS = frozenset({
-    "Add", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Constant", "Conv", "DepthToSpace",
-    "DequantizeLinear", "Div", "Flatten", "Gemm", "GlobalAveragePool", "Identity", "MatMul", "Mul", "Neg", "Pad",
-    "QuantizeLinear", "ReduceMean", "Relu", "Round", "Reshape", "Slice", "SpaceToDepth", "Split", "Squeeze", "Sub", "Transpose", "Unsqueeze",
-})
 # Nodes that a static-shape, eval-mode graph has no reason to contain.
 FORBIDDEN_OPS = frozenset({"Identity", "Shape", "Gather", "Dropout", "ConstantOfShape"})
 
@@ -116,20 +111,23 @@ def _canonical_names(model: onnx.ModelProto) -> None:
 
 
 def check_graph(model: onnx.ModelProto, what: str, strict: bool = True) -> None:
-    """Full ONNX check (with shape inference) and TensorRT op support.
+    """Full ONNX check (with shape inference) and the readers' graph policy (runtime/graph_policy.py).
 
     Args:
         strict: also refuse nodes a clean static graph has no use for (FORBIDDEN_OPS). Debug
             graphs are not strict: they return some tensors under two names, via Identity.
+    Raises:
+        IRevNetError: one line; what a reader would refuse is an export bug.
     """
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as e:
         raise IRevNetError(f"{what}: ONNX checker failed: {str(e).splitlines()[0]}") from None
+    try:
+        check_graph_policy(model, what)
+    except IRevNetError as e:
+        raise IRevNetError(f"{e} by every reader; this is an export bug") from None
     ops = Counter(n.op_type for n in model.graph.node)
-    unsupported = sorted(set(ops) - TRT_SUPPORTED_OPS)
-    if unsupported:
-        raise IRevNetError(f"{what}: ops {unsupported} are not in TensorRT's supported set; this is an export bug")
     leftover = sorted(set(ops) & FORBIDDEN_OPS)
     if strict and leftover:
         raise IRevNetError(f"{what}: graph still contains {leftover}; this is an export bug")

@@ -10,7 +10,9 @@ numpy only. A bundle may come from another machine, so everything in it is check
 - `Bundle.read` reads a file once, checks its sha256 and returns those bytes: what was hashed is
   what runs (the graphs go to ONNX Runtime and TensorRT as bytes, never as paths). On ONNX
   Runtime's CPU provider what runs is this machine's optimized copy of those bytes, cached under
-  the graph's and weights' sha256 (backends/ort_offline.py).
+  the graph's and weights' sha256 (backends/ort_offline.py);
+- a graph holds only what irevnet exports (runtime/graph_policy.py), and its inputs and outputs are
+  those the manifest describes.
 
 The manifest is not signed: whoever can write the bundle can rewrite its hashes too. The checks
 catch corruption, files swapped or added by mistake, and paths that reach outside the bundle.
@@ -45,25 +47,11 @@ from ..contract import (
 from ..errors import BundleError, ConfigError
 from ..io.files import TEMPORARY, sha256_file
 from ..model.config import IRevNetConfig
+from .graph_policy import check_graph_policy
 
 SCHEMA_FILE = Path(__file__).with_name("manifest.schema.json")
 MAX_MANIFEST_BYTES = 16 << 20
 MAX_GRAPH_BYTES = (2 << 30) - 1  # protobuf's limit for a model handed over in memory
-
-# What irevnet's exporter writes into a graph (default ONNX domain, its opsets). A graph with any
-# other operator, a subgraph, a function or a sparse tensor is refused before a runtime sees it:
-# control flow (Loop, If, Scan) can run without bound, and sparse initializers and attribute
-# subgraphs are places where tensors could come from outside the bundle's checked bytes.
-EXPORTED_OPERATORS = frozenset({
-    "Add", "BatchNormalization", "Cast", "Concat", "Constant", "Conv", "DepthToSpace", "DequantizeLinear", "Div",
-    "Flatten", "Gemm", "GlobalAveragePool", "Identity", "Mul", "Pad", "QuantizeLinear", "ReduceMean", "Relu",
-    "Reshape", "Round", "Slice", "SpaceToDepth", "Squeeze", "Sub", "Transpose", "Unsqueeze",
-})
-EXPORTED_OPSETS = range(18, 21)
-# ONNX AttributeProto types a node of those operators may carry: FLOAT, INT, STRING, TENSOR,
-# FLOATS, INTS, STRINGS (not GRAPH(S), SPARSE_TENSOR(S), TENSORS, TYPE_PROTO(S))
-_ATTRIBUTE_TYPES = frozenset({1, 2, 3, 4, 6, 7, 8})
-
 
 @functools.lru_cache(maxsize=1)
 def manifest_validator():
@@ -111,6 +99,16 @@ class Bundle:
                     f"hashed); re-export the bundle"
                 )
         return bundle
+
+    def check_graphs(self) -> None:
+        """Opens every graph as a runtime would (graph policy, declared inputs and outputs,
+        external data inside the bundle): what export runs on its bundle before it is put in place.
+
+        Raises:
+            BundleError: one line naming the graph and what it holds.
+        """
+        for graph in self.graphs:
+            self._external_tensors(graph)
 
     # -- files ---------------------------------------------------------------------------------
 
@@ -212,23 +210,10 @@ class Bundle:
         return data, model, external
 
     def _check_graph(self, model, graph: str, name: str) -> None:
-        """Refuses a graph that is not what irevnet's exporter writes or not what the manifest
-        describes, before any runtime sees it (see EXPORTED_OPERATORS)."""
+        """Refuses a graph that is not what irevnet's exporter writes (runtime/graph_policy.py) or
+        not what the manifest describes, before any runtime sees it."""
         where = f"{self.path}: {name}"
-        if model.functions or len(model.graph.sparse_initializer):
-            raise BundleError(f"{where} carries functions or sparse initializers, which irevnet never exports; refused")
-        for opset in model.opset_import:
-            if opset.domain not in ("", "ai.onnx") or opset.version not in EXPORTED_OPSETS:
-                raise BundleError(f"{where} imports opset {opset.domain or 'ai.onnx'} {opset.version}, which irevnet never "
-                                  f"exports (ai.onnx {EXPORTED_OPSETS.start}-{EXPORTED_OPSETS.stop - 1}); refused")
-        for node in model.graph.node:
-            if node.domain not in ("", "ai.onnx") or node.op_type not in EXPORTED_OPERATORS:
-                raise BundleError(f"{where} uses operator {(node.domain + '.' if node.domain else '') + node.op_type!r} "
-                                  f"(node {node.name[:60]!r}), which irevnet never exports; refused")
-            for attribute in node.attribute:
-                if attribute.type not in _ATTRIBUTE_TYPES or attribute.ref_attr_name:
-                    raise BundleError(f"{where}: node {node.name[:60]!r} has a subgraph or sparse attribute "
-                                      f"{attribute.name[:40]!r}, which irevnet never exports; refused")
+        check_graph_policy(model, where)
         initialized = {t.name for t in model.graph.initializer}
         found = {
             "inputs": [(v.name, v.type.tensor_type.elem_type) for v in model.graph.input if v.name not in initialized],

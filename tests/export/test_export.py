@@ -10,6 +10,7 @@ from irevnet.contract import (
     BATCH_DIM,
     FORWARD,
     FORWARD_BLOCKS,
+    GRAPH_OPERATORS,
     IMAGE,
     INVERSE,
     INVERSE_BLOCKS,
@@ -24,7 +25,7 @@ from irevnet.contract import (
 )
 from irevnet.errors import CheckFailed
 from irevnet.export.bundle import ExportOptions, export_bundle
-from irevnet.export.onnx_export import FORBIDDEN_OPS, TRT_SUPPORTED_OPS
+from irevnet.export.onnx_export import FORBIDDEN_OPS
 from irevnet.io.checkpoint import save_checkpoint
 from irevnet.io.files import sha256_file
 from irevnet.metrics import rel_l2
@@ -101,7 +102,7 @@ def test_graphs_use_single_psi_nodes_and_fold_batchnorm(bundles, trained_tiny_bi
     assert fwd["BatchNormalization"] == 6 and inv["BatchNormalization"] == 5
     assert fwd["Conv"] == inv["Conv"] == 18
     for ops in (fwd, inv):
-        assert set(ops) <= TRT_SUPPORTED_OPS and not set(ops) & FORBIDDEN_OPS
+        assert set(ops) <= GRAPH_OPERATORS and not set(ops) & FORBIDDEN_OPS
     depth_to_space = [n for n in onnx.load(str(bundles[Precision.fp32] / graph_file(INVERSE))).graph.node if n.op_type == "DepthToSpace"]
     assert all(a.s == b"DCR" for n in depth_to_space for a in n.attribute if a.name == "mode")
 
@@ -216,6 +217,34 @@ def test_reference_format_checkpoints_export(tmp_path):
     m = export_bundle(ExportOptions(checkpoint=str(t7), out=str(tmp_path / "bcifar"), max_batch=2, samples=2,
                                     debug_graphs=False)).manifest
     assert m["checkpoint"]["format"] == "reference-cifar" and m["verification"]["passed"]
+
+
+@pytest.mark.parametrize("gate", ["each graph as exported", "the finished bundle, opened as a reader opens it"])
+def test_an_operator_the_readers_refuse_is_never_written(trained_tiny, tmp_path, monkeypatch, gate):
+    """A graph with an operator outside the graph policy (a Neg beside the graph, as a torch
+    release could emit one) fails the export in one line, and the bundle already there stays:
+    export checks every graph with the readers' policy, and before the swap it opens the finished
+    folder with Bundle.open and the readers' graph checks, which hold with the first bypassed."""
+    from irevnet.errors import IRevNetError
+    from irevnet.export import bundle as export_module
+
+    out = export_tiny(trained_tiny, tmp_path / "bundle", debug_graphs=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    export_graph = export_module.export_graph
+
+    def with_a_neg(*args, **kwargs):
+        model = export_graph(*args, **kwargs)
+        model.graph.node.append(onnx.helper.make_node("Neg", [model.graph.input[0].name], ["unused"], name="extra/Neg"))
+        return model
+
+    monkeypatch.setattr(export_module, "export_graph", with_a_neg)
+    if gate != "each graph as exported":
+        monkeypatch.setattr(export_module, "check_graph", lambda *args, **kwargs: None)
+    with pytest.raises(IRevNetError, match=r"forward\.onnx uses operator 'Neg' \(node 'extra/Neg'\)") as err:
+        export_tiny(trained_tiny, out, debug_graphs=False)
+    assert "\n" not in str(err.value) and "export bug" in str(err.value)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"], "no temporary folder left behind"
 
 
 def test_inputs_are_checked_before_the_work(trained_tiny, tmp_path):

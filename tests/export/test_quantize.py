@@ -10,7 +10,18 @@ import numpy as np
 import onnx
 import pytest
 
-from irevnet.contract import FORWARD, FORWARD_BLOCKS, IMAGE, INVERSE, INVERSE_BLOCKS, LOGITS, Precision, graph_file
+from irevnet.contract import (
+    FORWARD,
+    FORWARD_BLOCKS,
+    GRAPH_OPERATORS,
+    GRAPHS,
+    IMAGE,
+    INVERSE,
+    INVERSE_BLOCKS,
+    LOGITS,
+    Precision,
+    graph_file,
+)
 from irevnet.runtime import Bundle, Invertible
 from irevnet.runtime.verify import VerifyOptions, verify
 from tests.conftest import export_tiny
@@ -25,6 +36,15 @@ def int8_bundle(trained_tiny, tmp_path_factory):
 
 def _graph(bundle: Bundle, name: str) -> onnx.ModelProto:
     return onnx.load(bundle.path / graph_file(name), load_external_data=False)
+
+
+def test_the_graph_policy_allows_what_export_writes_and_no_more(int8_bundle, bundles):
+    """Every operator of the contract's graph policy is one that export writes (fp32, mixed, fp16
+    and int8, the debug graphs and the exact coupling included), and export writes no other."""
+    written = {node.op_type for b in [int8_bundle.path, *bundles.values()] for graph in GRAPHS
+               if (b / graph_file(graph)).is_file()
+               for node in onnx.load(b / graph_file(graph), load_external_data=False).graph.node}
+    assert written == GRAPH_OPERATORS
 
 
 @pytest.mark.parametrize("graph", [FORWARD, INVERSE, FORWARD_BLOCKS, INVERSE_BLOCKS])
