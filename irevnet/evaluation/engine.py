@@ -21,8 +21,9 @@ import numpy as np
 
 from ..contract import FORWARD, IMAGE, INVERSE, LOGITS, MANIFEST, Precision, Z
 from ..errors import IRevNetError
-from ..io.images import denormalize
+from ..io.images import reconstruction_metrics
 from ..io.splits import Item, Split, Unreadable
+from ..metrics import rel_l2
 from .records import RunIdentity, chunk_table
 
 if TYPE_CHECKING:
@@ -181,13 +182,9 @@ class Engine:
         if self.inverse is None:
             return out[LOGITS], None, None
         back = self.inverse.infer({Z: out[Z]})[IMAGE]
-        diff = back.astype(np.float64) - x.astype(np.float64)
-        rel = np.linalg.norm(diff.reshape(len(x), -1), axis=1) / np.maximum(
-            np.linalg.norm(x.reshape(len(x), -1).astype(np.float64), axis=1), 1e-30)
-        pixels = denormalize(back, self.split.mean, self.split.std) - denormalize(x, self.split.mean, self.split.std)
-        mse = (pixels**2).reshape(len(x), -1).mean(axis=1)
-        with np.errstate(divide="ignore"):
-            psnr = np.where(mse > 0, 10.0 * np.log10(1.0 / np.where(mse > 0, mse, 1.0)), np.inf)
+        rel = np.array([rel_l2(a, b) for a, b in zip(back, x)])
+        per_image = reconstruction_metrics(x, back, self.split.mean, self.split.std)["per_image"]
+        psnr = np.array([np.inf if m["psnr_db"] is None else m["psnr_db"] for m in per_image])  # None: exact
         return out[LOGITS], (rel, psnr), back
 
     def run(self, chunks: list[tuple[int, list[Item]]], on_batch: Callable[[list[Item], np.ndarray, Any], None]

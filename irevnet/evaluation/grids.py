@@ -21,8 +21,7 @@ def changed_grid(agreement: Agreement, target: Target, split: Split, opts: Any) 
     from z by this run's target below (None when no image changed)."""
     if not agreement.changed:
         return None
-    by_index = {it.index: it for it in split.items}
-    items = [by_index[c["index"]] for c in agreement.changed[:GRID_IMAGES]]
+    items = [split.items[c["index"]] for c in agreement.changed[:GRID_IMAGES]]  # an item's index is its place
     with Engine(target, split, round_trip=True, batch_size=min(len(items), target.max_batch or len(items)), workers=0,
                 strict=True) as engine:
         originals, reconstructions = reconstruct(engine, items)

@@ -83,18 +83,17 @@ def invert(opts: InvertOptions, progress=lambda *_: None) -> InversionReport:
     out = Path(opts.out)
     if not opts.grid_only and out.exists() and not out.is_dir():
         raise IRevNetError(f"{out} is a file: give a folder for the PNGs (or a .png for the grid alone)")
+    evaluation = opts.evaluation()
+    target = open_target(evaluation)
+    split = open_split(evaluation.dataset, evaluation.split, target.in_shape, evaluation.limit)
     written = [0]
 
     def on_batch(items, images, reconstructions) -> None:
         if not opts.grid_only:
-            save_pair_pngs(items, images, reconstructions, split_of[0], out)
+            save_pair_pngs(items, images, reconstructions, split, out)
             written[0] += len(items)
 
-    evaluation = opts.evaluation()
-    target = open_target(evaluation)
-    split_of = [open_split(evaluation.dataset, evaluation.split, target.in_shape, evaluation.limit)]
-    report = evaluate(evaluation, progress, on_batch)
-    split = split_of[0]
+    report = evaluate(evaluation, progress, on_batch, target=target, split=split)
     readable = {u["index"] for u in report.summary.unreadable}
     first = [it for it in split.items if it.index not in readable][:opts.samples]
     with Engine(target, split, round_trip=True, batch_size=min(opts.batch_size, len(first)), workers=0,

@@ -150,13 +150,16 @@ def items_of(split: Split, chunk: int, chunk_size: int):
 
 
 def evaluate(opts: EvaluateOptions, progress: Callable[[str, int, int, float], None] = lambda *_: None,
-             on_batch: Callable | None = None) -> EvaluationReport:
+             on_batch: Callable | None = None, *, target: Target | None = None,
+             split: Split | None = None) -> EvaluationReport:
     """Evaluates the target over the split (or joins shards' records); see the module docstring.
 
     Args:
         progress: called with (what, images done, images in this run, seconds) as chunks finish.
         on_batch: called with (items, images, reconstructions) of every batch computed here
             (`irevnet invert` writes them); not with Ray.
+        target, split: the options' target and split, when the caller has opened them already
+            (opening a bundle hashes every file of it; listing a split walks its folders).
 
     Raises:
         IRevNetError: one line: the target, the dataset, records of another run, a Ray cluster
@@ -167,8 +170,8 @@ def evaluate(opts: EvaluateOptions, progress: Callable[[str, int, int, float], N
         identity = merge([Path(p) for p in opts.merge], Path(opts.records))
         summary = _summary(identity, [Path(opts.records)], opts)
         return EvaluationReport(summary, opts.records, 0, 0, time.monotonic() - start)
-    target = open_target(opts)
-    split = open_split(opts.dataset, opts.split, target.in_shape, opts.limit)
+    target = target or open_target(opts)
+    split = split or open_split(opts.dataset, opts.split, target.in_shape, opts.limit)
     if split.classes != target.classes:
         raise IRevNetError(f"{target.path} has {target.classes} classes but {opts.dataset} has {split.classes}; "
                            f"evaluate on the dataset it was trained on")
