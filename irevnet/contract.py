@@ -1,10 +1,10 @@
 """The contract between the exporter and every reader of a bundle: each name written once.
 
-Tensor names, the batch axis, file and folder names, graph names, precision names and what a
-graph may contain (operators, opsets, attribute types), imported by the graphs, the exporter, the
-engine builder, the runtime, the C++ app's tests and the test suite; the manifest's JSON Schema
-(runtime/manifest.schema.json) states the same values, and a test checks that it does
-(tests/test_contract.py), as it checks that no other module spells them out.
+Tensor names, the batch axis, file and folder names, graph names, the members of the reference
+samples, precision names and what a graph may contain (operators, opsets, attribute types),
+imported by the graphs, the exporter, the engine builder, the runtime, the C++ app's tests and the
+test suite; the manifest's JSON Schema (runtime/manifest.schema.json) states the same values, and a
+test checks that it does (tests/test_contract.py), as it checks that no other module spells them out.
 Pure Python: imported on deployment boxes without torch.
 """
 
@@ -72,6 +72,12 @@ BATCH_DIM = "N"  # the dynamic batch axis of every input and output
 # Triton's names of the dtypes the graphs take and give (KServe v2 protocol; config.pbtxt writes TYPE_ before them)
 TRITON_DATATYPES = {"float32": "FP32", "float16": "FP16"}
 LAYOUT = "NCHW"
+
+
+# -- reference.npz: the verification inputs and PyTorch fp32 outputs (runtime/reference.py) -------
+# besides LOGITS, Z, RECONSTRUCTION and block_input(i) (h0..hB, for as many samples as fit 64 MB)
+REFERENCE_IMAGES = "images"  # the normalised inputs, (N, C, H, W) float32
+REFERENCE_LABELS = "labels"  # their classes, (N,) integers: with --dataset only
 
 
 def block_input(i: int) -> str:

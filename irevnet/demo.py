@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import validation as check
-from .contract import FORWARD, IMAGE, INVERSE, LOGITS, Precision, Z
+from .contract import FORWARD, IMAGE, INVERSE, LOGITS, REFERENCE_IMAGES, Precision, Z
 from .errors import IRevNetError
 from .io.files import atomic_directory, check_replaceable
 
@@ -87,8 +87,8 @@ def run_demo(opts: DemoOptions, report: Report = lambda step, result: None, obse
     report("verify", verified)
 
     grid = out / "inversion.png"
-    norm = bundles[Precision.fp32].manifest["normalization"]
-    save_inversion(*_onnx_round_trip(out / "bundle-fp32"), norm["mean"], norm["std"], grid)
+    norm = bundles[Precision.fp32].manifest.normalization
+    save_inversion(*_onnx_round_trip(out / "bundle-fp32"), norm.mean, norm.std, grid)
     report("invert", grid)
 
     speed = bench(BenchOptions(bundles=[str(out / "bundle-fp32")], backends=["onnxruntime", "torch"], batch_sizes=[32],
@@ -130,7 +130,7 @@ def _onnx_round_trip(bundle_path: Path) -> tuple[np.ndarray, np.ndarray]:
     from .runtime import Bundle, open_backend
 
     bundle = Bundle.open(bundle_path)
-    x = bundle.reference("images")["images"]
+    x = bundle.reference(REFERENCE_IMAGES).images
     with open_backend("onnxruntime", bundle, FORWARD) as fwd, open_backend("onnxruntime", bundle, INVERSE) as inv:
         return x, inv.infer({Z: fwd.infer({IMAGE: x})[Z]})[IMAGE]
 

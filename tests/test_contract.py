@@ -9,15 +9,17 @@ import pytest
 
 from irevnet import contract
 from irevnet.contract import BATCH_DIM, FORWARD, GRAPHS, INVERSE, LAYOUT, OPSETS, Precision
-from irevnet.runtime.bundle import SCHEMA_FILE
+from irevnet.runtime.manifest import SCHEMA_FILE
 from tests.conftest import json_objects
 
 ROOT = Path(__file__).resolve().parents[1]
 # Every string value of the contract, except DEBUG: "debug" is also the name of the --debug option
-# and of the manifest's tensorrt.debug field, which are not the folder.
+# and of the manifest's tensorrt.debug field, which are not the folder; and the reference samples'
+# "images" and "labels", which are also the words of summaries, manifest fields and datasets.
+COMMON_WORDS = {contract.DEBUG, contract.REFERENCE_IMAGES, contract.REFERENCE_LABELS}
 LITERALS = {
     value for name, value in vars(contract).items()
-    if name.isupper() and isinstance(value, str) and value != contract.DEBUG
+    if name.isupper() and isinstance(value, str) and value not in COMMON_WORDS
 } | {p.value for p in Precision} | {contract.graph_file(g) for g in GRAPHS} | {contract.engine_file(g) for g in GRAPHS}
 
 
@@ -88,3 +90,35 @@ def test_every_object_of_the_schema_refuses_unknown_fields(schema):
     open_objects = [path or "/" for path, node in json_objects(schema)
                     if "properties" in node and node.get("additionalProperties") is not False]
     assert open_objects == []
+
+
+def test_the_typed_manifest_holds_every_field_of_the_schema(schema):
+    """Each object of the schema is one frozen dataclass of runtime/manifest.py with the same
+    fields: a field added to the schema and not to its reader (or the other way) fails here."""
+    import dataclasses
+
+    from irevnet.runtime import manifest as typed
+    from irevnet.runtime.comparison import Tolerance
+    from irevnet.runtime.engines import Profile
+
+    classes = {
+        "": typed.Manifest, "/properties/model": typed.ModelInfo, "/properties/checkpoint": typed.CheckpointInfo,
+        "/properties/normalization": typed.Normalization, "/properties/batch": typed.Batch,
+        "/properties/branches": typed.Branches, "/properties/fidelity": typed.Fidelity,
+        "/properties/tolerances": Tolerance, "/properties/verification": typed.Verification,
+        "/properties/tensorrt": typed.TensorRTSection, "/properties/tensorrt/properties/gpu": typed.GpuInfo,
+        "/properties/tensorrt/properties/profile": Profile,
+        "/properties/tensorrt/properties/engines/additionalProperties": typed.EngineInfo,
+        "/properties/exact_coupling": typed.ExactCoupling, "/properties/calibration": typed.CalibrationInfo,
+        "/properties/weights": typed.WeightsFile, "/$defs/tensor": typed.TensorInfo, "/$defs/graph": typed.GraphSpec,
+        "/$defs/check": typed.CheckRecord,
+        "/$defs/config": None,  # the model's own IRevNetConfig, read by IRevNetConfig.from_dict
+        "/properties/graphs": None,  # Manifest.graphs, a mapping by graph name (contract.GRAPHS, checked above)
+    }
+    objects = {path: node for path, node in json_objects(schema) if "properties" in node}
+    assert set(objects) == set(classes)
+    for path, cls in classes.items():
+        if cls is not None:
+            fields = {f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")}
+            assert fields == set(objects[path]["properties"]), path or "/"
+

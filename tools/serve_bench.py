@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from irevnet.contract import FORWARD, IMAGE, INVERSE, ROUNDTRIP, Z
+from irevnet.contract import FORWARD, IMAGE, INVERSE, REFERENCE_IMAGES, ROUNDTRIP, Z
 from irevnet.runtime import Bundle, open_backend
 from irevnet.runtime.bench import BenchOptions
 from irevnet.runtime.load_test import load_server
@@ -41,12 +41,12 @@ def in_process(bundle: Bundle, threads: int, requests: int) -> list[dict]:
     import time
 
     rows = []
-    ref = bundle.reference("images", Z)
+    ref = bundle.reference(REFERENCE_IMAGES, Z)
     with open_backend("onnxruntime", bundle, FORWARD, threads=threads) as fwd, \
             open_backend("onnxruntime", bundle, INVERSE, threads=threads) as inv:
-        calls = {FORWARD: lambda: fwd.infer({IMAGE: ref["images"][:1]}),
-                 INVERSE: lambda: inv.infer({Z: ref[Z][:1]}),
-                 ROUNDTRIP: lambda: inv.infer({Z: fwd.infer({IMAGE: ref["images"][:1]})[Z]})}
+        calls = {FORWARD: lambda: fwd.infer({IMAGE: ref.images[:1]}),
+                 INVERSE: lambda: inv.infer({Z: ref.z[:1]}),
+                 ROUNDTRIP: lambda: inv.infer({Z: fwd.infer({IMAGE: ref.images[:1]})[Z]})}
         for direction, call in calls.items():
             for _ in range(20):
                 call()
@@ -67,10 +67,10 @@ def first_requests(server, bundle: Bundle, repeats: int = 50) -> list[dict]:
     median of the `repeats` that follow (batch 1, HTTP)."""
     from irevnet.runtime.backends.triton_backend import TritonBackend
 
-    ref = bundle.reference("images", Z)
+    ref = bundle.reference(REFERENCE_IMAGES, Z)
     rows = []
-    for direction, feed in ((FORWARD, {IMAGE: ref["images"][:1]}), (INVERSE, {Z: ref[Z][:1]}),
-                            (ROUNDTRIP, {IMAGE: ref["images"][:1]})):
+    for direction, feed in ((FORWARD, {IMAGE: ref.images[:1]}), (INVERSE, {Z: ref.z[:1]}),
+                            (ROUNDTRIP, {IMAGE: ref.images[:1]})):
         with TritonBackend(bundle, direction, f"http://{server.http_url}") as client:
             times = []
             for _ in range(repeats + 1):

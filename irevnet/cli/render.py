@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from ..runtime.timing import BenchEntry
     from ..runtime.verify import BlockReport, VerifyReport
 
-
 console = Console(highlight=False, markup=False)
 if not console.is_terminal:  # logs and pipes: room for the wide tables instead of 80 columns
     console.width = 140
@@ -167,26 +166,27 @@ def inversion(metrics: dict[str, Any], dataset: str, out: str) -> None:
 def export(result: ExportResult) -> None:
     from ..runtime.comparison import Comparison
 
-    manifest, v = result.manifest, result.manifest["verification"]
+    manifest = result.manifest
+    v = manifest.verification
     graphs = Table("graph", "nodes", "ops", "export s", title=f"{result.out} ({result.precision})")
-    for name, g in manifest["graphs"].items():
-        graphs.add_row(name, str(g["nodes"]), ", ".join(f"{k} {n}" for k, n in g["ops"].items()), f"{g['export_seconds']:.1f}")
+    for name, g in manifest.graphs.items():
+        graphs.add_row(name, str(g.nodes), ", ".join(f"{k} {n}" for k, n in g.ops.items()), f"{g.export_seconds:.1f}")
     console.print(graphs)
     table = Table("check (vs PyTorch fp32)", "max abs", "measured", "limit", "",
-                  title=f"verification: {v['samples']} {v['inputs']} samples, {v['backend']}")
+                  title=f"verification: {v.samples} {v.inputs} samples, {v.backend}")
     for c in result.checks:  # comparisons (rel. L2 against a tolerance) and agreements (a share against a minimum)
         if isinstance(c, Comparison):
             table.add_row(c.name, f"{c.max_abs:.2e}", f"{c.rel_l2:.3g}", f"{c.tolerance:.0e}", verdict(bool(c)))
         else:
             table.add_row(c.name, "", f"{c.value:.3g}", f">= {c.minimum}", verdict(bool(c)))
     console.print(table)
-    extra = f"round trip PSNR {db(v['round_trip_psnr_db'])} dB"
-    if "top1_pytorch" in v:
-        extra += f"; top-1 PyTorch {v['top1_pytorch']:.1f}% vs ONNX {v['top1_onnx']:.1f}%"
+    extra = f"round trip PSNR {db(v.round_trip_psnr_db)} dB"
+    if v.top1_pytorch is not None:
+        extra += f"; top-1 PyTorch {v.top1_pytorch:.1f}% vs ONNX {v.top1_onnx:.1f}%"
     console.print(extra)
-    weights = manifest["weights"]
-    console.print(f"{result.bytes_on_disk / 1e6:,.1f} MB on disk, of which {weights['bytes'] / 1e6:,.1f} MB of weights in "
-                  f"{weights['file']}, shared by all {len(manifest['graphs'])} graphs")
+    if manifest.weights is not None:
+        console.print(f"{result.bytes_on_disk / 1e6:,.1f} MB on disk, of which {manifest.weights.bytes / 1e6:,.1f} MB of weights in "
+                      f"{manifest.weights.file}, shared by all {len(manifest.graphs)} graphs")
     console.print(f"bundle written to {result.out}" if result
                   else f"bundle written to {result.out} despite failed checks (--allow-mismatch)")
 

@@ -64,7 +64,7 @@ def bundle_target(path: str, backend: str, options: BackendOptions) -> Target:
 
     cfg = bundle.config
     return Target("bundle", str(bundle.path), hashlib.sha256((bundle.path / MANIFEST).read_bytes()).hexdigest(),
-                  bundle.manifest["checkpoint"]["sha256"], bundle.manifest["weights_sha256"], bundle.precision,
+                  bundle.manifest.checkpoint.sha256, bundle.manifest.weights_sha256, bundle.precision,
                   tuple(cfg.in_shape), cfg.num_classes, bundle.max_batch, open_graphs)
 
 

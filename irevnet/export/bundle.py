@@ -36,6 +36,8 @@ from ..contract import (
     OPSETS,
     RECONSTRUCTION,
     REFERENCE,
+    REFERENCE_IMAGES,
+    REFERENCE_LABELS,
     SAMPLE_Z,
     SCHEMA_VERSION,
     WEIGHTS,
@@ -53,8 +55,9 @@ from ..io.images import reconstruction_metrics
 from ..metrics import top1_accuracy
 from ..model.graphs import ForwardBlocksGraph, ForwardGraph, InverseBlocksGraph, InverseGraph, prepare
 from ..runtime.backends.ort_backend import OrtBackend
-from ..runtime.bundle import Bundle, check_manifest, is_bundle_folder
+from ..runtime.bundle import Bundle, is_bundle_folder
 from ..runtime.comparison import Agreement, Comparison, Parity, Tolerance, compare, tolerance_for
+from ..runtime.manifest import Manifest, check_manifest
 from ..training.data import load_datasets
 from ..training.invert import first_images
 from .coupling import MANTISSA_BITS, grid_exponent, snap_coupling
@@ -110,29 +113,29 @@ class ExportResult:
     when all passed; a failed one is written only with allow_mismatch)."""
 
     out: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     checks: tuple[Comparison | Agreement, ...]
 
     @property
     def precision(self) -> str:
-        return self.manifest["precision"]
+        return self.manifest.precision
 
     @property
     def bytes_on_disk(self) -> int:
-        return sum((self.out / name).stat().st_size for name in [*self.manifest["files"], MANIFEST])
+        return sum((self.out / name).stat().st_size for name in [*self.manifest.files, MANIFEST])
 
     def __bool__(self) -> bool:
         return all(self.checks)
 
     def __str__(self) -> str:
-        v = self.manifest["verification"]
+        v = self.manifest.verification
         verdict = "passed" if self else "FAILED (kept: --allow-mismatch)"
-        return (f"{self.precision} bundle {self.out}: {', '.join(self.manifest['graphs'])}; verification on "
-                f"{v['samples']} {v['inputs']} samples, {v['backend']}, {verdict}")
+        return (f"{self.precision} bundle {self.out}: {', '.join(self.manifest.graphs)}; verification on "
+                f"{v.samples} {v.inputs} samples, {v.backend}, {verdict}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"out": str(self.out), "passed": bool(self), "bytes_on_disk": self.bytes_on_disk,
-                "manifest": self.manifest}
+                "manifest": self.manifest.to_dict()}
 
 
 def export_bundle(opts: ExportOptions, log=lambda msg: None) -> ExportResult:
@@ -243,10 +246,10 @@ def export_bundle(opts: ExportOptions, log=lambda msg: None) -> ExportResult:
                 f"export verification failed ({failed}) against the {precision.value} tolerances; "
                 f"no bundle written (--allow-mismatch keeps it anyway)"
             )
-        check_manifest(manifest, f"the manifest of {out}")  # what Bundle.open enforces, field by field
+        typed = check_manifest(manifest, f"the manifest of {out}")  # what Bundle.open enforces, field by field
         write_json(tmp / MANIFEST, manifest)
         _open_as_a_reader(tmp, out)
-    return ExportResult(out, manifest, tuple(checks))
+    return ExportResult(out, typed, tuple(checks))
 
 
 def _open_as_a_reader(tmp: Path, out: Path) -> None:
@@ -368,9 +371,9 @@ def _verify(tmp: Path, graphs, model, images, labels, normalization, tol: Tolera
         result["top1_pytorch"] = top1_accuracy(logits_ref.numpy(), labels)
         result["top1_onnx"] = top1_accuracy(out[LOGITS], labels)
 
-    reference = {"images": x_np, LOGITS: logits_ref.numpy(), Z: z_ref.numpy(), RECONSTRUCTION: rec_ref.numpy()}
+    reference = {REFERENCE_IMAGES: x_np, LOGITS: logits_ref.numpy(), Z: z_ref.numpy(), RECONSTRUCTION: rec_ref.numpy()}
     if labels is not None:
-        reference["labels"] = labels
+        reference[REFERENCE_LABELS] = labels
     reference |= _block_reference(model, x)
     return result, reference, checks
 

@@ -3,6 +3,7 @@
     from irevnet.runtime import Bundle, open_backend
 
     bundle = Bundle.open("bundles/digits")            # checks the schema and every file's sha256
+    bundle.manifest.batch.max                         # the manifest, typed (runtime/manifest.py)
     with open_backend("onnxruntime", bundle, "inverse") as inverse:
         image = inverse.infer({"z": z})["image"]      # (N, C, H, W) float32, normalised
 

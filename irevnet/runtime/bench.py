@@ -32,7 +32,7 @@ import numpy as np
 
 from .. import validation as check
 from ..allocator import steady_allocator
-from ..contract import FORWARD, IMAGE, INVERSE, Z
+from ..contract import FORWARD, IMAGE, INVERSE, REFERENCE_IMAGES, Z
 from ..errors import IRevNetError
 from .backends import BackendOptions, open_backend, options_for, refuse_options_not_taken, resolve_backends, unsupported
 from .bundle import Bundle
@@ -153,7 +153,7 @@ def bench(opts: BenchOptions, progress: Callable[[str, float], None] = lambda wh
     allocator = steady_allocator()  # for the PyTorch baseline
     cfg = bundle.config
     flops = conv_flops(cfg)
-    reference = bundle.reference("images", Z)  # real inputs and the z PyTorch made of them, tiled to each batch
+    reference = bundle.reference(REFERENCE_IMAGES, Z)  # real inputs and the z PyTorch made of them, tiled to each batch
     rounds = min(opts.rounds, opts.iterations) if opts.iterations else opts.rounds
     results = []
     steps, done = len(directions) * len(sizes) * rounds * len(candidates), 0

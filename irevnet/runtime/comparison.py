@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..contract import FORWARD, INVERSE, LOGITS, Precision, Z
 from ..io.images import reconstruction_metrics
 from ..metrics import rel_l2, top1_accuracy, top1_agreement
+
+if TYPE_CHECKING:
+    from .manifest import Normalization
 
 
 @dataclass(frozen=True)
@@ -180,8 +183,8 @@ class RoundTrip:
 
     @classmethod
     def measure(cls, precision: str, forward: str, inverse: str, kind: str, x_hat: np.ndarray, x: np.ndarray,
-                normalization: dict[str, Any], tolerance: float) -> RoundTrip:
-        pixels = reconstruction_metrics(x, x_hat, normalization["mean"], normalization["std"])
+                normalization: Normalization, tolerance: float) -> RoundTrip:
+        pixels = reconstruction_metrics(x, x_hat, normalization.mean, normalization.std)
         per_sample = [rel_l2(a, b) for a, b in zip(x_hat, x)]
         return cls(precision, forward, inverse, kind, compare("round trip", x_hat, x, tolerance), pixels["max_abs"],
                    pixels["psnr_db"], int(np.argmax(per_sample)))

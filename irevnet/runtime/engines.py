@@ -16,9 +16,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BundleError, IRevNetError
+
+if TYPE_CHECKING:
+    from .manifest import TensorRTSection
 
 
 class HardwareCompat(str, Enum):
@@ -72,7 +75,8 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def check_compatible(meta: dict[str, Any], trt_version: str, gpu_name: str, compute_capability: tuple[int, int]) -> list[str]:
+def check_compatible(meta: TensorRTSection, trt_version: str, gpu_name: str,
+                     compute_capability: tuple[int, int]) -> list[str]:
     """Refuses an engine that cannot run on this TensorRT version and GPU.
 
     Args:
@@ -82,29 +86,29 @@ def check_compatible(meta: dict[str, Any], trt_version: str, gpu_name: str, comp
     Raises:
         EngineMismatch: naming both sides and saying to rebuild.
     """
-    built, here = _version(meta["version"]), _version(trt_version)
+    built, here = _version(meta.version), _version(trt_version)
     rebuild = "rebuild the engines here with `irevnet build BUNDLE` (or pass --rebuild)"
-    if meta.get("version_compatible"):
+    if meta.version_compatible:
         if here[:1] != built[:1] or here[:3] < built[:3]:
             raise EngineMismatch(
-                f"engines were built with TensorRT {meta['version']} (version-compatible within {built[0]}.x, same or "
+                f"engines were built with TensorRT {meta.version} (version-compatible within {built[0]}.x, same or "
                 f"newer), this is TensorRT {trt_version}; {rebuild}"
             )
     elif here[:3] != built[:3]:
-        raise EngineMismatch(f"engines were built with TensorRT {meta['version']}, this is TensorRT {trt_version}; {rebuild}")
-    gpu = meta["gpu"]
-    built_cc = tuple(gpu["compute_capability"])
-    level = meta.get("hardware_compatibility", "none")
-    where = f"{gpu['name']} (sm_{built_cc[0]}{built_cc[1]})"
+        raise EngineMismatch(f"engines were built with TensorRT {meta.version}, this is TensorRT {trt_version}; {rebuild}")
+    gpu = meta.gpu
+    built_cc = tuple(gpu.compute_capability)
+    level = meta.hardware_compatibility
+    where = f"{gpu.name} (sm_{built_cc[0]}{built_cc[1]})"
     this = f"{gpu_name} (sm_{compute_capability[0]}{compute_capability[1]})"
-    if level == "ampere_plus":
+    if level is HardwareCompat.ampere_plus:
         if compute_capability < (8, 0):
             raise EngineMismatch(f"engines are Ampere-or-newer compatible, this GPU is {this}; {rebuild}")
         return []
     if tuple(compute_capability) != built_cc:
         raise EngineMismatch(f"engines were built for {where}, this GPU is {this}; {rebuild}")
-    if level == "none" and gpu_name != gpu["name"]:
-        note = f"engines were built on {gpu['name']}, running on {gpu_name} (same compute capability)"
+    if level is HardwareCompat.none and gpu_name != gpu.name:
+        note = f"engines were built on {gpu.name}, running on {gpu_name} (same compute capability)"
         return [f"{note}; rebuild for best performance"]
     return []
 

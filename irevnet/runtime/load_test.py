@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..contract import FORWARD, INVERSE, RECONSTRUCTION, ROUNDTRIP, Z
+from ..contract import FORWARD, INVERSE, RECONSTRUCTION, REFERENCE_IMAGES, ROUNDTRIP, Z
 from ..errors import IRevNetError
 from .bundle import Bundle
 from .timing import BenchEntry, LatencyStats, Round, conv_flops, tiled_input, timed
@@ -70,7 +70,7 @@ def load_server(opts: BenchOptions, bundle: Bundle, sizes: list[int],
     output) over exactly the measured requests, from its statistics API, as perf_analyzer shows it."""
     from .backends.triton_backend import TritonBackend
 
-    reference = bundle.reference("images", Z)
+    reference = bundle.reference(REFERENCE_IMAGES, Z)
     levels = [(d, n, c) for d in (FORWARD, INVERSE, ROUNDTRIP) for n in sizes for c in opts.concurrency]
     entries = []
     for done, (direction, n, c) in enumerate(levels):

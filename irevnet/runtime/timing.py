@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..contract import INVERSE, Z
+from ..contract import INVERSE
 from ..model.config import IRevNetConfig
 
 if TYPE_CHECKING:
     from .load_test import ServerSplit
+    from .reference import ReferenceSamples
 
 
 def conv_flops(config: IRevNetConfig) -> int:
@@ -39,16 +40,16 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def tiled_input(reference: dict[str, np.ndarray], direction: str, batch: int) -> np.ndarray:
+def tiled_input(reference: ReferenceSamples, direction: str, batch: int) -> np.ndarray:
     """What a measurement of `direction` feeds: the reference samples it takes (z for the inverse,
     the images for the forward and the round trip) repeated to `batch` of them, contiguous.
 
     Args:
-        reference: the bundle's reference samples, Bundle.reference("images", Z).
+        reference: the bundle's reference samples, Bundle.reference(REFERENCE_IMAGES, Z).
     Returns:
         (batch, *sample shape) float32.
     """
-    source = reference[Z if direction == INVERSE else "images"]
+    source = reference.z if direction == INVERSE else reference.images
     return np.ascontiguousarray(np.resize(source, (batch, *source.shape[1:])))
 
 

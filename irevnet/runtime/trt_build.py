@@ -26,7 +26,7 @@ from ..contract import FORWARD, FORWARD_BLOCKS, INVERSE, INVERSE_BLOCKS, MANIFES
 from ..errors import IRevNetError
 from ..io.files import atomic_output, sha256_file, write_json
 from . import gpu
-from .bundle import Bundle, check_manifest
+from .bundle import Bundle
 from .engines import (
     EngineMismatch,
     HardwareCompat,
@@ -35,6 +35,7 @@ from .engines import (
     make_logger,
     make_profile,
 )
+from .manifest import check_manifest
 
 
 @dataclass(frozen=True)
@@ -61,15 +62,16 @@ class BuildOptions:
     def from_record(cls, bundle: Bundle) -> BuildOptions:
         """The options the bundle's engines were built with (its manifest's tensorrt section), all
         of them: a rebuild makes the same engines for this GPU and TensorRT."""
-        section = bundle.manifest["tensorrt"]
+        section = bundle.manifest.tensorrt
         # timing_cache: the bundle's own (the default); a path recorded elsewhere belongs to the
         # machine that built the engines, and a manifest never chooses a path that irevnet opens
+        level = section.builder_optimization_level
         return cls(
-            bundle=str(bundle.path), max_batch=section["profile"]["max"], opt_batch=section["profile"]["opt"],
-            workspace_mb=section.get("workspace_mb"), timing_cache=None,
-            opt_level=section.get("builder_optimization_level", cls.opt_level), tf32=section.get("tf32", cls.tf32),
-            hardware_compat=section.get("hardware_compatibility", "none"),
-            version_compat=section.get("version_compatible", False), debug=FORWARD_BLOCKS in section["engines"],
+            bundle=str(bundle.path), max_batch=section.profile.max, opt_batch=section.profile.opt,
+            workspace_mb=section.workspace_mb, timing_cache=None,
+            opt_level=cls.opt_level if level is None else level, tf32=section.tf32,
+            hardware_compat=section.hardware_compatibility,
+            version_compat=section.version_compatible, debug=FORWARD_BLOCKS in section.engines,
         )
 
 
@@ -105,7 +107,7 @@ def build_engines(opts: BuildOptions, log: Callable[[str], None] = lambda m: Non
             cache = config.create_timing_cache(_previous_cache(bundle, cache_path, opts))
         config.set_timing_cache(cache, False)
         _configure(trt, config, opts)
-        network, parser = _parse(trt, builder, logger, bundle.graph_bytes(graph), bundle.graphs[graph]["file"])
+        network, parser = _parse(trt, builder, logger, bundle.graph_bytes(graph), bundle.graphs[graph].file)
         (name,) = [network.get_input(i).name for i in range(network.num_inputs)]
         feature_shape = list(network.get_input(0).shape)[1:]
         optimization = builder.create_optimization_profile()
@@ -131,7 +133,7 @@ def build_engines(opts: BuildOptions, log: Callable[[str], None] = lambda m: Non
         "built": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "gpu": {"name": gpu_name, "compute_capability": list(cc)},
         "strongly_typed": True,
-        "precision": bundle.precision,
+        "precision": bundle.precision.value,
         "tf32": opts.tf32,
         "profile": {"min": profile.min, "opt": profile.opt, "max": profile.max},
         "builder_optimization_level": opts.opt_level,
@@ -153,12 +155,12 @@ def rebuild_stale_engines(bundle_path: str | Path, log: Callable[[str], None] = 
         The manifest's new "tensorrt" section, or None when the engines fit (or there are none).
     """
     bundle = Bundle.open(bundle_path)
-    if "tensorrt" not in bundle.manifest:
+    if bundle.manifest.tensorrt is None:
         return None
     trt = import_tensorrt()
     gpu_name, cc = gpu.cuda_api().device()
     try:
-        check_compatible(bundle.manifest["tensorrt"], trt.__version__, gpu_name, cc)
+        check_compatible(bundle.manifest.tensorrt, trt.__version__, gpu_name, cc)
     except EngineMismatch as e:
         log(f"rebuilding: {e}")
         return build_engines(BuildOptions.from_record(bundle), log)
@@ -188,7 +190,7 @@ def _previous_cache(bundle: Bundle, cache_path: Path, opts: BuildOptions) -> byt
     only as the checked bytes its manifest lists (an unlisted one is not read, and is replaced)."""
     if opts.timing_cache:
         return cache_path.read_bytes() if cache_path.is_file() else b""
-    return bundle.read(TIMING_CACHE) if TIMING_CACHE in bundle.manifest["files"] else b""
+    return bundle.read(TIMING_CACHE) if TIMING_CACHE in bundle.manifest.files else b""
 
 
 def _configure(trt, config, opts: BuildOptions) -> None:
@@ -226,7 +228,7 @@ def _relative_to(path: Path, root: Path) -> str:
 
 def _record(bundle: Bundle, section: dict[str, Any], cache_path: Path) -> None:
     """Writes the TensorRT section and the new files' hashes into the manifest (atomically)."""
-    manifest = dict(bundle.manifest)
+    manifest = bundle.manifest.to_dict()
     manifest["tensorrt"] = section
     files = dict(manifest["files"])
     for engine in section["engines"].values():

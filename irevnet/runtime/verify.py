@@ -30,6 +30,8 @@ from ..contract import (
     INVERSE,
     INVERSE_BLOCKS,
     LOGITS,
+    REFERENCE_IMAGES,
+    REFERENCE_LABELS,
     Precision,
     Z,
     block_input,
@@ -42,6 +44,7 @@ from ..metrics import rel_l2
 from .backends import BackendOptions, open_backend, options_for, refuse_options_not_taken, resolve_backends, unsupported
 from .bundle import Bundle
 from .comparison import Parity, RoundTrip, Tolerance, tolerance_for
+from .manifest import Fidelity
 
 
 @dataclass
@@ -213,8 +216,7 @@ def verify(opts: VerifyOptions, log: Callable[[str], None] = lambda m: None) -> 
 
 def tolerances(bundle: Bundle) -> Tolerance:
     """The tolerances the bundle was exported under (its manifest), else the current table's."""
-    recorded = bundle.manifest.get("tolerances")
-    return Tolerance(**recorded) if recorded else tolerance_for(bundle.precision)
+    return bundle.manifest.tolerances or tolerance_for(bundle.precision)
 
 
 def _has_torch() -> bool:
@@ -236,20 +238,20 @@ def _inputs(bundle: Bundle, opts: VerifyOptions) -> tuple[np.ndarray, np.ndarray
     if opts.dataset:
         x, labels, paths = read_test_images(opts.dataset, bundle.config.in_shape, opts.samples)
         return x, labels, f"images of {opts.dataset} (a seeded sample of its held-out split, stratified by class)", paths
-    ref = bundle.reference("images", "labels")
-    n = min(opts.samples, len(ref["images"]))
-    return ref["images"][:n], ref["labels"][:n] if "labels" in ref else None, "reference samples stored at export", []
+    ref = bundle.reference(REFERENCE_IMAGES, REFERENCE_LABELS)
+    n = min(opts.samples, len(ref.images))
+    return ref.images[:n], ref.labels[:n] if ref.labels is not None else None, "reference samples stored at export", []
 
 
 def _reference(bundle: Bundle, x: np.ndarray, opts: VerifyOptions, log) -> dict[str, Any]:
     """PyTorch fp32 logits, z and block activations for x: live if possible, else stored."""
-    ckpt = opts.checkpoint or bundle.manifest["checkpoint"]["path"]
+    ckpt = opts.checkpoint or bundle.manifest.checkpoint.path
     if _has_torch() and Path(ckpt).is_file():
         log("computing the PyTorch fp32 reference")
         from .backends.torch_backend import TorchBackend
 
         kw = {"precision": Precision.fp32, "image_size": bundle.config.in_shape[1], "device": "cpu",
-              "sha256": bundle.manifest["checkpoint"]["sha256"]}  # the exported checkpoint, or refused
+              "sha256": bundle.manifest.checkpoint.sha256}  # the exported checkpoint, or refused
         graph = FORWARD_BLOCKS if opts.blocks else FORWARD
         with TorchBackend(ckpt, graph, **kw) as torch_fwd:
             out = torch_fwd.infer({IMAGE: x})
@@ -258,14 +260,14 @@ def _reference(bundle: Bundle, x: np.ndarray, opts: VerifyOptions, log) -> dict[
     if opts.checkpoint and not Path(opts.checkpoint).is_file():
         raise IRevNetError(f"checkpoint not found: {opts.checkpoint}")
     blocks = [block_input(i) for i in range(bundle.num_blocks + 1)] if opts.blocks else []
-    stored = bundle.reference("images", LOGITS, Z, *blocks)
-    if opts.dataset or not np.array_equal(stored["images"][: len(x)], x):
+    stored = bundle.reference(REFERENCE_IMAGES, LOGITS, Z, *blocks)
+    if opts.dataset or not np.array_equal(stored.images[: len(x)], x):
         return {"source": "none (no torch, and the inputs are not the stored samples)", LOGITS: None, Z: None, "h": None}
     n = len(x)
     return {
         "source": "PyTorch fp32 outputs stored in the bundle at export",
-        LOGITS: stored[LOGITS][:n], Z: stored[Z][:n],
-        "h": [stored[k] for k in blocks] if blocks and blocks[0] in stored else None,
+        LOGITS: stored.logits[:n], Z: stored.z[:n],
+        "h": list(stored.blocks) if blocks and stored.blocks else None,
     }
 
 
@@ -277,8 +279,9 @@ def _open(kind: str, bundle: Bundle, graph: str, opts: VerifyOptions):
 
 
 def _blocks(bundle: Bundle, kind: str, x: np.ndarray, reference, opts: VerifyOptions, log) -> BlockReport:
-    fidelity = bundle.manifest.get("fidelity", {})
-    report = BlockReport(bundle.precision, kind, fidelity.get("inverse_gain"), fidelity.get("warnings", []))
+    fidelity = bundle.manifest.fidelity or Fidelity()
+    gain = list(fidelity.inverse_gain) if fidelity.inverse_gain is not None else None
+    report = BlockReport(bundle.precision, kind, gain, list(fidelity.warnings))
     if not (bundle.has(FORWARD_BLOCKS) and bundle.has(INVERSE_BLOCKS)):
         report.skipped = "the bundle has no debug graphs (exported with --no-debug)"
         return report

@@ -42,6 +42,7 @@ from ..errors import IRevNetError
 from ..io.files import atomic_directory, check_replaceable, write_json
 from ..runtime.backends.triton_backend import served_tensors
 from ..runtime.bundle import Bundle
+from ..runtime.manifest import Signature, TensorInfo
 from .record import (
     MARKER,
     NAME,
@@ -216,8 +217,8 @@ def _options_beside(record: Record, opts: TritonOptions) -> dict[str, Any]:
 
 
 def _tensors(bundle: Bundle) -> list[Any]:
-    return [(t["name"], t["dtype"], t["shape"][1:]) for g in (FORWARD, INVERSE)
-            for side in ("inputs", "outputs") for t in bundle.graphs[g][side]]
+    return [(t.name, t.dtype, t.shape[1:]) for g in (FORWARD, INVERSE)
+            for side in ("inputs", "outputs") for t in getattr(bundle.graphs[g], side)]
 
 
 def _manifest_sha256(bundle: Bundle) -> str:
@@ -234,9 +235,9 @@ def _hashes(root: Path) -> dict[str, str]:
 # -- configs ----------------------------------------------------------------------------------------
 
 
-def _tensor(spec: dict[str, Any], name: str | None = None) -> str:
-    dims = ", ".join(str(d) for d in spec["shape"][1:])  # without the batch axis: max_batch_size holds it
-    return f'{{ name: "{name or spec["name"]}" data_type: {_DTYPES[spec["dtype"]]} dims: [ {dims} ] }}'
+def _tensor(spec: TensorInfo, name: str | None = None) -> str:
+    dims = ", ".join(str(d) for d in spec.shape[1:])  # without the batch axis: max_batch_size holds it
+    return f'{{ name: "{name or spec.name}" data_type: {_DTYPES[spec.dtype]} dims: [ {dims} ] }}'
 
 
 def _parameters(params: dict[str, str]) -> str:
@@ -244,11 +245,11 @@ def _parameters(params: dict[str, str]) -> str:
     return "parameters [ " + ", ".join(f'{{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items()) + " ]"
 
 
-def _warmup(spec: dict[str, Any]) -> str:
+def _warmup(spec: Signature) -> str:
     """One zero-filled batch of 1 at load (Triton's model_warmup), so that the first client's
     request does not pay for the runtime's first run (its memory arenas and kernel choices)."""
-    inputs = " ".join(f'inputs {{ key: "{t["name"]}" value: {{ data_type: {_DTYPES[t["dtype"]]} '
-                      f'dims: [ {", ".join(str(d) for d in t["shape"][1:])} ] zero_data: true }} }}' for t in spec["inputs"])
+    inputs = " ".join(f'inputs {{ key: "{t.name}" value: {{ data_type: {_DTYPES[t.dtype]} '
+                      f'dims: [ {", ".join(str(d) for d in t.shape[1:])} ] zero_data: true }} }}' for t in spec.inputs)
     return f'model_warmup [ {{ name: "zeros" batch_size: 1 count: 1 {inputs} }} ]'
 
 
@@ -268,8 +269,8 @@ def model_config(bundle: Bundle, graph: str, names: dict[str, str], options: dic
     lines += [
         f"max_batch_size: {bundle.max_batch}",
         "version_policy: { all { } }",
-        "input [ " + ", ".join(_tensor(t) for t in spec["inputs"]) + " ]",
-        "output [ " + ", ".join(_tensor(t) for t in spec["outputs"]) + " ]",
+        "input [ " + ", ".join(_tensor(t) for t in spec.inputs) + " ]",
+        "output [ " + ", ".join(_tensor(t) for t in spec.outputs) + " ]",
         f"instance_group [ {{ count: {options['instances']} kind: {kind} }} ]",
     ]
     if graph == ROUNDTRIP:
@@ -308,7 +309,7 @@ def validate_config(text: str, bundle: Bundle, model: str, names: dict[str, str]
     graphs = served_tensors(bundle, graph)
     for side, tensors in (("input", config.input), ("output", config.output)):
         declared = {t.name: (config_pb2.DataType.Name(t.data_type), list(t.dims)) for t in tensors}
-        expected = {t["name"]: (_DTYPES[t["dtype"]], list(t["shape"][1:])) for t in graphs[f"{side}s"]}
+        expected = {t.name: (_DTYPES[t.dtype], list(t.shape[1:])) for t in getattr(graphs, f"{side}s")}
         if declared != expected:
             problems.append(f"{side}s {declared} but the graph has {expected}")
     if problems:
@@ -347,7 +348,7 @@ def _write_model_files(bundle: Bundle, graph: str, version: Path, opts: TritonOp
         # the directory form: model.onnx beside the weights file its external data names
         target = version / "model.onnx" if opts.flavour is Flavour.onnxruntime else version
         target.mkdir(exist_ok=True)
-        for name in bundle.graphs[graph].get("files", [graph_file(graph)]):
+        for name in bundle.graphs[graph].files:
             data = bundle.read(name)  # the checked bytes
             (target / ("model.onnx" if name == graph_file(graph) else Path(name).name)).write_bytes(data)
 
@@ -355,7 +356,7 @@ def _write_model_files(bundle: Bundle, graph: str, version: Path, opts: TritonOp
 def _copy_bundle(bundle: Bundle, target: Path) -> None:
     """The bundle's manifest and every file it lists (the checked bytes) into `target`."""
     target.mkdir(parents=True)
-    for name in bundle.manifest["files"]:
+    for name in bundle.manifest.files:
         path = target / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(bundle.read(name))
@@ -389,7 +390,7 @@ def check_configs(root: Path, record: Record, shown: Path | None = None) -> Bund
         bundles[v] = Bundle.open(folder)
         prefix = f"{names[FORWARD]}/{SHARED}/bundles/{v}/"
         recorded = {name[len(prefix):] for name in record.files if name.startswith(prefix)}
-        extra = sorted(recorded - {MANIFEST, *bundles[v].manifest["files"]})
+        extra = sorted(recorded - {MANIFEST, *bundles[v].manifest.files})
         if extra:
             raise IRevNetError(f"{shown / prefix / extra[0]} is not a file of the bundle; serve only what `irevnet triton` "
                                f"wrote (write the repository again)")

@@ -481,16 +481,16 @@ def warm_round_trips(server: Server, record: Record, bundle: Bundle, instances: 
     model_warmup cannot pay it (at load its calls fail with "Server not ready", measured)."""
     from ..runtime.backends.triton_client import HttpClient, ServerAddress, TensorSpec, answer_bound
 
-    image = bundle.graphs[FORWARD]["inputs"][0]
-    outputs = [TensorSpec(RECONSTRUCTION, "FP32", tuple(image["shape"][1:]))]
+    image = bundle.graphs[FORWARD].inputs[0]
+    outputs = [TensorSpec(RECONSTRUCTION, "FP32", tuple(image.shape[1:]))]
     address = ServerAddress("http", _loopback_of(server.host), server.http_port)
-    x = np.zeros((1, *image["shape"][1:]), np.float32)
+    x = np.zeros((1, *image.shape[1:]), np.float32)
     errors = []
 
     def one(version: str) -> None:
         client = HttpClient(address, 60.0, answer_bound(outputs, 1))
         try:
-            client.infer(record.models[ROUNDTRIP], {image["name"]: x}, outputs, version)
+            client.infer(record.models[ROUNDTRIP], {image.name: x}, outputs, version)
         except IRevNetError as e:
             errors.append(str(e))
         finally:

@@ -40,7 +40,7 @@ def test_a_bundle_scores_what_verify_and_the_checkpoint_on_torch_score(bundles, 
     against = evaluate(EvaluateOptions(target=str(bundles[Precision.fp32]), against=str(tmp_path / "torch.parquet")))
     agreement = against.summary.agreement
     assert agreement.images == 360 and agreement.top1 == 1.0 and agreement.changed == []
-    assert agreement.drift["max"] <= Bundle.open(bundles[Precision.fp32]).manifest["tolerances"][LOGITS]
+    assert agreement.drift["max"] <= Bundle.open(bundles[Precision.fp32]).manifest.tolerances.logits
     # the round trip through the exported inverse: the input's rounding (fp32), on every image
     assert bundle.summary.round_trip["max"] <= 1e-5 and bundle.summary.psnr_db["min"] > 100
 
@@ -59,7 +59,7 @@ def test_the_records_hold_one_row_per_image_and_say_what_they_are_of(bundles, tm
                                        "round_trip_rel_l2", "psnr_db", "backend"}
     identity = RunIdentity.from_json(pq.read_schema(out).metadata[META], str(out))
     manifest = Bundle.open(bundles[Precision.mixed]).manifest
-    assert identity.weights_sha256 == manifest["weights_sha256"] and identity.dataset == "digits"
+    assert identity.weights_sha256 == manifest.weights_sha256 and identity.dataset == "digits"
     assert identity.split == "val" and identity.precision == Precision.mixed
     top5 = np.stack(table.column("top5").to_numpy(zero_copy_only=False))
     logits = np.stack(table.column(LOGITS).to_numpy(zero_copy_only=False))

@@ -17,6 +17,7 @@ from irevnet.contract import (
     LOGITS,
     MANIFEST,
     REFERENCE,
+    REFERENCE_IMAGES,
     SAMPLE_Z,
     WEIGHTS,
     Precision,
@@ -207,8 +208,8 @@ def test_reference_format_checkpoints_export(tmp_path):
     torch.save({"epoch": 1, "state_dict": reference_state_dict(model), "best_prec1": 1.0}, path)
     m = export_bundle(ExportOptions(checkpoint=str(path), out=str(tmp_path / "b301"), image_size=64,
                                     max_batch=2, samples=2, debug_graphs=False)).manifest
-    assert m["checkpoint"]["format"] == "reference-imagenet" and m["verification"]["passed"]
-    assert m["normalization"]["dataset"] == "imagenet", "1000 classes: ImageNet mean/std by default"
+    assert m.checkpoint.format == "reference-imagenet" and m.verification.passed
+    assert m.normalization.dataset == "imagenet", "1000 classes: ImageNet mean/std by default"
     assert _ops(tmp_path / "b301" / graph_file(FORWARD))["SpaceToDepth"] == 1 + 2 * 4, "init psi + 2 per stride-2 block"
 
     cifar = small_model("irevnet-cifar")
@@ -216,7 +217,7 @@ def test_reference_format_checkpoints_export(tmp_path):
     write_reference_t7(t7, cifar.config, reference_state_dict(cifar), legacy=True)
     m = export_bundle(ExportOptions(checkpoint=str(t7), out=str(tmp_path / "bcifar"), max_batch=2, samples=2,
                                     debug_graphs=False)).manifest
-    assert m["checkpoint"]["format"] == "reference-cifar" and m["verification"]["passed"]
+    assert m.checkpoint.format == "reference-cifar" and m.verification.passed
 
 
 @pytest.mark.parametrize("gate", ["each graph as exported", "the finished bundle, opened as a reader opens it"])
@@ -278,7 +279,7 @@ def test_a_long_dataset_path_is_recorded_in_a_readable_manifest(trained_tiny, tm
     export_bundle(ExportOptions(checkpoint=str(ckpt), out=str(out), dataset=f"cifar10:{root}", max_batch=2, samples=4,
                                 debug_graphs=False))
     manifest = Bundle.open(out).manifest
-    assert str(root) in manifest["normalization"]["source"]
+    assert str(root) in manifest.normalization.source
 
 
 def test_a_folder_irevnet_no_longer_writes_is_not_taken_for_its_own(trained_tiny, tmp_path):
@@ -302,12 +303,12 @@ def test_a_bundle_for_batch_one_exports(trained_tiny, tmp_path):
     out = tmp_path / "b1"
     result = export_bundle(ExportOptions(checkpoint=str(trained_tiny / "best.pt"), out=str(out), max_batch=1,
                                          debug_graphs=False))
-    assert result and result.manifest["batch"]["max"] == 1 and result.manifest["verification"]["passed"]
+    assert result and result.manifest.batch.max == 1 and result.manifest.verification.passed
     assert result.to_dict()["passed"] is True and result.to_dict()["bytes_on_disk"] == sum(
         p.stat().st_size for p in out.rglob("*") if p.is_file()), "--json: every file of the bundle counted"
     assert str(result).startswith(f"fp32 bundle {out}: forward, inverse; verification on")
     bundle = Bundle.open(out)
-    x = bundle.reference("images")["images"]
+    x = bundle.reference(REFERENCE_IMAGES).images
     with open_backend("onnxruntime", bundle, FORWARD) as fwd:
         assert fwd.infer({IMAGE: x[:1]})[Z].shape[0] == 1
         with pytest.raises(InputError, match="batch 2 is outside the exported range 1..1"):

@@ -46,7 +46,7 @@ def test_trained_bijective_model_inverts_without_projection(trained_tiny_bijecti
 def test_exported_inverse_reproduces_the_projected_pytorch_inverse(trained_tiny, bundles, tmp_path):
     ckpt = load_checkpoint(trained_tiny / "best.pt")
     bundle = Bundle.open(bundles[Precision.fp32])
-    z = bundle.reference()[Z]
+    z = bundle.reference().z
     with torch.no_grad():
         projected = ckpt.model.inverse(torch.from_numpy(z)).numpy()
         plain = ckpt.model.inverse(torch.from_numpy(z), project=False).numpy()
@@ -54,13 +54,13 @@ def test_exported_inverse_reproduces_the_projected_pytorch_inverse(trained_tiny,
         onnx_image = inv.infer({Z: z})[IMAGE]
     assert _rel(onnx_image, projected) <= 1e-5  # measured ~2e-7: fp32 rounding, folded BN
     assert _rel(onnx_image, plain) > 1e-3, "and it is not the unprojected inverse"
-    assert bundle.manifest["range_projection"] is True
+    assert bundle.manifest.range_projection is True
 
     # exporting without it reproduces the reference code's inaccuracy
     off = export_bundle(ExportOptions(checkpoint=str(trained_tiny / "best.pt"), out=str(tmp_path / "off"),
                                       dataset="digits", max_batch=8, projection=False, debug_graphs=False,
                                       allow_mismatch=True))
-    assert off.manifest["range_projection"] is False
+    assert off.manifest.range_projection is False
     rt = next(c for c in off.checks if c.name == "round trip")
     assert not off and not rt and rt.rel_l2 > 100 * 1e-6, rt
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from irevnet.contract import MANIFEST, Precision
-from irevnet.runtime.bundle import manifest_validator
+from irevnet.runtime.manifest import manifest_validator
 from tests.conftest import export_tiny, json_objects
 
 

@@ -19,6 +19,7 @@ from irevnet.contract import (
     INVERSE,
     INVERSE_BLOCKS,
     LOGITS,
+    REFERENCE_IMAGES,
     Precision,
     graph_file,
 )
@@ -67,12 +68,12 @@ def test_only_f_is_quantized_and_the_coupling_stays_fp32(int8_bundle, graph):
 def test_f_is_identical_in_both_graphs(int8_bundle):
     """Same node names, attributes and int8 weights and scales in forward and inverse: the recorded
     signature covers the Q/DQ nodes too (they are named block{i}/F/...)."""
-    graphs = int8_bundle.manifest["graphs"]
-    assert int8_bundle.manifest["branches"]["identical_in_forward_and_inverse"]
-    assert graphs[FORWARD]["branches_sha256"] == graphs[INVERSE]["branches_sha256"]
-    calibration = int8_bundle.manifest["calibration"]
-    assert calibration["source"] == "dataset digits, training split" and calibration["images"] == 256
-    assert calibration["method"].startswith("mse:"), "the default method, recorded"
+    graphs = int8_bundle.manifest.graphs
+    assert int8_bundle.manifest.branches.identical_in_forward_and_inverse
+    assert graphs[FORWARD].branches_sha256 == graphs[INVERSE].branches_sha256
+    calibration = int8_bundle.manifest.calibration
+    assert calibration.source == "dataset digits, training split" and calibration.images == 256
+    assert calibration.method.startswith("mse:"), "the default method, recorded"
     snaps = [n for n in _graph(int8_bundle, FORWARD).graph.node if n.op_type == "Round"]
     assert len(snaps) == 1 + int8_bundle.num_blocks, "the input and every F output onto the grid"
 
@@ -87,20 +88,20 @@ def test_int8_on_onnx_runtime_agrees_with_fp32_and_inverts_bit_exactly(int8_bund
     from irevnet.training.data import load_datasets
     from irevnet.training.invert import first_images
 
-    grid = int8_bundle.manifest["exact_coupling"]
+    grid = int8_bundle.manifest.exact_coupling
     # k from the measured stream: the largest grid whose range 2^(24-k) holds MARGIN x the largest value
-    k, largest = grid["exponent"], grid["max_abs_measured"]
+    k, largest = grid.exponent, grid.max_abs_measured
     needed = max(MARGIN * largest, 1.0)
-    assert grid["bound"] == 2.0 ** (MANTISSA_BITS - k) and needed <= grid["bound"] < 2 * needed
+    assert grid.bound == 2.0 ** (MANTISSA_BITS - k) and needed <= grid.bound < 2 * needed
     x = first_images(load_datasets("digits", int8_bundle.config.in_shape, augment=False).test, 360)
-    ref = int8_bundle.reference("images", LOGITS)
+    ref = int8_bundle.reference(REFERENCE_IMAGES, LOGITS)
     with Invertible(int8_bundle, threads=1) as net:
-        logits, _ = net.encode(ref["images"])
+        logits, _ = net.encode(ref.images)
         x_hat = np.concatenate([net.decode(net.encode(x[i:i + 8].numpy())[1]) for i in range(0, len(x), 8)])
-    drift = np.linalg.norm(logits - ref[LOGITS]) / np.linalg.norm(ref[LOGITS])
+    drift = np.linalg.norm(logits - ref.logits) / np.linalg.norm(ref.logits)
     assert 1e-4 < drift < 5e-2, "int8 moves the logits (else it was not quantized), by ~1e-2"
-    assert np.array_equal(logits.argmax(1), ref[LOGITS].argmax(1))
-    assert np.array_equal(x_hat, to_grid(x, grid["exponent"]).numpy()), "bit for bit, every sample"
+    assert np.array_equal(logits.argmax(1), ref.logits.argmax(1))
+    assert np.array_equal(x_hat, to_grid(x, grid.exponent).numpy()), "bit for bit, every sample"
     assert np.linalg.norm(x_hat - x.numpy()) / np.linalg.norm(x.numpy()) <= 1e-6, "the grid's rounding: measured 5.3e-7"
 
 
@@ -152,7 +153,7 @@ def test_fused_int8_kernels_compute_what_the_graph_says(int8_bundle):
     import onnxruntime as ort
 
     model = onnx.load(str(int8_bundle.path / graph_file(FORWARD)))  # weights read from weights.bin
-    images = int8_bundle.reference("images")["images"]
+    images = int8_bundle.reference(REFERENCE_IMAGES).images
     plain = ort.SessionOptions()
     plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     outputs = [ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])

@@ -16,6 +16,7 @@ from irevnet.runtime.comparison import (
     compare,
     tolerance_for,
 )
+from irevnet.runtime.manifest import Normalization
 
 
 def test_compare_gives_the_relative_l2_and_the_worst_element():
@@ -73,8 +74,8 @@ def test_round_trip_reports_pixels_and_the_worst_sample():
     x_hat = x.copy()
     x_hat[2, 0, 0, 0] += 0.01  # sample 2 only
     rt = RoundTrip.measure(Precision.fp32.value, "PyTorch fp32", "onnxruntime", "onnxruntime", x_hat, x,
-                           {"mean": [0.5], "std": [0.25]}, tolerance=1e-5)
+                           Normalization(mean=(0.5,), std=(0.25,)), tolerance=1e-5)
     assert rt.worst_sample == 2 and not rt
     assert rt.max_abs_pixels == pytest.approx(0.0025, rel=1e-4), "the error in pixels: times std"
-    exact = RoundTrip.measure(Precision.fp32.value, "a", "b", "onnxruntime", x, x, {"mean": [0.5], "std": [0.25]}, 1e-5)
+    exact = RoundTrip.measure(Precision.fp32.value, "a", "b", "onnxruntime", x, x, Normalization(mean=(0.5,), std=(0.25,)), 1e-5)
     assert exact and exact.psnr_db is None and "exact" in str(exact)

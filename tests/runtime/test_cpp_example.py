@@ -128,7 +128,7 @@ def test_cpp_app_inverts_on_openvino_like_python(invert_openvino, bundles, tmp_p
     from irevnet.runtime import Bundle, open_backend
 
     bundle = Bundle.open(bundles[precision])
-    z = np.concatenate([np.load(bundle.path / SAMPLE_Z), bundle.reference(Z)[Z][:3]])
+    z = np.concatenate([np.load(bundle.path / SAMPLE_Z), bundle.reference(Z).z[:3]])
     np.save(tmp_path / "z.npy", z)
     out = subprocess.run([str(invert_openvino), str(bundle.path), str(tmp_path / "z.npy"), str(tmp_path / "x")],
                          check=False, capture_output=True, text=True, timeout=120)
@@ -136,7 +136,7 @@ def test_cpp_app_inverts_on_openvino_like_python(invert_openvino, bundles, tmp_p
     assert "OpenVINO" in out.stderr and "inference precision f32" in out.stderr
     pixels = np.load(tmp_path / "x.npy")
     image = open_backend("onnxruntime", bundle, INVERSE).infer({Z: z})[IMAGE]
-    expected = denormalize(image, bundle.normalization["mean"], bundle.normalization["std"])
+    expected = denormalize(image, bundle.normalization.mean, bundle.normalization.std)
     assert pixels.shape == expected.shape == (4, 1, 16, 16)
     # ONNX Runtime computes mixed's fp16 F in fp32, OpenVINO in fp16: the images then differ by F's fp16 rounding
     bound = 1e-6 if precision == Precision.fp32 else 1e-2

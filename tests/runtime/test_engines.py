@@ -9,10 +9,12 @@ import pytest
 
 from irevnet.errors import BundleError
 from irevnet.runtime.engines import EngineMismatch, check_compatible, make_profile
+from irevnet.runtime.manifest import TensorRTSection
 
 META = {
     "version": "10.13.0.35", "gpu": {"name": "NVIDIA H100 80GB HBM3", "compute_capability": [9, 0]},
-    "hardware_compatibility": "none", "version_compatible": False,
+    "hardware_compatibility": "none", "version_compatible": False, "profile": {"min": 1, "opt": 8, "max": 8},
+    "engines": {},
 }
 
 
@@ -41,7 +43,7 @@ def test_profile_defaults_and_limits():
     ],
 )
 def test_engine_compatibility_rules(meta, version, gpu, cc, outcome):
-    meta = {**META, **meta}
+    meta = TensorRTSection.from_dict({**META, **meta})
     if outcome is None:
         assert check_compatible(meta, version, gpu, cc) == []
     elif outcome == "note":

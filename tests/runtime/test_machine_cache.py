@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import pytest
 
-from irevnet.contract import FORWARD, IMAGE, ONNX_SUFFIX, Precision, Z
+from irevnet.contract import FORWARD, IMAGE, ONNX_SUFFIX, REFERENCE_IMAGES, Precision, Z
 from irevnet.io.files import machine_cache
 from irevnet.runtime import Bundle, open_backend
 from irevnet.runtime.backends import ort_offline
@@ -26,7 +26,7 @@ from tests.conftest import PEAK_RSS
 def warm(bundles):
     """(bundle, images, z of an intact cache, the cached forward graph's path), the cache warm."""
     bundle = Bundle.open(bundles[Precision.fp32])
-    x = bundle.reference("images")["images"]
+    x = bundle.reference(REFERENCE_IMAGES).images
     z = open_backend("onnxruntime", bundle, FORWARD, threads=1).infer({IMAGE: x})[Z]
     ort_offline.forget_shared_tensors()
     return bundle, x, z, ort_offline.cache_root() / (ort_offline.graph_key(bundle, FORWARD) + ONNX_SUFFIX)
@@ -86,7 +86,7 @@ def test_a_huge_sparse_cached_tensor_is_not_read(warm):
     code = (
         "import json, sys, numpy as np\n"
         "from irevnet.runtime import Bundle, open_backend\n"
-        "b = Bundle.open(sys.argv[1]); x = b.reference('images')['images']\n"
+        "b = Bundle.open(sys.argv[1]); x = b.reference('images').images\n"
         "z = open_backend('onnxruntime', b, 'forward', threads=1).infer({'image': x})['z']\n"
         "np.save(sys.argv[2], z)\n"
         f"print(json.dumps({PEAK_RSS}))\n"

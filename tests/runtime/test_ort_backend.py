@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
-from irevnet.contract import FORWARD, IMAGE, INVERSE, LOGITS, ONNX_SUFFIX, Precision, Z
+from irevnet.contract import FORWARD, IMAGE, INVERSE, LOGITS, ONNX_SUFFIX, REFERENCE_IMAGES, Precision, Z
 from irevnet.errors import IRevNetError
 from irevnet.export.bundle import ExportOptions, export_bundle
 from irevnet.io.checkpoint import save_checkpoint
@@ -47,7 +47,7 @@ def test_both_directions_share_one_copy_of_the_weights(bundles):
         shared = sum(fwd[p] for p in set(fwd) & set(inv))
         # every weight of the inverse is one of F's: all of its external bytes are the forward's
         assert shared == sum(inv.values()) and shared >= 100_000
-        x = net.bundle.reference("images")["images"]
+        x = net.bundle.reference(REFERENCE_IMAGES).images
         logits, z = net.encode(x)
         online = _online(net.bundle, FORWARD).infer({IMAGE: x})
         assert np.array_equal(logits, online[LOGITS]) and np.array_equal(z, online[Z]), "same kernels, same bits"
@@ -61,13 +61,13 @@ from irevnet.runtime import Bundle, open_backend
 def rss():
     return next(int(l.split()[1]) << 10 for l in open("/proc/self/status") if l.startswith("VmRSS:"))
 bundle = Bundle.open(sys.argv[1])
-x = bundle.reference("images")["images"][:1]
+x = bundle.reference("images").images[:1]
 forward = open_backend("onnxruntime", bundle, "forward", threads=1)
 z = forward.infer({"image": x})["z"]
 before = rss()
 inverse = open_backend("onnxruntime", bundle, "inverse", threads=1)
 inverse.infer({"z": z})
-print(json.dumps({"inverse": rss() - before, "weights": bundle.manifest["weights"]["bytes"]}))
+print(json.dumps({"inverse": rss() - before, "weights": bundle.manifest.weights.bytes}))
 """
 
 
@@ -89,7 +89,7 @@ def test_the_cache_is_checked_and_rebuilt(bundles):
     """A cached tensor that no longer matches its sha256, or a cached graph pointing outside the
     cache, is not used: the graph is optimized again and runs as before."""
     bundle = Bundle.open(bundles[Precision.fp32])
-    x = bundle.reference("images")["images"]
+    x = bundle.reference(REFERENCE_IMAGES).images
     expected = open_backend("onnxruntime", bundle, FORWARD, threads=1).infer({IMAGE: x})[Z]
     graph = ort_offline.cache_root() / (ort_offline.graph_key(bundle, FORWARD) + ONNX_SUFFIX)
     model = onnx.load(graph, load_external_data=False)
@@ -114,7 +114,7 @@ def test_an_unwritable_cache_falls_back_to_a_session_of_its_own(bundles, tmp_pat
     (tmp_path / "file").write_text("")
     monkeypatch.setattr(ort_offline, "cache_root", lambda: tmp_path / "file" / "cache")
     bundle = Bundle.open(bundles[Precision.fp32])
-    x = bundle.reference("images")["images"]
+    x = bundle.reference(REFERENCE_IMAGES).images
     with caplog.at_level(logging.WARNING):
         backend = open_backend("onnxruntime", bundle, FORWARD, threads=1)
     assert "keeps its own copy of the weights" in caplog.text

@@ -23,22 +23,22 @@ _MEASURE = """
 import json, sys
 import numpy as np
 import openvino
-from irevnet.contract import LOGITS, Z
+from irevnet.contract import LOGITS, REFERENCE_IMAGES, Z
 from irevnet.errors import IRevNetError
 from irevnet.runtime import Bundle, Invertible
 
 bundle, backend = Bundle.open(sys.argv[1]), sys.argv[2]
-ref = bundle.reference("images", LOGITS, Z)
+ref = bundle.reference(REFERENCE_IMAGES, LOGITS, Z)
 rel = lambda a, b: float(np.linalg.norm(a - b) / np.linalg.norm(b))
 try:
     with Invertible(bundle, backend, threads=1) as net:
-        logits, z = net.encode(ref["images"])
+        logits, z = net.encode(ref.images)
         print(json.dumps({
             "name": net.forward.name, "has_bf16": "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"),
             # the element type the compiled model computes in, compared as OpenVINO's Type, not its repr
             "hint": {openvino.Type.f32: "f32", openvino.Type.bf16: "bf16"}.get(
                 net.forward.compiled.get_property("INFERENCE_PRECISION_HINT"), "other"),
-            "logits": rel(logits, ref["logits"]), "z": rel(z, ref["z"]), "round_trip": rel(net.decode(z), ref["images"]),
+            "logits": rel(logits, ref.logits), "z": rel(z, ref.z), "round_trip": rel(net.decode(z), ref.images),
         }))
 except IRevNetError as e:
     print(json.dumps({"error": str(e)}))

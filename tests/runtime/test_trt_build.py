@@ -69,9 +69,9 @@ def test_build_uses_the_enum_flags_and_records_the_engines(fake_trt, bundles, tm
     assert len(cache) == 4, "one timing cache shared by every graph, persisted beside the engines"
 
     reopened = Bundle.open(bundle)  # the manifest's hashes cover the new files
-    assert set(reopened.manifest["files"]) >= {engine_file(FORWARD), engine_file(INVERSE), engine_file(FORWARD_BLOCKS), TIMING_CACHE}
+    assert set(reopened.manifest.files) >= {engine_file(FORWARD), engine_file(INVERSE), engine_file(FORWARD_BLOCKS), TIMING_CACHE}
     assert section["profile"] == {"min": 1, "opt": 4, "max": 8} and section["gpu"]["compute_capability"] == [8, 9]
-    assert reopened.manifest["tensorrt"]["version"] == version
+    assert reopened.manifest.tensorrt.version == version
 
 
 def test_parser_errors_name_the_node(fake_trt, bundles, tmp_path):
@@ -103,7 +103,7 @@ def test_build_command_prints_the_engines(fake_trt, bundles, tmp_path):
     result = CliRunner().invoke(app, ["build", str(bundle), "--opt-batch", "4", "--hardware-compat", "ampere_plus"])
     assert result.exit_code == 0, result.output
     assert engine_file(FORWARD) in result.output and engine_file(INVERSE) in result.output
-    assert Bundle.open(bundle).manifest["tensorrt"]["hardware_compatibility"] == "ampere_plus"
+    assert Bundle.open(bundle).manifest.tensorrt.hardware_compatibility == "ampere_plus"
     result = CliRunner().invoke(app, ["build", str(bundle), "--opt-level", "9"])
     assert result.exit_code == 2 and "--opt-level must be 0..5" in result.output
 
@@ -116,7 +116,7 @@ def test_rebuild_keeps_every_recorded_option(fake_trt, bundles, tmp_path):
     options = {"opt_batch": 4, "workspace_mb": 256, "opt_level": 4, "hardware_compat": "same_compute_capability",
                "version_compat": True, "debug": True}
     build_engines(BuildOptions(bundle=str(bundle), **options))
-    first = Bundle.open(bundle).manifest["tensorrt"]
+    first = Bundle.open(bundle).manifest.to_dict()["tensorrt"]  # the recorded JSON, as build returns it
     ref = np.load(bundle / REFERENCE)
 
     # engines from an older major TensorRT: refused by the runtime, rebuilt by the export side

@@ -33,6 +33,7 @@ from irevnet.contract import (
     LOGITS,
     MANIFEST,
     REFERENCE,
+    REFERENCE_IMAGES,
     SAMPLE_Z,
     WEIGHTS,
     Precision,
@@ -259,7 +260,7 @@ def test_what_is_hashed_is_what_runs(bundles, tmp_path, monkeypatch):
     names (the cache is keyed by it), so the swapped file is not even read."""
     bundle_path = shutil.copytree(bundles[Precision.fp32], tmp_path / "b")
     bundle = Bundle.open(bundle_path)
-    x = bundle.reference("images")["images"]
+    x = bundle.reference(REFERENCE_IMAGES).images
     expected = open_backend("onnxruntime", bundle, FORWARD).infer({IMAGE: x})[Z]  # now cached
     shutil.copy(bundle_path / graph_file(INVERSE), bundle_path / graph_file(FORWARD))
     assert np.array_equal(open_backend("onnxruntime", bundle, FORWARD).infer({IMAGE: x})[Z], expected)
@@ -354,12 +355,12 @@ def _npy(array: np.ndarray, shape=None) -> bytes:
 def test_reference_arrays_are_bounded_by_the_bytes_present(bundles, decoys, tmp_path):
     """A header declaring a 64 TiB array, and a compressed member (a 1.6 GB array inflating from a
     few MB): one line each, before numpy allocates anything (peak memory in a fresh process)."""
-    real = Bundle.open(bundles[Precision.fp32]).reference("images", LOGITS, Z)
+    real = Bundle.open(bundles[Precision.fp32]).reference(REFERENCE_IMAGES, LOGITS, Z)
     for name, members, compressed in [
-        ("huge-header", {"images": _npy(real["images"], shape=(1 << 24, 1, 1024, 1024)),
-                         LOGITS: _npy(real[LOGITS]), Z: _npy(real[Z])}, False),
-        ("compressed", {"images": _npy(np.zeros((6000, *real["images"].shape[1:]), np.float32)),
-                        LOGITS: _npy(real[LOGITS]), Z: _npy(real[Z])}, True),
+        ("huge-header", {"images": _npy(real.images, shape=(1 << 24, 1, 1024, 1024)),
+                         LOGITS: _npy(real.logits), Z: _npy(real.z)}, False),
+        ("compressed", {"images": _npy(np.zeros((6000, *real.images.shape[1:]), np.float32)),
+                        LOGITS: _npy(real.logits), Z: _npy(real.z)}, True),
     ]:
         bundle = shutil.copytree(bundles[Precision.fp32], tmp_path / name)
         _npz(bundle / REFERENCE, members, compressed)

@@ -13,6 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
+from irevnet.runtime.manifest import GraphSpec
+
 
 class Lie(str, Enum):
     none = "none"  # a correct server (zeros of the right shapes)
@@ -33,7 +35,7 @@ class Lie(str, Enum):
 class FakeTriton:
     """Serves NAME_forward / NAME_inverse of a bundle's graphs (tensor specs as the manifest's)."""
 
-    def __init__(self, graphs: dict[str, dict], lie: Lie, name: str = "d"):
+    def __init__(self, graphs: dict[str, GraphSpec], lie: Lie, name: str = "d"):
         self.graphs, self.lie, self.name = graphs, lie, name
         fake = self
 
@@ -94,8 +96,8 @@ class FakeTriton:
             else:
                 spec = self.graphs[graph]
                 self._json(h, {"name": f"{self.name}_{graph}", "versions": ["1"], "platform": "python",
-                               **{side: [{"name": t["name"], "datatype": "FP32", "shape": [-1, *t["shape"][1:]]}
-                                         for t in spec[side]] for side in ("inputs", "outputs")}})
+                               **{side: [{"name": t.name, "datatype": "FP32", "shape": [-1, *t.shape[1:]]}
+                                         for t in getattr(spec, side)] for side in ("inputs", "outputs")}})
         else:
             self._json(h, {"error": "not found"}, 404)
 
@@ -114,17 +116,17 @@ class FakeTriton:
             self._json(h, {"error": "the model failed\nwith a second line"}, 500)
             return
         outputs, buffers = [], []
-        for t in self.graphs[graph]["outputs"]:
-            if t["name"] not in asked or (self.lie is Lie.missing_output and t["name"] == asked[-1]):
+        for t in self.graphs[graph].outputs:
+            if t.name not in asked or (self.lie is Lie.missing_output and t.name == asked[-1]):
                 continue
-            shape = [batch, *t["shape"][1:]]
+            shape = [batch, *t.shape[1:]]
             if self.lie is Lie.wrong_shape:
                 shape[-1] += 1
             raw = np.zeros(shape, np.float32).tobytes()
             if self.lie is Lie.short_bytes:
                 raw = raw[:-4]
             datatype = "FP64" if self.lie is Lie.wrong_datatype else "FP32"
-            outputs.append({"name": t["name"], "datatype": datatype, "shape": shape,
+            outputs.append({"name": t.name, "datatype": datatype, "shape": shape,
                             "parameters": {"binary_data_size": len(raw)}})
             buffers.append(raw)
         head = json.dumps({"model_name": f"{self.name}_{graph}", "outputs": outputs}).encode()

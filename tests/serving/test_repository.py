@@ -53,7 +53,7 @@ def test_every_flavour_parses_as_triton_model_config_and_matches_the_graphs(bund
         (warmup,) = configs[model].model_warmup
         assert warmup.batch_size == 1 and warmup.inputs[tensor].zero_data
         graph = FORWARD if tensor == IMAGE else INVERSE
-        assert list(warmup.inputs[tensor].dims) == list(bundle.graphs[graph]["inputs"][0]["shape"][1:])
+        assert list(warmup.inputs[tensor].dims) == list(bundle.graphs[graph].inputs[0].shape[1:])
     version = tmp_path / "repo" / "d_forward" / "1"
     expected = {"python": ["model.py"], "onnxruntime": ["model.onnx"], "openvino": ["model.onnx", WEIGHTS],
                 "tensorrt": ["model.plan"]}[flavour]

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from irevnet.contract import IMAGE, Z
+from irevnet.contract import IMAGE, REFERENCE_IMAGES, Z
 from irevnet.errors import IRevNetError
 
 from .conftest import _cmdline, alive, leftovers, wait_gone
@@ -111,7 +111,7 @@ def test_a_dead_stub_is_logged_and_its_model_comes_back(repository, server_insta
     os.kill(stub, signal.SIGKILL)
     text = serve.read_until("ready again", 90)
     assert "the python backend stub of digits_forward_0_0 died" in text and "ready again" in text, text
-    x = Bundle.open(bundles[Precision.fp32]).reference("images")["images"][:2]
+    x = Bundle.open(bundles[Precision.fp32]).reference(REFERENCE_IMAGES).images[:2]
     with open_backend("onnxruntime", Bundle.open(bundles[Precision.fp32]), FORWARD, threads=1) as local:
         assert np.array_equal(_request(serve.http, x)[1], local.infer({IMAGE: x})[Z])
     code, _, err, _ = serve.finish(signal.SIGTERM)

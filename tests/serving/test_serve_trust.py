@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from irevnet.contract import IMAGE, WEIGHTS, Z
+from irevnet.contract import IMAGE, REFERENCE_IMAGES, WEIGHTS, Z
 from irevnet.errors import IRevNetError
 
 # what a model.py of an attacker does the moment Triton imports it
@@ -173,7 +173,7 @@ def test_a_versioned_repository_at_a_path_with_spaces_serves_every_version_and_i
     write_repository(TritonOptions(bundle=str(bundles[Precision.fp32]), out=str(repo), name="d", threads=1))
     write_repository(TritonOptions(bundle=str(bundles[Precision.mixed]), out=str(repo), version=2, threads=1))
     before = {p.relative_to(repo): p.read_bytes() for p in repo.rglob("*") if p.is_file()}
-    x = Bundle.open(bundles[Precision.fp32]).reference("images")["images"][:2]
+    x = Bundle.open(bundles[Precision.fp32]).reference(REFERENCE_IMAGES).images[:2]
     expected = {}
     for version, precision in (("1", Precision.fp32), ("2", Precision.mixed)):
         bundle = Bundle.open(bundles[precision])

@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 
-from irevnet.contract import FORWARD, IMAGE, INVERSE, LOGITS, RECONSTRUCTION, ROUNDTRIP, Precision, Z
+from irevnet.contract import FORWARD, IMAGE, INVERSE, LOGITS, RECONSTRUCTION, REFERENCE_IMAGES, ROUNDTRIP, Precision, Z
 from irevnet.runtime import Bundle, open_backend
 
 
@@ -42,7 +42,7 @@ def test_served_outputs_are_the_in_process_runtimes_over_http_and_grpc(server, l
     from tritonclient import grpc
 
     bundle, fwd, inv = local
-    x = bundle.reference("images")["images"]
+    x = bundle.reference(REFERENCE_IMAGES).images
     expected = fwd.infer({IMAGE: x})
     http, client = _http(server)
     for module, c in ((http, client), (grpc, grpc.InferenceServerClient(server.grpc_url))):
@@ -51,7 +51,7 @@ def test_served_outputs_are_the_in_process_runtimes_over_http_and_grpc(server, l
         back = _infer(module, c, "digits_inverse", Z, got.as_numpy(Z)).as_numpy(IMAGE)
         assert np.array_equal(back, inv.infer({Z: expected[Z]})[IMAGE])
         rel = np.linalg.norm(back - x) / np.linalg.norm(x)
-        assert rel <= bundle.manifest["tolerances"]["round_trip"]
+        assert rel <= bundle.manifest.tolerances.round_trip
 
 
 @pytest.mark.parametrize("outputs", [[RECONSTRUCTION], [LOGITS], [Z], [Z, RECONSTRUCTION], None])
@@ -59,7 +59,7 @@ def test_the_round_trip_model_answers_any_of_its_outputs(server, local, outputs)
     """A request for one output of three is the case Triton 2.51's ensembles fail ("unexpected
     deadlock"); the round trip composes the served models instead."""
     bundle, fwd, _ = local
-    x = bundle.reference("images")["images"][:3]
+    x = bundle.reference(REFERENCE_IMAGES).images[:3]
     http, client = _http(server)
     got = _infer(http, client, "digits_roundtrip", IMAGE, x, outputs)
     names = [o["name"] for o in got.get_response()["outputs"]]
@@ -67,7 +67,7 @@ def test_the_round_trip_model_answers_any_of_its_outputs(server, local, outputs)
     if Z in names:
         assert np.array_equal(got.as_numpy(Z), fwd.infer({IMAGE: x})[Z])
     if RECONSTRUCTION in names:
-        assert np.linalg.norm(got.as_numpy(RECONSTRUCTION) - x) / np.linalg.norm(x) <= bundle.manifest["tolerances"]["round_trip"]
+        assert np.linalg.norm(got.as_numpy(RECONSTRUCTION) - x) / np.linalg.norm(x) <= bundle.manifest.tolerances.round_trip
 
 
 def _raw_http(address: str, model: str, shape: list[int], payload: bytes) -> tuple[int, str]:

@@ -190,4 +190,4 @@ def ort_cache_dir(bundle: Bundle, graph: str) -> Path:
     """Where ONNX Runtime's TensorRT provider caches the engine it builds for a graph: this
     machine's cache folder, keyed by the graph's sha256. Not the bundle: an engine is code for
     one GPU, and a cache that came with a bundle would be loaded unchecked."""
-    return machine_cache() / "ort_trt" / bundle.manifest["files"][bundle.graphs[graph]["file"]][:32]
+    return machine_cache() / "ort_trt" / bundle.manifest.files[bundle.graphs[graph].file][:32]

@@ -71,8 +71,9 @@ def cache_root() -> Path:
 
 def graph_key(bundle: Bundle, graph: str) -> str:
     """Names a graph by the sha256s of the files it is made of (graph file, weights file)."""
-    files = [bundle.graphs[graph]["file"]] + ([bundle.manifest["weights"]["file"]] if "weights" in bundle.manifest else [])
-    return hashlib.sha256("\n".join(bundle.manifest["files"][f] for f in files).encode()).hexdigest()
+    weights = bundle.manifest.weights
+    files = [bundle.graphs[graph].file] + ([weights.file] if weights is not None else [])
+    return hashlib.sha256("\n".join(bundle.manifest.files[f] for f in files).encode()).hexdigest()
 
 
 def prepared_session_inputs(bundle: Bundle, graph: str) -> tuple[bytes, dict[str, np.ndarray], Path]:

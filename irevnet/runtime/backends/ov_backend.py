@@ -74,7 +74,7 @@ class OpenVinoBackend(Backend):
         self.inputs = [self._spec(p, p.get_any_name()) for p in self.compiled.inputs]
         # by the graph's names: OpenVINO merges an output that aliases another (h0 = image) into one
         # port with two names, and get_any_name() would give one of them twice
-        self.outputs = [self._spec(self.compiled.output(o["name"]), o["name"]) for o in bundle.graphs[graph]["outputs"]]
+        self.outputs = [self._spec(self.compiled.output(o.name), o.name) for o in bundle.graphs[graph].outputs]
         # what ran, not what was asked: a CPU without bf16 (AVX2, AVX-512 without BF16) runs a
         # bf16 hint in f32, and int8 convolutions run as u8/i8
         self.name = f"openvino[cpu,{_convolution_precisions(self.compiled) or self.precision}]"

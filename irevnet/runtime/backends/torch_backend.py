@@ -41,16 +41,17 @@ class TorchBackend(Backend):
         """The checkpoint the bundle was exported from (or `options.checkpoint`), run as the bundle
         was exported, on `options.device` with `options.threads`."""
         checkpoint, device, threads = options.checkpoint, options.device, options.threads
-        ckpt = checkpoint or bundle.manifest["checkpoint"]["path"]
+        ckpt = checkpoint or bundle.manifest.checkpoint.path
         if checkpoint is None and not Path(ckpt).is_file():
             raise BundleError(
                 f"the torch backend runs the checkpoint the bundle was exported from, {ckpt}, which is not "
                 f"there (moved to another machine?); pass --checkpoint PATH"
             )
         return cls(
-            ckpt, graph, precision=bundle.precision, projection=bundle.manifest["range_projection"],
+            ckpt, graph, precision=bundle.precision, projection=bundle.manifest.range_projection,
             image_size=bundle.config.in_shape[1], device=device, threads=threads, max_batch=bundle.max_batch,
-            sha256=bundle.manifest["checkpoint"]["sha256"], grid=bundle.manifest.get("exact_coupling", {}).get("exponent"),
+            sha256=bundle.manifest.checkpoint.sha256,
+            grid=bundle.manifest.exact_coupling.exponent if bundle.manifest.exact_coupling else None,
         )
 
     def __init__(

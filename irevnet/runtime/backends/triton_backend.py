@@ -12,13 +12,14 @@ to judge (its outputs against the stored PyTorch reference).
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
 
 import numpy as np
 
 from ...contract import BATCH_DIM, FORWARD, INVERSE, RECONSTRUCTION, ROUNDTRIP, TRITON_DATATYPES
 from ...errors import IRevNetError
 from ..bundle import Bundle
+from ..manifest import Signature
 from .base import Backend, BackendOptions
 from .triton_client import DEFAULT_TIMEOUT_S, ServerAddress, ServerClient, TensorSpec, answer_bound, connect
 
@@ -41,9 +42,9 @@ class TritonBackend(Backend):
     def __init__(self, bundle: Bundle, graph: str, server: str, timeout_s: float = DEFAULT_TIMEOUT_S):
         self.address = ServerAddress.parse(server)
         spec = served_tensors(bundle, graph)
-        self.inputs = [{"name": t["name"], "shape": [BATCH_DIM, *t["shape"][1:]], "dtype": t["dtype"]} for t in spec["inputs"]]
-        self.outputs = [{"name": t["name"], "shape": [BATCH_DIM, *t["shape"][1:]], "dtype": t["dtype"]} for t in spec["outputs"]]
-        self.specs = {t["name"]: TensorSpec(t["name"], TRITON_DATATYPES[t["dtype"]], tuple(t["shape"][1:])) for t in spec["outputs"]}
+        self.inputs = [{"name": t.name, "shape": [BATCH_DIM, *t.shape[1:]], "dtype": t.dtype} for t in spec.inputs]
+        self.outputs = [{"name": t.name, "shape": [BATCH_DIM, *t.shape[1:]], "dtype": t.dtype} for t in spec.outputs]
+        self.specs = {t.name: TensorSpec(t.name, TRITON_DATATYPES[t.dtype], tuple(t.shape[1:])) for t in spec.outputs}
         self.max_batch = bundle.max_batch
         self.client: ServerClient = connect(self.address, timeout_s, answer_bound(list(self.specs.values()), bundle.max_batch))
         try:
@@ -66,19 +67,20 @@ class TritonBackend(Backend):
         self.client.close()
 
 
-def served_tensors(bundle: Bundle, graph: str) -> dict[str, list[dict[str, Any]]]:
+def served_tensors(bundle: Bundle, graph: str) -> Signature:
     """The inputs and outputs of a served model: a graph's, or the round trip's (the forward's
     input; the inverse's image as RECONSTRUCTION, then the forward's outputs)."""
     if graph != ROUNDTRIP:
-        return bundle.graphs[graph]
+        spec = bundle.graphs[graph]
+        return Signature(spec.inputs, spec.outputs)
     fwd, inv = bundle.graphs[FORWARD], bundle.graphs[INVERSE]
-    return {"inputs": fwd["inputs"], "outputs": [{**inv["outputs"][0], "name": RECONSTRUCTION}, *fwd["outputs"]]}
+    return Signature(fwd.inputs, (replace(inv.outputs[0], name=RECONSTRUCTION), *fwd.outputs))
 
 
-def served_model(client: ServerClient, spec: dict[str, list[dict[str, Any]]], graph: str) -> str:
+def served_model(client: ServerClient, spec: Signature, graph: str) -> str:
     """The one ready model on the server whose name ends in _GRAPH and whose declared tensors
     (names, datatypes, shapes) are the graph's."""
-    want = {side: sorted((t["name"], TRITON_DATATYPES[t["dtype"]], tuple(t["shape"][1:])) for t in spec[side])
+    want = {side: sorted((t.name, TRITON_DATATYPES[t.dtype], tuple(t.shape[1:])) for t in getattr(spec, side))
             for side in ("inputs", "outputs")}
     candidates = []
     for name in sorted({name for name, _ in client.models() if name.endswith(f"_{graph}")}):

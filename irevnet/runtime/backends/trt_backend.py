@@ -51,8 +51,8 @@ class TrtBackend(Backend):
         self.trt = trt
         self.cuda = gpu.cuda_api()
         gpu_name, cc = self.cuda.device()
-        if bundle is not None and "tensorrt" in bundle.manifest:
-            for note in check_compatible(bundle.manifest["tensorrt"], trt.__version__, gpu_name, cc):
+        if bundle is not None and bundle.manifest.tensorrt is not None:
+            for note in check_compatible(bundle.manifest.tensorrt, trt.__version__, gpu_name, cc):
                 log.warning(note)
         self.logger = make_logger(trt)
         self.runtime = trt.Runtime(self.logger)
