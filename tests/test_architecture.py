@@ -204,16 +204,40 @@ def test_the_arrow_check_sees_imports_by_call(tmp_path):
 
 def test_runtime_and_cli_import_neither_torch_nor_export():
     """A deployment box has numpy and ONNX Runtime, not torch: importing the runtime (and the CLI
-    that verifies and benches on it) must not pull in torch or the export room."""
+    that verifies and benches on it) must not pull in torch or the export room, except the export's
+    options (torch-free), whose fields are the defaults of `irevnet export`."""
     code = textwrap.dedent("""
         import sys
-        import irevnet.runtime, irevnet.runtime.verify, irevnet.runtime.bench, irevnet.cli, irevnet.evaluation.run
+        def heavy():
+            return sorted(m for m in sys.modules if m == "torch" or m.startswith(("torch.", "irevnet.export")))
+        import irevnet.runtime, irevnet.runtime.verify, irevnet.runtime.bench, irevnet.evaluation.run
         import irevnet.evaluation.invert, irevnet.evaluation.ray_runner
-        heavy = sorted(m for m in sys.modules if m == "torch" or m.startswith(("torch.", "irevnet.export")))
-        print(heavy)
+        print(heavy())
+        import irevnet.cli
+        print(heavy())
     """)
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120)
-    assert out.stdout.strip() == "[]", out.stdout
+    assert out.stdout.splitlines() == ["[]", "['irevnet.export', 'irevnet.export.options']"], out.stdout
+
+
+# What `irevnet --help` never imports: the frameworks and runtimes that a command loads when it runs.
+# The CLI reads its defaults from the options classes at start-up, so their modules stay free of them.
+NOT_AT_START_UP = ("torch", "onnx", "onnxruntime", "openvino", "tensorrt", "pyarrow", "ray")
+
+
+def test_the_cli_starts_without_the_heavy_packages():
+    code = textwrap.dedent(f"""
+        import sys
+        from irevnet.cli import main
+        sys.argv = ["irevnet", "--help"]
+        try:
+            main()
+        except SystemExit:
+            pass
+        print(sorted({{m.split(".")[0] for m in sys.modules}} & set({NOT_AT_START_UP!r})))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120)
+    assert "Usage: irevnet" in out.stdout and out.stdout.splitlines()[-1] == "[]", out.stdout[-2000:]
 
 
 def test_cli_commands_are_a_few_lines_over_the_library():

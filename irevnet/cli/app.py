@@ -7,7 +7,6 @@ stderr, no traceback), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import functools
 import os
@@ -173,23 +172,6 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
             _fail("terminated (SIGTERM); temporary files removed, files already written are complete", 143)
 
     return app.command()(wrapper)
-
-
-def options(cls: type, values: dict[str, Any], **extra: Any):
-    """The library's options dataclass from a command's parameters (its `locals()`): every field
-    that the command has a parameter of, so no option is copied by hand. A parameter left at None
-    takes the field's own default (the options own their defaults); the dataclass validates the
-    rest (its __post_init__). tests/cli/test_cli_options.py checks that every parameter is a field or
-    on the command's CLI-only list, with the field's default."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    given = {k: v for k, v in {**values, **extra}.items() if k in fields}
-    return cls(**{k: v for k, v in given.items() if v is not None or _default(fields[k]) is None})
-
-
-def _default(field: dataclasses.Field) -> Any:
-    if field.default_factory is not dataclasses.MISSING:
-        return field.default_factory()
-    return None if field.default is dataclasses.MISSING else field.default
 
 
 def integers(option: str, text: str | None) -> list[int] | None:

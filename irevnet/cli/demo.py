@@ -6,18 +6,21 @@ from typing import Annotated
 
 import typer
 
-from ..devices import Device
+from ..demo import DemoOptions
 from ..errors import CheckFailed
+from ..training.options import MemoryOptions
 from . import render
-from .app import DeviceOpt, ImageSizeOpt, JsonOpt, check_outputs, command, options, write_json
+from .app import DeviceOpt, ImageSizeOpt, JsonOpt, check_outputs, command, write_json
 
 
 @command
 def memory(
-    presets: Annotated[list[str] | None, typer.Option("--model", "-m", help="Presets to measure (repeatable).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Batch of the measured training step.")] = 32,
-    image_size: ImageSizeOpt = None,
-    device: DeviceOpt = Device.cpu,
+    presets: Annotated[
+        list[str], typer.Option("--model", "-m", help="Presets to measure (repeatable).", show_default=False)
+    ] = MemoryOptions.presets,
+    batch_size: Annotated[int, typer.Option(help="Batch of the measured training step.")] = MemoryOptions.batch_size,
+    image_size: ImageSizeOpt = MemoryOptions.image_size,
+    device: DeviceOpt = MemoryOptions.device,
     json: JsonOpt = None,
 ) -> None:
     """Activation memory and time of one training step: standard backprop vs --memory-efficient.
@@ -28,9 +31,9 @@ def memory(
 
     Example: `irevnet memory -m irevnet-301 -m irevnet-cifar --batch-size 32`
     """
-    from ..training.memory import MemoryOptions, compare_memory
+    from ..training.memory import compare_memory
 
-    opts = options(MemoryOptions, locals())
+    opts = MemoryOptions(presets=presets, batch_size=batch_size, image_size=image_size, device=device)
     check_outputs(json)
     with render.console.status("measuring") as status:
         rows = compare_memory(opts, progress=status.update)
@@ -40,17 +43,21 @@ def memory(
 
 @command
 def demo(
-    out: Annotated[str, typer.Option("--out", "-o", help="Folder for the run, bundles and pictures.")] = "demo-out",
-    fast: Annotated[bool, typer.Option(help="Under a minute: 6 epochs, fp32 only, a shorter bench.")] = False,
+    out: Annotated[
+        str, typer.Option("--out", "-o", help="Folder for the run, bundles and pictures.")
+    ] = DemoOptions.out,
+    fast: Annotated[
+        bool, typer.Option(help="Under a minute: 6 epochs, fp32 only, a shorter bench.")
+    ] = DemoOptions.fast,
 ) -> None:
     """The whole pipeline on the bundled real digits, no download: train, evaluate, export,
     verify, invert, bench.
 
     Example: `irevnet demo --out demo-out`
     """
-    from ..demo import DemoOptions, run_demo
+    from ..demo import run_demo
 
-    summary = run_demo(options(DemoOptions, locals()), render.demo_step, render.ProgressBar())
+    summary = run_demo(DemoOptions(out=out, fast=fast), render.demo_step, render.ProgressBar())
     render.demo_summary(summary)
     if not summary["verify_passed"]:
         raise CheckFailed("the demo's verification failed; see the tables above")

@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from ..devices import Device
+from ..evaluation.invert import InvertOptions
+from ..evaluation.run import EvaluateOptions
 from . import render
 from .app import (
     DatasetOpt,
@@ -19,7 +20,6 @@ from .app import (
     ThreadsOpt,
     check_outputs,
     command,
-    options,
     write_json,
 )
 
@@ -43,33 +43,45 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="One line per chun
 
 @command
 def evaluate(
-    target: TargetArg = None,
-    checkpoint: CheckpointOpt = None,
-    dataset: DatasetOpt = "digits",
-    split: SplitOpt = "val",
-    limit: LimitOpt = None,
-    backend: BackendOpt = "onnxruntime",
-    server: ServerOpt = None,
-    server_timeout_s: ServerTimeoutOpt = 60.0,
-    round_trip: Annotated[bool, typer.Option(help="Run the inverse too: each image back from z.")] = True,
-    records: RecordsOpt = None,
-    resume: ResumeOpt = False,
-    shard: ShardOpt = None,
-    merge: Annotated[list[str] | None, typer.Option(help="Records of a shard to join into --records (repeat).")] = None,
-    against: Annotated[str | None, typer.Option(help="Records of another run of the model: top-1 agreement, "
-                                                     "logits drift, the images whose top-1 changed.")] = None,
-    changed_grid: Annotated[str | None, typer.Option(help="With --against: PNG of those images, reconstructed.")] = None,
-    strict: StrictOpt = False,
-    batch_size: BatchOpt = 8,
-    chunk_size: ChunkOpt = 256,
-    workers: WorkersOpt = 2,
-    threads: ThreadsOpt = None,
-    providers: ProviderOpt = None,
-    device: DeviceOpt = Device.auto,
-    image_size: ImageSizeOpt = None,
-    ray: Annotated[bool, typer.Option(help="Spread the chunks over a local Ray instance.")] = False,
-    ray_address: Annotated[str | None, typer.Option(help="... or over the Ray cluster at this address.")] = None,
-    ray_workers: Annotated[int, typer.Option(help="Ray actors, each with its own graphs.")] = 2,
+    target: TargetArg = EvaluateOptions.target,
+    checkpoint: CheckpointOpt = EvaluateOptions.checkpoint,
+    dataset: DatasetOpt = EvaluateOptions.dataset,
+    split: SplitOpt = EvaluateOptions.split,
+    limit: LimitOpt = EvaluateOptions.limit,
+    backend: BackendOpt = EvaluateOptions.backend,
+    server: ServerOpt = EvaluateOptions.server,
+    server_timeout_s: ServerTimeoutOpt = EvaluateOptions.server_timeout_s,
+    round_trip: Annotated[
+        bool, typer.Option(help="Run the inverse too: each image back from z.")
+    ] = EvaluateOptions.round_trip,
+    records: RecordsOpt = EvaluateOptions.records,
+    resume: ResumeOpt = EvaluateOptions.resume,
+    shard: ShardOpt = EvaluateOptions.shard,
+    merge: Annotated[
+        list[str], typer.Option(help="Records of a shard to join into --records (repeat).")
+    ] = EvaluateOptions.merge,
+    against: Annotated[
+        str | None, typer.Option(help="Records of another run of the model: top-1 agreement, logits drift, the "
+                                 "images whose top-1 changed.")
+    ] = EvaluateOptions.against,
+    changed_grid: Annotated[
+        str | None, typer.Option(help="With --against: PNG of those images, reconstructed.")
+    ] = EvaluateOptions.changed_grid,
+    strict: StrictOpt = EvaluateOptions.strict,
+    batch_size: BatchOpt = EvaluateOptions.batch_size,
+    chunk_size: ChunkOpt = EvaluateOptions.chunk_size,
+    workers: WorkersOpt = EvaluateOptions.workers,
+    threads: ThreadsOpt = EvaluateOptions.threads,
+    providers: ProviderOpt = EvaluateOptions.providers,
+    device: DeviceOpt = EvaluateOptions.device,
+    image_size: ImageSizeOpt = EvaluateOptions.image_size,
+    ray: Annotated[bool, typer.Option(help="Spread the chunks over a local Ray instance.")] = EvaluateOptions.ray,
+    ray_address: Annotated[
+        str | None, typer.Option(help="... or over the Ray cluster at this address.")
+    ] = EvaluateOptions.ray_address,
+    ray_workers: Annotated[
+        int, typer.Option(help="Ray actors, each with its own graphs.")
+    ] = EvaluateOptions.ray_workers,
     quiet: QuietOpt = False,
     json: JsonOpt = None,
 ) -> None:
@@ -77,10 +89,14 @@ def evaluate(
 
     Example: `irevnet evaluate bundles/int8 -d imagefolder:/data/imagenet --records int8.parquet --against fp32.parquet`
     """
-    from ..evaluation.run import EvaluateOptions
     from ..evaluation.run import evaluate as run_evaluate
 
-    opts = options(EvaluateOptions, locals())
+    opts = EvaluateOptions(target=target, checkpoint=checkpoint, dataset=dataset, split=split, limit=limit,
+                           backend=backend, server=server, server_timeout_s=server_timeout_s, round_trip=round_trip,
+                           records=records, resume=resume, shard=shard, merge=merge, against=against,
+                           changed_grid=changed_grid, strict=strict, batch_size=batch_size, chunk_size=chunk_size,
+                           workers=workers, threads=threads, providers=providers, device=device, image_size=image_size,
+                           ray=ray, ray_address=ray_address, ray_workers=ray_workers)
     check_outputs(json, changed_grid)
     with render.ChunkProgress(quiet) as bar:
         report = run_evaluate(opts, progress=bar.update)
@@ -90,27 +106,27 @@ def evaluate(
 
 @command
 def invert(
-    target: TargetArg = None,
-    checkpoint: CheckpointOpt = None,
-    dataset: DatasetOpt = "digits",
+    target: TargetArg = InvertOptions.target,
+    checkpoint: CheckpointOpt = InvertOptions.checkpoint,
+    dataset: DatasetOpt = InvertOptions.dataset,
     out: Annotated[str, typer.Option("--out", "-o", help="Folder: every image and its reconstruction as PNGs, and "
-                                                         "grid.png; a .png: the grid alone.")] = "inversion",
-    split: SplitOpt = "val",
-    limit: LimitOpt = None,
-    samples: Annotated[int, typer.Option(help="Images in the grid.")] = 8,
+                                                         "grid.png; a .png: the grid alone.")] = InvertOptions.out,
+    split: SplitOpt = InvertOptions.split,
+    limit: LimitOpt = InvertOptions.limit,
+    samples: Annotated[int, typer.Option(help="Images in the grid.")] = InvertOptions.samples,
     projection: Annotated[bool, typer.Option(help="A checkpoint of an injective model: range projection (off to "
-                                                  "compare).")] = True,
-    backend: BackendOpt = "onnxruntime",
-    records: RecordsOpt = None,
-    resume: ResumeOpt = False,
-    shard: ShardOpt = None,
-    strict: StrictOpt = False,
-    batch_size: BatchOpt = 8,
-    chunk_size: ChunkOpt = 256,
-    workers: WorkersOpt = 2,
-    threads: ThreadsOpt = None,
-    device: DeviceOpt = Device.auto,
-    image_size: ImageSizeOpt = None,
+                                                  "compare).")] = InvertOptions.projection,
+    backend: BackendOpt = InvertOptions.backend,
+    records: RecordsOpt = InvertOptions.records,
+    resume: ResumeOpt = InvertOptions.resume,
+    shard: ShardOpt = InvertOptions.shard,
+    strict: StrictOpt = InvertOptions.strict,
+    batch_size: BatchOpt = InvertOptions.batch_size,
+    chunk_size: ChunkOpt = InvertOptions.chunk_size,
+    workers: WorkersOpt = InvertOptions.workers,
+    threads: ThreadsOpt = InvertOptions.threads,
+    device: DeviceOpt = InvertOptions.device,
+    image_size: ImageSizeOpt = InvertOptions.image_size,
     quiet: QuietOpt = False,
     json: JsonOpt = None,
 ) -> None:
@@ -118,10 +134,12 @@ def invert(
 
     Example: `irevnet invert bundles/fp32 -d imagefolder:/data/imagenet -o inverted --limit 1000`
     """
-    from ..evaluation.invert import InvertOptions
     from ..evaluation.invert import invert as run_invert
 
-    opts = options(InvertOptions, locals())
+    opts = InvertOptions(target=target, checkpoint=checkpoint, dataset=dataset, out=out, split=split, limit=limit,
+                         samples=samples, projection=projection, backend=backend, records=records, resume=resume,
+                         shard=shard, strict=strict, batch_size=batch_size, chunk_size=chunk_size, workers=workers,
+                         threads=threads, device=device, image_size=image_size)
     check_outputs(json)
     with render.ChunkProgress(quiet) as bar:
         report = run_invert(opts, progress=bar.update)

@@ -7,35 +7,49 @@ from typing import Annotated
 import typer
 
 from ..contract import Calibration, Precision
+from ..export.options import ExportOptions
 from ..runtime.engines import HardwareCompat
+from ..runtime.trt_build import BuildOptions
 from . import render
-from .app import CheckpointOpt, ImageSizeOpt, JsonOpt, check_outputs, command, options, write_json
+from .app import CheckpointOpt, ImageSizeOpt, JsonOpt, check_outputs, command, write_json
 
 
 @command
 def export(
     checkpoint: CheckpointOpt,
     out: Annotated[str, typer.Option("--out", "-o", help="Bundle folder to write (replaced whole on success).")],
-    precision: Annotated[Precision, typer.Option(help="fp32 | fp16 | mixed (F in fp16, coupling stream in fp32) | int8 (F's convolutions int8, calibrated on --dataset).")] = Precision.fp32,
-    image_size: ImageSizeOpt = None,
-    opset: Annotated[int, typer.Option(help="ONNX opset (18-20).")] = 18,
-    max_batch: Annotated[int, typer.Option(help="Largest batch of the dynamic batch dimension N.")] = 32,
+    precision: Annotated[Precision, typer.Option(
+        help="fp32 | fp16 | mixed (F in fp16, coupling stream in fp32) | int8 (F's convolutions int8, calibrated on "
+             "--dataset).")] = ExportOptions.precision,
+    image_size: ImageSizeOpt = ExportOptions.image_size,
+    opset: Annotated[int, typer.Option(help="ONNX opset (18-20).")] = ExportOptions.opset,
+    max_batch: Annotated[
+        int, typer.Option(help="Largest batch of the dynamic batch dimension N.")
+    ] = ExportOptions.max_batch,
     dataset: Annotated[
         str | None, typer.Option("--dataset", "-d", help="Verify on real test images (default: seeded random).")
-    ] = None,
-    samples: Annotated[int, typer.Option(help="Images in the verification batch.")] = 8,
-    calibration: Annotated[int, typer.Option(help="int8 and --exact-coupling: training images measured for ranges.")] = 256,
+    ] = ExportOptions.dataset,
+    samples: Annotated[int, typer.Option(help="Images in the verification batch.")] = ExportOptions.samples,
+    calibration: Annotated[
+        int, typer.Option(help="int8 and --exact-coupling: training images measured for ranges.")
+    ] = ExportOptions.calibration,
     calibration_method: Annotated[
         Calibration, typer.Option(help="int8: each activation's range: mse (least squared quantization error), "
                                   "percentile (99.99th of |value|) or max (|value|).")
-    ] = Calibration.mse,
+    ] = ExportOptions.calibration_method,
     exact_coupling: Annotated[
         bool | None, typer.Option("--exact-coupling/--no-exact-coupling", help="Coupling stream on a fixed-point grid, so the "
                                   "inverse sees the forward's bits (default: on for int8 and mixed).")
-    ] = None,
-    projection: Annotated[bool, typer.Option(help="Range projection in the inverse (injective models).")] = True,
-    debug_graphs: Annotated[bool, typer.Option("--debug/--no-debug", help="Also write per-block debug graphs (used by `irevnet verify`).")] = True,
-    allow_mismatch: Annotated[bool, typer.Option(help="Keep the bundle even if it misses its tolerances.")] = False,
+    ] = ExportOptions.exact_coupling,
+    projection: Annotated[
+        bool, typer.Option(help="Range projection in the inverse (injective models).")
+    ] = ExportOptions.projection,
+    debug_graphs: Annotated[
+        bool, typer.Option("--debug/--no-debug", help="Also write per-block debug graphs (used by `irevnet verify`).")
+    ] = ExportOptions.debug_graphs,
+    allow_mismatch: Annotated[
+        bool, typer.Option(help="Keep the bundle even if it misses its tolerances.")
+    ] = ExportOptions.allow_mismatch,
     engine: Annotated[bool, typer.Option(help="Also build TensorRT engines (as `irevnet build` with its defaults).")] = False,
     json: JsonOpt = None,
 ) -> None:
@@ -43,17 +57,18 @@ def export(
 
     Example: `irevnet export -c runs/digits/best.pt -o bundles/digits -d digits --precision mixed`
     """
-    from ..export.bundle import ExportOptions, export_bundle
+    from ..export.bundle import export_bundle
 
-    opts = options(ExportOptions, locals())
+    opts = ExportOptions(checkpoint=checkpoint, out=out, precision=precision, image_size=image_size, opset=opset,
+                         max_batch=max_batch, dataset=dataset, samples=samples, calibration=calibration,
+                         calibration_method=calibration_method, exact_coupling=exact_coupling, projection=projection,
+                         debug_graphs=debug_graphs, allow_mismatch=allow_mismatch)
     check_outputs(json)
     with render.console.status("exporting") as status:
         result = export_bundle(opts, log=lambda msg: status.update(msg))
     render.export(result)
     write_json(json, result.to_dict())
     if engine:
-        from ..runtime.trt_build import BuildOptions
-
         _build(BuildOptions(bundle=out))
 
 
@@ -68,20 +83,36 @@ def _build(opts) -> None:
 @command
 def build(
     bundle: Annotated[str, typer.Argument(help="Bundle folder from `irevnet export`.")],
-    max_batch: Annotated[int | None, typer.Option(help="Largest batch of the profile (default: the bundle's).")] = None,
-    opt_batch: Annotated[int | None, typer.Option(help="Batch the kernels are tuned for (default: max).")] = None,
-    workspace_mb: Annotated[int | None, typer.Option(help="Builder workspace limit in MiB.")] = None,
-    timing_cache: Annotated[str | None, typer.Option(help="Timing cache file (default: BUNDLE/timing.cache).")] = None,
-    opt_level: Annotated[int, typer.Option(help="Builder optimization level 0-5.")] = 3,
-    tf32: Annotated[bool, typer.Option(help="Allow TF32 in fp32 convolutions (spoils the fp32 round trip).")] = False,
-    hardware_compat: Annotated[HardwareCompat, typer.Option(help="Let the engines run on other GPUs.")] = HardwareCompat.none,
-    version_compat: Annotated[bool, typer.Option(help="Let the engines run on later TensorRT releases.")] = False,
-    debug: Annotated[bool, typer.Option(help="Also build the per-block debug engines for `irevnet verify`.")] = False,
+    max_batch: Annotated[
+        int | None, typer.Option(help="Largest batch of the profile (default: the bundle's).")
+    ] = BuildOptions.max_batch,
+    opt_batch: Annotated[
+        int | None, typer.Option(help="Batch the kernels are tuned for (default: max).")
+    ] = BuildOptions.opt_batch,
+    workspace_mb: Annotated[
+        int | None, typer.Option(help="Builder workspace limit in MiB.")
+    ] = BuildOptions.workspace_mb,
+    timing_cache: Annotated[
+        str | None, typer.Option(help="Timing cache file (default: BUNDLE/timing.cache).")
+    ] = BuildOptions.timing_cache,
+    opt_level: Annotated[int, typer.Option(help="Builder optimization level 0-5.")] = BuildOptions.opt_level,
+    tf32: Annotated[
+        bool, typer.Option(help="Allow TF32 in fp32 convolutions (spoils the fp32 round trip).")
+    ] = BuildOptions.tf32,
+    hardware_compat: Annotated[
+        HardwareCompat, typer.Option(help="Let the engines run on other GPUs.")
+    ] = BuildOptions.hardware_compat,
+    version_compat: Annotated[
+        bool, typer.Option(help="Let the engines run on later TensorRT releases.")
+    ] = BuildOptions.version_compat,
+    debug: Annotated[
+        bool, typer.Option(help="Also build the per-block debug engines for `irevnet verify`.")
+    ] = BuildOptions.debug,
 ) -> None:
     """Compile a bundle's forward and inverse graphs into TensorRT engines (strongly typed).
 
     Example: `irevnet build bundles/digits --opt-batch 8`
     """
-    from ..runtime.trt_build import BuildOptions
-
-    _build(options(BuildOptions, locals()))
+    _build(BuildOptions(bundle=bundle, max_batch=max_batch, opt_batch=opt_batch, workspace_mb=workspace_mb,
+                        timing_cache=timing_cache, opt_level=opt_level, tf32=tf32, hardware_compat=hardware_compat,
+                        version_compat=version_compat, debug=debug))

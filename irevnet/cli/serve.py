@@ -7,9 +7,10 @@ from typing import Annotated
 import typer
 
 from ..errors import CheckFailed
-from ..serving.repository import Flavour, InstanceKind
+from ..serving.repository import CONFIG_OPTIONS, Flavour, InstanceKind, TritonOptions
+from ..serving.server import ServeOptions
 from . import render
-from .app import command, options
+from .app import command
 
 
 @command
@@ -17,29 +18,46 @@ def triton(
     ctx: typer.Context,
     bundle: Annotated[str, typer.Argument(help="Bundle folder from `irevnet export`.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Repository folder to write (replaced whole on success).")],
-    flavour: Annotated[Flavour, typer.Option(help="python (irevnet.runtime in Triton's python backend) | onnxruntime | "
-                                                  "openvino | tensorrt (Triton's native backends).")] = Flavour.python,
-    name: Annotated[str | None, typer.Option(help="Model name prefix (default: the bundle folder's name).")] = None,
-    backend: Annotated[str, typer.Option("--backend", "-b", help="python flavour: onnxruntime | openvino.")] = "onnxruntime",
-    instances: Annotated[int, typer.Option(help="Model instances per model.")] = 1,
-    instance_kind: Annotated[InstanceKind, typer.Option(help="Where the instances run.")] = InstanceKind.cpu,
-    dynamic_batching: Annotated[bool, typer.Option(help="Merge queued requests into one batch.")] = True,
-    max_queue_delay_us: Annotated[int, typer.Option(help="Dynamic batching: longest wait for a fuller batch.")] = 0,
-    threads: Annotated[int | None, typer.Option(help="python flavour: intra-op threads per instance.")] = None,
+    flavour: Annotated[
+        Flavour, typer.Option(help="python (irevnet.runtime in Triton's python backend) | onnxruntime | openvino | "
+                              "tensorrt (Triton's native backends).")
+    ] = TritonOptions.flavour,
+    name: Annotated[
+        str | None, typer.Option(help="Model name prefix (default: the bundle folder's name).")
+    ] = TritonOptions.name,
+    backend: Annotated[
+        str, typer.Option("--backend", "-b", help="python flavour: onnxruntime | openvino.")
+    ] = TritonOptions.backend,
+    instances: Annotated[int, typer.Option(help="Model instances per model.")] = TritonOptions.instances,
+    instance_kind: Annotated[
+        InstanceKind, typer.Option(help="Where the instances run.")
+    ] = TritonOptions.instance_kind,
+    dynamic_batching: Annotated[
+        bool, typer.Option(help="Merge queued requests into one batch.")
+    ] = TritonOptions.dynamic_batching,
+    max_queue_delay_us: Annotated[
+        int, typer.Option(help="Dynamic batching: longest wait for a fuller batch.")
+    ] = TritonOptions.max_queue_delay_us,
+    threads: Annotated[
+        int | None, typer.Option(help="python flavour: intra-op threads per instance.")
+    ] = TritonOptions.threads,
     version: Annotated[int | None, typer.Option(help="Add the bundle as this model version beside the repository's "
-                                                     "others (default: version 1, alone).")] = None,
+                                                     "others (default: version 1, alone).")] = TritonOptions.version,
 ) -> None:
     """Write a Triton model repository: NAME_forward, NAME_inverse and NAME_roundtrip.
 
     Example: `irevnet triton bundles/digits -o models && irevnet serve models`
     """
-    from ..serving.repository import CONFIG_OPTIONS, TritonOptions, write_repository
+    from ..serving.repository import write_repository
 
     # with --version, what was not given on this command line is the repository's (by name: typer
     # vendors its own click, so its ParameterSource is not click's)
     inherit = tuple(n for n in CONFIG_OPTIONS if getattr(ctx.get_parameter_source(n), "name", "") != "COMMANDLINE")
+    opts = TritonOptions(bundle=bundle, out=out, flavour=flavour, name=name, backend=backend, instances=instances,
+                         instance_kind=instance_kind, dynamic_batching=dynamic_batching,
+                         max_queue_delay_us=max_queue_delay_us, threads=threads, version=version, inherit=inherit)
     with render.console.status("writing the repository") as status:
-        record = write_repository(options(TritonOptions, ctx.params, inherit=inherit), log=status.update)
+        record = write_repository(opts, log=status.update)
     render.repository(record, out)
 
 
@@ -48,27 +66,39 @@ def serve(
     target: Annotated[str, typer.Argument(help="A repository of `irevnet triton`, or a bundle (served from a temporary one).")],
     host: Annotated[str, typer.Option(help="Address to listen on. Beyond loopback, inference, health, metadata, "
                                            "configs and statistics are open to every host that reaches it, without "
-                                           "TLS or authentication: put a proxy in front.")] = "127.0.0.1",
-    http_port: Annotated[int, typer.Option(help="HTTP port (0: a free one).")] = 8000,
-    grpc_port: Annotated[int, typer.Option(help="gRPC port (0: a free one).")] = 8001,
-    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port (0: a free one).")] = 8002,
-    instances: Annotated[int, typer.Option(help="For a bundle: model instances per model.")] = 1,
-    python_env: Annotated[str | None, typer.Option(help="The server's environment (default: $IREVNET_TRITON_ENV, "
-                                                         "else one made on first use in the cache).")] = None,
-    ready_timeout_s: Annotated[float, typer.Option(help="Give up when the models are not ready by then.")] = 120.0,
-    drain_timeout_s: Annotated[float, typer.Option(help="After SIGTERM, how long requests in flight may take.")] = 20.0,
-    restarts: Annotated[int, typer.Option(help="Restarts after a backend stub dies (within 10 minutes).")] = 3,
-    log: Annotated[str | None, typer.Option(help="Keep tritonserver's whole log in this file.")] = None,
-    verbose: Annotated[bool, typer.Option(help="Triton's info log.")] = False,
+                                           "TLS or authentication: put a proxy in front.")] = ServeOptions.host,
+    http_port: Annotated[int, typer.Option(help="HTTP port (0: a free one).")] = ServeOptions.http_port,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port (0: a free one).")] = ServeOptions.grpc_port,
+    metrics_port: Annotated[
+        int, typer.Option(help="Prometheus metrics port (0: a free one).")
+    ] = ServeOptions.metrics_port,
+    instances: Annotated[int, typer.Option(help="For a bundle: model instances per model.")] = ServeOptions.instances,
+    python_env: Annotated[
+        str | None, typer.Option(help="The server's environment (default: $IREVNET_TRITON_ENV, else one made on first "
+                                 "use in the cache).")
+    ] = ServeOptions.python_env,
+    ready_timeout_s: Annotated[
+        float, typer.Option(help="Give up when the models are not ready by then.")
+    ] = ServeOptions.ready_timeout_s,
+    drain_timeout_s: Annotated[
+        float, typer.Option(help="After SIGTERM, how long requests in flight may take.")
+    ] = ServeOptions.drain_timeout_s,
+    restarts: Annotated[
+        int, typer.Option(help="Restarts after a backend stub dies (within 10 minutes).")
+    ] = ServeOptions.restarts,
+    log: Annotated[str | None, typer.Option(help="Keep tritonserver's whole log in this file.")] = ServeOptions.log,
+    verbose: Annotated[bool, typer.Option(help="Triton's info log.")] = ServeOptions.verbose,
 ) -> None:
     """Serve a repository with a real tritonserver until SIGTERM or Ctrl-C (requests in flight drain).
 
     Example: `irevnet serve models --http-port 8000 --log triton.log`
     """
-    from ..serving.server import ServeOptions, stop_report, wait_for_signal
     from ..serving.server import serve as run_server
+    from ..serving.server import stop_report, wait_for_signal
 
-    opts = options(ServeOptions, locals())
+    opts = ServeOptions(target=target, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                        instances=instances, python_env=python_env, ready_timeout_s=ready_timeout_s,
+                        drain_timeout_s=drain_timeout_s, restarts=restarts, log=log, verbose=verbose)
     with run_server(opts, log=render.console.print) as server:
         wait_for_signal(server, announce=render.serving, log=render.console.print, ready_timeout_s=opts.ready_timeout_s)
     report = stop_report(server)

@@ -55,7 +55,7 @@ class EvaluateOptions:
     records: str | None = None  # Parquet, one row per image
     resume: bool = False  # continue the run whose chunks are in RECORDS.parts/
     shard: str | None = None  # "I/N": the chunks c with c % N == I
-    merge: list[str] = field(default_factory=list)  # records of shards to join into `records`
+    merge: tuple[str, ...] = ()  # records of shards to join into `records`
     against: str | None = None  # records of another run of the same model on the same images
     changed_grid: str | None = None  # with `against`: PNG of the images whose top-1 changed
     strict: bool = False  # stop at the first unreadable file
@@ -72,6 +72,7 @@ class EvaluateOptions:
     ray_workers: int = 2  # actors, each with its own graphs
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "merge", tuple(self.merge))
         given = [t for t in (self.target, self.checkpoint) if t is not None]
         if self.merge:
             if given or not self.records:

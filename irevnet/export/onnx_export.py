@@ -25,11 +25,10 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from ..contract import BATCH_DIM, OPSETS
+from ..contract import BATCH_DIM
 from ..errors import IRevNetError
 from ..runtime.graph_policy import check_graph_policy
-
-DEFAULT_OPSET = OPSETS.start  # the dynamo exporter's floor
+from .options import DEFAULT_OPSET
 
 # Nodes of a block's bottleneck F are named block{i}/F/... identically in the forward and inverse graphs.
 BRANCH_NODE = re.compile(r"^block(\d+)/F/")

@@ -9,16 +9,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from .. import validation as check
 from ..allocator import exact_rss
-from ..devices import Device
 from ..errors import IRevNetError
+from .options import MemoryOptions
 
 
 def _status_bytes(field: str) -> int | None:
@@ -120,28 +118,6 @@ def measure_step(preset: str, batch: int, memory_efficient: bool, device: str = 
         "measured_as": f"{how}; a training-loop step: batch created inside, gradients freed by zero_grad() and "
                        f"allocated by backward; activations = step - gradients - batch",
     }
-
-
-@dataclass(frozen=True)
-class MemoryOptions:
-    presets: tuple[str, ...] = ("irevnet-cifar", "irevnet-301")
-    batch_size: int = 32  # of the measured training step
-    image_size: int | None = None  # default: each preset's
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        from ..model.config import get_config
-
-        object.__setattr__(self, "presets", tuple(self.presets))
-        object.__setattr__(self, "device", check.choice("device", self.device, Device).value)
-        check.integer("batch_size", self.batch_size, 1, 1 << 16)
-        check.integer("image_size", self.image_size, 1, optional=True)
-        if not self.presets:
-            raise IRevNetError("give at least one --model")
-        for name in self.presets:  # unknown names and sizes the preset cannot take fail here, in one line
-            config = get_config(name)
-            if self.image_size:  # replace() validates the new config; the measurement builds its own
-                _ = config.replace(in_shape=(config.in_shape[0], self.image_size, self.image_size))
 
 
 def compare_memory(opts: MemoryOptions, progress: Callable[[str], None] = lambda what: None) -> list[dict[str, Any]]:

@@ -1,4 +1,8 @@
-"""What a training run depends on: `TrainOptions`, validated when made, recorded in run.json."""
+"""What a training run depends on (`TrainOptions`, recorded in run.json) and what the memory
+measurement takes (`MemoryOptions`, irevnet.training.memory), each validated when made.
+
+Torch-free: the CLI imports it at start-up, to take its parameters' defaults from the fields.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from dataclasses import dataclass
 
 from .. import validation as check
 from ..devices import Device
+from ..errors import IRevNetError
 from ..io.datasets import parse_spec
 from ..model.config import get_config
 from .recipes import DEFAULT_RECIPE, RECIPES, Recipe, RecipeName
@@ -55,3 +60,25 @@ class TrainOptions:
                               ("weight_decay", self.weight_decay)) if v is not None
         }
         return dataclasses.replace(r, **overrides)
+
+
+@dataclass(frozen=True)
+class MemoryOptions:
+    """The presets and batch of `irevnet memory`'s training steps (irevnet.training.memory)."""
+
+    presets: tuple[str, ...] = ("irevnet-cifar", "irevnet-301")
+    batch_size: int = 32  # of the measured training step
+    image_size: int | None = None  # default: each preset's
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "presets", tuple(self.presets))
+        object.__setattr__(self, "device", check.choice("device", self.device, Device).value)
+        check.integer("batch_size", self.batch_size, 1, 1 << 16)
+        check.integer("image_size", self.image_size, 1, optional=True)
+        if not self.presets:
+            raise IRevNetError("give at least one --model")
+        for name in self.presets:  # unknown names and sizes the preset cannot take fail here, in one line
+            config = get_config(name)
+            if self.image_size:  # replace() validates the new config; the measurement builds its own
+                _ = config.replace(in_shape=(config.in_shape[0], self.image_size, self.image_size))
