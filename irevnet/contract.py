@@ -100,8 +100,22 @@ class Precision(str, Enum):
     fp16 = "fp16"  # weights and activations fp16; fp32 inputs and outputs
     mixed = "mixed"  # the bottleneck branches F in fp16, the coupling stream (adds, psi, padding) fp32
     int8 = "int8"  # F's convolutions int8 (explicit Q/DQ, export/quantize.py), everything else fp32
+    plan = "plan"  # each block's F in the precision its precision_plan names, the coupling stream fp32
 
     def __str__(self) -> str:  # the name, in messages and f-strings (3.11 formats enums as Precision.fp32)
+        return self.value
+
+    __format__ = str.__format__
+
+
+class BlockPrecision(str, Enum):
+    """The precision of one block's F in a precision plan (export/plan.py)."""
+
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+    def __str__(self) -> str:
         return self.value
 
     __format__ = str.__format__

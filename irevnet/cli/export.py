@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from ..contract import Calibration, Precision
-from ..export.options import ExportOptions
+from ..contract import Calibration
+from ..export.options import ExportOptions, ExportPrecision
 from ..runtime.engines import HardwareCompat
 from ..runtime.trt_build import BuildOptions
 from . import render
@@ -18,9 +18,10 @@ from .app import CheckpointOpt, ImageSizeOpt, JsonOpt, check_outputs, command, w
 def export(
     checkpoint: CheckpointOpt,
     out: Annotated[str, typer.Option("--out", "-o", help="Bundle folder to write (replaced whole on success).")],
-    precision: Annotated[Precision, typer.Option(
+    precision: Annotated[ExportPrecision, typer.Option(
         help="fp32 | fp16 | mixed (F in fp16, coupling stream in fp32) | int8 (F's convolutions int8, calibrated on "
-             "--dataset).")] = ExportOptions.precision,
+             "--dataset) | plan (each block's F as --precision-plan says) | auto (the fastest plan within "
+             "--budget).")] = ExportOptions.precision,
     image_size: ImageSizeOpt = ExportOptions.image_size,
     opset: Annotated[int, typer.Option(help="ONNX opset (18-20).")] = ExportOptions.opset,
     max_batch: Annotated[
@@ -50,6 +51,28 @@ def export(
     allow_mismatch: Annotated[
         bool, typer.Option(help="Keep the bundle even if it misses its tolerances.")
     ] = ExportOptions.allow_mismatch,
+    precision_plan: Annotated[str | None, typer.Option(
+        help="One precision per block for F, block 0 first: int8, fp16 or fp32, comma-separated, a JSON list, or a "
+             "file of either (the coupling stream stays fp32).")] = ExportOptions.precision_plan,
+    budget: Annotated[str | None, typer.Option(
+        help="--precision auto: what the plan must keep of PyTorch fp32: agreement>=A (top-1) and/or logits<=L "
+             "(p99 rel. L2), comma-separated.")] = ExportOptions.budget,
+    search_backend: Annotated[str, typer.Option(
+        help="--precision auto: where plans are timed and judged: onnxruntime, openvino or tensorrt.")
+    ] = ExportOptions.search_backend,
+    search_images: Annotated[int, typer.Option(
+        help="--precision auto: training images after the calibration's that the search decides on.")
+    ] = ExportOptions.search_images,
+    held_out: Annotated[int | None, typer.Option(
+        help="--precision auto: the first N held-out images that judge the plans (default: all).")
+    ] = ExportOptions.held_out,
+    search_batch: Annotated[int, typer.Option(
+        help="--precision auto: the batch plans are timed and evaluated at.")] = ExportOptions.search_batch,
+    search_bench_s: Annotated[float, typer.Option(
+        help="--precision auto: seconds each plan's forward is timed for.")] = ExportOptions.search_bench_s,
+    frontier: Annotated[str | None, typer.Option(
+        help="--precision auto: write the speed/agreement frontier of the plans tried to this PNG.")
+    ] = ExportOptions.frontier,
     engine: Annotated[bool, typer.Option(help="Also build TensorRT engines (as `irevnet build` with its defaults).")] = False,
     json: JsonOpt = None,
 ) -> None:
@@ -57,15 +80,17 @@ def export(
 
     Example: `irevnet export -c runs/digits/best.pt -o bundles/digits -d digits --precision mixed`
     """
-    from ..export.bundle import export_bundle
+    from ..search import run_export
 
     opts = ExportOptions(checkpoint=checkpoint, out=out, precision=precision, image_size=image_size, opset=opset,
                          max_batch=max_batch, dataset=dataset, samples=samples, calibration=calibration,
                          calibration_method=calibration_method, exact_coupling=exact_coupling, projection=projection,
-                         debug_graphs=debug_graphs, allow_mismatch=allow_mismatch)
-    check_outputs(json)
+                         debug_graphs=debug_graphs, allow_mismatch=allow_mismatch, precision_plan=precision_plan,
+                         budget=budget, search_backend=search_backend, search_images=search_images, held_out=held_out,
+                         search_batch=search_batch, search_bench_s=search_bench_s, frontier=frontier)
+    check_outputs(json, frontier)
     with render.console.status("exporting") as status:
-        result = export_bundle(opts, log=lambda msg: status.update(msg))
+        result = run_export(opts, log=lambda msg: status.update(msg))
     render.export(result)
     write_json(json, result.to_dict())
     if engine:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from ..runtime.bench import BenchReport
     from ..runtime.timing import BenchEntry
     from ..runtime.verify import BlockReport, VerifyReport
+    from ..search import PlanSearch
 
 console = Console(highlight=False, markup=False)
 if not console.is_terminal:  # logs and pipes: room for the wide tables instead of 80 columns
@@ -187,8 +188,37 @@ def export(result: ExportResult) -> None:
     if manifest.weights is not None:
         console.print(f"{result.bytes_on_disk / 1e6:,.1f} MB on disk, of which {manifest.weights.bytes / 1e6:,.1f} MB of weights in "
                       f"{manifest.weights.file}, shared by all {len(manifest.graphs)} graphs")
+    if result.search is not None:
+        plan_search(result.search)
     console.print(f"bundle written to {result.out}" if result
                   else f"bundle written to {result.out} despite failed checks (--allow-mismatch)")
+
+
+def plan_search(search: PlanSearch) -> None:
+    """The plans a precision search tried beside the uniform ones: the blocks kept out of int8,
+    agreement and logits drift on the held-out split, and the forward's median latency."""
+    ranked = sorted(range(len(search.sensitivity)), key=lambda i: -search.sensitivity[i])
+    console.print("block sensitivity (drift added alone in int8): " + ", ".join(
+        f"block{i}/F {search.sensitivity[i]:.1e}" for i in ranked[:6]) + (", ..." if len(ranked) > 6 else ""))
+    held = search.images["held_out"]["images"]
+    t = Table("precision plan", "blocks not int8", "agreement", "logits p99", "median ms", "",
+              title=f"precision plans on {search.backend}, batch {search.bench_batch}: agreement and logits rel. L2 "
+                    f"with PyTorch fp32 on {held} held-out images")
+    front = {id(c) for c in search.pareto()}
+    for c in search.frontier():
+        kept = ", ".join(c.kept) if len(c.kept) <= 4 else f"{len(c.kept)} blocks"
+        mark = "chosen" if c is search.chosen else ("frontier" if id(c) in front else "")
+        t.add_row(c.label, kept or "none", f"{c.held_out.agreement:.4f}", f"{c.held_out.logits_p99:.2e}",
+                  f"{c.median_ms:.2f}", mark)
+    console.print(t)
+    images = search.images
+    console.print(f"calibrated on {images['calibration']['images']} ({images['calibration']['from']}), searched on "
+                  f"{images['search']['images']} ({images['search']['from']}), judged on {held} "
+                  f"({images['held_out']['from']}); {search.evaluations} plans judged on the search images, "
+                  f"{search.seconds:.0f} s")
+    for note in search.notes:
+        console.print(f"not picked: {note}")
+    console.print(search.verdict())
 
 
 def engines(section: dict[str, Any]) -> None:

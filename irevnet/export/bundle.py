@@ -13,9 +13,11 @@ import hashlib
 import math
 import platform
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Protocol
 
 import numpy as np
 import onnx
@@ -39,6 +41,7 @@ from ..contract import (
     SAMPLE_Z,
     SCHEMA_VERSION,
     WEIGHTS,
+    BlockPrecision,
     Calibration,
     Precision,
     Z,
@@ -61,8 +64,9 @@ from ..training.invert import first_images
 from .coupling import MANTISSA_BITS, grid_exponent, snap_coupling
 from .fidelity import diagnose
 from .onnx_export import branch_signatures, check_graph, export_graph, graph_summary
-from .options import ExportOptions
-from .quantize import CALIBRATION_METHODS, calibrate, quantize_branches
+from .options import AUTO, ExportOptions
+from .plan import PrecisionPlan, apply_plan
+from .quantize import CALIBRATION_METHODS, calibrate
 from .weights import SharedWeights
 
 BLOCK_REFERENCE_BYTES = 64 << 20  # per-block reference activations kept in reference.npz, at most
@@ -76,6 +80,7 @@ class ExportResult:
     out: Path
     manifest: Manifest
     checks: tuple[Comparison | Agreement, ...]
+    search: Any = None  # --precision auto: the search's report (irevnet.search.PlanSearch)
 
     @property
     def precision(self) -> str:
@@ -96,121 +101,257 @@ class ExportResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"out": str(self.out), "passed": bool(self), "bytes_on_disk": self.bytes_on_disk,
-                "manifest": self.manifest.to_dict()}
+                "manifest": self.manifest.to_dict(), **({"search": self.search.to_dict()} if self.search else {})}
 
 
-def export_bundle(opts: ExportOptions, log=lambda msg: None) -> ExportResult:
-    """Exports, verifies and writes a bundle.
+def export_bundle(opts: ExportOptions, log=lambda msg: None, planner: Planner | None = None) -> ExportResult:
+    """Exports, verifies and writes a bundle, in four steps: trace the graphs once; measure what
+    reduced precision needs once (int8 ranges, the exact coupling's grid); choose the plan (the
+    precision's uniform one, the one given, or the planner's); write the bundle of that plan.
 
+    Args:
+        planner: chooses the plan of `--precision auto` and judges the bundle written before it
+            is put in place (irevnet.search: the search under a budget).
     Raises:
-        CheckFailed: the verification missed a tolerance (and allow_mismatch is off); no bundle
-            is written.
+        CheckFailed: the verification missed a tolerance, or the planner's judgement failed (and
+            allow_mismatch is off); no bundle is written.
     """
     out = Path(opts.out)
     check_replaceable(out, is_bundle_folder, "bundle")  # before any work, not after it
     ckpt = load_checkpoint(opts.checkpoint, image_size=opts.image_size)
-    model, cfg = ckpt.model, ckpt.config
-    precision = opts.precision
-    samples = min(opts.samples, opts.max_batch)
-    images, labels, normalization = _samples(ckpt, opts.dataset, samples)
-    net = prepare(model, precision)
-
+    plan = given_plan(opts, ckpt.config.num_blocks)
+    if opts.precision == AUTO and planner is None:
+        raise IRevNetError("--precision auto is chosen by the search: irevnet.search.export_searched(opts)")
+    samples = _samples(ckpt, opts.dataset, min(opts.samples, opts.max_batch))
+    traced = trace(ckpt, opts, log)
+    lowering = measure_lowering(ckpt, opts, traced, samples, log)
+    if planner is not None:
+        plan = planner.plan(ckpt, opts, traced, lowering, samples, log)
     with atomic_directory(out, owned=is_bundle_folder, what="bundle") as tmp:
-        graphs: dict[str, dict[str, Any]] = {}
-        plan = [
-            (FORWARD, ForwardGraph(net), cfg.in_shape, True),
-            (INVERSE, InverseGraph(net, opts.projection), cfg.z_shape, True),
+        result = write_bundle(tmp, out, ckpt, traced, lowering, plan, samples, opts, log)
+        if planner is not None:
+            judged = planner.judge(tmp, log)
+            result = replace(result, search=judged)
+            if not judged and not opts.allow_mismatch:
+                raise CheckFailed(f"{judged}; no bundle written (--allow-mismatch keeps it anyway)")
+    return result
+
+
+class Planner(Protocol):
+    """What chooses a bundle's plan (irevnet.search.PlanSearcher)."""
+
+    def plan(self, ckpt: Checkpoint, opts: ExportOptions, traced: Traced, lowering: Lowering, samples: Samples,
+             log: Callable[[str], None]) -> PrecisionPlan: ...
+
+    def judge(self, bundle: Path, log: Callable[[str], None]) -> Any: ...
+
+
+def given_plan(opts: ExportOptions, num_blocks: int) -> PrecisionPlan | None:
+    """The plan an export of `opts` writes: --precision-plan's, or its precision's uniform one
+    (None for fp16, whose coupling stream is fp16 too, and for auto, which the search picks)."""
+    if opts.precision_plan is not None:
+        return PrecisionPlan.parse(opts.precision_plan, num_blocks)
+    if opts.precision == AUTO:
+        return None
+    return PrecisionPlan.for_precision(opts.precision, num_blocks)
+
+
+@dataclass(frozen=True)
+class Samples:
+    """The verification's inputs: real held-out images (with their labels) or seeded noise."""
+
+    images: torch.Tensor
+    labels: np.ndarray | None
+    normalization: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Traced:
+    """Every graph of the bundle as torch.onnx traced it, once: fp32 (fp16 for an fp16 bundle).
+    Plans are applied to copies, so one trace serves every plan a search writes."""
+
+    graphs: Mapping[str, tuple[onnx.ModelProto, bool, float]]  # name -> (graph, strict check, seconds to trace)
+    precision: Precision  # fp32, or fp16
+
+    def copy(self, name: str) -> onnx.ModelProto:
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self.graphs[name][0])
+        return proto
+
+    def only(self, names: tuple[str, ...]) -> Traced:
+        return Traced({n: g for n, g in self.graphs.items() if n in names}, self.precision)
+
+
+@dataclass(frozen=True)
+class Lowering:
+    """What reduced precision needs, measured once on calibration images: the int8 activation
+    ranges and the exact coupling's grid (each None where the export does not need it)."""
+
+    calibration: dict[str, Any] | None  # source, images, method, ranges
+    grid: dict[str, Any] | None  # exponent, step, bound, max_abs_measured, source, images
+
+    @property
+    def ranges(self) -> dict[str, float] | None:
+        return self.calibration["ranges"] if self.calibration else None
+
+
+def trace(ckpt: Checkpoint, opts: ExportOptions, log=lambda msg: None) -> Traced:
+    """The forward and inverse graphs, and the per-block debug graphs (with `debug_graphs`, and
+    always for the search, which ranks blocks on them), traced from the model."""
+    model, cfg = ckpt.model, ckpt.config
+    precision = Precision.fp16 if opts.precision is Precision.fp16 else Precision.fp32
+    modules = [
+        (FORWARD, lambda: ForwardGraph(prepare(model, precision)), cfg.in_shape, True),
+        (INVERSE, lambda: InverseGraph(prepare(model, precision), opts.projection), cfg.z_shape, True),
+    ]
+    if opts.debug_graphs or opts.precision == AUTO:
+        modules += [
+            (FORWARD_BLOCKS, lambda: ForwardBlocksGraph(prepare(model, precision)), cfg.in_shape, False),
+            (INVERSE_BLOCKS, lambda: InverseBlocksGraph(prepare(model, precision), opts.projection), cfg.z_shape, False),
         ]
-        if opts.debug_graphs:
-            plan += [
-                (FORWARD_BLOCKS, ForwardBlocksGraph(prepare(model, precision)), cfg.in_shape, False),
-                (INVERSE_BLOCKS, InverseBlocksGraph(prepare(model, precision), opts.projection), cfg.z_shape, False),
-            ]
-        shared = SharedWeights(tmp / WEIGHTS)  # every graph's weights, each tensor once
-        calibration = None
-        measured = _calibration_images(ckpt, opts, images) if precision is Precision.int8 or opts.exact_coupling else None
-        grid = _grid(model, *measured) if opts.exact_coupling else None
-        for name, module, shape, strict in plan:
-            log(f"exporting {name} graph")
-            start = time.perf_counter()
-            example = torch.zeros(min(2, opts.max_batch), *shape)
-            proto = export_graph(module, example, max_batch=opts.max_batch, opset=opts.opset)
-            if precision is Precision.int8:
-                if calibration is None:  # from the fp32 forward (first in the plan), for every graph
-                    log("calibrating the int8 activation ranges")
-                    calibration = _calibrate(proto, *measured, opts.max_batch, opts.calibration_method)
-                quantize_branches(proto, calibration["ranges"])
-            if grid:
-                snap_coupling(proto, grid["exponent"], IMAGE if name in (FORWARD, FORWARD_BLOCKS) else None)
-            check_graph(proto, graph_file(name), strict=strict)
-            signatures = branch_signatures(proto)
-            shared.externalize(proto)
-            onnx.save_model(proto, str(tmp / graph_file(name)))
-            graphs[name] = {
-                "file": graph_file(name),
-                **graph_summary(proto),
-                "branches_sha256": hashlib.sha256("".join(signatures.values()).encode()).hexdigest(),
-                "export_seconds": round(time.perf_counter() - start, 2),
-                "files": [graph_file(name), WEIGHTS],
-            }
-        weights = shared.close()
+    graphs = {}
+    for name, module, shape, strict in modules:
+        log(f"exporting the {name} graph")
+        start = time.perf_counter()
+        example = torch.zeros(min(2, opts.max_batch), *shape)
+        graphs[name] = (export_graph(module(), example, max_batch=opts.max_batch, opset=opts.opset), strict,
+                        time.perf_counter() - start)
+    return Traced(MappingProxyType(graphs), precision)
 
-        log("verifying with ONNX Runtime (CPU)")
-        tolerance = tolerance_for(precision, grid and grid["exponent"])
-        verification, reference, checks = _verify(tmp, graphs, model, images, labels, normalization, tolerance, opts)
-        np.savez(tmp / REFERENCE, **reference)
-        z0 = reference[Z][:1]
-        np.save(tmp / SAMPLE_Z, z0)  # a z for the C++ example to invert
 
-        log("estimating the inverse's per-block error gain (fp64)")
-        fidelity = diagnose(model, images.float(), project=opts.projection)
-        identical = graphs[FORWARD]["branches_sha256"] == graphs[INVERSE]["branches_sha256"]
-        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "irevnet_version": __version__,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "precision": precision.value,
-            "opset": opts.opset,
-            "model": {
-                "config": cfg.to_dict(),
-                "type": "injective" if cfg.injective else "bijective",
-                "depth": cfg.depth,
-                "parameters": model.num_parameters(),
-            },
-            "checkpoint": {"path": str(opts.checkpoint), "sha256": sha256_file(opts.checkpoint), "format": ckpt.format},
-            "weights_sha256": weights_sha256(net),
-            "normalization": normalization,
-            "layout": LAYOUT,
-            "batch": {"dim": BATCH_DIM, "min": 1, "max": opts.max_batch},
-            "range_projection": bool(opts.projection and cfg.injective),
-            "branches": {
-                "identical_in_forward_and_inverse": identical,
-                "note": "F subgraphs (names, types, attributes, weights) are identical in both graphs, so F is "
-                "expected to evaluate to the same bits when both run on the same kernels; `irevnet verify` measures it",
-            },
-            "graphs": graphs,
-            "weights": weights,
-            **({"calibration": {k: v for k, v in calibration.items() if k != "ranges"}} if calibration else {}),
-            **({"exact_coupling": grid} if grid else {}),
-            "fidelity": fidelity,
-            "versions": _versions(),
-            "tolerances": tolerance.to_dict(),
-            "verification": verification,
-            "files": {f: sha256_file(tmp / f) for f in files},
-        }
-        if not identical:
-            raise IRevNetError("the forward and inverse graphs carry different F subgraphs; this is an export bug")
-        if not verification["passed"] and not opts.allow_mismatch:
-            failed = ", ".join(c["name"] for c in verification["checks"] if not c["passed"])
-            raise CheckFailed(
-                f"export verification failed ({failed}) against the {precision.value} tolerances; "
-                f"no bundle written (--allow-mismatch keeps it anyway)"
-            )
-        typed = check_manifest(manifest, f"the manifest of {out}")  # what Bundle.open enforces, field by field
-        write_json(tmp / MANIFEST, manifest)
-        _open_as_a_reader(tmp, out)
+def measure_lowering(ckpt: Checkpoint, opts: ExportOptions, traced: Traced, samples: Samples,
+                     log=lambda msg: None) -> Lowering:
+    """The int8 ranges (from the fp32 forward graph) and the exact coupling's grid (from the fp32
+    model), measured on the calibration images, where the export's plans need them."""
+    plan = given_plan(opts, ckpt.config.num_blocks)
+    int8 = opts.precision == AUTO or (plan is not None and BlockPrecision.int8 in plan.blocks)
+    if not (int8 or opts.exact_coupling):
+        return Lowering(None, None)
+    x, source = _calibration_images(ckpt, opts, samples.images)
+    calibration = None
+    if int8:
+        log("calibrating the int8 activation ranges")
+        calibration = _calibrate(traced.graphs[FORWARD][0], x, source, opts.max_batch, opts.calibration_method)
+    return Lowering(calibration, _grid(ckpt.model, x, source) if opts.exact_coupling else None)
+
+
+def lower(traced: Traced, name: str, plan: PrecisionPlan | None, lowering: Lowering) -> onnx.ModelProto:
+    """Graph `name` of `plan`: a copy of the traced graph with each block's F in its precision,
+    and the coupling stream on the exact grid where the export has one."""
+    proto = traced.copy(name)
+    if plan is not None:
+        apply_plan(proto, plan, lowering.ranges)
+    if lowering.grid:
+        snap_coupling(proto, lowering.grid["exponent"], IMAGE if name in (FORWARD, FORWARD_BLOCKS) else None)
+    return proto
+
+
+def write_bundle(tmp: Path, out: Path, ckpt: Checkpoint, traced: Traced, lowering: Lowering,
+                 plan: PrecisionPlan | None, samples: Samples, opts: ExportOptions,
+                 log=lambda msg: None) -> ExportResult:
+    """Writes the bundle of `plan` into the empty folder `tmp` (to be put at `out`): its graphs,
+    the verification against PyTorch, the reference samples, the manifest, and the check that
+    every reader opens it.
+
+    Raises:
+        CheckFailed: the verification missed the plan's tolerances, and allow_mismatch is off.
+    """
+    precision = plan.precision if plan is not None else traced.precision
+    graphs, weights = _write_graphs(tmp, traced, lowering, plan, opts, log)
+    log("verifying with ONNX Runtime (CPU)")
+    tolerance = tolerance_for(plan.tolerance_precision if plan is not None else precision,
+                              lowering.grid and lowering.grid["exponent"])
+    verification, reference, checks = _verify(tmp, graphs, ckpt.model, samples, tolerance, opts)
+    np.savez(tmp / REFERENCE, **reference)
+    np.save(tmp / SAMPLE_Z, reference[Z][:1])  # a z for the C++ example to invert
+    log("estimating the inverse's per-block error gain (fp64)")
+    fidelity = diagnose(ckpt.model, samples.images.float(), project=opts.projection)
+    if graphs[FORWARD]["branches_sha256"] != graphs[INVERSE]["branches_sha256"]:
+        raise IRevNetError("the forward and inverse graphs carry different F subgraphs; this is an export bug")
+    manifest = _manifest(tmp, ckpt, opts, precision, plan, graphs, weights, lowering, samples, fidelity, tolerance,
+                         verification)
+    if not verification["passed"] and not opts.allow_mismatch:
+        failed = ", ".join(c["name"] for c in verification["checks"] if not c["passed"])
+        raise CheckFailed(f"export verification failed ({failed}) against the {precision} tolerances; "
+                          f"no bundle written (--allow-mismatch keeps it anyway)")
+    typed = check_manifest(manifest, f"the manifest of {out}")  # what Bundle.open enforces, field by field
+    write_json(tmp / MANIFEST, manifest)
+    _open_as_a_reader(tmp, out)
     return ExportResult(out, typed, tuple(checks))
+
+
+def _write_graphs(tmp: Path, traced: Traced, lowering: Lowering, plan: PrecisionPlan | None, opts: ExportOptions,
+                  log) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Each graph of the plan, checked and saved, its weights in the bundle's one weights file."""
+    names = (FORWARD, INVERSE, FORWARD_BLOCKS, INVERSE_BLOCKS) if opts.debug_graphs else (FORWARD, INVERSE)
+    graphs: dict[str, dict[str, Any]] = {}
+    shared = SharedWeights(tmp / WEIGHTS)  # every graph's weights, each tensor once
+    for name in (n for n in traced.graphs if n in names):
+        _, strict, seconds = traced.graphs[name]
+        log(f"writing the {name} graph")
+        start = time.perf_counter()
+        proto = lower(traced, name, plan, lowering)
+        check_graph(proto, graph_file(name), strict=strict)
+        signatures = branch_signatures(proto)
+        shared.externalize(proto)
+        onnx.save_model(proto, str(tmp / graph_file(name)))
+        graphs[name] = {
+            "file": graph_file(name),
+            **graph_summary(proto),
+            "branches_sha256": hashlib.sha256("".join(signatures.values()).encode()).hexdigest(),
+            "export_seconds": round(seconds + time.perf_counter() - start, 2),
+            "files": [graph_file(name), WEIGHTS],
+        }
+    return graphs, shared.close()
+
+
+def _manifest(tmp: Path, ckpt: Checkpoint, opts: ExportOptions, precision: Precision, plan: PrecisionPlan | None,
+              graphs, weights, lowering: Lowering, samples: Samples, fidelity, tolerance: Tolerance,
+              verification) -> dict[str, Any]:
+    model, cfg = ckpt.model, ckpt.config
+    calibration, grid = lowering.calibration, lowering.grid
+    int8 = plan is not None and BlockPrecision.int8 in plan.blocks
+    files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "irevnet_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "precision": precision.value,
+        **({"precision_plan": plan.to_list()} if plan is not None else {}),
+        "opset": opts.opset,
+        "model": {
+            "config": cfg.to_dict(),
+            "type": "injective" if cfg.injective else "bijective",
+            "depth": cfg.depth,
+            "parameters": model.num_parameters(),
+        },
+        "checkpoint": {"path": str(opts.checkpoint), "sha256": sha256_file(opts.checkpoint), "format": ckpt.format},
+        # the weights every graph derives from: folded fp32 (fp16 for an fp16 bundle)
+        "weights_sha256": weights_sha256(prepare(model, traced_precision(precision))),
+        "normalization": samples.normalization,
+        "layout": LAYOUT,
+        "batch": {"dim": BATCH_DIM, "min": 1, "max": opts.max_batch},
+        "range_projection": bool(opts.projection and cfg.injective),
+        "branches": {
+            "identical_in_forward_and_inverse": graphs[FORWARD]["branches_sha256"] == graphs[INVERSE]["branches_sha256"],
+            "note": "F subgraphs (names, types, attributes, weights) are identical in both graphs, so F is "
+            "expected to evaluate to the same bits when both run on the same kernels; `irevnet verify` measures it",
+        },
+        "graphs": graphs,
+        "weights": weights,
+        **({"calibration": {k: v for k, v in calibration.items() if k != "ranges"}} if calibration and int8 else {}),
+        **({"exact_coupling": grid} if grid else {}),
+        "fidelity": fidelity,
+        "versions": _versions(),
+        "tolerances": tolerance.to_dict(),
+        "verification": verification,
+        "files": {f: sha256_file(tmp / f) for f in files},
+    }
+
+
+def traced_precision(precision: Precision) -> Precision:
+    """The precision a bundle's graphs are traced in: fp16 for fp16, fp32 for every plan."""
+    return Precision.fp16 if precision is Precision.fp16 else Precision.fp32
 
 
 def _open_as_a_reader(tmp: Path, out: Path) -> None:
@@ -256,7 +397,7 @@ def _grid(model, x: torch.Tensor, source: str) -> dict[str, Any]:
             "source": source, "images": len(x)}
 
 
-def _samples(ckpt: Checkpoint, dataset: str | None, n: int):
+def _samples(ckpt: Checkpoint, dataset: str | None, n: int) -> Samples:
     cfg = ckpt.config
     if dataset:  # drawn as verify draws them: a seeded sample over the held-out split, stratified by class
         from ..io.splits import open_split, sample_images
@@ -267,10 +408,10 @@ def _samples(ckpt: Checkpoint, dataset: str | None, n: int):
                                f"with the dataset it was trained on")
         x, y, _, _ = sample_images(split, n)
         normalization = {"dataset": split.kind, "mean": list(split.mean), "std": list(split.std)}
-        return torch.from_numpy(x), y, {**normalization, "source": f"dataset {dataset}", **_pixels()}
+        return Samples(torch.from_numpy(x), y, {**normalization, "source": f"dataset {dataset}", **_pixels()})
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, *cfg.in_shape, generator=g)  # normalised inputs are ~N(0, 1)
-    return x, None, {**_normalization_for(ckpt), **_pixels()}
+    return Samples(x, None, {**_normalization_for(ckpt), **_pixels()})
 
 
 def _pixels() -> dict[str, Any]:
@@ -294,7 +435,8 @@ def _normalization_for(ckpt: Checkpoint) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def _verify(tmp: Path, graphs, model, images, labels, normalization, tol: Tolerance, opts: ExportOptions):
+def _verify(tmp: Path, graphs, model, samples: Samples, tol: Tolerance, opts: ExportOptions):
+    images, labels, normalization = samples.images, samples.labels, samples.normalization
     x = images.float()
     logits_ref, z_ref = model(x)
     rec_ref = model.inverse(z_ref, project=opts.projection)

@@ -160,15 +160,16 @@ def _output_ranges(model: onnx.ModelProto, ranges: dict[str, float]) -> dict[str
     return chosen
 
 
-def quantize_branches(model: onnx.ModelProto, ranges: dict[str, float]) -> None:
-    """Inserts the Q/DQ pattern above around every F convolution of `model`, in place."""
+def quantize_branches(model: onnx.ModelProto, ranges: dict[str, float], blocks: set[int] | None = None) -> None:
+    """Inserts the Q/DQ pattern above around every F convolution of `model` (of `blocks` only,
+    when given), in place."""
     output_ranges = _output_ranges(model, ranges)
     weights = {t.name: t for t in model.graph.initializer}
     nodes: list[onnx.NodeProto] = []
     added: list[onnx.TensorProto] = []
     dropped: set[str] = set()
     for node in model.graph.node:
-        if not _is_branch_conv(node):
+        if not _is_branch_conv(node) or (blocks is not None and int(BRANCH_NODE.match(node.name).group(1)) not in blocks):
             nodes.append(node)
             continue
         name = node.name

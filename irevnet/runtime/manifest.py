@@ -20,7 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ..contract import BATCH_DIM, GRAPHS, LAYOUT, SCHEMA_VERSION, Precision
+from ..contract import BATCH_DIM, GRAPHS, LAYOUT, SCHEMA_VERSION, BlockPrecision, Precision
 from ..errors import BundleError, ConfigError
 from ..model.config import IRevNetConfig
 from .comparison import Tolerance
@@ -316,6 +316,7 @@ class Manifest:
     exact_coupling: ExactCoupling | None = None
     calibration: CalibrationInfo | None = None
     weights: WeightsFile | None = None
+    precision_plan: tuple[BlockPrecision, ...] | None = None  # F's precision per block (fp32, mixed, int8, plan)
     _json: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -343,7 +344,9 @@ class Manifest:
             verification=Verification.from_dict(d["verification"]) if "verification" in d else None,
             tensorrt=TensorRTSection.from_dict(d["tensorrt"]) if "tensorrt" in d else None,
             exact_coupling=section(ExactCoupling, "exact_coupling"), calibration=section(CalibrationInfo, "calibration"),
-            weights=section(WeightsFile, "weights"), _json=copy.deepcopy(dict(d)),
+            weights=section(WeightsFile, "weights"),
+            precision_plan=tuple(map(BlockPrecision, d["precision_plan"])) if "precision_plan" in d else None,
+            _json=copy.deepcopy(dict(d)),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -421,14 +424,36 @@ def _check_rules(manifest: Any, manifest_path: str | Path) -> dict[str, Any]:
     if error is not None:
         raise BundleError(f"{manifest_path}: {_describe(error)}; re-export the bundle")
     try:
-        IRevNetConfig.from_dict(manifest["model"]["config"])
+        config = IRevNetConfig.from_dict(manifest["model"]["config"])
     except ConfigError as e:
         raise BundleError(f"{manifest_path}: field 'model.config' is invalid: {e}") from None
+    _check_plan(manifest, config.num_blocks, manifest_path)
     channels = manifest["model"]["config"]["in_shape"][0]
     norm = manifest["normalization"]
     if len(norm["mean"]) != channels or len(norm["std"]) != channels:
         raise BundleError(f"{manifest_path}: field 'normalization' needs {channels} mean and std values, one per channel")
     return manifest
+
+
+# the plan a uniform precision is: every block's F in this precision (fp16 bundles have no plan)
+_UNIFORM_PLANS = {Precision.fp32: BlockPrecision.fp32, Precision.mixed: BlockPrecision.fp16,
+                  Precision.int8: BlockPrecision.int8}
+
+
+def _check_plan(manifest: dict[str, Any], num_blocks: int, manifest_path: str | Path) -> None:
+    """A precision plan names one precision per block, and agrees with the bundle's precision."""
+    precision, plan = Precision(manifest["precision"]), manifest.get("precision_plan")
+    if plan is None:
+        if precision is Precision.plan:
+            raise BundleError(f"{manifest_path}: precision is plan but there is no field 'precision_plan'; re-export the bundle")
+        return
+    if len(plan) != num_blocks:
+        raise BundleError(f"{manifest_path}: field 'precision_plan' names {len(plan)} precisions for a model of "
+                          f"{num_blocks} blocks; re-export the bundle")
+    uniform = _UNIFORM_PLANS.get(precision)
+    if precision is Precision.fp16 or (uniform is not None and any(p != uniform for p in plan)):
+        raise BundleError(f"{manifest_path}: field 'precision_plan' does not agree with precision {precision}; "
+                          f"re-export the bundle")
 
 
 _TYPE_NAMES = {"object": "dict", "array": "list", "integer": "int", "number": "number", "string": "str", "boolean": "bool"}

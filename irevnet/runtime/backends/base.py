@@ -71,6 +71,9 @@ def unsupported(kind: str, precision: str) -> str | None:
     if kind == "torch" and precision == Precision.int8:
         return ("the torch backend has no int8 path (it would run fp32 and call it int8); run int8 bundles on "
                 "onnxruntime, openvino or tensorrt")
+    if kind == "torch" and precision == Precision.plan:
+        return ("the torch backend runs one precision for every block; run a bundle with a precision plan on "
+                "onnxruntime, openvino or tensorrt")
     if kind == "openvino-bf16" and precision != Precision.mixed:
         return (f"openvino-bf16 runs F of a mixed bundle in bf16; in a {precision} bundle OpenVINO would compute the "
                 f"coupling in bf16 too (round trip ~2e-3); export with --precision mixed")

@@ -24,7 +24,8 @@ from ..bundle import Bundle
 from .base import Backend, BackendOptions, GraphFailed, interruptible, unsupported
 
 # bundle precision -> the CPU plugin's inference precision
-INFERENCE_PRECISION = {Precision.fp32: "f32", Precision.fp16: "f32", Precision.mixed: "f32", Precision.int8: "f32"}
+INFERENCE_PRECISION = {Precision.fp32: "f32", Precision.fp16: "f32", Precision.mixed: "f32", Precision.int8: "f32",
+                       Precision.plan: "f32"}
 _DTYPES = {"f32": "float32", "f16": "float16"}
 
 

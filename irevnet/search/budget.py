@@ -1,0 +1,54 @@
+"""An accuracy budget: what a reduced-precision plan must keep of the PyTorch fp32 model.
+
+`agreement>=0.999`: the share of held-out images whose top-1 class is PyTorch fp32's;
+`logits<=0.02`: the 99th percentile over those images of the logits' rel. L2 to PyTorch fp32's.
+Both may be given, separated by a comma; a plan meets the budget when it meets every bound.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from ..contract import LOGITS
+from ..errors import IRevNetError
+
+AGREEMENT = "agreement"
+_TERM = re.compile(rf"^\s*({AGREEMENT}|{LOGITS})\s*(>=|<=)\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*$")
+_DIRECTION = {AGREEMENT: ">=", LOGITS: "<="}
+
+
+@dataclass(frozen=True)
+class Budget:
+    agreement: float | None = None  # top-1 agreement with PyTorch fp32, at least
+    logits: float | None = None  # p99 of the per-image logits rel. L2 to PyTorch fp32, at most
+
+    @classmethod
+    def parse(cls, text: str) -> Budget:
+        """`agreement>=A`, `logits<=L` or both, comma-separated.
+
+        Raises:
+            IRevNetError: one line naming the term that does not parse.
+        """
+        bounds: dict[str, float] = {}
+        for term in text.split(","):
+            m = _TERM.match(term)
+            if not m or m[2] != _DIRECTION[m[1]]:
+                raise IRevNetError(f"--budget {term.strip()[:40]!r}: write agreement>=A (a share, 0 to 1) and/or "
+                                   f"logits<=L (rel. L2), comma-separated, e.g. --budget 'agreement>=0.999'")
+            value = float(m[3])
+            if m[1] in bounds:
+                raise IRevNetError(f"--budget bounds {m[1]} twice; give each bound once")
+            if not math.isfinite(value) or (m[1] == AGREEMENT and not 0.0 <= value <= 1.0):
+                raise IRevNetError(f"--budget {m[1]} {m[2]} {m[3]}: agreement is a share from 0 to 1, logits a finite rel. L2")
+            bounds[m[1]] = value
+        return cls(**bounds)
+
+    def met(self, agreement: float, logits: float) -> bool:
+        return (self.agreement is None or agreement >= self.agreement) and (self.logits is None or logits <= self.logits)
+
+    def __str__(self) -> str:
+        terms = [f"agreement>={self.agreement:g}" if self.agreement is not None else None,
+                 f"logits<={self.logits:g}" if self.logits is not None else None]
+        return ",".join(t for t in terms if t)

@@ -1,0 +1,384 @@
+"""The fastest precision plan that meets an accuracy budget.
+
+1. Every graph is traced once and the int8 ranges measured once (export.bundle's trace and
+   measure_lowering); every plan's graphs derive from them (export.bundle.lower).
+2. Blocks are ranked by the drift each adds when it alone is reduced to int8 (search/sensitivity.py,
+   on the calibration images, through the forward debug graph).
+3. Starting from every block in int8, the most sensitive blocks are raised to the next precision
+   native on the target backend (fp16 where it is, else fp32), the count found by doubling, then
+   bisection: the plan with the k most sensitive blocks raised is judged for k = 0, 1, 2, 4, ...
+   until one meets the budget, then between the last that missed and the first that met (`climb`),
+   then the uniform fp32 plan if it was not among them: at most B + 2 plans for B blocks.
+4. Each plan is a bundle written by the exporter (its exact round trip verified as any export's),
+   judged by the whole-dataset evaluation against PyTorch fp32 on the search images (training
+   images after those calibrated on), and measured on the held-out split for the report. Then one
+   `bench` times every plan's forward side by side on the target backend, and the fastest plan that
+   met the budget on the search images is chosen; its bundle, as written, is judged on the held-out
+   split, which no decision saw.
+
+Images: the first `calibration` training images calibrate, the next `search_images` decide, the
+held-out (val) split judges. No image is used for two of these.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..contract import BlockPrecision, Precision
+from ..errors import IRevNetError
+from ..export.plan import PrecisionPlan
+from .budget import Budget
+
+if TYPE_CHECKING:
+    from ..export.bundle import Lowering, Samples, Traced
+    from ..export.options import ExportOptions
+    from ..io.checkpoint import Checkpoint
+    from ..io.splits import Split
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A plan's agreement with PyTorch fp32 over some images."""
+
+    images: int
+    agreement: float  # share of images with PyTorch fp32's top-1
+    logits_median: float  # per-image logits rel. L2 to PyTorch fp32's
+    logits_p99: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Candidate:
+    """One plan the search tried (or a uniform plan shown beside them)."""
+
+    label: str
+    plan: PrecisionPlan
+    search: Measured | None = None  # on the search images (what the search decided on)
+    held_out: Measured | None = None  # on the held-out split (what the report shows)
+    median_ms: float | None = None  # the forward at the bench batch on the target backend
+    round_trip: float | None = None  # the bundle's verified round trip, rel. L2
+
+    @property
+    def kept(self) -> list[str]:
+        """The blocks not in int8, by their F names."""
+        return [f"block{i}/F ({p.value})" for i, p in enumerate(self.plan.blocks) if p is not BlockPrecision.int8]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "precision_plan": self.plan.to_list(), "kept": self.kept,
+                "search": self.search and self.search.to_dict(), "held_out": self.held_out and self.held_out.to_dict(),
+                "median_ms": self.median_ms, "round_trip_rel_l2": self.round_trip}
+
+
+@dataclass
+class PlanSearch:
+    """What a search tried, what it chose, and the chosen bundle's judgement on the held-out split
+    (truthy when that meets the budget)."""
+
+    budget: Budget
+    backend: str
+    bench_batch: int
+    sensitivity: list[float]  # per block: the drift it adds alone in int8
+    tried: list[Candidate]  # in the order tried; the search's decisions
+    uniform: list[Candidate]  # fp32, mixed, int8, for the frontier
+    chosen: Candidate
+    images: dict[str, Any]  # calibration, search, held_out: counts and where from
+    notes: list[str]  # precisions not picked on this backend, and why
+    evaluations: int  # plans judged on the search images
+    seconds: float = 0.0
+    judged: Measured | None = None  # the written bundle on the held-out split
+
+    def __bool__(self) -> bool:
+        return self.judged is not None and self.budget.met(self.judged.agreement, self.judged.logits_p99)
+
+    def verdict(self) -> str:
+        j = self.judged
+        if j is None:
+            return "the chosen plan was not judged on the held-out split"
+        return (f"the chosen plan ({self.chosen.plan}) has agreement {j.agreement:.4f} and logits rel. L2 p99 "
+                f"{j.logits_p99:.2e} on {j.images} held-out images: {'meets' if self else 'misses'} {self.budget}")
+
+    def frontier(self) -> list[Candidate]:
+        """Every plan shown (tried and uniform, one per plan), fastest first, with held-out numbers and a time."""
+        seen: dict[tuple, Candidate] = {}
+        for c in [*self.uniform, *self.tried]:
+            if c.held_out is not None and c.median_ms is not None:
+                seen.setdefault(tuple(c.plan.blocks), c)
+        return sorted(seen.values(), key=lambda c: c.median_ms)
+
+    def pareto(self) -> list[Candidate]:
+        """The plans no other plan beats on both speed and held-out agreement."""
+        best, front = -1.0, []
+        for c in self.frontier():
+            if c.held_out.agreement > best:
+                front.append(c)
+                best = c.held_out.agreement
+        return front
+
+    def __str__(self) -> str:
+        return f"precision search under {self.budget}: chose {self.chosen.plan}; {self.verdict()}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"budget": str(self.budget), "backend": self.backend, "bench_batch": self.bench_batch,
+                "sensitivity": self.sensitivity, "tried": [c.to_dict() for c in self.tried],
+                "uniform": [c.to_dict() for c in self.uniform], "chosen": self.chosen.to_dict(),
+                "judged": self.judged and self.judged.to_dict(), "met": bool(self), "images": self.images,
+                "notes": self.notes, "evaluations": self.evaluations, "seconds": self.seconds}
+
+
+def native_ladder(backend: str) -> tuple[list[BlockPrecision], list[str]]:
+    """The precisions a block may be raised through on `backend`, lowest first, and why others are left out."""
+    notes = ["bf16: no plan entry (ONNX's Conv takes bfloat16 from opset 22, beyond the 18-20 TensorRT 10 parses)"]
+    if backend == "tensorrt":
+        return [BlockPrecision.int8, BlockPrecision.fp16, BlockPrecision.fp32], notes
+    notes.append(f"fp16: not native on {backend}'s CPU path (no fp16 arithmetic on this CPU; the convolutions would "
+                 f"run slower than fp32), so raised blocks go to fp32")
+    return [BlockPrecision.int8, BlockPrecision.fp32], notes
+
+
+def run_export(opts: ExportOptions, log=lambda msg: None):
+    """What `irevnet export` runs: the search's bundle for --precision auto, export_bundle's for
+    every other precision."""
+    from ..export.bundle import export_bundle
+    from ..export.options import AUTO
+
+    return export_searched(opts, log) if opts.precision == AUTO else export_bundle(opts, log)
+
+
+def export_searched(opts: ExportOptions, log=lambda msg: None):
+    """`irevnet export --precision auto`: the bundle of the fastest plan that meets the budget
+    (the result's `search` is the PlanSearch), and the frontier's PNG where asked."""
+    from ..export.bundle import export_bundle
+
+    result = export_bundle(opts, log, planner=PlanSearcher())
+    if opts.frontier:
+        from .frontier import plot_frontier
+
+        plot_frontier(result.search, opts.frontier, f"precision plans of {opts.checkpoint}")
+    return result
+
+
+class PlanSearcher:
+    """The export's planner for `--precision auto` (export.bundle.Planner): plan() searches, judge()
+    evaluates the written bundle on the held-out split."""
+
+    def __init__(self):
+        self.context: _Context | None = None
+        self.report: PlanSearch | None = None
+
+    def plan(self, ckpt: Checkpoint, opts: ExportOptions, traced: Traced, lowering: Lowering, samples: Samples,
+             log) -> PrecisionPlan:
+        self.context = _Context(ckpt, opts, traced, lowering, samples, log)
+        try:
+            self.report = _search(self.context)
+        except BaseException:
+            self.context.close()
+            raise
+        return self.report.chosen.plan
+
+    def judge(self, bundle: Path, log) -> PlanSearch:
+        report, context = self.report, self.context
+        try:
+            log(f"judging the chosen plan on {len(context.held_out)} held-out images")
+            start = time.monotonic()
+            report.judged = context.measure(bundle, context.held_out, "judged")
+            report.seconds += time.monotonic() - start
+        finally:
+            context.close()
+        return report
+
+
+class _Context:
+    """What the search's candidates are written with and judged by: the export's steps, the splits,
+    and PyTorch fp32's records on the search images and on the held-out split."""
+
+    def __init__(self, ckpt: Checkpoint, opts: ExportOptions, traced: Traced, lowering: Lowering, samples: Samples,
+                 log):
+        from ..io.splits import open_split
+
+        self.ckpt, self.opts, self.traced, self.lowering, self.samples, self.log = ckpt, opts, traced, lowering, samples, log
+        self.start = time.monotonic()
+        shape = tuple(ckpt.config.in_shape)
+        self.train = open_split(opts.dataset, "train", shape)
+        first = opts.calibration
+        self.search_split = dataclasses.replace(self.train, items=self.train.items[first:first + opts.search_images])
+        if not self.search_split.items:
+            raise IRevNetError(f"{opts.dataset}'s training split has {len(self.train)} images, all calibrated on "
+                               f"(--calibration {first}); lower --calibration to leave images for the search")
+        self.held_out = open_split(opts.dataset, "val", shape, opts.held_out)
+        self.scratch = Path(tempfile.mkdtemp(prefix="irevnet-search-"))
+        self.plans = 0
+        self.folders: dict[int, Path] = {}  # id() of a candidate -> its bundle, until timed
+        log(f"PyTorch fp32 on {len(self.search_split)} search and {len(self.held_out)} held-out images")
+        self.reference = {"search": self._records(None, self.search_split, "reference-search"),
+                          "held_out": self._records(None, self.held_out, "reference-held-out")}
+
+    def _records(self, bundle: Path | None, split: Split, name: str):
+        """Evaluates the bundle (None: the checkpoint on torch, PyTorch fp32) over `split`; returns the
+        records' path for the checkpoint, the agreement with PyTorch fp32's records for a bundle."""
+        from ..evaluation.run import EvaluateOptions, evaluate
+
+        records = self.scratch / f"{name}.parquet"
+        against = None
+        if bundle is not None:
+            against = self.reference["held_out" if split is self.held_out else "search"]
+        opts = EvaluateOptions(
+            target=str(bundle) if bundle is not None else None,
+            checkpoint=None if bundle is not None else str(self.opts.checkpoint),
+            dataset=self.opts.dataset, split=split.split,
+            backend=self.opts.search_backend if bundle is not None else "torch",
+            round_trip=False, records=str(records), against=str(against) if against else None,
+            batch_size=self.batch, chunk_size=self.batch * 32, image_size=self.opts.image_size,
+            projection=self.opts.projection,
+        )
+        report = evaluate(opts, split=split)
+        return records if bundle is None else report.summary.agreement
+
+    def measure(self, bundle: Path, split: Split, name: str) -> Measured:
+        agreement = self._records(bundle, split, f"{bundle.name}-{name}")
+        return Measured(agreement.images, agreement.top1, agreement.drift["median"], agreement.drift["p99"])
+
+    def candidate(self, label: str, plan: PrecisionPlan, *, decide: bool) -> Candidate:
+        """Writes the plan's bundle (verified as every export is), judges it on the search images
+        when it is one of the search's decisions, and measures it on the held-out split; `time`
+        then times every candidate's forward together."""
+        from ..export.bundle import write_bundle
+
+        self.plans += 1
+        folder = self.scratch / f"plan-{self.plans}"
+        folder.mkdir()
+        self.log(f"plan {self.plans}: {label}")
+        opts = dataclasses.replace(self.opts, allow_mismatch=True, debug_graphs=False)
+        result = write_bundle(folder, folder, self.ckpt, self.traced, self.lowering, plan, self.samples, opts)
+        found = Candidate(label, plan)
+        found.round_trip = next((c.rel_l2 for c in result.checks if c.name == "round trip"), None)
+        if decide:
+            found.search = self.measure(folder, self.search_split, "search")
+        found.held_out = self.measure(folder, self.held_out, "held-out")
+        self.folders[id(found)] = folder
+        return found
+
+    def time(self, candidates: list[Candidate]) -> None:
+        """Each candidate's forward at the search batch on the target backend, by one `bench` of
+        all their bundles side by side: the rounds alternate between them, so a machine that
+        slows down mid-run slows every plan alike."""
+        from ..runtime.bench import BenchOptions, Direction, bench
+
+        self.log(f"timing the forward of {len(candidates)} plans on {self.opts.search_backend}")
+        folders = [str(self.folders[id(c)]) for c in candidates]
+        report = bench(BenchOptions(bundles=folders, backends=[self.opts.search_backend], direction=Direction.forward,
+                                    batch_sizes=[self.batch], warmup_s=0.2,
+                                    duration_s=self.opts.search_bench_s * len(candidates)))
+        by_bundle = {Path(entry.bundle).resolve(): entry for entry in report.results}
+        for c, folder in zip(candidates, folders):
+            c.median_ms = by_bundle[Path(folder).resolve()].stats.median_ms
+            shutil.rmtree(folder, ignore_errors=True)  # irevnet-301's plans are 500 MB each
+
+    @property
+    def batch(self) -> int:
+        return min(self.opts.search_batch, self.opts.max_batch)
+
+    def close(self) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _search(context: _Context) -> PlanSearch:
+    """The search of the module docstring, over the context's plans."""
+    from ..contract import FORWARD_BLOCKS
+    from ..export.bundle import Lowering, lower
+    from .sensitivity import block_sensitivity
+
+    opts, traced, log = context.opts, context.traced, context.log
+    budget = Budget.parse(opts.budget)
+    b = context.ckpt.config.num_blocks
+    log("ranking the blocks by the drift each adds alone in int8")
+    calibration = np.stack([context.train.decode(item) for item in context.train.items[:opts.calibration]])
+    unsnapped = Lowering(context.lowering.calibration, None)
+    sensitivity = block_sensitivity(lower(traced, FORWARD_BLOCKS, None, unsnapped),
+                                    lower(traced, FORWARD_BLOCKS, PrecisionPlan.uniform(BlockPrecision.int8, b), unsnapped),
+                                    calibration.astype(np.float32), context.batch)
+    order = sorted(range(b), key=lambda i: -sensitivity[i])
+    ladder, notes = native_ladder(opts.search_backend)
+    tried: list[Candidate] = []
+
+    def judge(plan: PrecisionPlan, label: str) -> bool:
+        c = context.candidate(label, plan, decide=True)
+        tried.append(c)
+        return meets(c)
+
+    def meets(c: Candidate) -> bool:
+        return budget.met(c.search.agreement, c.search.logits_p99)
+
+    climb(b, order, ladder, judge)
+    fp32 = PrecisionPlan.uniform(BlockPrecision.fp32, b)
+    if not any(c.plan == fp32 for c in tried):  # the plan every budget within reach is met by, timed beside the others
+        judge(fp32, BlockPrecision.fp32.value)
+    meeting = [c for c in tried if meets(c)]
+    if not meeting:
+        best = max(tried, key=lambda c: (c.search.agreement, -c.search.logits_p99))
+        raise IRevNetError(f"no plan meets --budget {budget}: the best reached agreement {best.search.agreement:.4f}, "
+                           f"logits rel. L2 p99 {best.search.logits_p99:.2e} ({best.plan}), on "
+                           f"{best.search.images} search images; loosen the budget")
+    uniform = [next(c for c in tried if c.plan == fp32)]
+    for precision, label in ((BlockPrecision.fp16, Precision.mixed.value), (BlockPrecision.int8, Precision.int8.value)):
+        plan = PrecisionPlan.uniform(precision, b)
+        uniform.append(next((c for c in tried if c.plan == plan), None) or context.candidate(label, plan, decide=False))
+    context.time(list({id(c): c for c in [*tried, *uniform]}.values()))
+    chosen = min(meeting, key=lambda c: c.median_ms)  # the fastest of those that meet it
+    first, searched = opts.calibration, len(context.search_split)
+    images = {
+        "calibration": {"images": len(calibration), "from": f"{opts.dataset} training split, images 0-{len(calibration) - 1}"},
+        "search": {"images": searched, "from": f"{opts.dataset} training split, images {first}-{first + searched - 1}"},
+        "held_out": {"images": len(context.held_out), "from": f"{opts.dataset} held-out (val) split"},
+    }
+    return PlanSearch(budget, opts.search_backend, context.batch, sensitivity, tried, uniform, chosen, images, notes,
+                      len(tried), time.monotonic() - context.start)
+
+
+def climb(num_blocks: int, order: list[int], ladder: list[BlockPrecision],
+          judge: Callable[[PrecisionPlan, str], bool]) -> None:
+    """Step 3: from every block at the ladder's first precision, raises the blocks in `order`
+    (most sensitive first) to the next rung, k of them for k = 1, 2, 4, ... until `judge` says a
+    plan meets the budget, then bisects for the fewest; climbs a rung when every block raised to
+    this one missed. Plans judged: 1 + ceil(log2 B) + 1 while doubling and fewer than ceil(log2 B)
+    while bisecting per rung, at most B + 1 on a two-rung ladder (tests/search checks B = 1..128).
+    """
+    def raised(base: PrecisionPlan, k: int, rung: BlockPrecision) -> PrecisionPlan:
+        blocks = list(base.blocks)
+        for i in order[:k]:
+            blocks[i] = rung
+        return PrecisionPlan(tuple(blocks))
+
+    base, base_label = PrecisionPlan.uniform(ladder[0], num_blocks), ladder[0].value
+    if judge(base, base_label):
+        return
+    for rung in ladder[1:]:
+        low, high, k = 0, None, 1  # with `low` blocks raised the budget was missed, with `high` met
+        while high is None:
+            k = min(k, num_blocks)
+            if judge(raised(base, k, rung), f"{base_label} + {k} {rung.value}"):
+                high = k
+            elif k == num_blocks:
+                break
+            else:
+                low, k = k, 2 * k
+        if high is None:  # every block at this rung missed: climb from there
+            base, base_label = raised(base, num_blocks, rung), rung.value
+            continue
+        while high - low > 1:
+            mid = (low + high) // 2
+            if judge(raised(base, mid, rung), f"{base_label} + {mid} {rung.value}"):
+                high = mid
+            else:
+                low = mid
+        return

@@ -1,0 +1,127 @@
+"""The search under a budget, on a trained irevnet-tiny and the real digits."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from irevnet.cli import app
+from irevnet.contract import BlockPrecision, Precision
+from irevnet.errors import IRevNetError
+from irevnet.export.plan import PrecisionPlan
+from irevnet.runtime import Bundle
+from irevnet.search import Budget
+from irevnet.search.search import climb
+
+runner = CliRunner()
+# uniform int8 drifts 3.9e-2 (p99 of the logits' rel. L2, measured on the held-out digits): it misses this
+BUDGET = "logits<=0.02"
+SMALL = {"calibration": 64, "search_images": 96, "held_out": 120, "search_bench_s": 0.3, "max_batch": 8}
+
+
+@pytest.fixture(scope="module")
+def searched(trained_tiny, tmp_path_factory):
+    from irevnet.export.options import ExportOptions
+    from irevnet.search import export_searched
+
+    out = tmp_path_factory.mktemp("search") / "auto"
+    opts = ExportOptions(checkpoint=str(trained_tiny / "best.pt"), out=str(out), dataset="digits", precision="auto",
+                         budget=BUDGET, debug_graphs=False, **SMALL)
+    return export_searched(opts), out
+
+
+def test_the_search_meets_a_budget_that_uniform_int8_misses_and_names_the_blocks_it_kept(searched):
+    result, out = searched
+    search = result.search
+    int8 = next(c for c in search.uniform if c.label == Precision.int8.value)
+    assert int8.held_out.logits_p99 > 0.02 and not search.budget.met(int8.search.agreement, int8.search.logits_p99), \
+        "the budget must be one that uniform int8 misses"
+    assert search and search.judged.logits_p99 <= 0.02 and search.judged.images == 120
+    assert search.chosen.kept and all(k.startswith("block") and "/F (" in k for k in search.chosen.kept)
+    # the fastest of the plans that met the budget on the search images
+    meeting = [c for c in search.tried if search.budget.met(c.search.agreement, c.search.logits_p99)]
+    assert search.chosen.median_ms == min(c.median_ms for c in meeting)
+    assert search.evaluations <= 6 + 2, "at most B + 2 plans judged for B = 6 blocks"
+    bundle = Bundle.open(out)
+    assert tuple(bundle.manifest.precision_plan) == search.chosen.plan.blocks
+
+
+def test_every_plan_tried_inverts_at_the_inputs_rounding(searched):
+    """The exact coupling holds for every plan: each one's verified round trip is at the grid's rounding."""
+    search = searched[0].search
+    assert len(search.tried) >= 2
+    assert all(c.round_trip is not None and c.round_trip <= 1e-6 for c in [*search.tried, *search.uniform])
+
+
+def test_the_images_that_calibrate_search_and_judge_are_disjoint(searched):
+    images = searched[0].search.images
+    assert images["calibration"]["from"].endswith("images 0-63") and images["search"]["from"].endswith("images 64-159")
+    assert images["held_out"]["images"] == 120 and "val" in images["held_out"]["from"]
+
+
+def test_the_report_shows_the_frontier_as_a_table_and_a_png(searched, tmp_path):
+    from irevnet.search.frontier import plot_frontier
+
+    search = searched[0].search
+    labels = [c.label for c in search.frontier()]
+    assert {Precision.fp32.value, Precision.mixed.value, Precision.int8.value} <= set(labels), labels
+    assert [c.median_ms for c in search.frontier()] == sorted(c.median_ms for c in search.frontier())
+    png = plot_frontier(search, tmp_path / "frontier.png", "test")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    d = searched[0].to_dict()["search"]
+    assert d["met"] and d["chosen"]["precision_plan"] == search.chosen.plan.to_list()
+
+
+def test_a_budget_no_plan_can_meet_is_one_line_naming_the_best_agreement(trained_tiny, tmp_path):
+    out = tmp_path / "never"
+    result = runner.invoke(app, ["export", "-c", str(trained_tiny / "best.pt"), "-o", str(out), "-d", "digits",
+                                 "--precision", "auto", "--budget", "agreement>=1,logits<=1e-12", "--no-debug",
+                                 "--calibration", "32", "--search-images", "32", "--held-out", "32",
+                                 "--search-bench-s", "0.2", "--max-batch", "8"])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert lines[0].startswith("error: no plan meets --budget") and "the best reached agreement" in lines[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--precision", "auto"], "give --budget"),
+    (["--precision", "auto", "--budget", "agreement>=0.99"], "give --dataset"),
+    (["--budget", "agreement>=0.99"], "--budget bounds the search of --precision auto"),
+    (["--precision", "auto", "-d", "digits", "--budget", "agreement=0.99"], "--budget 'agreement=0.99'"),
+    (["--precision", Precision.int8.value, "--precision-plan", "fp32,int8"], "give it without --precision int8"),
+    (["--frontier", "f.png"], "--frontier draws the plans a search tried"),
+])
+def test_search_options_are_checked_before_any_work(trained_tiny, tmp_path, args, message):
+    result = runner.invoke(app, ["export", "-c", str(trained_tiny / "best.pt"), "-o", str(tmp_path / "b"), *args])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
+
+
+@pytest.mark.parametrize("blocks", [1, 2, 3, 5, 6, 7, 16, 100, 128])
+def test_the_climb_finds_the_fewest_blocks_to_raise_within_b_plus_2_plans(blocks):
+    """For a budget met once the t most sensitive blocks are raised (any t), the climb judges at
+    most B + 1 plans (the search adds the fp32 plan: B + 2) and ends on the plan with exactly t."""
+    order = list(range(blocks))[::-1]
+    for t in range(blocks + 1):
+        judged: list[PrecisionPlan] = []
+
+        def judge(plan: PrecisionPlan, label: str, judged=judged, t=t) -> bool:
+            judged.append(plan)
+            return sum(p is BlockPrecision.fp32 for p in plan.blocks) >= t
+
+        climb(blocks, order, [BlockPrecision.int8, BlockPrecision.fp32], judge)
+        assert len(judged) <= blocks + 1
+        fewest = min((p for p in judged if sum(q is BlockPrecision.fp32 for q in p.blocks) >= t),
+                     key=lambda p: sum(q is BlockPrecision.fp32 for q in p.blocks))
+        assert sum(q is BlockPrecision.fp32 for q in fewest.blocks) == t
+        assert set(fewest.blocks_in(BlockPrecision.fp32)) == set(order[:t]), "the most sensitive ones first"
+
+
+def test_a_budget_parses_and_bad_ones_say_how_to_write_it():
+    assert Budget.parse("agreement>=0.999") == Budget(agreement=0.999)
+    assert Budget.parse(" logits <= 2e-2 , agreement>=0.99").met(0.995, 0.01)
+    assert not Budget.parse("agreement>=0.999,logits<=0.02").met(1.0, 0.03)
+    for bad in ["agreement<=1", "accuracy>=0.9", "", "agreement>=1.5", "logits<=1,logits<=2"]:
+        with pytest.raises(IRevNetError):
+            Budget.parse(bad)
