@@ -133,7 +133,9 @@ def export_bundle(opts: ExportOptions, log=lambda msg: None, planner: Planner | 
             judged = planner.judge(tmp, log)
             result = replace(result, search=judged)
             if not judged and not opts.allow_mismatch:
-                raise CheckFailed(f"{judged}; no bundle written (--allow-mismatch keeps it anyway)")
+                raise CheckFailed(f"{judged.verdict()}: the search images did not predict the held-out ones (search "
+                                  f"on more, --search-images, or leave the budget a margin); no bundle written "
+                                  f"(--allow-mismatch keeps it anyway)")
     return result
 
 
@@ -196,19 +198,19 @@ class Lowering:
 
 
 def trace(ckpt: Checkpoint, opts: ExportOptions, log=lambda msg: None) -> Traced:
-    """The forward and inverse graphs, and the per-block debug graphs (with `debug_graphs`, and
-    always for the search, which ranks blocks on them), traced from the model."""
+    """The forward and inverse graphs, and the per-block debug graphs (with `debug_graphs`; the
+    forward one always for the search, which ranks blocks on it), traced from the model."""
     model, cfg = ckpt.model, ckpt.config
     precision = Precision.fp16 if opts.precision is Precision.fp16 else Precision.fp32
     modules = [
         (FORWARD, lambda: ForwardGraph(prepare(model, precision)), cfg.in_shape, True),
         (INVERSE, lambda: InverseGraph(prepare(model, precision), opts.projection), cfg.z_shape, True),
     ]
-    if opts.debug_graphs or opts.precision == AUTO:
-        modules += [
-            (FORWARD_BLOCKS, lambda: ForwardBlocksGraph(prepare(model, precision)), cfg.in_shape, False),
-            (INVERSE_BLOCKS, lambda: InverseBlocksGraph(prepare(model, precision), opts.projection), cfg.z_shape, False),
-        ]
+    if opts.debug_graphs or opts.precision == AUTO:  # the search ranks blocks on the forward one
+        modules.append((FORWARD_BLOCKS, lambda: ForwardBlocksGraph(prepare(model, precision)), cfg.in_shape, False))
+    if opts.debug_graphs:
+        modules.append(
+            (INVERSE_BLOCKS, lambda: InverseBlocksGraph(prepare(model, precision), opts.projection), cfg.z_shape, False))
     graphs = {}
     for name, module, shape, strict in modules:
         log(f"exporting the {name} graph")
@@ -248,11 +250,14 @@ def lower(traced: Traced, name: str, plan: PrecisionPlan | None, lowering: Lower
 
 def write_bundle(tmp: Path, out: Path, ckpt: Checkpoint, traced: Traced, lowering: Lowering,
                  plan: PrecisionPlan | None, samples: Samples, opts: ExportOptions,
-                 log=lambda msg: None) -> ExportResult:
+                 log=lambda msg: None, fidelity: dict[str, Any] | None = None) -> ExportResult:
     """Writes the bundle of `plan` into the empty folder `tmp` (to be put at `out`): its graphs,
     the verification against PyTorch, the reference samples, the manifest, and the check that
     every reader opens it.
 
+    Args:
+        fidelity: the model's per-block inverse gains (fidelity.diagnose), when measured already:
+            they are the fp32 model's, the same for every plan.
     Raises:
         CheckFailed: the verification missed the plan's tolerances, and allow_mismatch is off.
     """
@@ -261,11 +266,12 @@ def write_bundle(tmp: Path, out: Path, ckpt: Checkpoint, traced: Traced, lowerin
     log("verifying with ONNX Runtime (CPU)")
     tolerance = tolerance_for(plan.tolerance_precision if plan is not None else precision,
                               lowering.grid and lowering.grid["exponent"])
-    verification, reference, checks = _verify(tmp, graphs, ckpt.model, samples, tolerance, opts)
+    verification, reference, checks = _verify(tmp, graphs, ckpt.model, samples, precision, tolerance, opts)
     np.savez(tmp / REFERENCE, **reference)
     np.save(tmp / SAMPLE_Z, reference[Z][:1])  # a z for the C++ example to invert
-    log("estimating the inverse's per-block error gain (fp64)")
-    fidelity = diagnose(ckpt.model, samples.images.float(), project=opts.projection)
+    if fidelity is None:
+        log("estimating the inverse's per-block error gain (fp64)")
+        fidelity = diagnose(ckpt.model, samples.images.float(), project=opts.projection)
     if graphs[FORWARD]["branches_sha256"] != graphs[INVERSE]["branches_sha256"]:
         raise IRevNetError("the forward and inverse graphs carry different F subgraphs; this is an export bug")
     manifest = _manifest(tmp, ckpt, opts, precision, plan, graphs, weights, lowering, samples, fidelity, tolerance,
@@ -435,7 +441,7 @@ def _normalization_for(ckpt: Checkpoint) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def _verify(tmp: Path, graphs, model, samples: Samples, tol: Tolerance, opts: ExportOptions):
+def _verify(tmp: Path, graphs, model, samples: Samples, precision: Precision, tol: Tolerance, opts: ExportOptions):
     images, labels, normalization = samples.images, samples.labels, samples.normalization
     x = images.float()
     logits_ref, z_ref = model(x)
@@ -450,7 +456,7 @@ def _verify(tmp: Path, graphs, model, samples: Samples, tol: Tolerance, opts: Ex
         single_inv = inv.infer({Z: out[Z][:1]})[IMAGE]
     mean, std = normalization["mean"], normalization["std"]
     rt = reconstruction_metrics(x_np, x_hat, mean, std)
-    parity = Parity.measure(opts.precision.value, "onnxruntime-cpu", out, logits_ref.numpy(), z_ref.numpy(), tol)
+    parity = Parity.measure(precision.value, "onnxruntime-cpu", out, logits_ref.numpy(), z_ref.numpy(), tol)
     logits, z, agreement = parity.checks
     checks = [
         logits, z,

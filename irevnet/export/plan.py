@@ -67,17 +67,22 @@ class PrecisionPlan:
         """
         source = text
         if text.lstrip()[:1] not in ("[", "{") and "," not in text and Path(text).is_file():
-            path = Path(text)
-            if path.stat().st_size > MAX_PLAN_BYTES:
-                raise IRevNetError(f"{option} {text}: the file is over {MAX_PLAN_BYTES // 1024} KiB; a plan is one word per block")
             try:
-                source = path.read_text(encoding="utf-8")
+                with open(text, "rb") as f:
+                    data = f.read(MAX_PLAN_BYTES + 1)  # no more than that, however large it is or grows
+                if len(data) > MAX_PLAN_BYTES:
+                    raise IRevNetError(f"{option} {text}: the file is over {MAX_PLAN_BYTES // 1024} KiB; a plan is one "
+                                       f"word per block")
+                source = data.decode("utf-8")
             except (OSError, UnicodeDecodeError) as e:
-                raise IRevNetError(f"{option} {text}: cannot read it ({e.__class__.__name__}); give a readable text or JSON file") from None
+                raise IRevNetError(f"{option} {text}: cannot read it ({e.__class__.__name__}); give a readable text or JSON "
+                                   f"file") from None
+        elif len(text) > MAX_PLAN_BYTES:
+            raise IRevNetError(f"{option} is over {MAX_PLAN_BYTES // 1024} KiB; a plan is one word per block")
         if source.lstrip()[:1] in ("[", "{"):
             try:
                 words = json.loads(source)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise IRevNetError(f"{option}: not a JSON list of precisions; write it as [\"int8\", \"fp32\", ...]") from None
             if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
                 raise IRevNetError(f"{option}: a JSON plan is a list of precision names, one per block")

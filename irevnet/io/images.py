@@ -123,6 +123,13 @@ def plot_error_vs_depth(panels: dict[str, dict[str, Sequence[float | None]]], pa
         if series:
             ax.legend(fontsize=8)
     fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Writes a matplotlib figure as a PNG, atomically, and closes it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     with atomic_output(path) as tmp:

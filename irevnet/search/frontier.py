@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..io.files import atomic_output
+from ..io.images import save_figure
 
 if TYPE_CHECKING:
     from .search import PlanSearch
@@ -47,9 +47,4 @@ def plot_frontier(search: PlanSearch, path: str | Path, title: str) -> Path:
         ax.legend(fontsize=7)
     axes[1].set_yscale("log")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -117,13 +117,15 @@ class PlanSearch:
         return sorted(seen.values(), key=lambda c: c.median_ms)
 
     def pareto(self) -> list[Candidate]:
-        """The plans no other plan beats on both speed and held-out agreement."""
-        best, front = -1.0, []
-        for c in self.frontier():
-            if c.held_out.agreement > best:
-                front.append(c)
-                best = c.held_out.agreement
-        return front
+        """The plans no other is at least as fast and at least as close to PyTorch fp32 as (on the
+        held-out agreement and logits drift both), fastest first."""
+        shown = self.frontier()
+
+        def dominates(d: Candidate, c: Candidate) -> bool:
+            return (d is not c and d.median_ms <= c.median_ms and d.held_out.agreement >= c.held_out.agreement
+                    and d.held_out.logits_p99 <= c.held_out.logits_p99)
+
+        return [c for c in shown if not any(dominates(d, c) for d in shown)]
 
     def __str__(self) -> str:
         return f"precision search under {self.budget}: chose {self.chosen.plan}; {self.verdict()}"
@@ -141,8 +143,8 @@ def native_ladder(backend: str) -> tuple[list[BlockPrecision], list[str]]:
     notes = ["bf16: no plan entry (ONNX's Conv takes bfloat16 from opset 22, beyond the 18-20 TensorRT 10 parses)"]
     if backend == "tensorrt":
         return [BlockPrecision.int8, BlockPrecision.fp16, BlockPrecision.fp32], notes
-    notes.append(f"fp16: not native on {backend}'s CPU path (no fp16 arithmetic on this CPU; the convolutions would "
-                 f"run slower than fp32), so raised blocks go to fp32")
+    notes.append(f"fp16: {backend} on the CPU runs fp16 convolutions through conversions to fp32, slower than fp32 "
+                 f"itself, so raised blocks go to fp32 (the mixed bundle is measured beside the plans all the same)")
     return [BlockPrecision.int8, BlockPrecision.fp32], notes
 
 
@@ -219,6 +221,7 @@ class _Context:
         self.scratch = Path(tempfile.mkdtemp(prefix="irevnet-search-"))
         self.plans = 0
         self.folders: dict[int, Path] = {}  # id() of a candidate -> its bundle, until timed
+        self.fidelity: dict[str, Any] | None = None
         log(f"PyTorch fp32 on {len(self.search_split)} search and {len(self.held_out)} held-out images")
         self.reference = {"search": self._records(None, self.search_split, "reference-search"),
                           "held_out": self._records(None, self.held_out, "reference-held-out")}
@@ -254,12 +257,16 @@ class _Context:
         then times every candidate's forward together."""
         from ..export.bundle import write_bundle
 
+        if plan.precision is not Precision.plan:  # a uniform plan goes by its precision's name
+            label = plan.precision.value
         self.plans += 1
         folder = self.scratch / f"plan-{self.plans}"
         folder.mkdir()
         self.log(f"plan {self.plans}: {label}")
         opts = dataclasses.replace(self.opts, allow_mismatch=True, debug_graphs=False)
-        result = write_bundle(folder, folder, self.ckpt, self.traced, self.lowering, plan, self.samples, opts)
+        result = write_bundle(folder, folder, self.ckpt, self.traced, self.lowering, plan, self.samples, opts,
+                              fidelity=self.fidelity)
+        self.fidelity = result.manifest.to_dict()["fidelity"]  # the fp32 model's: measured once
         found = Candidate(label, plan)
         found.round_trip = next((c.rel_l2 for c in result.checks if c.name == "round trip"), None)
         if decide:

@@ -27,6 +27,8 @@ def manifests(bundles, trained_tiny, tmp_path_factory, fake_trt_module):
         "int8, exact coupling": export_tiny(trained_tiny, root / "quantized", Precision.int8, debug_graphs=False),
         "mixed without exact coupling": export_tiny(trained_tiny, root / "uncoupled", Precision.mixed, exact_coupling=False,
                                                     debug_graphs=False),
+        "a precision plan (int8, fp16, fp32 blocks)": export_tiny(trained_tiny, root / "planned", debug_graphs=False,
+                                                                  precision_plan="int8,fp16,fp32,int8,int8,int8"),
     }
     fake_trt_module("10.13.0.35")
     for name, debug in (("fp32 with engines and debug engines", True), ("int8 with engines", False)):
@@ -50,7 +52,7 @@ def fake_trt_module():
 
 
 def test_every_manifest_variant_validates(manifests):
-    assert len(manifests) == 7
+    assert len(manifests) == 8
     validator = manifest_validator()
     errors = {name: [e.message[:120] for e in validator.iter_errors(m)] for name, m in manifests.items()}
     assert errors == {name: [] for name in manifests}

@@ -14,8 +14,11 @@ from irevnet.search import Budget
 from irevnet.search.search import climb
 
 runner = CliRunner()
-# uniform int8 drifts 3.9e-2 (p99 of the logits' rel. L2, measured on the held-out digits): it misses this
-BUDGET = "logits<=0.02"
+# Measured on the held-out digits (p99 of the logits' rel. L2 to PyTorch fp32): uniform int8 3.9e-2, int8
+# with the 2 or 4 most sensitive blocks in fp32 2.4e-2 and 1.8e-2, with 5 (block 0, which int8 leaves
+# exact, alone in int8) or all 6 in fp32 1.7e-6. Whichever of those is fastest on a machine, a plan that
+# meets this budget on the search images meets it on the held-out ones by three orders of magnitude.
+BUDGET = "logits<=0.005"
 SMALL = {"calibration": 64, "search_images": 96, "held_out": 120, "search_bench_s": 0.3, "max_batch": 8}
 
 
@@ -34,9 +37,9 @@ def test_the_search_meets_a_budget_that_uniform_int8_misses_and_names_the_blocks
     result, out = searched
     search = result.search
     int8 = next(c for c in search.uniform if c.label == Precision.int8.value)
-    assert int8.held_out.logits_p99 > 0.02 and not search.budget.met(int8.search.agreement, int8.search.logits_p99), \
+    assert int8.held_out.logits_p99 > 0.005 and not search.budget.met(int8.search.agreement, int8.search.logits_p99), \
         "the budget must be one that uniform int8 misses"
-    assert search and search.judged.logits_p99 <= 0.02 and search.judged.images == 120
+    assert search and search.judged.logits_p99 <= 0.005 and search.judged.images == 120
     assert search.chosen.kept and all(k.startswith("block") and "/F (" in k for k in search.chosen.kept)
     # the fastest of the plans that met the budget on the search images
     meeting = [c for c in search.tried if search.budget.met(c.search.agreement, c.search.logits_p99)]
