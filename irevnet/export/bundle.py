@@ -101,7 +101,7 @@ class ExportResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"out": str(self.out), "passed": bool(self), "bytes_on_disk": self.bytes_on_disk,
-                "manifest": self.manifest.to_dict(), **({"search": self.search.to_dict()} if self.search else {})}
+                "manifest": self.manifest.to_dict(), **({"search": self.search.to_dict()} if self.search is not None else {})}
 
 
 def export_bundle(opts: ExportOptions, log=lambda msg: None, planner: Planner | None = None) -> ExportResult:
@@ -125,17 +125,21 @@ def export_bundle(opts: ExportOptions, log=lambda msg: None, planner: Planner | 
     samples = _samples(ckpt, opts.dataset, min(opts.samples, opts.max_batch))
     traced = trace(ckpt, opts, log)
     lowering = measure_lowering(ckpt, opts, traced, samples, log)
-    if planner is not None:
-        plan = planner.plan(ckpt, opts, traced, lowering, samples, log)
-    with atomic_directory(out, owned=is_bundle_folder, what="bundle") as tmp:
-        result = write_bundle(tmp, out, ckpt, traced, lowering, plan, samples, opts, log)
+    try:
         if planner is not None:
-            judged = planner.judge(tmp, log)
-            result = replace(result, search=judged)
-            if not judged and not opts.allow_mismatch:
-                raise CheckFailed(f"{judged.verdict()}: the search images did not predict the held-out ones (search "
-                                  f"on more, --search-images, or leave the budget a margin); no bundle written "
-                                  f"(--allow-mismatch keeps it anyway)")
+            plan = planner.plan(ckpt, opts, traced, lowering, samples, log)
+        with atomic_directory(out, owned=is_bundle_folder, what="bundle") as tmp:
+            result = write_bundle(tmp, out, ckpt, traced, lowering, plan, samples, opts, log)
+            if planner is not None:
+                judged = planner.judge(tmp, log)
+                result = replace(result, search=judged)
+                if not judged and not opts.allow_mismatch:
+                    raise CheckFailed(f"{judged.verdict()}: the search images did not predict the held-out ones "
+                                      f"(search on more, --search-images, or leave the budget a margin); no bundle "
+                                      f"written (--allow-mismatch keeps it anyway)")
+    finally:
+        if planner is not None:
+            planner.close()
     return result
 
 
@@ -145,7 +149,11 @@ class Planner(Protocol):
     def plan(self, ckpt: Checkpoint, opts: ExportOptions, traced: Traced, lowering: Lowering, samples: Samples,
              log: Callable[[str], None]) -> PrecisionPlan: ...
 
-    def judge(self, bundle: Path, log: Callable[[str], None]) -> Any: ...
+    def judge(self, bundle: Path, log: Callable[[str], None]) -> Any:
+        """The judgement of the bundle written: truthy when it holds, with verdict()."""
+
+    def close(self) -> None:
+        """Removes what plan() left for judge(); called whether or not the export finished."""
 
 
 def given_plan(opts: ExportOptions, num_blocks: int) -> PrecisionPlan | None:
@@ -179,9 +187,6 @@ class Traced:
         proto = onnx.ModelProto()
         proto.CopyFrom(self.graphs[name][0])
         return proto
-
-    def only(self, names: tuple[str, ...]) -> Traced:
-        return Traced({n: g for n, g in self.graphs.items() if n in names}, self.precision)
 
 
 @dataclass(frozen=True)
@@ -229,7 +234,7 @@ def measure_lowering(ckpt: Checkpoint, opts: ExportOptions, traced: Traced, samp
     int8 = opts.precision == AUTO or (plan is not None and BlockPrecision.int8 in plan.blocks)
     if not (int8 or opts.exact_coupling):
         return Lowering(None, None)
-    x, source = _calibration_images(ckpt, opts, samples.images)
+    x, source = calibration_images(ckpt, opts, samples.images)
     calibration = None
     if int8:
         log("calibrating the int8 activation ranges")
@@ -375,7 +380,7 @@ def _open_as_a_reader(tmp: Path, out: Path) -> None:
 # -- inputs for the verification and the int8 calibration ----------------------------------------
 
 
-def _calibration_images(ckpt: Checkpoint, opts: ExportOptions, images: torch.Tensor) -> tuple[torch.Tensor, str]:
+def calibration_images(ckpt: Checkpoint, opts: ExportOptions, images: torch.Tensor) -> tuple[torch.Tensor, str]:
     """The dataset's training images (never the held-out ones the verification judges), or the
     verification's random inputs without a dataset."""
     if opts.dataset:

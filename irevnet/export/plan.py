@@ -66,7 +66,7 @@ class PrecisionPlan:
                 unknown precision, an unreadable file).
         """
         source = text
-        if text.lstrip()[:1] not in ("[", "{") and "," not in text and Path(text).is_file():
+        if text.lstrip()[:1] not in ("[", "{") and "," not in text and _is_file(text):
             try:
                 with open(text, "rb") as f:
                     data = f.read(MAX_PLAN_BYTES + 1)  # no more than that, however large it is or grows
@@ -86,8 +86,12 @@ class PrecisionPlan:
                 raise IRevNetError(f"{option}: not a JSON list of precisions; write it as [\"int8\", \"fp32\", ...]") from None
             if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
                 raise IRevNetError(f"{option}: a JSON plan is a list of precision names, one per block")
+        elif "," in source:
+            words = [w.strip() for w in source.split(",")]
+            if "" in words:
+                raise IRevNetError(f"{option}: entry {words.index('')} is empty; give one precision per block")
         else:
-            words = source.replace(",", " ").split()
+            words = source.split()
         if len(words) != num_blocks:
             raise IRevNetError(f"{option} names {len(words)} precisions, but the model has {num_blocks} blocks; give one "
                                f"per block (block 0 first)")
@@ -129,6 +133,14 @@ class PrecisionPlan:
 
     def to_list(self) -> list[str]:
         return [p.value for p in self.blocks]
+
+
+def _is_file(text: str) -> bool:
+    """Whether `text` names a regular file (a long plan of words is no file name)."""
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _block_precision(word: str, block: int, option: str) -> BlockPrecision:
@@ -216,6 +228,8 @@ def cast_branches(model: onnx.ModelProto, blocks: set[int], elem_type: int) -> N
                     exits += 1
                     node.output[k] = raw
                     after[id(node)].append(helper.make_node("Cast", [raw], [name], name=f"{raw}/Cast", to=TensorProto.FLOAT))
+                    for reader in nodes:  # F's own readers keep the reduced precision
+                        reader.input[:] = [raw if x == name else x for x in reader.input]
     # the exporter annotated F's intermediate tensors as fp32: those annotations no longer hold
     retyped = {o for i in blocks for n in in_f.get(i, []) for o in n.output}
     kept_info = [v for v in graph.value_info if v.name not in retyped]

@@ -323,6 +323,15 @@ class Manifest:
     def config(self) -> IRevNetConfig:
         return self.model.config
 
+    @property
+    def tolerance_precision(self) -> Precision:
+        """The precision whose tolerances judge this bundle: its own, or a plan's least precise block's."""
+        if self.precision is not Precision.plan:
+            return self.precision
+        blocks = set(self.precision_plan or ())
+        return next((p for b, p in ((BlockPrecision.int8, Precision.int8), (BlockPrecision.fp16, Precision.mixed))
+                     if b in blocks), Precision.fp32)
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Manifest:
         """The typed view of a manifest that passed the rules (`read_manifest`, `check_manifest`)."""

@@ -216,7 +216,7 @@ def verify(opts: VerifyOptions, log: Callable[[str], None] = lambda m: None) -> 
 
 def tolerances(bundle: Bundle) -> Tolerance:
     """The tolerances the bundle was exported under (its manifest), else the current table's."""
-    return bundle.manifest.tolerances or tolerance_for(bundle.precision)
+    return bundle.manifest.tolerances or tolerance_for(bundle.manifest.tolerance_precision)
 
 
 def _has_torch() -> bool:

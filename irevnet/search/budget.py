@@ -1,7 +1,8 @@
 """An accuracy budget: what a reduced-precision plan must keep of the PyTorch fp32 model.
 
-`agreement>=0.999`: the share of held-out images whose top-1 class is PyTorch fp32's;
+`agreement>=0.999`: the share of images whose top-1 class is PyTorch fp32's;
 `logits<=0.02`: the 99th percentile over those images of the logits' rel. L2 to PyTorch fp32's.
+The search decides on its search images and judges the chosen plan on the held-out ones.
 Both may be given, separated by a comma; a plan meets the budget when it meets every bound.
 """
 
@@ -15,6 +16,7 @@ from ..contract import LOGITS
 from ..errors import IRevNetError
 
 AGREEMENT = "agreement"
+MAX_BUDGET_CHARS = 200
 _TERM = re.compile(rf"^\s*({AGREEMENT}|{LOGITS})\s*(>=|<=)\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*$")
 _DIRECTION = {AGREEMENT: ">=", LOGITS: "<="}
 
@@ -31,6 +33,9 @@ class Budget:
         Raises:
             IRevNetError: one line naming the term that does not parse.
         """
+        if len(text) > MAX_BUDGET_CHARS:
+            raise IRevNetError(f"--budget is {len(text)} characters long; a budget is at most two short terms, "
+                               f"e.g. 'agreement>=0.999,logits<=0.02'")
         bounds: dict[str, float] = {}
         for term in text.split(","):
             m = _TERM.match(term)

@@ -4,20 +4,21 @@
    measure_lowering); every plan's graphs derive from them (export.bundle.lower).
 2. Blocks are ranked by the drift each adds when it alone is reduced to int8 (search/sensitivity.py,
    on the calibration images, through the forward debug graph).
-3. Starting from every block in int8, the most sensitive blocks are raised to the next precision
-   native on the target backend (fp16 where it is, else fp32), the count found by doubling, then
-   bisection: the plan with the k most sensitive blocks raised is judged for k = 0, 1, 2, 4, ...
-   until one meets the budget, then between the last that missed and the first that met (`climb`),
-   then the uniform fp32 plan if it was not among them: at most B + 2 plans for B blocks.
-4. Each plan is a bundle written by the exporter (its exact round trip verified as any export's),
-   judged by the whole-dataset evaluation against PyTorch fp32 on the search images (training
-   images after those calibrated on), and measured on the held-out split for the report. Then one
-   `bench` times every plan's forward side by side on the target backend, and the fastest plan that
-   met the budget on the search images is chosen; its bundle, as written, is judged on the held-out
-   split, which no decision saw.
+3. Starting from every block in int8, the most sensitive blocks are raised to fp32 (fp16 is not
+   a fast path on the CPU backends, bf16 has no plan entry: `native_ladder`), the count found by
+   doubling, then bisection: the plan with the k most sensitive blocks raised is judged for
+   k = 0, 1, 2, 4, ... until one meets the budget, then between the last that missed and the first
+   that met (`climb`), then the uniform fp32 plan if it was not among them: at most B + 2 plans for
+   B blocks.
+4. Each plan is a bundle written by the exporter and verified as any export is (one that fails is
+   never chosen), judged by the whole-dataset evaluation against PyTorch fp32 on the search images,
+   and measured on the held-out split for the report. Then one `bench` times every plan's forward
+   side by side on the target backend, and the fastest plan that met the budget on the search
+   images is chosen; its bundle, as written, is judged on the held-out split, which no decision saw.
 
-Images: the first `calibration` training images calibrate, the next `search_images` decide, the
-held-out (val) split judges. No image is used for two of these.
+Images: the export calibrates on the training split's first `calibration` images; the search
+decides on `search_images` others of that split, a sample stratified by class; the held-out (val)
+split judges (a stratified sample of `held_out` of it, where given). No image serves twice.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class Candidate:
     held_out: Measured | None = None  # on the held-out split (what the report shows)
     median_ms: float | None = None  # the forward at the bench batch on the target backend
     round_trip: float | None = None  # the bundle's verified round trip, rel. L2
+    verified: bool = True  # its bundle passed the export's verification (one that did not is never chosen)
 
     @property
     def kept(self) -> list[str]:
@@ -77,7 +79,7 @@ class Candidate:
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "precision_plan": self.plan.to_list(), "kept": self.kept,
                 "search": self.search and self.search.to_dict(), "held_out": self.held_out and self.held_out.to_dict(),
-                "median_ms": self.median_ms, "round_trip_rel_l2": self.round_trip}
+                "median_ms": self.median_ms, "round_trip_rel_l2": self.round_trip, "verified": self.verified}
 
 
 @dataclass
@@ -141,8 +143,6 @@ class PlanSearch:
 def native_ladder(backend: str) -> tuple[list[BlockPrecision], list[str]]:
     """The precisions a block may be raised through on `backend`, lowest first, and why others are left out."""
     notes = ["bf16: no plan entry (ONNX's Conv takes bfloat16 from opset 22, beyond the 18-20 TensorRT 10 parses)"]
-    if backend == "tensorrt":
-        return [BlockPrecision.int8, BlockPrecision.fp16, BlockPrecision.fp32], notes
     notes.append(f"fp16: {backend} on the CPU runs fp16 convolutions through conversions to fp32, slower than fp32 "
                  f"itself, so raised blocks go to fp32 (the mixed bundle is measured beside the plans all the same)")
     return [BlockPrecision.int8, BlockPrecision.fp32], notes
@@ -181,23 +181,20 @@ class PlanSearcher:
     def plan(self, ckpt: Checkpoint, opts: ExportOptions, traced: Traced, lowering: Lowering, samples: Samples,
              log) -> PrecisionPlan:
         self.context = _Context(ckpt, opts, traced, lowering, samples, log)
-        try:
-            self.report = _search(self.context)
-        except BaseException:
-            self.context.close()
-            raise
+        self.report = _search(self.context)
         return self.report.chosen.plan
 
     def judge(self, bundle: Path, log) -> PlanSearch:
         report, context = self.report, self.context
-        try:
-            log(f"judging the chosen plan on {len(context.held_out)} held-out images")
-            start = time.monotonic()
-            report.judged = context.measure(bundle, context.held_out, "judged")
-            report.seconds += time.monotonic() - start
-        finally:
-            context.close()
+        log(f"judging the chosen plan on {len(context.held_out)} held-out images")
+        start = time.monotonic()
+        report.judged = context.measure(bundle, context.held_out, "judged")
+        report.seconds += time.monotonic() - start
         return report
+
+    def close(self) -> None:
+        if self.context is not None:
+            self.context.close()
 
 
 class _Context:
@@ -206,19 +203,29 @@ class _Context:
 
     def __init__(self, ckpt: Checkpoint, opts: ExportOptions, traced: Traced, lowering: Lowering, samples: Samples,
                  log):
-        from ..io.splits import open_split
+        from ..io.splits import open_split, stratified
 
         self.ckpt, self.opts, self.traced, self.lowering, self.samples, self.log = ckpt, opts, traced, lowering, samples, log
         self.start = time.monotonic()
+        self.scratch: Path | None = None
         shape = tuple(ckpt.config.in_shape)
-        self.train = open_split(opts.dataset, "train", shape)
+        train = open_split(opts.dataset, "train", shape)
+        # the export calibrates on the training split's first images; the search decides on a
+        # sample over the rest, stratified by class, and the held-out split judges (its first N
+        # of a stratified order with --held-out: every class, not the first in the listing)
         first = opts.calibration
-        self.search_split = dataclasses.replace(self.train, items=self.train.items[first:first + opts.search_images])
-        if not self.search_split.items:
-            raise IRevNetError(f"{opts.dataset}'s training split has {len(self.train)} images, all calibrated on "
+        rest = [item for item in stratified(train) if item.index >= first][:opts.search_images]
+        if not rest:
+            raise IRevNetError(f"{opts.dataset}'s training split has {len(train)} images, all calibrated on "
                                f"(--calibration {first}); lower --calibration to leave images for the search")
-        self.held_out = open_split(opts.dataset, "val", shape, opts.held_out)
-        self.scratch = Path(tempfile.mkdtemp(prefix="irevnet-search-"))
+        self.search_split = dataclasses.replace(train, items=sorted(rest, key=lambda item: item.index))
+        val = open_split(opts.dataset, "val", shape)
+        held = stratified(val)[:opts.held_out] if opts.held_out else val.items
+        self.held_out = dataclasses.replace(val, items=sorted(held, key=lambda item: item.index))
+        # beside the bundle, as its own temporary folder is: the plans' bundles until they are timed
+        out = Path(opts.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.search-", dir=out.parent))
         self.plans = 0
         self.folders: dict[int, Path] = {}  # id() of a candidate -> its bundle, until timed
         self.fidelity: dict[str, Any] | None = None
@@ -249,6 +256,9 @@ class _Context:
 
     def measure(self, bundle: Path, split: Split, name: str) -> Measured:
         agreement = self._records(bundle, split, f"{bundle.name}-{name}")
+        if not agreement.images or agreement.drift is None:
+            raise IRevNetError(f"no image of {self.opts.dataset}'s {split.split} split was read by both this plan and "
+                               f"PyTorch fp32; check the dataset")
         return Measured(agreement.images, agreement.top1, agreement.drift["median"], agreement.drift["p99"])
 
     def candidate(self, label: str, plan: PrecisionPlan, *, decide: bool) -> Candidate:
@@ -267,7 +277,7 @@ class _Context:
         result = write_bundle(folder, folder, self.ckpt, self.traced, self.lowering, plan, self.samples, opts,
                               fidelity=self.fidelity)
         self.fidelity = result.manifest.to_dict()["fidelity"]  # the fp32 model's: measured once
-        found = Candidate(label, plan)
+        found = Candidate(label, plan, verified=bool(result))
         found.round_trip = next((c.rel_l2 for c in result.checks if c.name == "round trip"), None)
         if decide:
             found.search = self.measure(folder, self.search_split, "search")
@@ -296,20 +306,22 @@ class _Context:
         return min(self.opts.search_batch, self.opts.max_batch)
 
     def close(self) -> None:
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def _search(context: _Context) -> PlanSearch:
     """The search of the module docstring, over the context's plans."""
     from ..contract import FORWARD_BLOCKS
-    from ..export.bundle import Lowering, lower
+    from ..export.bundle import Lowering, calibration_images, lower
     from .sensitivity import block_sensitivity
 
     opts, traced, log = context.opts, context.traced, context.log
     budget = Budget.parse(opts.budget)
     b = context.ckpt.config.num_blocks
     log("ranking the blocks by the drift each adds alone in int8")
-    calibration = np.stack([context.train.decode(item) for item in context.train.items[:opts.calibration]])
+    calibration, source = calibration_images(context.ckpt, opts, context.samples.images)
+    calibration = calibration.numpy()
     unsnapped = Lowering(context.lowering.calibration, None)
     sensitivity = block_sensitivity(lower(traced, FORWARD_BLOCKS, None, unsnapped),
                                     lower(traced, FORWARD_BLOCKS, PrecisionPlan.uniform(BlockPrecision.int8, b), unsnapped),
@@ -324,7 +336,7 @@ def _search(context: _Context) -> PlanSearch:
         return meets(c)
 
     def meets(c: Candidate) -> bool:
-        return budget.met(c.search.agreement, c.search.logits_p99)
+        return c.verified and budget.met(c.search.agreement, c.search.logits_p99)
 
     climb(b, order, ladder, judge)
     fp32 = PrecisionPlan.uniform(BlockPrecision.fp32, b)
@@ -342,11 +354,14 @@ def _search(context: _Context) -> PlanSearch:
         uniform.append(next((c for c in tried if c.plan == plan), None) or context.candidate(label, plan, decide=False))
     context.time(list({id(c): c for c in [*tried, *uniform]}.values()))
     chosen = min(meeting, key=lambda c: c.median_ms)  # the fastest of those that meet it
-    first, searched = opts.calibration, len(context.search_split)
+    first, searched = len(calibration), len(context.search_split)
     images = {
-        "calibration": {"images": len(calibration), "from": f"{opts.dataset} training split, images 0-{len(calibration) - 1}"},
-        "search": {"images": searched, "from": f"{opts.dataset} training split, images {first}-{first + searched - 1}"},
-        "held_out": {"images": len(context.held_out), "from": f"{opts.dataset} held-out (val) split"},
+        "calibration": {"images": len(calibration), "from": f"the first {len(calibration)} of the {source}"},
+        "search": {"images": searched, "from": f"{opts.dataset} training split: a sample stratified by class of the "
+                   f"images after the first {first}", "indices": [item.index for item in context.search_split.items]},
+        "held_out": {"images": len(context.held_out), "from": f"{opts.dataset} held-out (val) split"
+                     + (f": a sample stratified by class of {opts.held_out}" if opts.held_out else ""),
+                     "indices": [item.index for item in context.held_out.items]},
     }
     return PlanSearch(budget, opts.search_backend, context.batch, sensitivity, tried, uniform, chosen, images, notes,
                       len(tried), time.monotonic() - context.start)

@@ -51,7 +51,7 @@ def block_sensitivity(fp32_blocks: onnx.ModelProto, reduced_blocks: onnx.ModelPr
     for start in range(0, len(images), batch):
         values = dict(zip(wanted, full.run(wanted, {IMAGE: images[start:start + batch]})))
         out = dict(zip([o.name for o in reduced.get_outputs()],
-                       reduced.run(None, {n: values[n] for n in f_inputs})))
+                       reduced.run(None, {i.name: values[i.name] for i in reduced.get_inputs()})))
         for k, i in enumerate(blocks):
             diff = out[branch_output(i)].astype(np.float64) - values[branch_output(i)]
             error[k] += float(np.sum(diff * diff))

@@ -72,6 +72,13 @@ def test_a_malformed_plan_is_one_line_and_exit_2(trained_tiny, tmp_path, plan, m
     assert not out.exists(), "refused before any bundle was written"
 
 
+def test_a_long_plan_of_words_parses_and_an_empty_entry_is_refused():
+    words = " ".join([BlockPrecision.int8.value] * 100)  # irevnet-301's 100 blocks: no file name that long
+    assert PrecisionPlan.parse(words, 100).blocks == (BlockPrecision.int8,) * 100
+    with pytest.raises(IRevNetError, match="entry 1 is empty"):
+        PrecisionPlan.parse(f"{BlockPrecision.int8.value},,{BlockPrecision.fp32.value}", 2)
+
+
 def test_a_plan_file_is_read_and_a_huge_one_refused(tmp_path):
     good = tmp_path / "plan.json"
     good.write_text(json.dumps([BlockPrecision.fp32.value, BlockPrecision.int8.value]))
