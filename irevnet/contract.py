@@ -121,6 +121,24 @@ class BlockPrecision(str, Enum):
     __format__ = str.__format__
 
 
+# the bundle precision each uniform plan is: every block's F in that precision (an fp16 bundle has
+# no plan: its coupling stream is fp16 too)
+UNIFORM_PLANS = {BlockPrecision.fp32: Precision.fp32, BlockPrecision.fp16: Precision.mixed,
+                 BlockPrecision.int8: Precision.int8}
+
+
+def plan_precision(blocks) -> Precision:
+    """The bundle precision of a plan's blocks: a uniform plan's name, else `plan`."""
+    kinds = set(blocks)
+    return UNIFORM_PLANS[kinds.pop()] if len(kinds) == 1 else Precision.plan
+
+
+def judging_precision(blocks) -> Precision:
+    """The precision whose tolerances judge a plan: its least precise block's."""
+    kinds = set(blocks)
+    return next((UNIFORM_PLANS[b] for b in (BlockPrecision.int8, BlockPrecision.fp16) if b in kinds), Precision.fp32)
+
+
 class Calibration(str, Enum):
     """How an int8 activation's range (symmetric, zero point 0, per tensor) is chosen from the
     values the calibration images produce there (export/quantize.py); recorded in the manifest."""

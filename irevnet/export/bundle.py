@@ -124,7 +124,7 @@ def export_bundle(opts: ExportOptions, log=lambda msg: None, planner: Planner | 
         raise IRevNetError("--precision auto is chosen by the search: irevnet.search.export_searched(opts)")
     samples = _samples(ckpt, opts.dataset, min(opts.samples, opts.max_batch))
     traced = trace(ckpt, opts, log)
-    lowering = measure_lowering(ckpt, opts, traced, samples, log)
+    lowering = measure_lowering(ckpt, opts, traced, samples, plan, log)
     try:
         if planner is not None:
             plan = planner.plan(ckpt, opts, traced, lowering, samples, log)
@@ -182,6 +182,7 @@ class Traced:
 
     graphs: Mapping[str, tuple[onnx.ModelProto, bool, float]]  # name -> (graph, strict check, seconds to trace)
     precision: Precision  # fp32, or fp16
+    weights_sha256: str  # of the weights every graph derives from: folded, in `precision`
 
     def copy(self, name: str) -> onnx.ModelProto:
         proto = onnx.ModelProto()
@@ -206,10 +207,11 @@ def trace(ckpt: Checkpoint, opts: ExportOptions, log=lambda msg: None) -> Traced
     """The forward and inverse graphs, and the per-block debug graphs (with `debug_graphs`; the
     forward one always for the search, which ranks blocks on it), traced from the model."""
     model, cfg = ckpt.model, ckpt.config
-    precision = Precision.fp16 if opts.precision is Precision.fp16 else Precision.fp32
+    precision = traced_precision(opts.precision)
+    net = prepare(model, precision)  # the forward and the inverse share it; the debug graphs tap their own
     modules = [
-        (FORWARD, lambda: ForwardGraph(prepare(model, precision)), cfg.in_shape, True),
-        (INVERSE, lambda: InverseGraph(prepare(model, precision), opts.projection), cfg.z_shape, True),
+        (FORWARD, lambda: ForwardGraph(net), cfg.in_shape, True),
+        (INVERSE, lambda: InverseGraph(net, opts.projection), cfg.z_shape, True),
     ]
     if opts.debug_graphs or opts.precision == AUTO:  # the search ranks blocks on the forward one
         modules.append((FORWARD_BLOCKS, lambda: ForwardBlocksGraph(prepare(model, precision)), cfg.in_shape, False))
@@ -223,14 +225,14 @@ def trace(ckpt: Checkpoint, opts: ExportOptions, log=lambda msg: None) -> Traced
         example = torch.zeros(min(2, opts.max_batch), *shape)
         graphs[name] = (export_graph(module(), example, max_batch=opts.max_batch, opset=opts.opset), strict,
                         time.perf_counter() - start)
-    return Traced(MappingProxyType(graphs), precision)
+    return Traced(MappingProxyType(graphs), precision, weights_sha256(net))
 
 
 def measure_lowering(ckpt: Checkpoint, opts: ExportOptions, traced: Traced, samples: Samples,
-                     log=lambda msg: None) -> Lowering:
+                     plan: PrecisionPlan | None, log=lambda msg: None) -> Lowering:
     """The int8 ranges (from the fp32 forward graph) and the exact coupling's grid (from the fp32
-    model), measured on the calibration images, where the export's plans need them."""
-    plan = given_plan(opts, ckpt.config.num_blocks)
+    model), measured on the calibration images, where the export's plans need them (`plan`: the
+    given one; None for fp16, and for auto, whose search may pick any)."""
     int8 = opts.precision == AUTO or (plan is not None and BlockPrecision.int8 in plan.blocks)
     if not (int8 or opts.exact_coupling):
         return Lowering(None, None)
@@ -279,8 +281,8 @@ def write_bundle(tmp: Path, out: Path, ckpt: Checkpoint, traced: Traced, lowerin
         fidelity = diagnose(ckpt.model, samples.images.float(), project=opts.projection)
     if graphs[FORWARD]["branches_sha256"] != graphs[INVERSE]["branches_sha256"]:
         raise IRevNetError("the forward and inverse graphs carry different F subgraphs; this is an export bug")
-    manifest = _manifest(tmp, ckpt, opts, precision, plan, graphs, weights, lowering, samples, fidelity, tolerance,
-                         verification)
+    manifest = _manifest(tmp, ckpt, opts, precision, plan, traced, graphs, weights, lowering, samples, fidelity,
+                         tolerance, verification)
     if not verification["passed"] and not opts.allow_mismatch:
         failed = ", ".join(c["name"] for c in verification["checks"] if not c["passed"])
         raise CheckFailed(f"export verification failed ({failed}) against the {precision} tolerances; "
@@ -317,7 +319,7 @@ def _write_graphs(tmp: Path, traced: Traced, lowering: Lowering, plan: Precision
 
 
 def _manifest(tmp: Path, ckpt: Checkpoint, opts: ExportOptions, precision: Precision, plan: PrecisionPlan | None,
-              graphs, weights, lowering: Lowering, samples: Samples, fidelity, tolerance: Tolerance,
+              traced: Traced, graphs, weights, lowering: Lowering, samples: Samples, fidelity, tolerance: Tolerance,
               verification) -> dict[str, Any]:
     model, cfg = ckpt.model, ckpt.config
     calibration, grid = lowering.calibration, lowering.grid
@@ -337,8 +339,7 @@ def _manifest(tmp: Path, ckpt: Checkpoint, opts: ExportOptions, precision: Preci
             "parameters": model.num_parameters(),
         },
         "checkpoint": {"path": str(opts.checkpoint), "sha256": sha256_file(opts.checkpoint), "format": ckpt.format},
-        # the weights every graph derives from: folded fp32 (fp16 for an fp16 bundle)
-        "weights_sha256": weights_sha256(prepare(model, traced_precision(precision))),
+        "weights_sha256": traced.weights_sha256,  # folded fp32 (fp16 for an fp16 bundle), whatever the plan
         "normalization": samples.normalization,
         "layout": LAYOUT,
         "batch": {"dim": BATCH_DIM, "min": 1, "max": opts.max_batch},

@@ -27,15 +27,12 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..contract import BlockPrecision, Precision
+from ..contract import UNIFORM_PLANS, BlockPrecision, Precision, judging_precision, plan_precision
 from ..errors import IRevNetError
 from .onnx_export import BRANCH_NODE
 from .quantize import quantize_branches
 
 MAX_PLAN_BYTES = 1 << 16  # a plan file: one short word per block (irevnet-301 has 100 blocks)
-
-# the bundle precision a uniform plan is
-_UNIFORM = {BlockPrecision.fp32: Precision.fp32, BlockPrecision.fp16: Precision.mixed, BlockPrecision.int8: Precision.int8}
 
 
 @dataclass(frozen=True)
@@ -51,7 +48,7 @@ class PrecisionPlan:
     @classmethod
     def for_precision(cls, precision: Precision, num_blocks: int) -> PrecisionPlan | None:
         """The uniform plan a bundle precision is (None for fp16: its coupling stream is fp16 too)."""
-        for block, bundle in _UNIFORM.items():
+        for block, bundle in UNIFORM_PLANS.items():
             if bundle is precision:
                 return cls.uniform(block, num_blocks)
         return None
@@ -103,23 +100,12 @@ class PrecisionPlan:
     @property
     def precision(self) -> Precision:
         """The bundle precision of this plan: the uniform ones' name, else `plan`."""
-        first = self.blocks[0] if self.blocks else BlockPrecision.fp32
-        if all(p is first for p in self.blocks):
-            return _UNIFORM[first]
-        return Precision.plan
-
-    @property
-    def lowest(self) -> BlockPrecision:
-        """The least precise block's precision (the plan's tolerances are that precision's)."""
-        for p in (BlockPrecision.int8, BlockPrecision.fp16):
-            if p in self.blocks:
-                return p
-        return BlockPrecision.fp32
+        return plan_precision(self.blocks)
 
     @property
     def tolerance_precision(self) -> Precision:
         """The bundle precision whose tolerances judge this plan: its least precise block's."""
-        return _UNIFORM[self.lowest]
+        return judging_precision(self.blocks)
 
     def __str__(self) -> str:
         """Run lengths, e.g. `int8 x4, fp32, int8 x2`."""

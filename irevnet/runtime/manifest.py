@@ -20,7 +20,16 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ..contract import BATCH_DIM, GRAPHS, LAYOUT, SCHEMA_VERSION, BlockPrecision, Precision
+from ..contract import (
+    BATCH_DIM,
+    GRAPHS,
+    LAYOUT,
+    SCHEMA_VERSION,
+    BlockPrecision,
+    Precision,
+    judging_precision,
+    plan_precision,
+)
 from ..errors import BundleError, ConfigError
 from ..model.config import IRevNetConfig
 from .comparison import Tolerance
@@ -326,11 +335,7 @@ class Manifest:
     @property
     def tolerance_precision(self) -> Precision:
         """The precision whose tolerances judge this bundle: its own, or a plan's least precise block's."""
-        if self.precision is not Precision.plan:
-            return self.precision
-        blocks = set(self.precision_plan or ())
-        return next((p for b, p in ((BlockPrecision.int8, Precision.int8), (BlockPrecision.fp16, Precision.mixed))
-                     if b in blocks), Precision.fp32)
+        return judging_precision(self.precision_plan) if self.precision is Precision.plan else self.precision
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Manifest:
@@ -444,11 +449,6 @@ def _check_rules(manifest: Any, manifest_path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-# the plan a uniform precision is: every block's F in this precision (fp16 bundles have no plan)
-_UNIFORM_PLANS = {Precision.fp32: BlockPrecision.fp32, Precision.mixed: BlockPrecision.fp16,
-                  Precision.int8: BlockPrecision.int8}
-
-
 def _check_plan(manifest: dict[str, Any], num_blocks: int, manifest_path: str | Path) -> None:
     """A precision plan names one precision per block, and agrees with the bundle's precision."""
     precision, plan = Precision(manifest["precision"]), manifest.get("precision_plan")
@@ -459,8 +459,8 @@ def _check_plan(manifest: dict[str, Any], num_blocks: int, manifest_path: str | 
     if len(plan) != num_blocks:
         raise BundleError(f"{manifest_path}: field 'precision_plan' names {len(plan)} precisions for a model of "
                           f"{num_blocks} blocks; re-export the bundle")
-    uniform = _UNIFORM_PLANS.get(precision)
-    if precision is Precision.fp16 or (uniform is not None and any(p != uniform for p in plan)):
+    uniform = precision is not Precision.plan  # a uniform precision's plan names that precision for every block
+    if precision is Precision.fp16 or (uniform and plan_precision(map(BlockPrecision, plan)) is not precision):
         raise BundleError(f"{manifest_path}: field 'precision_plan' does not agree with precision {precision}; "
                           f"re-export the bundle")
 

@@ -6,6 +6,6 @@ plan's speed on the target backend).
 """
 
 from .budget import Budget
-from .search import Candidate, Measured, PlanSearch, PlanSearcher, export_searched, native_ladder, run_export
+from .search import Candidate, Measured, PlanSearch, PlanSearcher, export_searched, not_picked, run_export
 
-__all__ = ["Budget", "Candidate", "Measured", "PlanSearch", "PlanSearcher", "export_searched", "native_ladder", "run_export"]
+__all__ = ["Budget", "Candidate", "Measured", "PlanSearch", "PlanSearcher", "export_searched", "not_picked", "run_export"]

@@ -5,7 +5,7 @@
 2. Blocks are ranked by the drift each adds when it alone is reduced to int8 (search/sensitivity.py,
    on the calibration images, through the forward debug graph).
 3. Starting from every block in int8, the most sensitive blocks are raised to fp32 (fp16 is not
-   a fast path on the CPU backends, bf16 has no plan entry: `native_ladder`), the count found by
+   a fast path on the CPU backends, bf16 has no plan entry: `not_picked`), the count found by
    doubling, then bisection: the plan with the k most sensitive blocks raised is judged for
    k = 0, 1, 2, 4, ... until one meets the budget, then between the last that missed and the first
    that met (`climb`), then the uniform fp32 plan if it was not among them: at most B + 2 plans for
@@ -140,12 +140,11 @@ class PlanSearch:
                 "notes": self.notes, "evaluations": self.evaluations, "seconds": self.seconds}
 
 
-def native_ladder(backend: str) -> tuple[list[BlockPrecision], list[str]]:
-    """The precisions a block may be raised through on `backend`, lowest first, and why others are left out."""
-    notes = ["bf16: no plan entry (ONNX's Conv takes bfloat16 from opset 22, beyond the 18-20 TensorRT 10 parses)"]
-    notes.append(f"fp16: {backend} on the CPU runs fp16 convolutions through conversions to fp32, slower than fp32 "
-                 f"itself, so raised blocks go to fp32 (the mixed bundle is measured beside the plans all the same)")
-    return [BlockPrecision.int8, BlockPrecision.fp32], notes
+def not_picked(backend: str) -> list[str]:
+    """The precisions the search does not raise blocks to on `backend` (a CPU backend), and why."""
+    return ["bf16: no plan entry (ONNX's Conv takes bfloat16 from opset 22, beyond the 18-20 TensorRT 10 parses)",
+            (f"fp16: {backend} on the CPU runs fp16 convolutions through conversions to fp32, slower than fp32 "
+             f"itself, so raised blocks go to fp32 (the mixed bundle is measured beside the plans all the same)")]
 
 
 def run_export(opts: ExportOptions, log=lambda msg: None):
@@ -327,7 +326,7 @@ def _search(context: _Context) -> PlanSearch:
                                     lower(traced, FORWARD_BLOCKS, PrecisionPlan.uniform(BlockPrecision.int8, b), unsnapped),
                                     calibration.astype(np.float32), context.batch)
     order = sorted(range(b), key=lambda i: -sensitivity[i])
-    ladder, notes = native_ladder(opts.search_backend)
+    notes = not_picked(opts.search_backend)
     tried: list[Candidate] = []
 
     def judge(plan: PrecisionPlan, label: str) -> bool:
@@ -338,7 +337,7 @@ def _search(context: _Context) -> PlanSearch:
     def meets(c: Candidate) -> bool:
         return c.verified and budget.met(c.search.agreement, c.search.logits_p99)
 
-    climb(b, order, ladder, judge)
+    climb(b, order, judge)
     fp32 = PrecisionPlan.uniform(BlockPrecision.fp32, b)
     if not any(c.plan == fp32 for c in tried):  # the plan every budget within reach is met by, timed beside the others
         judge(fp32, BlockPrecision.fp32.value)
@@ -367,40 +366,36 @@ def _search(context: _Context) -> PlanSearch:
                       len(tried), time.monotonic() - context.start)
 
 
-def climb(num_blocks: int, order: list[int], ladder: list[BlockPrecision],
-          judge: Callable[[PrecisionPlan, str], bool]) -> None:
-    """Step 3: from every block at the ladder's first precision, raises the blocks in `order`
-    (most sensitive first) to the next rung, k of them for k = 1, 2, 4, ... until `judge` says a
-    plan meets the budget, then bisects for the fewest; climbs a rung when every block raised to
-    this one missed. Plans judged: 1 + ceil(log2 B) + 1 while doubling and fewer than ceil(log2 B)
-    while bisecting per rung, at most B + 1 on a two-rung ladder (tests/search checks B = 1..128).
+def climb(num_blocks: int, order: list[int], judge: Callable[[PrecisionPlan, str], bool]) -> None:
+    """Step 3: from every block in int8, raises the blocks in `order` (most sensitive first) to
+    fp32, k of them for k = 1, 2, 4, ... until `judge` says a plan meets the budget, then bisects
+    for the fewest. Plans judged: 1, then at most ceil(log2 B) + 1 while doubling and fewer than
+    ceil(log2 B) while bisecting, at most B + 1 (tests/search checks B = 1..128).
     """
-    def raised(base: PrecisionPlan, k: int, rung: BlockPrecision) -> PrecisionPlan:
-        blocks = list(base.blocks)
+    def raised(k: int) -> PrecisionPlan:
+        blocks = [BlockPrecision.int8] * num_blocks
         for i in order[:k]:
-            blocks[i] = rung
+            blocks[i] = BlockPrecision.fp32
         return PrecisionPlan(tuple(blocks))
 
-    base, base_label = PrecisionPlan.uniform(ladder[0], num_blocks), ladder[0].value
-    if judge(base, base_label):
+    def tried(k: int) -> bool:
+        return judge(raised(k), f"{BlockPrecision.int8.value} + {k} {BlockPrecision.fp32.value}" if k else
+                     BlockPrecision.int8.value)
+
+    if tried(0):
         return
-    for rung in ladder[1:]:
-        low, high, k = 0, None, 1  # with `low` blocks raised the budget was missed, with `high` met
-        while high is None:
-            k = min(k, num_blocks)
-            if judge(raised(base, k, rung), f"{base_label} + {k} {rung.value}"):
-                high = k
-            elif k == num_blocks:
-                break
-            else:
-                low, k = k, 2 * k
-        if high is None:  # every block at this rung missed: climb from there
-            base, base_label = raised(base, num_blocks, rung), rung.value
-            continue
-        while high - low > 1:
-            mid = (low + high) // 2
-            if judge(raised(base, mid, rung), f"{base_label} + {mid} {rung.value}"):
-                high = mid
-            else:
-                low = mid
-        return
+    low, high, k = 0, None, 1  # with `low` blocks raised the budget was missed, with `high` met
+    while high is None:
+        k = min(k, num_blocks)
+        if tried(k):
+            high = k
+        elif k == num_blocks:
+            return  # not even every block in fp32
+        else:
+            low, k = k, 2 * k
+    while high - low > 1:
+        mid = (low + high) // 2
+        if tried(mid):
+            high = mid
+        else:
+            low = mid

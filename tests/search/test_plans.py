@@ -112,7 +112,7 @@ def test_a_block_alone_in_fp32_adds_no_drift_and_in_int8_some(plan_bundle, train
     ckpt = load_checkpoint(opts.checkpoint)
     samples = _samples(ckpt, opts.dataset, 8)
     traced = trace(ckpt, opts)  # traced once, every graph
-    lowering = Lowering(measure_lowering(ckpt, opts, traced, samples).calibration, None)
+    lowering = Lowering(measure_lowering(ckpt, opts, traced, samples, PrecisionPlan.parse(PLAN, 6)).calibration, None)
     images = samples.images.numpy()
     fp32 = lower(traced, FORWARD_BLOCKS, None, lowering)
     assert block_sensitivity(fp32, lower(traced, FORWARD_BLOCKS, PrecisionPlan.uniform(BlockPrecision.fp32, 6), lowering), images, 8) \

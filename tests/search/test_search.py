@@ -124,7 +124,7 @@ def test_the_climb_finds_the_fewest_blocks_to_raise_within_b_plus_2_plans(blocks
             judged.append(plan)
             return sum(p is BlockPrecision.fp32 for p in plan.blocks) >= t
 
-        climb(blocks, order, [BlockPrecision.int8, BlockPrecision.fp32], judge)
+        climb(blocks, order, judge)
         assert len(judged) <= blocks + 1
         fewest = min((p for p in judged if sum(q is BlockPrecision.fp32 for q in p.blocks) >= t),
                      key=lambda p: sum(q is BlockPrecision.fp32 for q in p.blocks))
