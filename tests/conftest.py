@@ -118,6 +118,15 @@ def bundles(trained_tiny, tmp_path_factory):
     }
 
 
+PLAN = "int8,int8,fp32,int8,fp16,int8"  # a precision plan for irevnet-tiny's 6 blocks: one kept fp32, one fp16
+
+
+@pytest.fixture(scope="session")
+def plan_bundle(trained_tiny, tmp_path_factory):
+    """The trained irevnet-tiny's bundle of PLAN."""
+    return export_tiny(trained_tiny, tmp_path_factory.mktemp("plans") / "planned", precision_plan=PLAN)
+
+
 # Python code for the peak resident bytes of the process running it: VmHWM. Not ru_maxrss, which
 # Linux carries across exec, so a child of a large test process would report the parent's size.
 PEAK_RSS = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) * 1024"

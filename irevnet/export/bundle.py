@@ -257,14 +257,11 @@ def lower(traced: Traced, name: str, plan: PrecisionPlan | None, lowering: Lower
 
 def write_bundle(tmp: Path, out: Path, ckpt: Checkpoint, traced: Traced, lowering: Lowering,
                  plan: PrecisionPlan | None, samples: Samples, opts: ExportOptions,
-                 log=lambda msg: None, fidelity: dict[str, Any] | None = None) -> ExportResult:
+                 log=lambda msg: None) -> ExportResult:
     """Writes the bundle of `plan` into the empty folder `tmp` (to be put at `out`): its graphs,
     the verification against PyTorch, the reference samples, the manifest, and the check that
     every reader opens it.
 
-    Args:
-        fidelity: the model's per-block inverse gains (fidelity.diagnose), when measured already:
-            they are the fp32 model's, the same for every plan.
     Raises:
         CheckFailed: the verification missed the plan's tolerances, and allow_mismatch is off.
     """
@@ -276,9 +273,8 @@ def write_bundle(tmp: Path, out: Path, ckpt: Checkpoint, traced: Traced, lowerin
     verification, reference, checks = _verify(tmp, graphs, ckpt.model, samples, precision, tolerance, opts)
     np.savez(tmp / REFERENCE, **reference)
     np.save(tmp / SAMPLE_Z, reference[Z][:1])  # a z for the C++ example to invert
-    if fidelity is None:
-        log("estimating the inverse's per-block error gain (fp64)")
-        fidelity = diagnose(ckpt.model, samples.images.float(), project=opts.projection)
+    log("estimating the inverse's per-block error gain (fp64)")
+    fidelity = diagnose(ckpt.model, samples.images.float(), project=opts.projection)
     if graphs[FORWARD]["branches_sha256"] != graphs[INVERSE]["branches_sha256"]:
         raise IRevNetError("the forward and inverse graphs carry different F subgraphs; this is an export bug")
     manifest = _manifest(tmp, ckpt, opts, precision, plan, traced, graphs, weights, lowering, samples, fidelity,

@@ -95,8 +95,8 @@ class ExportOptions:
         if self.frontier is not None:
             check.paths(self, "frontier")
         if self.search_backend == "tensorrt":
-            raise IRevNetError("--search-backend tensorrt: the search writes each plan's bundle without engines, so it "
-                               "judges and times plans on onnxruntime or openvino; build the chosen bundle after")
+            raise IRevNetError("--search-backend tensorrt: the search judges and times each plan's graph in memory, "
+                               "without engines, on onnxruntime or openvino; build the chosen bundle after")
         if self.search_backend not in ("onnxruntime", "openvino"):
             raise IRevNetError(f"--search-backend {self.search_backend[:40]!r}: choose onnxruntime or openvino")
         check.integer("search_images", self.search_images, 1, 10**7)

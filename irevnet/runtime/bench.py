@@ -21,8 +21,7 @@ model under load (`--server URL --concurrency ...`) is measured by load_test.py.
 from __future__ import annotations
 
 import contextlib
-import functools
-import time
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -38,7 +37,7 @@ from .backends import BackendOptions, open_backend, options_for, refuse_options_
 from .bundle import Bundle
 from .load_test import load_server
 from .machine import machine_info, matmul_gflops
-from .timing import BenchEntry, LatencyStats, Round, conv_flops, tiled_input, timed
+from .timing import BenchEntry, LatencyStats, Round, alternate, conv_flops, tiled_input
 
 NOISY_SPREAD = 0.25  # (max - min) / median of a speedup's round ratios above which it is noisy
 
@@ -156,7 +155,7 @@ def bench(opts: BenchOptions, progress: Callable[[str, float], None] = lambda wh
     reference = bundle.reference(REFERENCE_IMAGES, Z)  # real inputs and the z PyTorch made of them, tiled to each batch
     rounds = min(opts.rounds, opts.iterations) if opts.iterations else opts.rounds
     results = []
-    steps, done = len(directions) * len(sizes) * rounds * len(candidates), 0
+    steps, ticks = len(directions) * len(sizes) * rounds * len(candidates), itertools.count(1)
     for direction in directions:
         feed_name = IMAGE if direction == FORWARD else Z
         with contextlib.ExitStack() as opened:  # every backend open at once: they alternate below
@@ -164,20 +163,12 @@ def bench(opts: BenchOptions, progress: Callable[[str, float], None] = lambda wh
                 kind, bundles[i], direction, options_for(kind, opts.backend_options))) for i, kind in candidates}
             for n in sizes:
                 x = tiled_input(reference, direction, n)
-                calls = {key: functools.partial(b.infer, {feed_name: x}) for key, b in runners.items()}
-                for run in calls.values():  # warm-up, once per backend before any round
-                    deadline = time.perf_counter() + opts.warmup_s
-                    run()
-                    while time.perf_counter() < deadline:
-                        run()
                 counts = _split(opts.iterations, rounds) if opts.iterations else [None] * rounds
-                measured: dict[tuple[int, str], list[tuple[list[float], list[float]]]] = {key: [] for key in calls}
-                for r in range(rounds):
-                    order = list(calls)[r % len(calls):] + list(calls)[: r % len(calls)]  # rotate: no candidate always first
-                    for key in order:
-                        measured[key].append(_measure(calls[key], runners[key], counts[r], opts.duration_s / rounds))
-                        done += 1
-                        progress(f"{runners[key].name} {direction} batch {n}, round {r + 1}/{rounds}", done / steps)
+
+                measured = alternate(
+                    runners, {feed_name: x}, warmup_s=opts.warmup_s, duration_s=opts.duration_s, counts=counts,
+                    on_round=lambda key, r, names=runners, what=f"{direction} batch {n}": progress(
+                        f"{names[key].name} {what}, round {r + 1}/{rounds}", next(ticks) / steps))
                 for (i, kind), parts in measured.items():
                     results.append(_entry(runners[i, kind].name, kind, bundles[i], direction, n, parts, flops))
     compare_with_baseline(results)
@@ -193,18 +184,6 @@ def bench(opts: BenchOptions, progress: Callable[[str, float], None] = lambda wh
                   "rounds": rounds, "allocator": allocator, "noisy_spread": NOISY_SPREAD},
         results=results,
     )
-
-
-def _measure(run: Callable[[], Any], backend, count: int | None, seconds: float) -> tuple[list[float], list[float]]:
-    """Host latencies (s) and device times (ms, where the backend measures them) of one round:
-    `count` runs, or as many as fit in `seconds` (at least one)."""
-    latencies, device_ms = [], []
-    start = time.perf_counter()
-    while not latencies or (len(latencies) < count if count else time.perf_counter() - start < seconds):
-        latencies.append(timed(run))
-        if backend.last_device_ms is not None:
-            device_ms.append(backend.last_device_ms)
-    return latencies, device_ms
 
 
 def _entry(name: str, kind: str, bundle: Bundle, direction: str, batch: int, parts, flops: int) -> BenchEntry:

@@ -5,10 +5,11 @@ and the inputs both feed (the bundle's reference samples tiled to the batch size
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -16,8 +17,11 @@ from ..contract import INVERSE
 from ..model.config import IRevNetConfig
 
 if TYPE_CHECKING:
+    from .backends import Backend
     from .load_test import ServerSplit
     from .reference import ReferenceSamples
+
+K = TypeVar("K")
 
 
 def conv_flops(config: IRevNetConfig) -> int:
@@ -38,6 +42,40 @@ def timed(fn: Callable[[], Any]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def alternate(runners: dict[K, Backend], feeds: dict[str, np.ndarray], *, warmup_s: float, duration_s: float,
+              counts: list[int | None], on_round: Callable[[K, int], None] = lambda key, r: None,
+              ) -> dict[K, list[tuple[list[float], list[float]]]]:
+    """Times each runner on the same feeds in alternating rounds, so that all of them see the same
+    machine: each is warmed up for `warmup_s` first, then round r runs every runner in turn (the
+    order rotated by r: none is always first) for `counts[r]` calls, or, where that is None, as
+    many as fit in duration_s / len(counts) seconds (at least one).
+
+    Returns:
+        runner key -> per round, (host latencies in s, device times in ms where the backend
+        measures them).
+    """
+    calls = {key: functools.partial(b.infer, feeds) for key, b in runners.items()}
+    for run in calls.values():
+        deadline = time.perf_counter() + warmup_s
+        run()
+        while time.perf_counter() < deadline:
+            run()
+    keys = list(calls)
+    measured: dict[K, list[tuple[list[float], list[float]]]] = {key: [] for key in keys}
+    for r, count in enumerate(counts):
+        for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+            latencies, device_ms = [], []
+            start, backend = time.perf_counter(), runners[key]
+            while not latencies or (len(latencies) < count if count else
+                                    time.perf_counter() - start < duration_s / len(counts)):
+                latencies.append(timed(calls[key]))
+                if backend.last_device_ms is not None:
+                    device_ms.append(backend.last_device_ms)
+            measured[key].append((latencies, device_ms))
+            on_round(key, r)
+    return measured
 
 
 def tiled_input(reference: ReferenceSamples, direction: str, batch: int) -> np.ndarray:

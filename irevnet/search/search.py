@@ -10,11 +10,15 @@
    k = 0, 1, 2, 4, ... until one meets the budget, then between the last that missed and the first
    that met (`climb`), then the uniform fp32 plan if it was not among them: at most B + 2 plans for
    B blocks.
-4. Each plan is a bundle written by the exporter and verified as any export is (one that fails is
-   never chosen), judged by the whole-dataset evaluation against PyTorch fp32 on the search images,
-   and measured on the held-out split for the report. Then one `bench` times every plan's forward
-   side by side on the target backend, and the fastest plan that met the budget on the search
-   images is chosen; its bundle, as written, is judged on the held-out split, which no decision saw.
+4. Each plan is judged by its forward graph, derived in memory and opened on the target backend
+   (no bundle is written for it): checked against PyTorch fp32 on the export's verification
+   samples with the plan's tolerances (one that misses them is never chosen), judged by the
+   whole-dataset evaluation against PyTorch fp32 on the search images, and measured on the
+   held-out split for the report. Then every plan's forward is timed side by side on that backend
+   (alternating rounds, as `irevnet bench` times bundles), and the fastest plan that met the
+   budget on the search images is chosen. The export then writes and verifies its bundle (the
+   round trip included) as any export does, and the bundle, as written, is judged on the held-out
+   split, which no decision saw.
 
 Images: the export calibrates on the training split's first `calibration` images; the search
 decides on `search_images` others of that split, a sample stratified by class; the held-out (val)
@@ -24,6 +28,7 @@ split judges (a stratified sample of `held_out` of it, where given). No image se
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import shutil
 import tempfile
 import time
@@ -40,6 +45,7 @@ from ..export.plan import PrecisionPlan
 from .budget import Budget
 
 if TYPE_CHECKING:
+    from ..evaluation.engine import Target
     from ..export.bundle import Lowering, Samples, Traced
     from ..export.options import ExportOptions
     from ..io.checkpoint import Checkpoint
@@ -68,8 +74,7 @@ class Candidate:
     search: Measured | None = None  # on the search images (what the search decided on)
     held_out: Measured | None = None  # on the held-out split (what the report shows)
     median_ms: float | None = None  # the forward at the bench batch on the target backend
-    round_trip: float | None = None  # the bundle's verified round trip, rel. L2
-    verified: bool = True  # its bundle passed the export's verification (one that did not is never chosen)
+    verified: bool = True  # its forward met the plan's verification tolerances (one that did not is never chosen)
 
     @property
     def kept(self) -> list[str]:
@@ -79,7 +84,7 @@ class Candidate:
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "precision_plan": self.plan.to_list(), "kept": self.kept,
                 "search": self.search and self.search.to_dict(), "held_out": self.held_out and self.held_out.to_dict(),
-                "median_ms": self.median_ms, "round_trip_rel_l2": self.round_trip, "verified": self.verified}
+                "median_ms": self.median_ms, "verified": self.verified}
 
 
 @dataclass
@@ -187,7 +192,7 @@ class PlanSearcher:
         report, context = self.report, self.context
         log(f"judging the chosen plan on {len(context.held_out)} held-out images")
         start = time.monotonic()
-        report.judged = context.measure(bundle, context.held_out, "judged")
+        report.judged = context.judge_bundle(bundle)
         report.seconds += time.monotonic() - start
         return report
 
@@ -197,16 +202,22 @@ class PlanSearcher:
 
 
 class _Context:
-    """What the search's candidates are written with and judged by: the export's steps, the splits,
-    and PyTorch fp32's records on the search images and on the held-out split."""
+    """What the search's plans are judged by: the export's steps, the splits, PyTorch fp32's
+    records on the search images and on the held-out split, and its outputs on the export's
+    verification samples. A plan is judged by its forward graph in memory, on the target backend:
+    no bundle is written until one is chosen."""
 
     def __init__(self, ckpt: Checkpoint, opts: ExportOptions, traced: Traced, lowering: Lowering, samples: Samples,
                  log):
+        import torch
+
+        from ..io.files import sha256_file
         from ..io.splits import open_split, stratified
 
         self.ckpt, self.opts, self.traced, self.lowering, self.samples, self.log = ckpt, opts, traced, lowering, samples, log
         self.start = time.monotonic()
         self.scratch: Path | None = None
+        self.graphs: dict[int, Any] = {}  # id() of a candidate -> its forward graph's backend, until timed
         shape = tuple(ckpt.config.in_shape)
         train = open_split(opts.dataset, "train", shape)
         # the export calibrates on the training split's first images; the search decides on a
@@ -221,92 +232,135 @@ class _Context:
         val = open_split(opts.dataset, "val", shape)
         held = stratified(val)[:opts.held_out] if opts.held_out else val.items
         self.held_out = dataclasses.replace(val, items=sorted(held, key=lambda item: item.index))
-        # beside the bundle, as its own temporary folder is: the plans' bundles until they are timed
+        self.checkpoint_sha256 = sha256_file(opts.checkpoint)
+        # beside the bundle, as its own temporary folder is: PyTorch fp32's records
         out = Path(opts.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         self.scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.search-", dir=out.parent))
         self.plans = 0
-        self.folders: dict[int, Path] = {}  # id() of a candidate -> its bundle, until timed
-        self.fidelity: dict[str, Any] | None = None
         log(f"PyTorch fp32 on {len(self.search_split)} search and {len(self.held_out)} held-out images")
         self.reference = {"search": self._records(None, self.search_split, "reference-search"),
                           "held_out": self._records(None, self.held_out, "reference-held-out")}
+        with torch.no_grad():  # what the export's verification compares each plan's forward with
+            logits, z = ckpt.model(samples.images.float())
+        self.verification = (samples.images.float().numpy(), logits.numpy(), z.numpy())
 
-    def _records(self, bundle: Path | None, split: Split, name: str):
-        """Evaluates the bundle (None: the checkpoint on torch, PyTorch fp32) over `split`; returns the
-        records' path for the checkpoint, the agreement with PyTorch fp32's records for a bundle."""
+    def _records(self, graph: Target | None, split: Split, name: str):
+        """Evaluates a plan's graph (None: the checkpoint on torch, PyTorch fp32) over `split` with
+        the whole-dataset evaluation; returns the records' path for the checkpoint, the agreement
+        with PyTorch fp32's records for a plan."""
         from ..evaluation.run import EvaluateOptions, evaluate
 
-        records = self.scratch / f"{name}.parquet"
-        against = None
-        if bundle is not None:
-            against = self.reference["held_out" if split is self.held_out else "search"]
+        against = None if graph is None else self.reference["held_out" if split is self.held_out else "search"]
+        records = self.scratch / f"{name}.parquet" if graph is None else None
         opts = EvaluateOptions(
-            target=str(bundle) if bundle is not None else None,
-            checkpoint=None if bundle is not None else str(self.opts.checkpoint),
+            target=graph.path if graph is not None else None,
+            checkpoint=None if graph is not None else str(self.opts.checkpoint),
             dataset=self.opts.dataset, split=split.split,
-            backend=self.opts.search_backend if bundle is not None else "torch",
-            round_trip=False, records=str(records), against=str(against) if against else None,
+            backend=self.opts.search_backend if graph is not None else "torch",
+            round_trip=False, records=records and str(records), against=against and str(against),
             batch_size=self.batch, chunk_size=self.batch * 32, image_size=self.opts.image_size,
             projection=self.opts.projection,
         )
-        report = evaluate(opts, split=split)
-        return records if bundle is None else report.summary.agreement
+        report = evaluate(opts, split=split, target=graph)
+        return records if graph is None else report.summary.agreement
 
-    def measure(self, bundle: Path, split: Split, name: str) -> Measured:
-        agreement = self._records(bundle, split, f"{bundle.name}-{name}")
+    def measure(self, graph: Target, split: Split) -> Measured:
+        agreement = self._records(graph, split, "")
         if not agreement.images or agreement.drift is None:
             raise IRevNetError(f"no image of {self.opts.dataset}'s {split.split} split was read by both this plan and "
                                f"PyTorch fp32; check the dataset")
         return Measured(agreement.images, agreement.top1, agreement.drift["median"], agreement.drift["p99"])
 
+    def judge_bundle(self, bundle: Path) -> Measured:
+        """The written bundle on the held-out split, opened as any bundle is (Bundle.open: its hashes)."""
+        from ..evaluation.engine import bundle_target
+        from ..runtime.backends import BackendOptions
+
+        return self.measure(bundle_target(str(bundle), self.opts.search_backend, BackendOptions()), self.held_out)
+
     def candidate(self, label: str, plan: PrecisionPlan, *, decide: bool) -> Candidate:
-        """Writes the plan's bundle (verified as every export is), judges it on the search images
-        when it is one of the search's decisions, and measures it on the held-out split; `time`
-        then times every candidate's forward together."""
-        from ..export.bundle import write_bundle
+        """Opens the plan's forward graph on the target backend, checks it against PyTorch fp32 on
+        the export's verification samples (the plan's tolerances, as its bundle's verification
+        would), judges it on the search images when it is one of the search's decisions, and
+        measures it on the held-out split; `time` then times every candidate together."""
+        from ..contract import FORWARD, IMAGE, LOGITS, Z
+        from ..export.bundle import lower
+        from ..runtime.backends import open_graph
+        from ..runtime.comparison import Parity, tolerance_for
 
         if plan.precision is not Precision.plan:  # a uniform plan goes by its precision's name
             label = plan.precision.value
         self.plans += 1
-        folder = self.scratch / f"plan-{self.plans}"
-        folder.mkdir()
         self.log(f"plan {self.plans}: {label}")
-        opts = dataclasses.replace(self.opts, allow_mismatch=True, debug_graphs=False)
-        result = write_bundle(folder, folder, self.ckpt, self.traced, self.lowering, plan, self.samples, opts,
-                              fidelity=self.fidelity)
-        self.fidelity = result.manifest.to_dict()["fidelity"]  # the fp32 model's: measured once
-        found = Candidate(label, plan, verified=bool(result))
-        found.round_trip = next((c.rel_l2 for c in result.checks if c.name == "round trip"), None)
+        model = lower(self.traced, FORWARD, plan, self.lowering).SerializeToString()
+        origin = f"plan {self.plans} ({label})"
+        backend = open_graph(self.opts.search_backend, model, [LOGITS, Z], max_batch=self.opts.max_batch, origin=origin)
+        x, logits, z = self.verification
+        grid = self.lowering.grid and self.lowering.grid["exponent"]
+        parity = Parity.measure(plan.precision.value, backend.name, backend.infer({IMAGE: x}), logits, z,
+                                tolerance_for(plan.tolerance_precision, grid))
+        found = Candidate(label, plan, verified=bool(parity))
+        self.graphs[id(found)] = backend
+        graph = self._target(backend, origin, hashlib.sha256(model).hexdigest())
         if decide:
-            found.search = self.measure(folder, self.search_split, "search")
-        found.held_out = self.measure(folder, self.held_out, "held-out")
-        self.folders[id(found)] = folder
+            found.search = self.measure(graph, self.search_split)
+        found.held_out = self.measure(graph, self.held_out)
         return found
 
+    def _target(self, backend, origin: str, sha256: str) -> Target:
+        """An evaluation's target for a plan's graph: `backend`, lent to each evaluation (which
+        closes what it opens) and kept open for the next one and the timing."""
+        from ..evaluation.engine import Target
+
+        cfg = self.ckpt.config
+        return Target("graph", origin, sha256, self.checkpoint_sha256, self.traced.weights_sha256, Precision.plan.value,
+                      tuple(cfg.in_shape), cfg.num_classes, self.opts.max_batch, lambda round_trip: (_Lent(backend), None))
+
     def time(self, candidates: list[Candidate]) -> None:
-        """Each candidate's forward at the search batch on the target backend, by one `bench` of
-        all their bundles side by side: the rounds alternate between them, so a machine that
-        slows down mid-run slows every plan alike."""
-        from ..runtime.bench import BenchOptions, Direction, bench
+        """Each candidate's forward at the search batch on the target backend, in alternating
+        rounds (runtime.timing.alternate, as `irevnet bench` times bundles side by side): a machine
+        that slows down mid-run slows every plan alike."""
+        from ..contract import FORWARD, IMAGE
+        from ..runtime.reference import ReferenceSamples
+        from ..runtime.timing import LatencyStats, alternate, tiled_input
 
         self.log(f"timing the forward of {len(candidates)} plans on {self.opts.search_backend}")
-        folders = [str(self.folders[id(c)]) for c in candidates]
-        report = bench(BenchOptions(bundles=folders, backends=[self.opts.search_backend], direction=Direction.forward,
-                                    batch_sizes=[self.batch], warmup_s=0.2,
-                                    duration_s=self.opts.search_bench_s * len(candidates)))
-        by_bundle = {Path(entry.bundle).resolve(): entry for entry in report.results}
-        for c, folder in zip(candidates, folders):
-            c.median_ms = by_bundle[Path(folder).resolve()].stats.median_ms
-            shutil.rmtree(folder, ignore_errors=True)  # irevnet-301's plans are 500 MB each
+        runners = {id(c): self.graphs[id(c)] for c in candidates}
+        x = tiled_input(ReferenceSamples(images=self.verification[0]), FORWARD, self.batch)
+        rounds = 5
+        measured = alternate(runners, {IMAGE: x}, warmup_s=0.2, duration_s=self.opts.search_bench_s * len(candidates),
+                             counts=[None] * rounds)
+        for c in candidates:
+            c.median_ms = LatencyStats.of([t for latencies, _ in measured[id(c)] for t in latencies], self.batch).median_ms
+        self.close_graphs()
 
     @property
     def batch(self) -> int:
         return min(self.opts.search_batch, self.opts.max_batch)
 
+    def close_graphs(self) -> None:
+        for backend in self.graphs.values():
+            backend.close()
+        self.graphs.clear()
+
     def close(self) -> None:
+        self.close_graphs()
         if self.scratch is not None:
             shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+class _Lent:
+    """A backend lent to one evaluation: the evaluation's close() leaves it open."""
+
+    def __init__(self, backend):
+        self.backend, self.name = backend, backend.name
+
+    def infer(self, feeds, outputs=None):
+        return self.backend.infer(feeds, outputs)
+
+    def close(self) -> None:
+        pass
 
 
 def _search(context: _Context) -> PlanSearch:

@@ -15,16 +15,9 @@ from irevnet.errors import BundleError, IRevNetError
 from irevnet.export.plan import PrecisionPlan
 from irevnet.runtime import Bundle
 from irevnet.runtime.verify import VerifyOptions, verify
-from tests.conftest import edit_manifest, export_tiny
+from tests.conftest import PLAN, edit_manifest
 
 runner = CliRunner()
-PLAN = "int8,int8,fp32,int8,fp16,int8"  # irevnet-tiny has 6 blocks: one kept fp32, one fp16
-
-
-@pytest.fixture(scope="module")
-def plan_bundle(trained_tiny, tmp_path_factory):
-    return export_tiny(trained_tiny, tmp_path_factory.mktemp("plans") / "planned", precision_plan=PLAN)
-
 
 def test_a_plan_with_one_block_in_fp32_exports_and_verifies_on_onnxruntime_and_openvino(plan_bundle):
     bundle = Bundle.open(plan_bundle)

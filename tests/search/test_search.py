@@ -30,11 +30,11 @@ def searched(trained_tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("search") / "auto"
     opts = ExportOptions(checkpoint=str(trained_tiny / "best.pt"), out=str(out), dataset="digits", precision="auto",
                          budget=BUDGET, debug_graphs=False, **SMALL)
-    return export_searched(opts), out
+    return export_searched(opts), out, opts
 
 
 def test_the_search_meets_a_budget_that_uniform_int8_misses_and_names_the_blocks_it_kept(searched):
-    result, out = searched
+    result, out, _ = searched
     search = result.search
     int8 = next(c for c in search.uniform if c.label == Precision.int8.value)
     assert int8.held_out.logits_p99 > 0.005 and not search.budget.met(int8.search.agreement, int8.search.logits_p99), \
@@ -50,10 +50,34 @@ def test_the_search_meets_a_budget_that_uniform_int8_misses_and_names_the_blocks
 
 
 def test_every_plan_tried_inverts_at_the_inputs_rounding(searched):
-    """The exact coupling holds for every plan: each one's verified round trip is at the grid's rounding."""
-    search = searched[0].search
+    """The exact coupling holds whatever precision F has: for every plan the search tried, its
+    forward and inverse graphs, derived from one trace as the export derives them, take held-out
+    digits to z and back at the grid's rounding (<= 1e-6 rel. L2), and the chosen bundle's own
+    verified round trip is there too."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from irevnet.contract import FORWARD, IMAGE, INVERSE, REFERENCE_IMAGES, Z
+    from irevnet.export.bundle import Samples, lower, measure_lowering, trace
+    from irevnet.io.checkpoint import load_checkpoint
+    from irevnet.metrics import rel_l2
+
+    result, out, opts = searched
+    search = result.search
     assert len(search.tried) >= 2
-    assert all(c.round_trip is not None and c.round_trip <= 1e-6 for c in [*search.tried, *search.uniform])
+    round_trip = next(c for c in result.checks if c.name == "round trip")
+    assert round_trip and round_trip.rel_l2 <= 1e-6
+    x = Bundle.open(out).reference(REFERENCE_IMAGES).images
+    ckpt = load_checkpoint(opts.checkpoint)
+    traced = trace(ckpt, opts)
+    lowering = measure_lowering(ckpt, opts, traced, Samples(torch.from_numpy(x), None, {}), None)
+    for c in [*search.tried, *search.uniform]:
+        forward, inverse = (ort.InferenceSession(lower(traced, name, c.plan, lowering).SerializeToString(),
+                                                 providers=["CPUExecutionProvider"]) for name in (FORWARD, INVERSE))
+        z = forward.run([Z], {IMAGE: x})[0]
+        back = inverse.run([IMAGE], {Z: z})[0]
+        assert np.isfinite(back).all() and rel_l2(back, x) <= 1e-6, (c.label, rel_l2(back, x))
 
 
 def test_the_images_that_calibrate_search_and_judge_are_disjoint(searched):
@@ -103,7 +127,7 @@ def test_a_budget_no_plan_can_meet_is_one_line_naming_the_best_agreement(trained
     (["--precision", Precision.int8.value, "--precision-plan", "fp32,int8"], "give it without --precision int8"),
     (["--frontier", "f.png"], "--frontier draws the plans a search tried"),
     (["--precision", "auto", "-d", "digits", "--budget", "agreement>=0.99", "--search-backend", "tensorrt"],
-     "writes each plan's bundle without engines"),
+     "without engines, on onnxruntime or openvino"),
     (["--precision", "auto", "-d", "digits", "--budget", "agreement>=" + "9" * 5000], "characters long"),
 ])
 def test_search_options_are_checked_before_any_work(trained_tiny, tmp_path, args, message):

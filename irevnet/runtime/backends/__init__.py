@@ -27,8 +27,9 @@ REGISTRY: dict[str, tuple[str, str]] = {
 BACKENDS = tuple(REGISTRY)
 ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch", "ov": "openvino"}
 
-__all__ = ["BACKENDS", "Backend", "BackendOptions", "InputError", "OptionNotTaken", "backend_class", "open_backend",
-           "options_for", "refuse_options_not_taken", "resolve_backend", "resolve_backends", "unsupported"]
+__all__ = ["BACKENDS", "GRAPH_BACKENDS", "Backend", "BackendOptions", "InputError", "OptionNotTaken", "backend_class",
+           "open_backend", "open_graph", "options_for", "refuse_options_not_taken", "resolve_backend",
+           "resolve_backends", "unsupported"]
 
 
 def resolve_backends(names: list[str] | None, server: str | None, default: list[str]) -> list[str]:
@@ -97,3 +98,25 @@ def open_backend(kind: str, bundle: Bundle, graph: str, options: BackendOptions 
     check.threads(options.threads)
     refuse_options_not_taken([kind], options)
     return backend_class(kind).for_bundle(bundle, graph, options)
+
+
+GRAPH_BACKENDS = ("onnxruntime", "openvino")  # what open_graph runs a graph outside a bundle on
+
+
+def open_graph(kind: str, model: bytes, outputs: list[str], *, max_batch: int | None = None,
+               origin: str = "the graph", threads: int | None = None) -> Backend:
+    """Opens an ONNX graph that is not in a bundle, weights inline, on the CPU: what the precision
+    search judges each plan with before it writes the bundle of the one it chose.
+
+    Args:
+        kind: onnxruntime or openvino (GRAPH_BACKENDS).
+        outputs: the graph's output names, in order.
+    """
+    kind = resolve_backend(kind)
+    check.threads(threads)
+    if kind == "onnxruntime":
+        return backend_class(kind)(model, providers=["cpu"], threads=threads, max_batch=max_batch, origin=origin)
+    if kind == "openvino":
+        return backend_class(kind)(model, outputs=outputs, threads=threads, max_batch=max_batch, origin=origin)
+    raise IRevNetError(f"-b {kind} runs the graphs of a bundle; choose one of {', '.join(GRAPH_BACKENDS)} for a "
+                       f"graph outside one")

@@ -38,13 +38,14 @@ def _openvino():
 
 
 class OpenVinoBackend(Backend):
-    """Runs one graph of a bundle with OpenVINO on the CPU.
+    """Runs one ONNX graph with OpenVINO on the CPU.
 
     Args:
-        bundle: the opened bundle; the graph's checked bytes, weights inline, are what is compiled.
-        graph: forward, inverse, forward_blocks or inverse_blocks.
-        bf16: run F in bf16 (mixed bundles only, see the module docstring).
+        model: the ONNX model as bytes, weights inline (a bundle's: Bundle.graph_bytes, checked).
+        outputs: the graph's output names, in order.
+        precision: the CPU plugin's inference precision, f32 or bf16 (see the module docstring).
         threads: inference threads (default: OpenVINO's).
+        max_batch: largest batch the graph was exported for (inputs beyond it are refused).
     """
 
     name = "openvino"
@@ -53,29 +54,34 @@ class OpenVinoBackend(Backend):
 
     @classmethod
     def for_bundle(cls, bundle: Bundle, graph: str, options: BackendOptions) -> OpenVinoBackend:
-        return cls(bundle, graph, bf16=cls.bf16, threads=options.threads)
-
-    def __init__(self, bundle: Bundle, graph: str, *, bf16: bool = False, threads: int | None = None):
-        ov = _openvino()
-        if bf16 and (reason := unsupported("openvino-bf16", bundle.precision)):
+        """Opens a bundle's graph: in f32 whatever the bundle's precision (the graph's types
+        decide), in bf16 for openvino-bf16 on a mixed bundle."""
+        if cls.bf16 and (reason := unsupported("openvino-bf16", bundle.precision)):
             raise IRevNetError(f"{bundle.path}: {reason}")
-        self.precision = "bf16" if bf16 else INFERENCE_PRECISION[bundle.precision]
+        return cls(bundle.graph_bytes(graph), outputs=[o.name for o in bundle.graphs[graph].outputs],
+                   precision="bf16" if cls.bf16 else INFERENCE_PRECISION[bundle.precision], threads=options.threads,
+                   max_batch=bundle.max_batch, origin=f"{bundle.path}: {graph}")
+
+    def __init__(self, model: bytes, *, outputs: list[str], precision: str = "f32", threads: int | None = None,
+                 max_batch: int | None = None, origin: str = "the graph"):
+        ov = _openvino()
+        self.precision = precision
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         core = ov.Core()
         try:
-            self.compiled = core.compile_model(core.read_model(bundle.graph_bytes(graph)), "CPU", config)
+            self.compiled = core.compile_model(core.read_model(model), "CPU", config)
         except RuntimeError as e:
-            raise GraphFailed(f"{bundle.path}: {graph}: OpenVINO cannot compile it ({_message(e)}); the graph is malformed, "
+            raise GraphFailed(f"{origin}: OpenVINO cannot compile it ({_message(e)}); the graph is malformed, "
                               f"re-export the bundle") from None
         self.request = self.compiled.create_infer_request()
-        self.origin, self.runtime_errors = f"{bundle.path}: {graph}", (RuntimeError,)
-        self.max_batch = bundle.max_batch
+        self.origin, self.runtime_errors = origin, (RuntimeError,)
+        self.max_batch = max_batch
         self.inputs = [self._spec(p, p.get_any_name()) for p in self.compiled.inputs]
         # by the graph's names: OpenVINO merges an output that aliases another (h0 = image) into one
         # port with two names, and get_any_name() would give one of them twice
-        self.outputs = [self._spec(self.compiled.output(o.name), o.name) for o in bundle.graphs[graph].outputs]
+        self.outputs = [self._spec(self.compiled.output(name), name) for name in outputs]
         # what ran, not what was asked: a CPU without bf16 (AVX2, AVX-512 without BF16) runs a
         # bf16 hint in f32, and int8 convolutions run as u8/i8
         self.name = f"openvino[cpu,{_convolution_precisions(self.compiled) or self.precision}]"
