@@ -75,10 +75,18 @@ def small_model(family: str, seed: int = 0) -> irevnet.IRevNet:
     return randomize_batchnorm(irevnet.create_model(family, **SMALL_FAMILIES[family]), seed).eval()
 
 
+# preset=RUN_FOLDER,...: the runs a parent test session trained already, which a test session it
+# starts (tests/test_cpu_isas.py) takes instead of training them again
+TRAINED_RUNS = "IREVNET_TESTS_TRAINED_RUNS"
+
+
 def _train_digits(root, preset: str, epochs: int = 10):
     from irevnet.training.loop import train
     from irevnet.training.options import TrainOptions
 
+    given = dict(entry.split("=", 1) for entry in os.environ.get(TRAINED_RUNS, "").split(",") if "=" in entry)
+    if preset in given and epochs == 10:
+        return Path(given[preset])
     out = root / preset
     train(TrainOptions(model=preset, dataset="digits", out=str(out), epochs=epochs, device="cpu"))
     return out
@@ -116,6 +124,12 @@ def bundles(trained_tiny, tmp_path_factory):
         Precision.mixed: export_tiny(trained_tiny, root / Precision.mixed, Precision.mixed),
         Precision.fp16: export_tiny(trained_tiny, root / Precision.fp16, Precision.fp16, debug_graphs=False),
     }
+
+
+@pytest.fixture(scope="session")
+def int8_bundle(trained_tiny, tmp_path_factory):
+    """The trained irevnet-tiny's int8 bundle (exact coupling, debug graphs included): the folder."""
+    return export_tiny(trained_tiny, tmp_path_factory.mktemp(Precision.int8) / "b", Precision.int8)
 
 
 PLAN = "int8,int8,fp32,int8,fp16,int8"  # a precision plan for irevnet-tiny's 6 blocks: one kept fp32, one fp16

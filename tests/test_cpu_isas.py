@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+from tests.conftest import TRAINED_RUNS
+
 NUMERIC_TESTS = [
     "tests/training/test_memory.py::test_gradients_equal_standard_backprop_over_seeds",
     "tests/training/test_memory.py::test_injective_cifar_layout_is_exact_in_fp64_and_close_to_standard_in_fp32",
@@ -36,10 +38,13 @@ def _lowered_isas() -> list[str]:
 
 @pytest.mark.skipif("ONEDNN_MAX_CPU_ISA" in os.environ, reason="this run is already under a lowered ISA")
 @pytest.mark.parametrize("isa", _lowered_isas())
-def test_numeric_tests_hold_with_other_cpus_rounding(isa):
+def test_numeric_tests_hold_with_other_cpus_rounding(isa, trained_tiny, trained_tiny_bijective):
+    """The trained models are this session's (trained here, as a user's are trained on their
+    machine); what runs under the lowered ISA is every test's own arithmetic on them."""
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *NUMERIC_TESTS,
            *(f"--deselect={test}" for test in SKIPPED)]
-    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": isa}
+    runs = f"irevnet-tiny={trained_tiny},irevnet-tiny-bijective={trained_tiny_bijective}"
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": isa, TRAINED_RUNS: runs}
     root = os.path.dirname(os.path.dirname(__file__))
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=900, env=env, cwd=root)
     assert proc.returncode == 0, proc.stdout[-3000:]

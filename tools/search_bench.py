@@ -51,6 +51,14 @@ def r301_checkpoint(work: Path) -> Path:
     return path
 
 
+def kept(candidate: dict) -> list[str] | str:
+    """The blocks a plan keeps out of int8, or how many when that is every one of them."""
+    blocks = candidate["kept"]
+    if blocks and len(blocks) == len(candidate["precision_plan"]):
+        return f"all {len(blocks)} ({', '.join(sorted(set(candidate['precision_plan'])))})"
+    return blocks
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("workdir", type=Path)
@@ -89,7 +97,7 @@ def main() -> None:
         "images": s["images"],
         "int8_export_s": round(int8_s, 1), "search_s": round(search_s, 1), "ratio": round(search_s / int8_s, 2),
         "plans_judged": s["evaluations"], "chosen": s["chosen"]["label"], "judged": s["judged"],
-        "frontier": [{"label": c["label"], "kept": c["kept"], "agreement": c["held_out"]["agreement"],
+        "frontier": [{"label": c["label"], "kept": kept(c), "agreement": c["held_out"]["agreement"],
                       "logits_p99": c["held_out"]["logits_p99"], "median_ms": c["median_ms"]} for c in frontier],
     }, indent=2))
 

@@ -198,8 +198,11 @@ def plan_search(search: PlanSearch) -> None:
     """The plans a precision search tried beside the uniform ones: the blocks kept out of int8,
     agreement and logits drift on the held-out split, and the forward's median latency."""
     ranked = sorted(range(len(search.sensitivity)), key=lambda i: -search.sensitivity[i])
-    console.print("block sensitivity (drift added alone in int8): " + ", ".join(
-        f"block{i}/F {search.sensitivity[i]:.1e}" for i in ranked[:6]) + (", ..." if len(ranked) > 6 else ""))
+    if ranked:
+        console.print("block sensitivity (drift added alone in int8): " + ", ".join(
+            f"block{i}/F {search.sensitivity[i]:.1e}" for i in ranked[:6]) + (", ..." if len(ranked) > 6 else ""))
+    else:
+        console.print("block sensitivity: not measured (uniform int8 met the budget: no block had to be raised)")
     held = search.images["held_out"]["images"]
     t = Table("precision plan", "blocks not int8", "agreement", "logits p99", "median ms", "",
               title=f"precision plans on {search.backend}, batch {search.bench_batch}: agreement and logits rel. L2 "

@@ -203,23 +203,24 @@ class Lowering:
         return self.calibration["ranges"] if self.calibration else None
 
 
-def trace(ckpt: Checkpoint, opts: ExportOptions, log=lambda msg: None) -> Traced:
-    """The forward and inverse graphs, and the per-block debug graphs (with `debug_graphs`; the
-    forward one always for the search, which ranks blocks on it), traced from the model."""
+def trace(ckpt: Checkpoint, opts: ExportOptions, log=lambda msg: None, names: tuple[str, ...] | None = None) -> Traced:
+    """The graphs `names` traced from the model: by default the forward and inverse graphs, and
+    the per-block debug graphs with `debug_graphs` (the search traces the forward one itself,
+    when it ranks blocks)."""
     model, cfg = ckpt.model, ckpt.config
     precision = traced_precision(opts.precision)
     net = prepare(model, precision)  # the forward and the inverse share it; the debug graphs tap their own
-    modules = [
-        (FORWARD, lambda: ForwardGraph(net), cfg.in_shape, True),
-        (INVERSE, lambda: InverseGraph(net, opts.projection), cfg.z_shape, True),
-    ]
-    if opts.debug_graphs or opts.precision == AUTO:  # the search ranks blocks on the forward one
-        modules.append((FORWARD_BLOCKS, lambda: ForwardBlocksGraph(prepare(model, precision)), cfg.in_shape, False))
-    if opts.debug_graphs:
-        modules.append(
-            (INVERSE_BLOCKS, lambda: InverseBlocksGraph(prepare(model, precision), opts.projection), cfg.z_shape, False))
+    modules = {
+        FORWARD: (lambda: ForwardGraph(net), cfg.in_shape, True),
+        INVERSE: (lambda: InverseGraph(net, opts.projection), cfg.z_shape, True),
+        FORWARD_BLOCKS: (lambda: ForwardBlocksGraph(prepare(model, precision)), cfg.in_shape, False),
+        INVERSE_BLOCKS: (lambda: InverseBlocksGraph(prepare(model, precision), opts.projection), cfg.z_shape, False),
+    }
+    if names is None:
+        names = (FORWARD, INVERSE, FORWARD_BLOCKS, INVERSE_BLOCKS) if opts.debug_graphs else (FORWARD, INVERSE)
     graphs = {}
-    for name, module, shape, strict in modules:
+    for name in names:
+        module, shape, strict = modules[name]
         log(f"exporting the {name} graph")
         start = time.perf_counter()
         example = torch.zeros(min(2, opts.max_batch), *shape)

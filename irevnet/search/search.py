@@ -3,7 +3,8 @@
 1. Every graph is traced once and the int8 ranges measured once (export.bundle's trace and
    measure_lowering); every plan's graphs derive from them (export.bundle.lower).
 2. Blocks are ranked by the drift each adds when it alone is reduced to int8 (search/sensitivity.py,
-   on the calibration images, through the forward debug graph).
+   on the calibration images, through the forward debug graph), where uniform int8 misses the
+   budget: a budget that every block in int8 meets needs no ranking, nor the debug graph.
 3. Starting from every block in int8, the most sensitive blocks are raised to fp32 (fp16 is not
    a fast path on the CPU backends, bf16 has no plan entry: `not_picked`), the count found by
    doubling, then bisection: the plan with the k most sensitive blocks raised is judged for
@@ -95,7 +96,7 @@ class PlanSearch:
     budget: Budget
     backend: str
     bench_batch: int
-    sensitivity: list[float]  # per block: the drift it adds alone in int8
+    sensitivity: list[float]  # per block: the drift it adds alone in int8 (empty: uniform int8 met the budget)
     tried: list[Candidate]  # in the order tried; the search's decisions
     uniform: list[Candidate]  # fp32, mixed, int8, for the frontier
     chosen: Candidate
@@ -366,20 +367,26 @@ class _Lent:
 def _search(context: _Context) -> PlanSearch:
     """The search of the module docstring, over the context's plans."""
     from ..contract import FORWARD_BLOCKS
-    from ..export.bundle import Lowering, calibration_images, lower
+    from ..export.bundle import Lowering, calibration_images, lower, trace
     from .sensitivity import block_sensitivity
 
-    opts, traced, log = context.opts, context.traced, context.log
+    opts, log = context.opts, context.log
     budget = Budget.parse(opts.budget)
     b = context.ckpt.config.num_blocks
-    log("ranking the blocks by the drift each adds alone in int8")
     calibration, source = calibration_images(context.ckpt, opts, context.samples.images)
-    calibration = calibration.numpy()
-    unsnapped = Lowering(context.lowering.calibration, None)
-    sensitivity = block_sensitivity(lower(traced, FORWARD_BLOCKS, None, unsnapped),
-                                    lower(traced, FORWARD_BLOCKS, PrecisionPlan.uniform(BlockPrecision.int8, b), unsnapped),
-                                    calibration.astype(np.float32), context.batch)
-    order = sorted(range(b), key=lambda i: -sensitivity[i])
+    sensitivity: list[float] = []
+
+    def ranked() -> list[int]:
+        """The blocks, most sensitive first: measured only when a block must be raised."""
+        log("ranking the blocks by the drift each adds alone in int8")
+        blocks = trace(context.ckpt, opts, log, names=(FORWARD_BLOCKS,))
+        unsnapped = Lowering(context.lowering.calibration, None)
+        sensitivity.extend(block_sensitivity(
+            lower(blocks, FORWARD_BLOCKS, None, unsnapped),
+            lower(blocks, FORWARD_BLOCKS, PrecisionPlan.uniform(BlockPrecision.int8, b), unsnapped),
+            calibration.numpy().astype(np.float32), context.batch))
+        return sorted(range(b), key=lambda i: -sensitivity[i])
+
     notes = not_picked(opts.search_backend)
     tried: list[Candidate] = []
 
@@ -391,7 +398,7 @@ def _search(context: _Context) -> PlanSearch:
     def meets(c: Candidate) -> bool:
         return c.verified and budget.met(c.search.agreement, c.search.logits_p99)
 
-    climb(b, order, judge)
+    climb(b, ranked, judge)
     fp32 = PrecisionPlan.uniform(BlockPrecision.fp32, b)
     if not any(c.plan == fp32 for c in tried):  # the plan every budget within reach is met by, timed beside the others
         judge(fp32, BlockPrecision.fp32.value)
@@ -420,12 +427,15 @@ def _search(context: _Context) -> PlanSearch:
                       len(tried), time.monotonic() - context.start)
 
 
-def climb(num_blocks: int, order: list[int], judge: Callable[[PrecisionPlan, str], bool]) -> None:
-    """Step 3: from every block in int8, raises the blocks in `order` (most sensitive first) to
-    fp32, k of them for k = 1, 2, 4, ... until `judge` says a plan meets the budget, then bisects
-    for the fewest. Plans judged: 1, then at most ceil(log2 B) + 1 while doubling and fewer than
-    ceil(log2 B) while bisecting, at most B + 1 (tests/search checks B = 1..128).
+def climb(num_blocks: int, rank: Callable[[], list[int]], judge: Callable[[PrecisionPlan, str], bool]) -> None:
+    """Step 3: from every block in int8, raises the blocks in the order `rank()` gives (most
+    sensitive first; called only when uniform int8 misses) to fp32, k of them for k = 1, 2, 4, ...
+    until `judge` says a plan meets the budget, then bisects for the fewest. Plans judged: 1, then
+    at most ceil(log2 B) + 1 while doubling and fewer than ceil(log2 B) while bisecting, at most
+    B + 1 (tests/search checks B = 1..128).
     """
+    order: list[int] = []
+
     def raised(k: int) -> PrecisionPlan:
         blocks = [BlockPrecision.int8] * num_blocks
         for i in order[:k]:
@@ -438,6 +448,7 @@ def climb(num_blocks: int, order: list[int], judge: Callable[[PrecisionPlan, str
 
     if tried(0):
         return
+    order.extend(rank())
     low, high, k = 0, None, 1  # with `low` blocks raised the budget was missed, with `high` met
     while high is None:
         k = min(k, num_blocks)

@@ -275,8 +275,15 @@ def test_demo_fast_runs_the_whole_pipeline(tmp_path):
     for name in ("run/best.pt", "bundle-fp32/manifest.json", "inversion.png", "error_vs_depth.png"):
         assert (out / name).is_file(), name
     assert "summary" in result.output and "test top-1" in result.output
-    # a rerun replaces the previous demo's outputs instead of refusing the existing run
-    assert runner.invoke(app, ["demo", "--fast", "--out", str(out)]).exit_code == 0
+    # a rerun replaces the previous demo's outputs instead of refusing them: the checks it makes
+    # before any work take the folders this run left for its own (the replacement itself is
+    # atomic_directory's, tested in tests/io/test_files.py)
+    from irevnet.io.files import check_replaceable
+    from irevnet.runtime.bundle import is_bundle_folder
+    from irevnet.training.records import is_run_folder
+
+    check_replaceable(out / "bundle-fp32", is_bundle_folder, "bundle")
+    check_replaceable(out / "run", is_run_folder, "run folder")
 
 
 def test_demo_refuses_a_file_as_out(tmp_path):

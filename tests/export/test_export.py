@@ -1,4 +1,5 @@
 import json
+import shutil
 from collections import Counter
 
 import numpy as np
@@ -169,8 +170,8 @@ def test_f_subgraphs_are_identical_and_the_weights_shared(bundles):
     assert convs == sorted(f"block{i}" for i in range(6) for _ in range(3))
 
 
-def test_failed_verification_leaves_no_bundle_and_keeps_the_old_one(trained_tiny, tmp_path, monkeypatch):
-    out = export_tiny(trained_tiny, tmp_path / "bundle", debug_graphs=False)
+def test_failed_verification_leaves_no_bundle_and_keeps_the_old_one(trained_tiny, bundles, tmp_path, monkeypatch):
+    out = shutil.copytree(bundles[Precision.fp32], tmp_path / "bundle")  # an export of trained_tiny
     before = (out / MANIFEST).read_bytes()
     from irevnet.runtime import comparison as compare
 
@@ -185,14 +186,14 @@ def test_failed_verification_leaves_no_bundle_and_keeps_the_old_one(trained_tiny
     assert not (tmp_path / "new").exists()
 
 
-def test_a_manifest_the_reader_would_refuse_is_never_written(trained_tiny, tmp_path, monkeypatch):
+def test_a_manifest_the_reader_would_refuse_is_never_written(trained_tiny, bundles, tmp_path, monkeypatch):
     """The exporter checks its manifest with the rules Bundle.open enforces before the swap: a field
     over the schema's bounds (here a version string, as a long dataset path once was) or a value
     JSON cannot carry is one line, and the good bundle already there stays."""
     from irevnet.errors import BundleError
     from irevnet.export import bundle as export_module
 
-    out = export_tiny(trained_tiny, tmp_path / "bundle", debug_graphs=False)
+    out = shutil.copytree(bundles[Precision.fp32], tmp_path / "bundle")  # an export of trained_tiny
     before = (out / MANIFEST).read_bytes()
     for versions, message in (({"torch": "x" * 1000}, "field 'versions.torch' is invalid"),
                               ({"torch": b"2.14"}, "cannot be written as JSON")):
@@ -221,7 +222,7 @@ def test_reference_format_checkpoints_export(tmp_path):
 
 
 @pytest.mark.parametrize("gate", ["each graph as exported", "the finished bundle, opened as a reader opens it"])
-def test_an_operator_the_readers_refuse_is_never_written(trained_tiny, tmp_path, monkeypatch, gate):
+def test_an_operator_the_readers_refuse_is_never_written(trained_tiny, bundles, tmp_path, monkeypatch, gate):
     """A graph with an operator outside the graph policy (a Neg beside the graph, as a torch
     release could emit one) fails the export in one line, and the bundle already there stays:
     export checks every graph with the readers' policy, and before the swap it opens the finished
@@ -229,7 +230,7 @@ def test_an_operator_the_readers_refuse_is_never_written(trained_tiny, tmp_path,
     from irevnet.errors import IRevNetError
     from irevnet.export import bundle as export_module
 
-    out = export_tiny(trained_tiny, tmp_path / "bundle", debug_graphs=False)
+    out = shutil.copytree(bundles[Precision.fp32], tmp_path / "bundle")  # an export of trained_tiny
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     export_graph = export_module.export_graph
 
@@ -282,10 +283,10 @@ def test_a_long_dataset_path_is_recorded_in_a_readable_manifest(trained_tiny, tm
     assert str(root) in manifest.normalization.source
 
 
-def test_a_folder_irevnet_no_longer_writes_is_not_taken_for_its_own(trained_tiny, tmp_path):
+def test_a_folder_irevnet_no_longer_writes_is_not_taken_for_its_own(trained_tiny, bundles, tmp_path):
     """`ort_trt_cache` was once written into bundles; a user's folder of that name inside an export
     target must not make it count as irevnet's (a re-export would delete it)."""
-    out = export_tiny(trained_tiny, tmp_path / "bundle", debug_graphs=False)
+    out = shutil.copytree(bundles[Precision.fp32], tmp_path / "bundle")  # an export of trained_tiny
     (out / "ort_trt_cache").mkdir()
     (out / "ort_trt_cache" / "notes.txt").write_text("mine")
     with pytest.raises(Exception, match="not an irevnet bundle|holds files") as err:

@@ -15,7 +15,7 @@ from tests.conftest import export_tiny, json_objects
 
 
 @pytest.fixture(scope="module")
-def manifests(bundles, trained_tiny, tmp_path_factory, fake_trt_module):
+def manifests(bundles, int8_bundle, plan_bundle, trained_tiny, tmp_path_factory, fake_trt_module):
     """name -> manifest, one per variant the code can produce."""
     from irevnet.runtime.trt_build import BuildOptions, build_engines
 
@@ -24,11 +24,10 @@ def manifests(bundles, trained_tiny, tmp_path_factory, fake_trt_module):
         "fp32 with debug graphs": bundles[Precision.fp32],
         "mixed, exact coupling": bundles[Precision.mixed],
         "fp16 without debug graphs": bundles[Precision.fp16],
-        "int8, exact coupling": export_tiny(trained_tiny, root / "quantized", Precision.int8, debug_graphs=False),
+        "int8, exact coupling": int8_bundle,
         "mixed without exact coupling": export_tiny(trained_tiny, root / "uncoupled", Precision.mixed, exact_coupling=False,
                                                     debug_graphs=False),
-        "a precision plan (int8, fp16, fp32 blocks)": export_tiny(trained_tiny, root / "planned", debug_graphs=False,
-                                                                  precision_plan="int8,fp16,fp32,int8,int8,int8"),
+        "a precision plan (int8, fp16, fp32 blocks)": plan_bundle,
     }
     fake_trt_module("10.13.0.35")
     for name, debug in (("fp32 with engines and debug engines", True), ("int8 with engines", False)):

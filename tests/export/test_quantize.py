@@ -25,14 +25,14 @@ from irevnet.contract import (
 )
 from irevnet.runtime import Bundle, Invertible
 from irevnet.runtime.verify import VerifyOptions, verify
-from tests.conftest import export_tiny
 
 COUPLING_OPS = {"Add", "Sub", "SpaceToDepth", "DepthToSpace", "Pad", "Slice", "Concat", "Mul"}
 
 
 @pytest.fixture(scope="module")
-def int8_bundle(trained_tiny, tmp_path_factory):
-    return Bundle.open(export_tiny(trained_tiny, tmp_path_factory.mktemp(Precision.int8) / "b", Precision.int8))
+def int8_bundle(int8_bundle):
+    """The shared int8 bundle (tests/conftest.py), opened."""
+    return Bundle.open(int8_bundle)
 
 
 def _graph(bundle: Bundle, name: str) -> onnx.ModelProto:

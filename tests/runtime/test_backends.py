@@ -72,3 +72,30 @@ def test_options_for_several_backends_need_one_that_takes_each():
     VerifyOptions(["b"], checkpoint="c.pt")  # verify's live PyTorch reference, whichever backends run
     with pytest.raises(OptionNotTaken, match="^-b onnxruntime does not take --device"):
         refuse_options_not_taken(["onnxruntime"], BackendOptions(device="cuda"))
+
+
+@pytest.mark.parametrize("kind", ["onnxruntime", "openvino"])
+def test_a_graph_outside_a_bundle_runs_as_the_bundles_own(bundles, kind):
+    """open_graph (what the precision search judges its plans with) runs a graph's bytes as the
+    bundle's backend runs the bundle's graph: the same outputs to fp32 rounding (ONNX Runtime
+    optimizes a bundle's graph once per machine and these bytes in the session: the kernels may
+    sum in another order), and the same checks of the feed."""
+    import numpy as np
+
+    from irevnet.contract import IMAGE, LOGITS, REFERENCE_IMAGES, Z
+    from irevnet.errors import IRevNetError
+    from irevnet.metrics import rel_l2
+    from irevnet.runtime.backends import GRAPH_BACKENDS, InputError, open_graph
+
+    assert kind in GRAPH_BACKENDS
+    bundle = Bundle.open(bundles[Precision.fp32])
+    x = bundle.reference(REFERENCE_IMAGES).images
+    own = open_backend(kind, bundle, FORWARD).infer({IMAGE: x})
+    graph = open_graph(kind, bundle.graph_bytes(FORWARD), [LOGITS, Z], max_batch=bundle.max_batch, origin="plan 1")
+    out = graph.infer({IMAGE: x})
+    assert set(out) == {LOGITS, Z}
+    assert rel_l2(out[Z], own[Z]) <= 1e-6 and rel_l2(out[LOGITS], own[LOGITS]) <= 1e-6
+    with pytest.raises(InputError, match="outside the exported range"):
+        graph.infer({IMAGE: np.resize(x, (bundle.max_batch + 1, *x.shape[1:]))})
+    with pytest.raises(IRevNetError, match="runs the graphs of a bundle"):
+        open_graph("torch", bundle.graph_bytes(FORWARD), [LOGITS, Z])

@@ -89,7 +89,8 @@ def test_a_ratio_whose_rounds_disagree_is_marked_noisy():
     assert swinging[0].speedup is None and swinging[0].baseline == "torch fp32", "the baseline is not its own ratio"
 
 
-def test_bundles_of_one_model_are_benched_side_by_side(bundles, trained_tiny, trained_tiny_bijective, tmp_path):
+def test_bundles_of_one_model_are_benched_side_by_side(bundles, int8_bundle, trained_tiny, trained_tiny_bijective,
+                                                       tmp_path):
     """fp32 and int8 exports of one model alternate in the same rounds; the speedup of each is
     against PyTorch on the first bundle, the rows say which bundle they timed, and the pair no
     backend can run (torch on int8) is skipped with its reason, by bench and by verify."""
@@ -98,7 +99,7 @@ def test_bundles_of_one_model_are_benched_side_by_side(bundles, trained_tiny, tr
     from irevnet.runtime.verify import VerifyOptions, verify
     from tests.conftest import export_tiny
 
-    int8 = export_tiny(trained_tiny, tmp_path / Precision.int8, Precision.int8, debug_graphs=False)
+    int8 = int8_bundle
     r = bench_module.bench(bench_module.BenchOptions(bundles=[str(bundles[Precision.fp32]), str(int8)], backends=["onnxruntime", "torch"],
                                                      direction=FORWARD, batch_sizes=[1], warmup_s=0, iterations=2)).to_dict()
     assert [b["precision"] for b in r["bundles"]] == [Precision.fp32, Precision.int8]

@@ -483,7 +483,7 @@ def test_sigterm_stops_a_run_inside_the_runtime(bundles, tmp_path, backend):
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "irevnet", "verify", str(bundle), "-b", backend, "--no-blocks"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    time.sleep(10)  # inside the first forward run: measured about 1 s to start, then a minute per run
+    time.sleep(6)  # inside the first forward run: measured about 1 s to start, then a minute per run
     assert proc.poll() is None, proc.communicate()
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)

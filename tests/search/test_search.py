@@ -54,6 +54,8 @@ def test_every_plan_tried_inverts_at_the_inputs_rounding(searched):
     forward and inverse graphs, derived from one trace as the export derives them, take held-out
     digits to z and back at the grid's rounding (<= 1e-6 rel. L2), and the chosen bundle's own
     verified round trip is there too."""
+    import dataclasses
+
     import numpy as np
     import onnxruntime as ort
     import torch
@@ -70,8 +72,12 @@ def test_every_plan_tried_inverts_at_the_inputs_rounding(searched):
     assert round_trip and round_trip.rel_l2 <= 1e-6
     x = Bundle.open(out).reference(REFERENCE_IMAGES).images
     ckpt = load_checkpoint(opts.checkpoint)
-    traced = trace(ckpt, opts)
-    lowering = measure_lowering(ckpt, opts, traced, Samples(torch.from_numpy(x), None, {}), None)
+    # the graphs and the int8 ranges as the search had them (the same calibration images), without
+    # the debug graph the search ranks blocks on
+    uniform = dataclasses.replace(opts, precision=Precision.int8.value, budget=None)
+    traced = trace(ckpt, uniform)
+    lowering = measure_lowering(ckpt, uniform, traced, Samples(torch.from_numpy(x), None, {}),
+                                PrecisionPlan.uniform(BlockPrecision.int8, ckpt.config.num_blocks))
     for c in [*search.tried, *search.uniform]:
         forward, inverse = (ort.InferenceSession(lower(traced, name, c.plan, lowering).SerializeToString(),
                                                  providers=["CPUExecutionProvider"]) for name in (FORWARD, INVERSE))
@@ -143,13 +149,15 @@ def test_the_climb_finds_the_fewest_blocks_to_raise_within_b_plus_2_plans(blocks
     order = list(range(blocks))[::-1]
     for t in range(blocks + 1):
         judged: list[PrecisionPlan] = []
+        ranked: list[bool] = []
 
         def judge(plan: PrecisionPlan, label: str, judged=judged, t=t) -> bool:
             judged.append(plan)
             return sum(p is BlockPrecision.fp32 for p in plan.blocks) >= t
 
-        climb(blocks, order, judge)
+        climb(blocks, lambda ranked=ranked: ranked.append(True) or order, judge)
         assert len(judged) <= blocks + 1
+        assert ranked == ([True] if t else []), "the blocks are ranked once, and only when uniform int8 misses"
         fewest = min((p for p in judged if sum(q is BlockPrecision.fp32 for q in p.blocks) >= t),
                      key=lambda p: sum(q is BlockPrecision.fp32 for q in p.blocks))
         assert sum(q is BlockPrecision.fp32 for q in fewest.blocks) == t

@@ -108,17 +108,17 @@ def test_second_derivatives_are_refused_clearly():
         g.sum().backward()
 
 
-def test_memory_efficient_training_matches_standard_on_digits(tmp_path):
+def test_memory_efficient_training_learns_the_digits(tmp_path):
     from irevnet.training.loop import train
     from irevnet.training.options import TrainOptions
 
-    std = train(TrainOptions(dataset="digits", out=str(tmp_path / "std"), epochs=6, device="cpu"))
     eff = train(TrainOptions(dataset="digits", out=str(tmp_path / "eff"), epochs=6, device="cpu", memory_efficient=True))
-    # Same seed; per-step gradients agree to ~1e-6, but SGD amplifies such differences over
-    # hundreds of steps, so the runs diverge like runs of different seeds (measured final train
-    # loss 0.045 vs 0.060; best held-out top-1 98% vs 98% on one CPU, 97.2% vs 94.2% with SSE4.1
+    # Per-step gradients agree with standard backprop's to ~1e-6 (test_gradients_equal_...), but
+    # SGD amplifies such differences over hundreds of steps, so the two runs of one seed diverge
+    # like runs of different seeds (measured 6 epochs each: final train loss 0.045 standard vs 0.060
+    # memory-efficient, best held-out top-1 98% vs 98% on one CPU, 97.2% vs 94.2% with SSE4.1
     # kernels). What must hold on any CPU: the memory-efficient run learns as a run does.
-    assert eff.best_top1 >= 90.0 and std.best_top1 >= 90.0
+    assert eff.best_top1 >= 90.0
     assert eff.final["train_loss"] < 0.2
 
 
