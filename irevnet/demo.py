@@ -115,13 +115,10 @@ def _accuracy(checkpoint: Path, bundle_path: Path) -> dict[str, float]:
     data = load_datasets("digits", ckpt.config.in_shape, augment=False)
     torch_top1 = evaluate(ckpt.model, data.test, resolve_device("cpu"))["top1"]
     bundle = Bundle.open(bundle_path)
-    correct = 0
+    x = np.stack([img.numpy() for img, _ in data.test])  # 360 images of 16x16: 0.4 MB
+    labels = np.array([label for _, label in data.test])
     with open_backend("onnxruntime", bundle, FORWARD) as fwd:
-        for start in range(0, len(data.test), bundle.max_batch):
-            items = [data.test[i] for i in range(start, min(start + bundle.max_batch, len(data.test)))]
-            x = np.stack([img.numpy() for img, _ in items])
-            labels = np.array([label for _, label in items])
-            correct += int((fwd.infer({IMAGE: x})[LOGITS].argmax(1) == labels).sum())
+        correct = int((fwd.infer_in_batches({IMAGE: x}, [LOGITS])[LOGITS].argmax(1) == labels).sum())
     return {"images": len(data.test), "top1_pytorch": torch_top1, "top1_onnx": 100 * correct / len(data.test)}
 
 

@@ -184,12 +184,12 @@ def verify(opts: VerifyOptions, log: Callable[[str], None] = lambda m: None) -> 
                 log(f"{bundle.precision}: running {kind}")
                 fwd = opened.enter_context(_open(kind, bundle, FORWARD, opts))
                 inv = opened.enter_context(_open(kind, bundle, INVERSE, opts))
-                out = _in_batches(fwd, IMAGE, x)
-                x_hat = _in_batches(inv, Z, out[Z])[IMAGE]
+                out = fwd.infer_in_batches({IMAGE: x})
+                x_hat = inv.infer_in_batches({Z: out[Z]})[IMAGE]
                 inverses[fwd.name], outputs[fwd.name] = (kind, inv), out
                 report.round_trip.append(RoundTrip.measure(bundle.precision, fwd.name, fwd.name, kind, x_hat, x, norm, tol.round_trip))
                 if reference[Z] is not None:  # PyTorch's z, inverted here: z made elsewhere
-                    x_from_ref = _in_batches(inv, Z, reference[Z])[IMAGE]
+                    x_from_ref = inv.infer_in_batches({Z: reference[Z]})[IMAGE]
                     report.cross_round_trip.append(
                         RoundTrip.measure(bundle.precision, "PyTorch fp32", fwd.name, kind, x_from_ref, x, norm, tol.cross))
                 if reference[LOGITS] is not None:
@@ -198,7 +198,7 @@ def verify(opts: VerifyOptions, log: Callable[[str], None] = lambda m: None) -> 
             for a_name, out in outputs.items():  # z from one backend, inverted on another
                 for b_name, (b_kind, inv) in inverses.items():
                     if b_name != a_name:
-                        x_cross = _in_batches(inv, Z, out[Z])[IMAGE]
+                        x_cross = inv.infer_in_batches({Z: out[Z]})[IMAGE]
                         report.cross_round_trip.append(
                             RoundTrip.measure(bundle.precision, a_name, b_name, b_kind, x_cross, x, norm, tol.cross))
         if opts.blocks:
@@ -224,13 +224,6 @@ def _has_torch() -> bool:
         return importlib.util.find_spec("torch") is not None
     except (ImportError, ValueError):  # blocked, or a broken installation
         return False
-
-
-def _in_batches(backend, name: str, x: np.ndarray) -> dict[str, np.ndarray]:
-    """backend.infer over x in slices of the graph's largest batch, concatenated."""
-    step = backend.max_batch or len(x)
-    parts = [backend.infer({name: x[i:i + step]}) for i in range(0, len(x), step)]
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def _inputs(bundle: Bundle, opts: VerifyOptions) -> tuple[np.ndarray, np.ndarray | None, str, list[str]]:

@@ -330,7 +330,7 @@ class _Context:
         runners = {id(c): self.graphs[id(c)] for c in candidates}
         x = tiled_input(ReferenceSamples(images=self.verification[0]), FORWARD, self.batch)
         rounds = 5
-        measured = alternate(runners, {IMAGE: x}, warmup_s=0.2, duration_s=self.opts.search_bench_s * len(candidates),
+        measured = alternate(runners, {IMAGE: x}, warmup_s=0.2, duration_s=self.opts.search_bench_s,
                              counts=[None] * rounds)
         for c in candidates:
             c.median_ms = LatencyStats.of([t for latencies, _ in measured[id(c)] for t in latencies], self.batch).median_ms

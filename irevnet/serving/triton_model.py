@@ -124,9 +124,7 @@ class Graph:
             return responses
         names = [name for name in self.outputs if name in wanted]
         batch = np.concatenate(feeds)
-        step = self.backend.max_batch or len(batch)
-        parts = [self.backend.infer({self.input: batch[i:i + step]}, names) for i in range(0, len(batch), step)]
-        out = {name: np.concatenate([p[name] for p in parts]) for name in names}
+        out = self.backend.infer_in_batches({self.input: batch}, names)
         start = 0
         for i, x in zip(owners, feeds):
             asked = set(requests[i].requested_output_names() or self.outputs)

@@ -156,6 +156,14 @@ class Backend(ABC):
             raise GraphFailed(f"{self.origin}: {self.name} failed running it ({self._error_line(e)}); the graph is malformed, "
                               f"re-export the bundle") from None
 
+    def infer_in_batches(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        """`infer` over feeds of any length, in slices of the graph's largest batch, the outputs
+        concatenated (what verify, the served model and the demo run their whole inputs with)."""
+        n = len(next(iter(feeds.values())))
+        step = self.max_batch or n
+        parts = [self.infer({name: a[i:i + step] for name, a in feeds.items()}, outputs) for i in range(0, n, step)]
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
     def _error_line(self, e: BaseException) -> str:
         """The runtime's exception in one short line."""
         return shown(e)
