@@ -147,6 +147,19 @@ def _sigterm_as_exception():
         os.close(write_fd)  # the watcher's read returns empty; it closes its end and ends
 
 
+def _terminated_whatever_it_became(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """fn(...), with an error raised after a SIGTERM reported as the termination it is: a library
+    may turn the Terminated raised inside it into an error of its own (ONNX Runtime's import turns
+    any exception into ImportError('import numpy failed'), which read as "onnxruntime is not
+    installed", exit 2)."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception:
+        if _terminating:
+            raise Terminated from None
+        raise
+
+
 def command(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Registers a CLI command whose library errors become one line and an exit code."""
 
@@ -154,7 +167,7 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             with _sigterm_as_exception():
-                return fn(*args, **kwargs)
+                return _terminated_whatever_it_became(fn, *args, **kwargs)
         except IRevNetError as e:
             _fail(_one_line(e), 2)
         except CheckFailed as e:

@@ -15,9 +15,10 @@
    (no bundle is written for it): checked against PyTorch fp32 on the export's verification
    samples with the plan's tolerances (one that misses them is never chosen), judged by the
    whole-dataset evaluation against PyTorch fp32 on the search images, and measured on the
-   held-out split for the report. Then every plan's forward is timed side by side on that backend
-   (alternating rounds, as `irevnet bench` times bundles), and the fastest plan that met the
-   budget on the search images is chosen. The export then writes and verifies its bundle (the
+   held-out split for the report. The plans' forwards are timed side by side on that backend
+   (alternating rounds, as `irevnet bench` times bundles; up to OPEN_AT_ONCE together, whose
+   sessions are then closed), and the fastest plan that met the budget on the search images is
+   chosen. The export then writes and verifies its bundle (the
    round trip included) as any export does, and the bundle, as written, is judged on the held-out
    split, which no decision saw.
 
@@ -51,6 +52,11 @@ if TYPE_CHECKING:
     from ..export.options import ExportOptions
     from ..io.checkpoint import Checkpoint
     from ..io.splits import Split
+
+
+# plans whose sessions stay open to be timed side by side, at most: each holds its plan's weights
+# (irevnet-301 peaked at 12.4 GB resident with 15 open at once)
+OPEN_AT_ONCE = 8
 
 
 @dataclass(frozen=True)
@@ -218,7 +224,7 @@ class _Context:
         self.ckpt, self.opts, self.traced, self.lowering, self.samples, self.log = ckpt, opts, traced, lowering, samples, log
         self.start = time.monotonic()
         self.scratch: Path | None = None
-        self.graphs: dict[int, Any] = {}  # id() of a candidate -> its forward graph's backend, until timed
+        self.graphs: dict[int, tuple[Candidate, Any]] = {}  # id() of a candidate -> it, its forward graph's backend
         shape = tuple(ckpt.config.in_shape)
         train = open_split(opts.dataset, "train", shape)
         # the export calibrates on the training split's first images; the search decides on a
@@ -302,11 +308,13 @@ class _Context:
         parity = Parity.measure(plan.precision.value, backend.name, backend.infer({IMAGE: x}), logits, z,
                                 tolerance_for(plan.tolerance_precision, grid))
         found = Candidate(label, plan, verified=bool(parity))
-        self.graphs[id(found)] = backend
+        self.graphs[id(found)] = (found, backend)
         graph = self._target(backend, origin, hashlib.sha256(model).hexdigest())
         if decide:
             found.search = self.measure(graph, self.search_split)
         found.held_out = self.measure(graph, self.held_out)
+        if len(self.graphs) >= OPEN_AT_ONCE:
+            self.time()
         return found
 
     def _target(self, backend, origin: str, sha256: str) -> Target:
@@ -318,22 +326,25 @@ class _Context:
         return Target("graph", origin, sha256, self.checkpoint_sha256, self.traced.weights_sha256, Precision.plan.value,
                       tuple(cfg.in_shape), cfg.num_classes, self.opts.max_batch, lambda round_trip: (_Lent(backend), None))
 
-    def time(self, candidates: list[Candidate]) -> None:
-        """Each candidate's forward at the search batch on the target backend, in alternating
-        rounds (runtime.timing.alternate, as `irevnet bench` times bundles side by side): a machine
-        that slows down mid-run slows every plan alike."""
+    def time(self) -> None:
+        """The forward of each plan not yet timed, at the search batch on the target backend, in
+        alternating rounds (runtime.timing.alternate, as `irevnet bench` times bundles side by
+        side): a machine that slows down mid-run slows every plan alike. Then their sessions are
+        closed: plans are timed as they come, OPEN_AT_ONCE at a time, and at the end."""
         from ..contract import FORWARD, IMAGE
         from ..runtime.reference import ReferenceSamples
         from ..runtime.timing import LatencyStats, alternate, tiled_input
 
-        self.log(f"timing the forward of {len(candidates)} plans on {self.opts.search_backend}")
-        runners = {id(c): self.graphs[id(c)] for c in candidates}
+        if not self.graphs:
+            return
+        self.log(f"timing the forward of {len(self.graphs)} plans on {self.opts.search_backend}")
+        runners = {key: backend for key, (_, backend) in self.graphs.items()}
         x = tiled_input(ReferenceSamples(images=self.verification[0]), FORWARD, self.batch)
         rounds = 5
         measured = alternate(runners, {IMAGE: x}, warmup_s=0.2, duration_s=self.opts.search_bench_s,
                              counts=[None] * rounds)
-        for c in candidates:
-            c.median_ms = LatencyStats.of([t for latencies, _ in measured[id(c)] for t in latencies], self.batch).median_ms
+        for key, (c, _) in self.graphs.items():
+            c.median_ms = LatencyStats.of([t for latencies, _ in measured[key] for t in latencies], self.batch).median_ms
         self.close_graphs()
 
     @property
@@ -341,7 +352,7 @@ class _Context:
         return min(self.opts.search_batch, self.opts.max_batch)
 
     def close_graphs(self) -> None:
-        for backend in self.graphs.values():
+        for _, backend in self.graphs.values():
             backend.close()
         self.graphs.clear()
 
@@ -412,7 +423,7 @@ def _search(context: _Context) -> PlanSearch:
     for precision, label in ((BlockPrecision.fp16, Precision.mixed.value), (BlockPrecision.int8, Precision.int8.value)):
         plan = PrecisionPlan.uniform(precision, b)
         uniform.append(next((c for c in tried if c.plan == plan), None) or context.candidate(label, plan, decide=False))
-    context.time(list({id(c): c for c in [*tried, *uniform]}.values()))
+    context.time()  # those not timed yet
     chosen = min(meeting, key=lambda c: c.median_ms)  # the fastest of those that meet it
     first, searched = len(calibration), len(context.search_split)
     images = {

@@ -462,3 +462,29 @@ def test_every_help_reads_in_80_columns():
         indents = [len(line) - len(line.lstrip()) for line in options[1:] if line.startswith(" " * 8) and line.strip()]
         narrowest[name] = 80 - max(indents, default=0)
     assert min(narrowest.values()) >= 40, narrowest
+
+
+def test_a_sigterm_that_a_library_turns_into_its_own_error_still_exits_143(bundles, monkeypatch):
+    """ONNX Runtime's import turns any exception raised inside it into ImportError('import numpy
+    failed'), the Terminated of a SIGTERM included: a SIGTERM during an export's first `import
+    onnxruntime` exited 2 with "onnxruntime is not installed". Whatever a library makes of the
+    termination, the command exits 143 with the termination's line."""
+    import os
+    import signal
+    import time
+
+    from irevnet.runtime import verify as verify_module
+
+    def a_library_that_converts(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(2000):  # the handler raises Terminated between these bytecodes
+                time.sleep(0.001)
+        except BaseException:  # noqa: BLE001 - as the library does
+            raise ImportError("import numpy failed") from None
+        raise AssertionError("the SIGTERM was not delivered")
+
+    monkeypatch.setattr(verify_module, "verify", a_library_that_converts)
+    result = runner.invoke(app, ["verify", str(bundles[Precision.fp32]), "--no-blocks"])
+    assert result.exit_code == 143, result.output
+    assert result.output.strip().splitlines()[-1].startswith("error: terminated (SIGTERM)"), result.output

@@ -22,15 +22,31 @@ BUDGET = "logits<=0.005"
 SMALL = {"calibration": 64, "search_images": 96, "held_out": 120, "search_bench_s": 0.3, "max_batch": 8}
 
 
+TIMED_TOGETHER: list[int] = []  # the searched fixture's groups of plans timed side by side
+
+
 @pytest.fixture(scope="module")
 def searched(trained_tiny, tmp_path_factory):
+    """The search under BUDGET, with at most 3 plans' sessions open at once (OPEN_AT_ONCE is 8)."""
+    from _pytest.monkeypatch import MonkeyPatch
+
     from irevnet.export.options import ExportOptions
     from irevnet.search import export_searched
+    from irevnet.search import search as search_module
 
     out = tmp_path_factory.mktemp("search") / "auto"
     opts = ExportOptions(checkpoint=str(trained_tiny / "best.pt"), out=str(out), dataset="digits", precision="auto",
                          budget=BUDGET, debug_graphs=False, **SMALL)
-    return export_searched(opts), out, opts
+    time = search_module._Context.time
+
+    def counted(context):
+        TIMED_TOGETHER.append(len(context.graphs))
+        time(context)
+
+    with MonkeyPatch.context() as patch:
+        patch.setattr(search_module, "OPEN_AT_ONCE", 3)
+        patch.setattr(search_module._Context, "time", counted)
+        return export_searched(opts), out, opts
 
 
 def test_the_search_meets_a_budget_that_uniform_int8_misses_and_names_the_blocks_it_kept(searched):
@@ -84,6 +100,16 @@ def test_every_plan_tried_inverts_at_the_inputs_rounding(searched):
         z = forward.run([Z], {IMAGE: x})[0]
         back = inverse.run([IMAGE], {Z: z})[0]
         assert np.isfinite(back).all() and rel_l2(back, x) <= 1e-6, (c.label, rel_l2(back, x))
+
+
+def test_plans_are_timed_side_by_side_a_bounded_number_at_a_time(searched):
+    """Each plan's session holds its weights until it is timed: at most OPEN_AT_ONCE are open, then
+    they are timed together and closed; every plan shown gets its time."""
+    search = searched[0].search
+    shown = {id(c) for c in [*search.tried, *search.uniform]}
+    groups = [n for n in TIMED_TOGETHER if n]
+    assert len(groups) >= 2 and max(groups) <= 3 and sum(groups) == len(shown), TIMED_TOGETHER
+    assert all(c.median_ms is not None and c.median_ms > 0 for c in [*search.tried, *search.uniform])
 
 
 def test_the_images_that_calibrate_search_and_judge_are_disjoint(searched):
