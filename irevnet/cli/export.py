@@ -58,7 +58,7 @@ def export(
         help="--precision auto: what the plan must keep of PyTorch fp32: agreement>=A (top-1) and/or logits<=L "
              "(p99 rel. L2), comma-separated.")] = ExportOptions.budget,
     search_backend: Annotated[str, typer.Option(
-        help="--precision auto: where plans are timed and judged: onnxruntime or openvino.")
+        help="--precision auto: where plans are timed and judged: onnxruntime, openvino, or tensorrt (a GPU).")
     ] = ExportOptions.search_backend,
     search_images: Annotated[int, typer.Option(
         help="--precision auto: training images after the calibration's that the search decides on.")

@@ -42,7 +42,7 @@ class ExportOptions:
     precision_plan: str | None = None
     # precision auto: the search (irevnet/search) picks the fastest plan that meets this budget
     budget: str | None = None  # agreement>=A and/or logits<=L against PyTorch fp32
-    search_backend: str = "onnxruntime"  # where plans are timed and judged: onnxruntime or openvino
+    search_backend: str = "onnxruntime"  # where plans are timed and judged: onnxruntime, openvino, tensorrt
     search_images: int = 256  # training images after the calibration's that the search decides on
     held_out: int | None = None  # the first N images of the held-out split that judge (default: all)
     search_batch: int = 8  # the batch plans are timed and evaluated at
@@ -94,11 +94,9 @@ class ExportOptions:
             raise IRevNetError("--frontier draws the plans a search tried: give it with --precision auto")
         if self.frontier is not None:
             check.paths(self, "frontier")
-        if self.search_backend == "tensorrt":
-            raise IRevNetError("--search-backend tensorrt: the search judges and times each plan's graph in memory, "
-                               "without engines, on onnxruntime or openvino; build the chosen bundle after")
-        if self.search_backend not in ("onnxruntime", "openvino"):
-            raise IRevNetError(f"--search-backend {self.search_backend[:40]!r}: choose onnxruntime or openvino")
+        if self.search_backend not in ("onnxruntime", "openvino", "tensorrt"):
+            raise IRevNetError(f"--search-backend {self.search_backend[:40]!r}: choose onnxruntime, openvino or "
+                               f"tensorrt")
         check.integer("search_images", self.search_images, 1, 10**7)
         check.integer("held_out", self.held_out, 1, optional=True)
         check.integer("search_batch", self.search_batch, 1, check.MAX_BATCH)

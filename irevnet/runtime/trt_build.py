@@ -98,34 +98,22 @@ def build_engines(opts: BuildOptions, log: Callable[[str], None] = lambda m: Non
     builder = trt.Builder(logger)
     cache_path = Path(opts.timing_cache) if opts.timing_cache else bundle.path / TIMING_CACHE
     graphs = [FORWARD, INVERSE] + ([FORWARD_BLOCKS, INVERSE_BLOCKS] if opts.debug else [])
-    cache = None
+    cache, previous = None, _previous_cache(bundle, cache_path, opts)
     engines = {}
     for graph in graphs:
         log(f"building {engine_file(graph)}")
-        config = builder.create_builder_config()
-        if cache is None:  # one cache for every graph: identical F layers are timed once
-            cache = config.create_timing_cache(_previous_cache(bundle, cache_path, opts))
-        config.set_timing_cache(cache, False)
-        _configure(trt, config, opts)
-        network, parser = _parse(trt, builder, logger, bundle.graph_bytes(graph), bundle.graphs[graph].file)
-        (name,) = [network.get_input(i).name for i in range(network.num_inputs)]
-        feature_shape = list(network.get_input(0).shape)[1:]
-        optimization = builder.create_optimization_profile()
-        optimization.set_shape(name, *profile.shapes(feature_shape))
-        config.add_optimization_profile(optimization)
         start = time.perf_counter()
-        serialized = builder.build_serialized_network(network, config)
-        if serialized is None:
-            raise IRevNetError(f"TensorRT could not build {engine_file(graph)}: {logger.errors()}")
+        # one cache for every graph: identical F layers are timed once
+        serialized, cache = _engine(trt, builder, logger, opts, profile, bundle.graph_bytes(graph),
+                                    bundle.graphs[graph].file, cache, previous)
         file = engine_file(graph)
         with atomic_output(bundle.path / file) as tmp:
-            tmp.write_bytes(bytes(serialized))
+            tmp.write_bytes(serialized)
         engines[graph] = {
             "file": file,
             "bytes": (bundle.path / file).stat().st_size,
             "build_seconds": round(time.perf_counter() - start, 2),
         }
-        del parser
     with atomic_output(cache_path) as tmp:
         tmp.write_bytes(bytes(cache.serialize()))
     section = {
@@ -145,6 +133,49 @@ def build_engines(opts: BuildOptions, log: Callable[[str], None] = lambda m: Non
     }
     _record(bundle, section, cache_path)
     return section
+
+
+class GraphEngines:
+    """Engines of graphs outside a bundle (the precision search's plans, judged before any bundle
+    is written), built as `irevnet build` builds a bundle's with its default options (strongly
+    typed, TF32 off): one builder and one timing cache for all of them, so that the F layers the
+    plans share are timed once. Checks for TensorRT and a GPU when made."""
+
+    def __init__(self, max_batch: int, opt_batch: int | None = None):
+        self.trt = import_tensorrt()
+        gpu.cuda_api().device()  # a GPU, or one line now
+        self.logger = make_logger(self.trt)
+        self.builder = self.trt.Builder(self.logger)
+        self.profile = make_profile(max_batch, max_batch, opt_batch)
+        self.opts = BuildOptions(bundle="")
+        self.cache = None
+
+    def build(self, model: bytes, name: str) -> bytes:
+        """The serialized engine of an ONNX graph (weights inline); `name` for messages."""
+        serialized, self.cache = _engine(self.trt, self.builder, self.logger, self.opts, self.profile, model, name,
+                                         self.cache, b"")
+        return serialized
+
+
+def _engine(trt, builder, logger, opts: BuildOptions, profile, model: bytes, name: str, cache, previous: bytes):
+    """One graph's serialized engine, and the timing cache it was built with (made from the bytes
+    `previous` where `cache` is None, then shared by the next graphs)."""
+    config = builder.create_builder_config()
+    if cache is None:
+        cache = config.create_timing_cache(previous)
+    config.set_timing_cache(cache, False)
+    _configure(trt, config, opts)
+    network, parser = _parse(trt, builder, logger, model, name)
+    (tensor,) = [network.get_input(i).name for i in range(network.num_inputs)]
+    feature_shape = list(network.get_input(0).shape)[1:]
+    optimization = builder.create_optimization_profile()
+    optimization.set_shape(tensor, *profile.shapes(feature_shape))
+    config.add_optimization_profile(optimization)
+    serialized = builder.build_serialized_network(network, config)
+    del parser
+    if serialized is None:
+        raise IRevNetError(f"TensorRT could not build an engine of {name}: {logger.errors()}")
+    return bytes(serialized), cache
 
 
 def rebuild_stale_engines(bundle_path: str | Path, log: Callable[[str], None] = lambda m: None) -> dict[str, Any] | None:

@@ -153,10 +153,13 @@ class PlanSearch:
 
 
 def not_picked(backend: str) -> list[str]:
-    """The precisions the search does not raise blocks to on `backend` (a CPU backend), and why."""
-    return ["bf16: no plan entry (ONNX's Conv takes bfloat16 from opset 22, beyond the 18-20 TensorRT 10 parses)",
-            (f"fp16: {backend} on the CPU runs fp16 convolutions through conversions to fp32, slower than fp32 "
-             f"itself, so raised blocks go to fp32 (the mixed bundle is measured beside the plans all the same)")]
+    """The precisions the search does not raise blocks to on `backend`, and why."""
+    bf16 = "bf16: no plan entry (ONNX's Conv takes bfloat16 from opset 22, beyond the 18-20 TensorRT 10 parses)"
+    if backend == "tensorrt":
+        return [bf16, ("fp16: raised blocks go to fp32, the one rung of the climb; on a GPU fp16 F is fast, and the "
+                      "mixed bundle (every block fp16) is timed beside the plans")]
+    return [bf16, (f"fp16: {backend} on the CPU runs fp16 convolutions through conversions to fp32, slower than fp32 "
+                   f"itself, so raised blocks go to fp32 (the mixed bundle is measured beside the plans all the same)")]
 
 
 def run_export(opts: ExportOptions, log=lambda msg: None):
@@ -173,6 +176,12 @@ def export_searched(opts: ExportOptions, log=lambda msg: None):
     (the result's `search` is the PlanSearch), and the frontier's PNG where asked."""
     from ..export.bundle import export_bundle
 
+    if opts.search_backend == "tensorrt":  # TensorRT and a GPU, or one line before any work
+        from ..runtime import gpu
+        from ..runtime.engines import import_tensorrt
+
+        import_tensorrt()
+        gpu.cuda_api().device()
     result = export_bundle(opts, log, planner=PlanSearcher())
     if opts.frontier:
         from .frontier import plot_frontier
@@ -245,6 +254,11 @@ class _Context:
         out.parent.mkdir(parents=True, exist_ok=True)
         self.scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.search-", dir=out.parent))
         self.plans = 0
+        self.engines = None  # tensorrt: what builds every plan's engine, with one timing cache
+        if opts.search_backend == "tensorrt":
+            from ..runtime.trt_build import GraphEngines
+
+            self.engines = GraphEngines(opts.max_batch, self.batch)
         log(f"PyTorch fp32 on {len(self.search_split)} search and {len(self.held_out)} held-out images")
         self.reference = {"search": self._records(None, self.search_split, "reference-search"),
                           "held_out": self._records(None, self.held_out, "reference-held-out")}
@@ -280,11 +294,24 @@ class _Context:
         return Measured(agreement.images, agreement.top1, agreement.drift["median"], agreement.drift["p99"])
 
     def judge_bundle(self, bundle: Path) -> Measured:
-        """The written bundle on the held-out split, opened as any bundle is (Bundle.open: its hashes)."""
+        """The written bundle on the held-out split, opened as any bundle is (Bundle.open: its
+        hashes); on tensorrt, its checked forward graph compiled as the plans' were (the bundle
+        has no engines: `irevnet build` makes them)."""
+        from ..contract import FORWARD, LOGITS, MANIFEST, Z
         from ..evaluation.engine import bundle_target
-        from ..runtime.backends import BackendOptions
+        from ..runtime import Bundle
+        from ..runtime.backends import BackendOptions, open_graph
 
-        return self.measure(bundle_target(str(bundle), self.opts.search_backend, BackendOptions()), self.held_out)
+        if self.engines is None:
+            return self.measure(bundle_target(str(bundle), self.opts.search_backend, BackendOptions()), self.held_out)
+        opened = Bundle.open(bundle)
+        backend = open_graph("tensorrt", opened.graph_bytes(FORWARD), [LOGITS, Z], max_batch=opened.max_batch,
+                             origin=f"{bundle}: {FORWARD}", engines=self.engines)
+        try:
+            sha256 = hashlib.sha256((opened.path / MANIFEST).read_bytes()).hexdigest()
+            return self.measure(self._target(backend, str(bundle), sha256), self.held_out)
+        finally:
+            backend.close()
 
     def candidate(self, label: str, plan: PrecisionPlan, *, decide: bool) -> Candidate:
         """Opens the plan's forward graph on the target backend, checks it against PyTorch fp32 on
@@ -302,7 +329,8 @@ class _Context:
         self.log(f"plan {self.plans}: {label}")
         model = lower(self.traced, FORWARD, plan, self.lowering).SerializeToString()
         origin = f"plan {self.plans} ({label})"
-        backend = open_graph(self.opts.search_backend, model, [LOGITS, Z], max_batch=self.opts.max_batch, origin=origin)
+        backend = open_graph(self.opts.search_backend, model, [LOGITS, Z], max_batch=self.opts.max_batch, origin=origin,
+                             engines=self.engines)
         x, logits, z = self.verification
         grid = self.lowering.grid and self.lowering.grid["exponent"]
         parity = Parity.measure(plan.precision.value, backend.name, backend.infer({IMAGE: x}), logits, z,

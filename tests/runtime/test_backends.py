@@ -98,4 +98,4 @@ def test_a_graph_outside_a_bundle_runs_as_the_bundles_own(bundles, kind):
     with pytest.raises(InputError, match="outside the exported range"):
         graph.infer({IMAGE: np.resize(x, (bundle.max_batch + 1, *x.shape[1:]))})
     with pytest.raises(IRevNetError, match="runs the graphs of a bundle"):
-        open_graph("torch", bundle.graph_bytes(FORWARD), [LOGITS, Z])
+        open_graph("torch", bundle.graph_bytes(FORWARD), [LOGITS, Z], max_batch=bundle.max_batch)

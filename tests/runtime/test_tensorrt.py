@@ -69,3 +69,16 @@ def test_engine_from_another_version_is_refused(bundles, tmp_path):
     assert rebuild_stale_engines(bundle)["version"] == trt.__version__
     with open_backend("tensorrt", Bundle.open(bundle), INVERSE) as inv:
         assert inv.max_batch == 8
+
+
+def test_the_precision_search_on_tensorrt_meets_its_budget(trained_tiny, tmp_path):
+    """--search-backend tensorrt on a real GPU: each plan an engine, the chosen bundle judged on
+    the held-out digits through its own forward graph's engine, within the budget."""
+    from irevnet.export.options import ExportOptions
+    from irevnet.search import export_searched
+
+    opts = ExportOptions(checkpoint=str(trained_tiny / "best.pt"), out=str(tmp_path / "auto"), dataset="digits",
+                         precision="auto", budget="logits<=0.005", debug_graphs=False, search_backend="tensorrt",
+                         calibration=64, search_images=96, held_out=120, search_bench_s=0.3, max_batch=8)
+    search = export_searched(opts).search
+    assert search and search.backend == "tensorrt" and search.judged.logits_p99 <= 0.005

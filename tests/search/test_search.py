@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 from typer.testing import CliRunner
 
@@ -158,8 +160,8 @@ def test_a_budget_no_plan_can_meet_is_one_line_naming_the_best_agreement(trained
     (["--precision", "auto", "-d", "digits", "--budget", "agreement=0.99"], "--budget 'agreement=0.99'"),
     (["--precision", Precision.int8.value, "--precision-plan", "fp32,int8"], "give it without --precision int8"),
     (["--frontier", "f.png"], "--frontier draws the plans a search tried"),
-    (["--precision", "auto", "-d", "digits", "--budget", "agreement>=0.99", "--search-backend", "tensorrt"],
-     "without engines, on onnxruntime or openvino"),
+    (["--precision", "auto", "-d", "digits", "--budget", "agreement>=0.99", "--search-backend", "tflite"],
+     "choose onnxruntime, openvino or tensorrt"),
     (["--precision", "auto", "-d", "digits", "--budget", "agreement>=" + "9" * 5000], "characters long"),
 ])
 def test_search_options_are_checked_before_any_work(trained_tiny, tmp_path, args, message):
@@ -197,3 +199,39 @@ def test_a_budget_parses_and_bad_ones_say_how_to_write_it():
     for bad in ["agreement<=1", "accuracy>=0.9", "", "agreement>=1.5", "logits<=1,logits<=2"]:
         with pytest.raises(IRevNetError):
             Budget.parse(bad)
+
+
+def test_the_search_builds_judges_and_times_each_plan_on_tensorrt(trained_tiny, tmp_path, fake_trt):
+    """--search-backend tensorrt: each plan's forward graph becomes an engine (strongly typed, TF32
+    off, the profile up to the bundle's batch, one timing cache for every plan: the F layers they
+    share are timed once), judged and timed as on the CPU backends, and the chosen bundle's own
+    forward graph is compiled the same way to be judged. Through the test double, whose engines run
+    the graph with ONNX Runtime on the CPU: this checks the plumbing, not TensorRT's arithmetic
+    (tests/test_gpu.py runs the real thing)."""
+    from irevnet.export.options import ExportOptions
+    from irevnet.search import export_searched
+
+    trt = fake_trt("10.13.0.35")
+    out = tmp_path / "auto"
+    opts = ExportOptions(checkpoint=str(trained_tiny / "best.pt"), out=str(out), dataset="digits", precision="auto",
+                         budget=BUDGET, debug_graphs=False, search_backend="tensorrt", **SMALL)
+    search = export_searched(opts).search
+    assert search and search.backend == "tensorrt" and search.judged.images == 120
+    plans = {id(c) for c in [*search.tried, *search.uniform]}
+    assert len(trt.calls) == len(plans) + 1, "one engine per plan, and one of the written bundle's forward graph"
+    assert len({id(call["config"].cache) for call in trt.calls}) == 1, "one timing cache for every engine"
+    assert all(trt.BuilderFlag.TF32 not in call["config"].flags for call in trt.calls)
+    assert {call["shapes"][2][0] for call in trt.calls} == {8} and {call["shapes"][1][0] for call in trt.calls} == {8}
+    assert all(c.median_ms > 0 for c in [*search.tried, *search.uniform])
+    assert any(note.startswith("fp16:") and "GPU" in note for note in search.notes)
+    assert Bundle.open(out).manifest.tensorrt is None, "the bundle is written without engines: irevnet build makes them"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_a_tensorrt_search_without_tensorrt_is_one_line_before_any_work(trained_tiny, tmp_path):
+    """Here TensorRT is not installed: the export says so before it traces anything."""
+    result = runner.invoke(app, ["export", "-c", str(trained_tiny / "best.pt"), "-o", str(tmp_path / "b"), "-d", "digits",
+                                 "--precision", "auto", "--budget", "agreement>=0.99", "--search-backend", "tensorrt"])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "TensorRT is not installed" in lines[0], result.output
+    assert not (tmp_path / "b").exists() and not list(tmp_path.iterdir())

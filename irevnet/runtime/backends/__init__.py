@@ -100,17 +100,19 @@ def open_backend(kind: str, bundle: Bundle, graph: str, options: BackendOptions 
     return backend_class(kind).for_bundle(bundle, graph, options)
 
 
-GRAPH_BACKENDS = ("onnxruntime", "openvino")  # what open_graph runs a graph outside a bundle on
+GRAPH_BACKENDS = ("onnxruntime", "openvino", "tensorrt")  # what open_graph runs a graph outside a bundle on
 
 
-def open_graph(kind: str, model: bytes, outputs: list[str], *, max_batch: int | None = None,
-               origin: str = "the graph", threads: int | None = None) -> Backend:
-    """Opens an ONNX graph that is not in a bundle, weights inline, on the CPU: what the precision
-    search judges each plan with before it writes the bundle of the one it chose.
+def open_graph(kind: str, model: bytes, outputs: list[str], *, max_batch: int, origin: str = "the graph",
+               threads: int | None = None, engines: Any = None) -> Backend:
+    """Opens an ONNX graph that is not in a bundle, weights inline: what the precision search
+    judges each plan with before it writes the bundle of the one it chose.
 
     Args:
-        kind: onnxruntime or openvino (GRAPH_BACKENDS).
+        kind: onnxruntime or openvino (on the CPU), or tensorrt (an engine built for this GPU).
         outputs: the graph's output names, in order.
+        engines: for tensorrt, the trt_build.GraphEngines that builds the engine (its timing
+            cache shared by every graph it builds); one of its own where None.
     """
     kind = resolve_backend(kind)
     check.threads(threads)
@@ -118,5 +120,11 @@ def open_graph(kind: str, model: bytes, outputs: list[str], *, max_batch: int | 
         return backend_class(kind)(model, providers=["cpu"], threads=threads, max_batch=max_batch, origin=origin)
     if kind == "openvino":
         return backend_class(kind)(model, outputs=outputs, threads=threads, max_batch=max_batch, origin=origin)
+    if kind == "tensorrt":
+        if engines is None:
+            from ..trt_build import GraphEngines
+
+            engines = GraphEngines(max_batch)
+        return backend_class(kind)(engines.build(model, origin))
     raise IRevNetError(f"-b {kind} runs the graphs of a bundle; choose one of {', '.join(GRAPH_BACKENDS)} for a "
                        f"graph outside one")
