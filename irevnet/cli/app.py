@@ -155,7 +155,8 @@ def _terminated_whatever_it_became(fn: Callable[..., Any], *args: Any, **kwargs:
     try:
         return fn(*args, **kwargs)
     except Exception:
-        if _terminating:
+        # the flag is this command's only on the main thread (elsewhere no handler was installed)
+        if _terminating and threading.current_thread() is threading.main_thread():
             raise Terminated from None
         raise
 

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 class Target:
     """What runs: a bundle's graphs on a backend, or a checkpoint's model on torch."""
 
-    kind: str  # bundle | checkpoint
+    kind: str  # bundle | checkpoint | graph (a precision plan's forward graph, judged before any bundle is written)
     path: str
     sha256: str  # the manifest's, or the checkpoint file's
     checkpoint_sha256: str  # the checkpoint it comes from

@@ -138,7 +138,8 @@ def build_engines(opts: BuildOptions, log: Callable[[str], None] = lambda m: Non
 class GraphEngines:
     """Engines of graphs outside a bundle (the precision search's plans, judged before any bundle
     is written), built as `irevnet build` builds a bundle's with its default options (strongly
-    typed, TF32 off): one builder and one timing cache for all of them, so that the F layers the
+    typed, TF32 off, the profile from batch 1 to `max_batch`) but tuned for `opt_batch`, the batch
+    they are timed at: one builder and one timing cache for all of them, so that the F layers the
     plans share are timed once. Checks for TensorRT and a GPU when made."""
 
     def __init__(self, max_batch: int, opt_batch: int | None = None):

@@ -255,16 +255,20 @@ class _Context:
         self.scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.search-", dir=out.parent))
         self.plans = 0
         self.engines = None  # tensorrt: what builds every plan's engine, with one timing cache
-        if opts.search_backend == "tensorrt":
-            from ..runtime.trt_build import GraphEngines
+        try:  # a failure (or SIGTERM) here leaves no scratch folder: the planner has no context to close yet
+            if opts.search_backend == "tensorrt":
+                from ..runtime.trt_build import GraphEngines
 
-            self.engines = GraphEngines(opts.max_batch, self.batch)
-        log(f"PyTorch fp32 on {len(self.search_split)} search and {len(self.held_out)} held-out images")
-        self.reference = {"search": self._records(None, self.search_split, "reference-search"),
-                          "held_out": self._records(None, self.held_out, "reference-held-out")}
-        with torch.no_grad():  # what the export's verification compares each plan's forward with
-            logits, z = ckpt.model(samples.images.float())
-        self.verification = (samples.images.float().numpy(), logits.numpy(), z.numpy())
+                self.engines = GraphEngines(opts.max_batch, self.batch)
+            log(f"PyTorch fp32 on {len(self.search_split)} search and {len(self.held_out)} held-out images")
+            self.reference = {"search": self._records(None, self.search_split, "reference-search"),
+                              "held_out": self._records(None, self.held_out, "reference-held-out")}
+            with torch.no_grad():  # what each plan's forward is checked against, as the export's verification does
+                logits, z = ckpt.model(samples.images.float())
+            self.verification = (samples.images.float().numpy(), logits.numpy(), z.numpy())
+        except BaseException:
+            self.close()
+            raise
 
     def _records(self, graph: Target | None, split: Split, name: str):
         """Evaluates a plan's graph (None: the checkpoint on torch, PyTorch fp32) over `split` with
@@ -302,8 +306,9 @@ class _Context:
         from ..runtime import Bundle
         from ..runtime.backends import BackendOptions, open_graph
 
-        if self.engines is None:
-            return self.measure(bundle_target(str(bundle), self.opts.search_backend, BackendOptions()), self.held_out)
+        if self.engines is None:  # ONNX Runtime on the CPU provider, as the plans were judged
+            options = BackendOptions(providers=["cpu"]) if self.opts.search_backend == "onnxruntime" else BackendOptions()
+            return self.measure(bundle_target(str(bundle), self.opts.search_backend, options), self.held_out)
         opened = Bundle.open(bundle)
         backend = open_graph("tensorrt", opened.graph_bytes(FORWARD), [LOGITS, Z], max_batch=opened.max_batch,
                              origin=f"{bundle}: {FORWARD}", engines=self.engines)
@@ -314,10 +319,12 @@ class _Context:
             backend.close()
 
     def candidate(self, label: str, plan: PrecisionPlan, *, decide: bool) -> Candidate:
-        """Opens the plan's forward graph on the target backend, checks it against PyTorch fp32 on
-        the export's verification samples (the plan's tolerances, as its bundle's verification
-        would), judges it on the search images when it is one of the search's decisions, and
-        measures it on the held-out split; `time` then times every candidate together."""
+        """Opens the plan's forward graph on the target backend, checks its logits and z against
+        PyTorch fp32 on the export's verification samples with the plan's tolerances (the forward
+        half of the export's verification, on the target backend; the chosen bundle's own
+        verification adds the round trip and batch 1), judges it on the search images when it is
+        one of the search's decisions, and measures it on the held-out split; `time` then times
+        the candidates together."""
         from ..contract import FORWARD, IMAGE, LOGITS, Z
         from ..export.bundle import lower
         from ..runtime.backends import open_graph
@@ -331,12 +338,12 @@ class _Context:
         origin = f"plan {self.plans} ({label})"
         backend = open_graph(self.opts.search_backend, model, [LOGITS, Z], max_batch=self.opts.max_batch, origin=origin,
                              engines=self.engines)
+        found = Candidate(label, plan)
+        self.graphs[id(found)] = (found, backend)  # from now on close() closes it, whatever fails next
         x, logits, z = self.verification
         grid = self.lowering.grid and self.lowering.grid["exponent"]
-        parity = Parity.measure(plan.precision.value, backend.name, backend.infer({IMAGE: x}), logits, z,
-                                tolerance_for(plan.tolerance_precision, grid))
-        found = Candidate(label, plan, verified=bool(parity))
-        self.graphs[id(found)] = (found, backend)
+        found.verified = bool(Parity.measure(plan.precision.value, backend.name, backend.infer({IMAGE: x}), logits, z,
+                                             tolerance_for(plan.tolerance_precision, grid)))
         graph = self._target(backend, origin, hashlib.sha256(model).hexdigest())
         if decide:
             found.search = self.measure(graph, self.search_split)
@@ -418,7 +425,8 @@ def _search(context: _Context) -> PlanSearch:
     def ranked() -> list[int]:
         """The blocks, most sensitive first: measured only when a block must be raised."""
         log("ranking the blocks by the drift each adds alone in int8")
-        blocks = trace(context.ckpt, opts, log, names=(FORWARD_BLOCKS,))
+        blocks = context.traced if FORWARD_BLOCKS in context.traced.graphs else \
+            trace(context.ckpt, opts, log, names=(FORWARD_BLOCKS,))  # traced by the export with --debug
         unsnapped = Lowering(context.lowering.calibration, None)
         sensitivity.extend(block_sensitivity(
             lower(blocks, FORWARD_BLOCKS, None, unsnapped),

@@ -235,3 +235,21 @@ def test_a_tensorrt_search_without_tensorrt_is_one_line_before_any_work(trained_
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and "TensorRT is not installed" in lines[0], result.output
     assert not (tmp_path / "b").exists() and not list(tmp_path.iterdir())
+
+
+def test_a_search_that_fails_early_leaves_nothing_beside_the_bundle(trained_tiny, tmp_path, monkeypatch):
+    """The search's scratch folder (PyTorch fp32's records, beside --out) goes whatever fails, also
+    a failure while the search is still being set up (PyTorch fp32's first records here)."""
+    from irevnet.export.options import ExportOptions
+    from irevnet.search import export_searched
+    from irevnet.search import search as search_module
+
+    def failing(self, *args, **kwargs):
+        raise IRevNetError("the dataset went away")
+
+    monkeypatch.setattr(search_module._Context, "_records", failing)
+    opts = ExportOptions(checkpoint=str(trained_tiny / "best.pt"), out=str(tmp_path / "auto"), dataset="digits",
+                         precision="auto", budget=BUDGET, debug_graphs=False, **SMALL)
+    with pytest.raises(IRevNetError, match="the dataset went away"):
+        export_searched(opts)
+    assert list(tmp_path.iterdir()) == []
