@@ -9,6 +9,7 @@ with the reason; they never fail for it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -71,7 +72,8 @@ class ServeProcess:
             [sys.executable, "-m", "irevnet", "serve", str(target), "--http-port", "0", "--grpc-port", "0",
              "--metrics-port", "0", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "TMPDIR": str(tmpdir), **(env or {})})
+            # PYTHONFAULTHANDLER: a serve that hangs is shown by its threads' stacks (`stacks`)
+            env={**os.environ, "TMPDIR": str(tmpdir), "PYTHONFAULTHANDLER": "1", **(env or {})})
         self.lines: list[str] = []
         self.errors: list[str] = []
         self.stdout: queue.Queue[str | None] = queue.Queue()
@@ -124,10 +126,29 @@ class ServeProcess:
         start = time.monotonic()
         if sig is not None:
             self.proc.send_signal(sig)
-        self.proc.wait(timeout=timeout)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"irevnet serve did not exit within {timeout:.0f} s of "
+                                 f"{'its own end' if sig is None else signal.Signals(sig).name}: {self.stacks()}") from None
         seconds = time.monotonic() - start
         self.read_until("\0", 5)  # the rest of its output, to the end
         return self.proc.returncode, "".join(self.lines), "".join(self.errors), seconds
+
+    def stacks(self) -> str:
+        """What serve and its supervisor were doing, for a failure's message: their processes, every
+        thread's stack (SIGABRT with PYTHONFAULTHANDLER set, which ends them), serve's output and
+        the end of tritonserver's log."""
+        tree = self.tree()
+        for pid in [*tree["supervisor"], self.proc.pid]:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGABRT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+        self.read_until("\0", 5)
+        logs = [log.read_text(errors="replace")[-3000:] for log in self.tmpdir.glob("irevnet-serve.*/server.log")]
+        return (f"processes {tree}; stdout: {''.join(self.lines)[-2000:]!r}; stderr, with the threads' stacks: "
+                f"{''.join(self.errors)[-6000:]}; tritonserver's log: {logs}")
 
     def kill(self) -> None:
         if self.proc.poll() is None:
