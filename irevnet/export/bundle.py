@@ -203,10 +203,9 @@ class Lowering:
         return self.calibration["ranges"] if self.calibration else None
 
 
-def trace(ckpt: Checkpoint, opts: ExportOptions, log=lambda msg: None, names: tuple[str, ...] | None = None) -> Traced:
-    """The graphs `names` traced from the model: by default the forward and inverse graphs, and
-    the per-block debug graphs with `debug_graphs` (the search traces the forward one itself,
-    when it ranks blocks)."""
+def trace(ckpt: Checkpoint, opts: ExportOptions, log=lambda msg: None) -> Traced:
+    """The graphs traced from the model: the forward and inverse graphs, and the per-block debug
+    graphs with `debug_graphs`."""
     model, cfg = ckpt.model, ckpt.config
     precision = traced_precision(opts.precision)
     net = prepare(model, precision)  # the forward and the inverse share it; the debug graphs tap their own
@@ -216,8 +215,7 @@ def trace(ckpt: Checkpoint, opts: ExportOptions, log=lambda msg: None, names: tu
         FORWARD_BLOCKS: (lambda: ForwardBlocksGraph(prepare(model, precision)), cfg.in_shape, False),
         INVERSE_BLOCKS: (lambda: InverseBlocksGraph(prepare(model, precision), opts.projection), cfg.z_shape, False),
     }
-    if names is None:
-        names = (FORWARD, INVERSE, FORWARD_BLOCKS, INVERSE_BLOCKS) if opts.debug_graphs else (FORWARD, INVERSE)
+    names = (FORWARD, INVERSE, FORWARD_BLOCKS, INVERSE_BLOCKS) if opts.debug_graphs else (FORWARD, INVERSE)
     graphs = {}
     for name in names:
         module, shape, strict = modules[name]

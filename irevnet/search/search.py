@@ -3,14 +3,14 @@
 1. Every graph is traced once and the int8 ranges measured once (export.bundle's trace and
    measure_lowering); every plan's graphs derive from them (export.bundle.lower).
 2. Blocks are ranked by the drift each adds when it alone is reduced to int8 (search/sensitivity.py,
-   on the calibration images, through the forward debug graph), where uniform int8 misses the
-   budget: a budget that every block in int8 meets needs no ranking, nor the debug graph.
+   on the calibration images, through a debug view of the traced forward graph), where uniform
+   int8 misses the budget: a budget that every block in int8 meets needs no ranking.
 3. Starting from every block in int8, the most sensitive blocks are raised to fp32 (fp16 is not
-   a fast path on the CPU backends, bf16 has no plan entry: `not_picked`), the count found by
-   doubling, then bisection: the plan with the k most sensitive blocks raised is judged for
-   k = 0, 1, 2, 4, ... until one meets the budget, then between the last that missed and the first
-   that met (`climb`), then the uniform fp32 plan if it was not among them: at most B + 2 plans for
-   B blocks.
+   a fast path on the CPU backends, bf16 has no plan entry: `not_picked`). The count k is guessed
+   from the per-block drifts and uniform int8's (`predicted`), judged, then stepped 1, 2, 4, ...
+   away from the guess until the fewest that meet the budget are bracketed, and bisected
+   (`climb`); then the uniform fp32 plan if it was not among them: at most B + 2 plans for B
+   blocks, 2 ceil(log2 B) + 4 however wrong the guess, 4 when it is right.
 4. Each plan is judged by its forward graph, derived in memory and opened on the target backend
    (no bundle is written for it): checked against PyTorch fp32 on the export's verification
    samples with the plan's tolerances (one that misses them is never chosen), judged by the
@@ -412,8 +412,8 @@ class _Lent:
 
 def _search(context: _Context) -> PlanSearch:
     """The search of the module docstring, over the context's plans."""
-    from ..contract import FORWARD_BLOCKS
-    from ..export.bundle import Lowering, calibration_images, lower, trace
+    from ..contract import FORWARD
+    from ..export.bundle import Lowering, calibration_images, lower
     from .sensitivity import block_sensitivity
 
     opts, log = context.opts, context.log
@@ -425,12 +425,10 @@ def _search(context: _Context) -> PlanSearch:
     def ranked() -> list[int]:
         """The blocks, most sensitive first: measured only when a block must be raised."""
         log("ranking the blocks by the drift each adds alone in int8")
-        blocks = context.traced if FORWARD_BLOCKS in context.traced.graphs else \
-            trace(context.ckpt, opts, log, names=(FORWARD_BLOCKS,))  # traced by the export with --debug
         unsnapped = Lowering(context.lowering.calibration, None)
         sensitivity.extend(block_sensitivity(
-            lower(blocks, FORWARD_BLOCKS, None, unsnapped),
-            lower(blocks, FORWARD_BLOCKS, PrecisionPlan.uniform(BlockPrecision.int8, b), unsnapped),
+            lower(context.traced, FORWARD, None, unsnapped),
+            lower(context.traced, FORWARD, PrecisionPlan.uniform(BlockPrecision.int8, b), unsnapped),
             calibration.numpy().astype(np.float32), context.batch))
         return sorted(range(b), key=lambda i: -sensitivity[i])
 
@@ -445,7 +443,7 @@ def _search(context: _Context) -> PlanSearch:
     def meets(c: Candidate) -> bool:
         return c.verified and budget.met(c.search.agreement, c.search.logits_p99)
 
-    climb(b, ranked, judge)
+    climb(b, ranked, judge, lambda order: predicted(order, sensitivity, tried[0].search, budget))
     fp32 = PrecisionPlan.uniform(BlockPrecision.fp32, b)
     if not any(c.plan == fp32 for c in tried):  # the plan every budget within reach is met by, timed beside the others
         judge(fp32, BlockPrecision.fp32.value)
@@ -474,12 +472,15 @@ def _search(context: _Context) -> PlanSearch:
                       len(tried), time.monotonic() - context.start)
 
 
-def climb(num_blocks: int, rank: Callable[[], list[int]], judge: Callable[[PrecisionPlan, str], bool]) -> None:
+def climb(num_blocks: int, rank: Callable[[], list[int]], judge: Callable[[PrecisionPlan, str], bool],
+          guess: Callable[[list[int]], int] = lambda order: 1) -> None:
     """Step 3: from every block in int8, raises the blocks in the order `rank()` gives (most
-    sensitive first; called only when uniform int8 misses) to fp32, k of them for k = 1, 2, 4, ...
-    until `judge` says a plan meets the budget, then bisects for the fewest. Plans judged: 1, then
-    at most ceil(log2 B) + 1 while doubling and fewer than ceil(log2 B) while bisecting, at most
-    B + 1 (tests/search checks B = 1..128).
+    sensitive first; called only when uniform int8 misses) to fp32, until `judge` says a plan
+    meets the budget, and finds the fewest that do: k = guess(order) first (the count the
+    per-block drifts predict, `predicted`), then steps of 1, 2, 4, ... away from it (up while the
+    budget is missed, down while it is met) until the fewest is bracketed, then bisection.
+    Plans judged: 1 for uniform int8; then 2 where the guess is exact, and at most about
+    2 log2 B + 1 however wrong it is; never more than B (tests/search checks B = 1..128).
     """
     order: list[int] = []
 
@@ -496,18 +497,46 @@ def climb(num_blocks: int, rank: Callable[[], list[int]], judge: Callable[[Preci
     if tried(0):
         return
     order.extend(rank())
-    low, high, k = 0, None, 1  # with `low` blocks raised the budget was missed, with `high` met
-    while high is None:
-        k = min(k, num_blocks)
+    low, high = 0, None  # with `low` blocks raised the budget was missed, with `high` met (None: not yet)
+    k = first = min(max(int(guess(order)), 1), num_blocks)
+    step = 1
+    while high is None:  # up from the guess while the budget is missed
         if tried(k):
             high = k
         elif k == num_blocks:
             return  # not even every block in fp32
         else:
-            low, k = k, 2 * k
+            low, k, step = k, min(k + step, num_blocks), 2 * step
+    if high == first:  # the guess met it: down from it until a plan misses
+        step = 1
+        while high - step > low:
+            if not tried(high - step):
+                low = high - step
+                break
+            high, step = high - step, 2 * step
     while high - low > 1:
         mid = (low + high) // 2
         if tried(mid):
             high = mid
         else:
             low = mid
+
+
+def predicted(order: list[int], sensitivity: list[float], int8: Measured, budget: Budget) -> int:
+    """How many of the most sensitive blocks to raise, as the per-block drifts predict: the blocks'
+    int8 errors are taken as independent, so the drift left with the first k raised is uniform
+    int8's, scaled by the root of the share of the squared per-block drifts still in int8; a top-1
+    that disagrees with PyTorch fp32 is taken as proportional to that drift (a flip needs a
+    logit margin smaller than it). The climb judges this count first."""
+    total = sum(s * s for s in sensitivity)
+    share = 1.0  # of the squared drift that may stay in int8
+    if budget.logits is not None and int8.logits_p99 > 0:
+        share = min(share, (budget.logits / int8.logits_p99) ** 2)
+    if budget.agreement is not None and int8.agreement < 1:
+        share = min(share, ((1.0 - budget.agreement) / (1.0 - int8.agreement)) ** 2)
+    left = total
+    for k, i in enumerate(order, 1):
+        left -= sensitivity[i] ** 2
+        if left <= share * total * (1 + 1e-12):
+            return k
+    return len(order)

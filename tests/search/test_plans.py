@@ -94,21 +94,38 @@ def test_a_manifest_whose_plan_does_not_fit_the_model_is_refused(plan_bundle, tm
 
 
 def test_a_block_alone_in_fp32_adds_no_drift_and_in_int8_some(plan_bundle, trained_tiny):
-    """The sensitivity measurement is not vacuous: F against itself is exact, int8 F is not."""
+    """The sensitivity measurement is not vacuous: F against itself is exact, int8 F is not. Its
+    scale, ||a_i||^2 + ||y1_i||^2 from the forward graph's taps, is the squared norm of the block's
+    output pair h_{i+1} that the debug graph hands out (psi permutes), to float32's rounding."""
+    import onnxruntime as ort
+
+    from irevnet.contract import IMAGE, block_input
     from irevnet.export.bundle import Lowering, _samples, lower, measure_lowering, trace
     from irevnet.export.options import ExportOptions
     from irevnet.io.checkpoint import load_checkpoint
-    from irevnet.search.sensitivity import block_sensitivity
+    from irevnet.search.sensitivity import block_sensitivity, block_taps, debug_view
 
     opts = ExportOptions(checkpoint=str(trained_tiny / "best.pt"), out=str(plan_bundle), dataset="digits",
-                         precision_plan=PLAN, max_batch=8, calibration=32)
+                         precision_plan=PLAN, max_batch=8, calibration=32, debug_graphs=True)
     ckpt = load_checkpoint(opts.checkpoint)
     samples = _samples(ckpt, opts.dataset, 8)
     traced = trace(ckpt, opts)  # traced once, every graph
     lowering = Lowering(measure_lowering(ckpt, opts, traced, samples, PrecisionPlan.parse(PLAN, 6)).calibration, None)
     images = samples.images.numpy()
-    fp32 = lower(traced, FORWARD_BLOCKS, None, lowering)
-    assert block_sensitivity(fp32, lower(traced, FORWARD_BLOCKS, PrecisionPlan.uniform(BlockPrecision.fp32, 6), lowering), images, 8) \
+    fp32 = lower(traced, FORWARD, None, lowering)
+    assert block_sensitivity(fp32, lower(traced, FORWARD, PrecisionPlan.uniform(BlockPrecision.fp32, 6), lowering), images, 8) \
         == [0.0] * 6
-    int8 = block_sensitivity(fp32, lower(traced, FORWARD_BLOCKS, PrecisionPlan.uniform(BlockPrecision.int8, 6), lowering), images, 8)
+    int8 = block_sensitivity(fp32, lower(traced, FORWARD, PrecisionPlan.uniform(BlockPrecision.int8, 6), lowering), images, 8)
     assert max(int8) > 1e-3 and all(np.isfinite(int8)), int8
+
+    taps = block_taps(fp32.graph)
+    view = ort.InferenceSession(debug_view(fp32, taps).SerializeToString(), providers=["CPUExecutionProvider"])
+    values = dict(zip([o.name for o in view.get_outputs()], view.run(None, {IMAGE: images})))
+    debug = ort.InferenceSession(lower(traced, FORWARD_BLOCKS, None, lowering).SerializeToString(),
+                                 providers=["CPUExecutionProvider"])
+    pairs = dict(zip([o.name for o in debug.get_outputs()], debug.run(None, {IMAGE: images})))
+    for i in range(6):
+        ours = np.sum(np.square(values[taps.f_input[i]], dtype=np.float64)) + \
+            np.sum(np.square(values[taps.coupled[i]], dtype=np.float64))
+        theirs = np.sum(np.square(pairs[block_input(i + 1)], dtype=np.float64))
+        assert abs(ours - theirs) <= 1e-5 * theirs, (i, ours, theirs)

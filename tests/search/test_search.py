@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 
 import pytest
 from typer.testing import CliRunner
@@ -170,26 +171,49 @@ def test_search_options_are_checked_before_any_work(trained_tiny, tmp_path, args
     assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
 
 
-@pytest.mark.parametrize("blocks", range(1, 129))
+@pytest.mark.parametrize("blocks", [*range(1, 41), 63, 64, 65, 100, 127, 128])  # irevnet-301 has 100
 def test_the_climb_finds_the_fewest_blocks_to_raise_within_b_plus_2_plans(blocks):
-    """For a budget met once the t most sensitive blocks are raised (any t), the climb judges at
-    most B + 1 plans (the search adds the fp32 plan: B + 2) and ends on the plan with exactly t."""
+    """For a budget met once the t most sensitive blocks are raised (any t) and any guess of t,
+    the climb judges at most B + 1 plans (the search adds the fp32 plan: B + 2), at most
+    2 ceil(log2 B) + 2 however wrong the guess, 3 where the guess is t, and ends on the plan
+    with exactly t."""
     order = list(range(blocks))[::-1]
+    log_bound = 2 * math.ceil(math.log2(blocks)) + 2 if blocks > 1 else 2
     for t in range(blocks + 1):
-        judged: list[PrecisionPlan] = []
-        ranked: list[bool] = []
+        for guess in sorted({1, max(t, 1), blocks, max(t - 5, 1), min(t + 5, blocks), (t + blocks) // 2 + 1}):
+            judged: list[PrecisionPlan] = []
+            ranked: list[bool] = []
 
-        def judge(plan: PrecisionPlan, label: str, judged=judged, t=t) -> bool:
-            judged.append(plan)
-            return sum(p is BlockPrecision.fp32 for p in plan.blocks) >= t
+            def judge(plan: PrecisionPlan, label: str, judged=judged, t=t) -> bool:
+                judged.append(plan)
+                return sum(p is BlockPrecision.fp32 for p in plan.blocks) >= t
 
-        climb(blocks, lambda ranked=ranked: ranked.append(True) or order, judge)
-        assert len(judged) <= blocks + 1
-        assert ranked == ([True] if t else []), "the blocks are ranked once, and only when uniform int8 misses"
-        fewest = min((p for p in judged if sum(q is BlockPrecision.fp32 for q in p.blocks) >= t),
-                     key=lambda p: sum(q is BlockPrecision.fp32 for q in p.blocks))
-        assert sum(q is BlockPrecision.fp32 for q in fewest.blocks) == t
-        assert set(fewest.blocks_in(BlockPrecision.fp32)) == set(order[:t]), "the most sensitive ones first"
+            climb(blocks, lambda ranked=ranked: ranked.append(True) or order, judge, lambda order, g=guess: g)
+            assert len(judged) <= min(blocks + 1, log_bound + 1), (t, guess, len(judged))
+            if guess == t:
+                assert len(judged) <= 3, "an exact guess: uniform int8, t, and t - 1"
+            assert ranked == ([True] if t else []), "the blocks are ranked once, and only when uniform int8 misses"
+            fewest = min((p for p in judged if sum(q is BlockPrecision.fp32 for q in p.blocks) >= t),
+                         key=lambda p: sum(q is BlockPrecision.fp32 for q in p.blocks))
+            assert sum(q is BlockPrecision.fp32 for q in fewest.blocks) == t
+            assert set(fewest.blocks_in(BlockPrecision.fp32)) == set(order[:t]), "the most sensitive ones first"
+
+
+def test_the_predicted_count_scales_int8s_drift_by_the_squared_drifts_left():
+    """Four blocks drifting 4, 3, 2, 1 alone (squares 16, 9, 4, 1 of 30), uniform int8 drifting
+    1e-2 (p99): a bound of 6e-3 leaves 0.36 of the squares, 10.8 of 30, so raising the two most
+    sensitive (5 left) is the first count under it; an agreement bound scales 1 - agreement alike."""
+    from irevnet.search.search import Measured, predicted
+
+    sensitivity = [2.0, 4.0, 1.0, 3.0]
+    order = [1, 3, 0, 2]
+    int8 = Measured(100, 0.98, 5e-3, 1e-2)
+    assert predicted(order, sensitivity, int8, Budget(logits=6e-3)) == 2
+    assert predicted(order, sensitivity, int8, Budget(logits=9.9e-3)) == 1
+    assert predicted(order, sensitivity, int8, Budget(logits=1e-9)) == 4
+    # 1 - agreement: 0.02 for int8; 0.01 allowed: (0.5)^2 = 0.25 of 30 = 7.5: two raised (5 left)
+    assert predicted(order, sensitivity, int8, Budget(agreement=0.99)) == 2
+    assert predicted(order, sensitivity, int8, Budget(agreement=0.99, logits=1e-9)) == 4
 
 
 def test_a_budget_parses_and_bad_ones_say_how_to_write_it():
