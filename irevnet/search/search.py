@@ -6,7 +6,8 @@
    on the calibration images, through a debug view of the traced forward graph), where uniform
    int8 misses the budget: a budget that every block in int8 meets needs no ranking.
 3. Starting from every block in int8, the most sensitive blocks are raised to fp32 (fp16 is not
-   a fast path on the CPU backends, bf16 has no plan entry: `not_picked`). The count k is guessed
+   a fast path on the CPU backends, bf16 has no plan entry: `not_picked`; on TensorRT to fp16
+   first, then to fp32 if no plan of fp16 blocks met the budget: `rungs`). The count k is guessed
    from the per-block drifts and uniform int8's (`predicted`), judged, then stepped 1, 2, 4, ...
    away from the guess until the fewest that meet the budget are bracketed, and bisected
    (`climb`); then the uniform fp32 plan if it was not among them: at most B + 2 plans for B
@@ -152,12 +153,19 @@ class PlanSearch:
                 "notes": self.notes, "evaluations": self.evaluations, "seconds": self.seconds}
 
 
+def rungs(backend: str) -> tuple[BlockPrecision, ...]:
+    """What the climb raises blocks to on `backend`, in turn: fp16 first on TensorRT (a GPU runs
+    fp16 convolutions natively, faster than fp32; fp32 where no plan of fp16 blocks meets the
+    budget), fp32 on the CPU backends."""
+    return (BlockPrecision.fp16, BlockPrecision.fp32) if backend == "tensorrt" else (BlockPrecision.fp32,)
+
+
 def not_picked(backend: str) -> list[str]:
     """The precisions the search does not raise blocks to on `backend`, and why."""
     bf16 = "bf16: no plan entry (ONNX's Conv takes bfloat16 from opset 22, beyond the 18-20 TensorRT 10 parses)"
     if backend == "tensorrt":
-        return [bf16, ("fp16: raised blocks go to fp32, the one rung of the climb; on a GPU fp16 F is fast, and the "
-                      "mixed bundle (every block fp16) is timed beside the plans")]
+        return [bf16, ("fp16: the first rung of the climb (a GPU runs fp16 convolutions natively); raised blocks go to "
+                       "fp32 only where no plan of fp16 blocks meets the budget")]
     return [bf16, (f"fp16: {backend} on the CPU runs fp16 convolutions through conversions to fp32, slower than fp32 "
                    f"itself, so raised blocks go to fp32 (the mixed bundle is measured beside the plans all the same)")]
 
@@ -421,29 +429,38 @@ def _search(context: _Context) -> PlanSearch:
     b = context.ckpt.config.num_blocks
     calibration, source = calibration_images(context.ckpt, opts, context.samples.images)
     sensitivity: list[float] = []
+    order: list[int] = []
 
     def ranked() -> list[int]:
-        """The blocks, most sensitive first: measured only when a block must be raised."""
-        log("ranking the blocks by the drift each adds alone in int8")
-        unsnapped = Lowering(context.lowering.calibration, None)
-        sensitivity.extend(block_sensitivity(
-            lower(context.traced, FORWARD, None, unsnapped),
-            lower(context.traced, FORWARD, PrecisionPlan.uniform(BlockPrecision.int8, b), unsnapped),
-            calibration.numpy().astype(np.float32), context.batch))
-        return sorted(range(b), key=lambda i: -sensitivity[i])
+        """The blocks, most sensitive first: measured only when a block must be raised, and once."""
+        if not order:
+            log("ranking the blocks by the drift each adds alone in int8")
+            unsnapped = Lowering(context.lowering.calibration, None)
+            sensitivity.extend(block_sensitivity(
+                lower(context.traced, FORWARD, None, unsnapped),
+                lower(context.traced, FORWARD, PrecisionPlan.uniform(BlockPrecision.int8, b), unsnapped),
+                calibration.numpy().astype(np.float32), context.batch))
+            order.extend(sorted(range(b), key=lambda i: -sensitivity[i]))
+        return list(order)
 
     notes = not_picked(opts.search_backend)
     tried: list[Candidate] = []
+    judged: dict[tuple, Candidate] = {}
 
     def judge(plan: PrecisionPlan, label: str) -> bool:
-        c = context.candidate(label, plan, decide=True)
-        tried.append(c)
-        return meets(c)
+        """Judges a plan once (a second climb starts from uniform int8 again)."""
+        if plan.blocks not in judged:
+            judged[plan.blocks] = context.candidate(label, plan, decide=True)
+            tried.append(judged[plan.blocks])
+        return meets(judged[plan.blocks])
 
     def meets(c: Candidate) -> bool:
         return c.verified and budget.met(c.search.agreement, c.search.logits_p99)
 
-    climb(b, ranked, judge, lambda order: predicted(order, sensitivity, tried[0].search, budget))
+    for rung in rungs(opts.search_backend):  # fp32 after fp16 only where no plan of fp16 blocks met it
+        climb(b, ranked, judge, lambda order: predicted(order, sensitivity, tried[0].search, budget), rung)
+        if any(meets(c) for c in tried):
+            break
     fp32 = PrecisionPlan.uniform(BlockPrecision.fp32, b)
     if not any(c.plan == fp32 for c in tried):  # the plan every budget within reach is met by, timed beside the others
         judge(fp32, BlockPrecision.fp32.value)
@@ -473,9 +490,9 @@ def _search(context: _Context) -> PlanSearch:
 
 
 def climb(num_blocks: int, rank: Callable[[], list[int]], judge: Callable[[PrecisionPlan, str], bool],
-          guess: Callable[[list[int]], int] = lambda order: 1) -> None:
+          guess: Callable[[list[int]], int] = lambda order: 1, rung: BlockPrecision = BlockPrecision.fp32) -> None:
     """Step 3: from every block in int8, raises the blocks in the order `rank()` gives (most
-    sensitive first; called only when uniform int8 misses) to fp32, until `judge` says a plan
+    sensitive first; called only when uniform int8 misses) to `rung`, until `judge` says a plan
     meets the budget, and finds the fewest that do: k = guess(order) first (the count the
     per-block drifts predict, `predicted`), then steps of 1, 2, 4, ... away from it (up while the
     budget is missed, down while it is met) until the fewest is bracketed, then bisection.
@@ -487,11 +504,11 @@ def climb(num_blocks: int, rank: Callable[[], list[int]], judge: Callable[[Preci
     def raised(k: int) -> PrecisionPlan:
         blocks = [BlockPrecision.int8] * num_blocks
         for i in order[:k]:
-            blocks[i] = BlockPrecision.fp32
+            blocks[i] = rung
         return PrecisionPlan(tuple(blocks))
 
     def tried(k: int) -> bool:
-        return judge(raised(k), f"{BlockPrecision.int8.value} + {k} {BlockPrecision.fp32.value}" if k else
+        return judge(raised(k), f"{BlockPrecision.int8.value} + {k} {rung.value}" if k else
                      BlockPrecision.int8.value)
 
     if tried(0):

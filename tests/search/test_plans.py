@@ -129,3 +129,38 @@ def test_a_block_alone_in_fp32_adds_no_drift_and_in_int8_some(plan_bundle, train
             np.sum(np.square(values[taps.coupled[i]], dtype=np.float64))
         theirs = np.sum(np.square(pairs[block_input(i + 1)], dtype=np.float64))
         assert abs(ours - theirs) <= 1e-5 * theirs, (i, ours, theirs)
+
+def test_a_plan_bundle_is_built_made_a_repository_and_benched_like_any_other(plan_bundle, tmp_path, fake_trt):
+    """The engine build, the Triton repository and bench take a plan bundle unchanged. The engines
+    through the TensorRT double (strongly typed: the plan's precisions are the graph's own; the
+    double runs the graph with ONNX Runtime), so this checks what is built from what, not
+    TensorRT's arithmetic (tests/test_gpu.py runs the real thing)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from irevnet.contract import INVERSE, Z
+    from irevnet.runtime import bench as bench_module
+    from irevnet.runtime.trt_build import BuildOptions, build_engines
+    from irevnet.serving.repository import TritonOptions, write_repository
+    from tests.runtime import trt_double
+
+    trt = fake_trt("10.13.0.35")
+    bundle = shutil.copytree(plan_bundle, tmp_path / "b")
+    build_engines(BuildOptions(bundle=str(bundle)))
+    opened = Bundle.open(bundle)
+    assert [trt_double.MODELS[c["path"]] for c in trt.calls] == [opened.graph_bytes(g) for g in (FORWARD, INVERSE)]
+    assert all(c["flags"] == 1 << 1 for c in trt.calls), "strongly typed (10.x's bit): no precision left to TensorRT"
+    assert opened.precision is Precision.plan and opened.has_engine(FORWARD) and opened.has_engine(INVERSE)
+    for flavour in ("python", "onnxruntime", "tensorrt"):
+        record = write_repository(TritonOptions(bundle=str(bundle), out=str(tmp_path / flavour), flavour=flavour, name="p"))
+        config = text_format.Parse((tmp_path / flavour / record.models[INVERSE] / "config.pbtxt").read_text(),
+                                   model_config_pb2.ModelConfig())
+        assert [(t.name, list(t.dims)) for t in config.input] == [(Z, list(opened.config.z_shape))], flavour
+    assert (tmp_path / "python" / "p_forward" / "shared" / "bundles" / "1" / graph_file(FORWARD)).read_bytes() == \
+        (plan_bundle / graph_file(FORWARD)).read_bytes(), "the python flavour serves the plan bundle's own graphs"
+    timed = bench_module.bench(bench_module.BenchOptions(
+        bundles=[str(plan_bundle)], backends=["onnxruntime", "openvino"], batch_sizes=[1], warmup_s=0,
+        iterations=2)).to_dict()
+    assert {(e["precision"], e["kind"], e["direction"]) for e in timed["results"]} == {
+        (Precision.plan, kind, direction) for kind in ("onnxruntime", "openvino") for direction in (FORWARD, INVERSE)}
+    assert all(e["median_ms"] > 0 for e in timed["results"])

@@ -249,6 +249,32 @@ def test_the_search_builds_judges_and_times_each_plan_on_tensorrt(trained_tiny, 
     assert all(c.median_ms > 0 for c in [*search.tried, *search.uniform])
     assert any(note.startswith("fp16:") and "GPU" in note for note in search.notes)
     assert Bundle.open(out).manifest.tensorrt is None, "the bundle is written without engines: irevnet build makes them"
+    # the climb raises blocks to fp16 there (native on a GPU): every plan it tried beyond uniform
+    # int8 and fp32 keeps its raised blocks in fp16 (this budget is met by fp16 blocks: tiny's
+    # mixed bundle drifts about 1e-3)
+    climbed = [c for c in search.tried if c.plan.precision not in (Precision.int8, Precision.fp32)]
+    assert climbed and all(set(c.plan.blocks) <= {BlockPrecision.int8, BlockPrecision.fp16} for c in climbed), \
+        [str(c.plan) for c in search.tried]
+    assert all(k.endswith("(fp16)") for c in climbed for k in c.kept)
+
+
+def test_a_second_climb_to_fp32_where_fp16_blocks_cannot_meet_the_budget():
+    """On TensorRT the climb raises to fp16, then, where even every block in fp16 misses, to fp32
+    from uniform int8 again, each plan judged once."""
+    from irevnet.search.search import climb, rungs
+
+    order = [2, 0, 1]
+    judged: list[tuple] = []
+
+    def judge(plan: PrecisionPlan, label: str) -> bool:  # fp16 blocks never meet it; two fp32 blocks do
+        judged.append(plan.blocks)
+        return sum(p is BlockPrecision.fp32 for p in plan.blocks) >= 2
+
+    assert rungs("tensorrt") == (BlockPrecision.fp16, BlockPrecision.fp32) and rungs("openvino") == (BlockPrecision.fp32,)
+    for rung in rungs("tensorrt"):
+        climb(3, lambda: order, judge, lambda order: 1, rung)
+    assert (BlockPrecision.fp16,) * 3 in judged, "the fp16 climb went up to every block"
+    assert (BlockPrecision.fp32, BlockPrecision.int8, BlockPrecision.fp32) in judged, "the two most sensitive in fp32"
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
