@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Annotated
 
 import typer
@@ -99,8 +100,17 @@ def serve(
     opts = ServeOptions(target=target, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                         instances=instances, python_env=python_env, ready_timeout_s=ready_timeout_s,
                         drain_timeout_s=drain_timeout_s, restarts=restarts, log=log, verbose=verbose)
-    with run_server(opts, log=render.console.print) as server:
-        wait_for_signal(server, announce=render.serving, log=render.console.print, ready_timeout_s=opts.ready_timeout_s)
+    # Ctrl-C stops serve in every phase, as SIGTERM does, also where serve was started with SIGINT
+    # ignored (a background job of a non-interactive shell, `irevnet serve ... &`, inherits that):
+    # once serving, wait_for_signal takes SIGINT whatever was inherited, and a SIGINT while the
+    # models loaded was lost, the server then serving until SIGTERM
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with run_server(opts, log=render.console.print) as server:
+            wait_for_signal(server, announce=render.serving, log=render.console.print,
+                            ready_timeout_s=opts.ready_timeout_s)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     report = stop_report(server)
     if not report:
         raise CheckFailed(str(report))

@@ -58,18 +58,24 @@ def server(repository, server_install):
         yield running
 
 
+_EXEC_WITH_SIGINT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN if sys.argv[1] == 'ignored' "
+                     "else signal.SIG_DFL); os.execv(sys.argv[2], sys.argv[2:])")
 _ANNOUNCE = re.compile(r"HTTP (?P<http>\S+), gRPC (?P<grpc>\S+), metrics (?P<metrics>\S+)/metrics")
 
 
 class ServeProcess:
     """`irevnet serve TARGET` in a process of its own, as a user or a supervisor runs it."""
 
-    def __init__(self, target: Path, *args: str, tmpdir: Path, env: dict[str, str] | None = None, wait: bool = True):
+    def __init__(self, target: Path, *args: str, tmpdir: Path, env: dict[str, str] | None = None, wait: bool = True,
+                 sigint: str | None = None):
         self.tmpdir = tmpdir
         tmpdir.mkdir(parents=True, exist_ok=True)
         self.shm_before = set(os.listdir("/dev/shm"))
+        # sigint "ignored" (as a background job of a non-interactive shell starts it: `irevnet serve
+        # ... &`) or "default", whatever this process has: set, then exec'd into serve (one process)
+        setting = [sys.executable, "-c", _EXEC_WITH_SIGINT, sigint] if sigint else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "irevnet", "serve", str(target), "--http-port", "0", "--grpc-port", "0",
+            [*setting, sys.executable, "-m", "irevnet", "serve", str(target), "--http-port", "0", "--grpc-port", "0",
              "--metrics-port", "0", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             # PYTHONFAULTHANDLER: a serve that hangs is shown by its threads' stacks (`stacks`)
