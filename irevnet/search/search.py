@@ -496,8 +496,9 @@ def climb(num_blocks: int, rank: Callable[[], list[int]], judge: Callable[[Preci
     meets the budget, and finds the fewest that do: k = guess(order) first (the count the
     per-block drifts predict, `predicted`), then steps of 1, 2, 4, ... away from it (up while the
     budget is missed, down while it is met) until the fewest is bracketed, then bisection.
-    Plans judged: 1 for uniform int8; then 2 where the guess is exact, and at most about
-    2 log2 B + 1 however wrong it is; never more than B (tests/search checks B = 1..128).
+    Plans judged, uniform int8 included: 3 at most where the guess is exact, at most
+    2 ceil(log2 B) + 2 however wrong it is, and never more than B + 1 (tests/search checks
+    B = 1..40, 63-65, 100, 127 and 128, for every count and six guesses).
     """
     order: list[int] = []
 
