@@ -445,14 +445,14 @@ def _search(context: _Context) -> PlanSearch:
 
     notes = not_picked(opts.search_backend)
     tried: list[Candidate] = []
-    judged: dict[tuple, Candidate] = {}
 
     def judge(plan: PrecisionPlan, label: str) -> bool:
         """Judges a plan once (a second climb starts from uniform int8 again)."""
-        if plan.blocks not in judged:
-            judged[plan.blocks] = context.candidate(label, plan, decide=True)
-            tried.append(judged[plan.blocks])
-        return meets(judged[plan.blocks])
+        c = next((c for c in tried if c.plan == plan), None)
+        if c is None:
+            c = context.candidate(label, plan, decide=True)
+            tried.append(c)
+        return meets(c)
 
     def meets(c: Candidate) -> bool:
         return c.verified and budget.met(c.search.agreement, c.search.logits_p99)

@@ -34,6 +34,10 @@ class BlockTaps:
     f_output: list[str]
     coupled: list[str]
 
+    def names(self) -> list[str]:
+        """Every tapped tensor, once."""
+        return list(dict.fromkeys([*self.f_input, *self.f_output, *self.coupled]))
+
 
 def block_taps(graph: onnx.GraphProto) -> BlockTaps:
     """Where each block's F reads and writes in `graph`, and the Add that couples its output.
@@ -41,11 +45,10 @@ def block_taps(graph: onnx.GraphProto) -> BlockTaps:
     Raises:
         IRevNetError: an F that does not read one tensor and hand back one to one Add (an export bug).
     """
+    from ..export.onnx_export import consumers
+
     io = branch_inputs_outputs(graph)
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
-        for name in n.input:
-            readers.setdefault(name, []).append(n)
+    readers = consumers(graph)
     taps = BlockTaps([], [], [])
     for i in sorted(io):
         ins, outs = io[i]
@@ -64,8 +67,7 @@ def debug_view(forward: onnx.ModelProto, taps: BlockTaps) -> onnx.ModelProto:
     view = onnx.ModelProto()
     view.CopyFrom(forward)
     present = {o.name for o in view.graph.output}
-    wanted = dict.fromkeys([*taps.f_input, *taps.f_output, *taps.coupled])
-    view.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in wanted if n not in present)
+    view.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in taps.names() if n not in present)
     return view
 
 
@@ -91,7 +93,7 @@ def block_sensitivity(fp32_forward: onnx.ModelProto, reduced_forward: onnx.Model
     full = ort.InferenceSession(debug_view(fp32_forward, taps).SerializeToString(), options,
                                 providers=["CPUExecutionProvider"])
     reduced = ort.InferenceSession(alone.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    wanted = list(dict.fromkeys([*taps.f_input, *taps.f_output, *taps.coupled]))
+    wanted = taps.names()
     blocks = len(taps.f_input)
     error = np.zeros(blocks)
     scale = np.zeros(blocks)

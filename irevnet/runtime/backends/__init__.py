@@ -125,8 +125,6 @@ def open_graph(kind: str, model: bytes, outputs: list[str], *, max_batch: int, o
             from ..trt_build import GraphEngines
 
             engines = GraphEngines(max_batch)
-        backend = backend_class(kind)(engines.build(model, origin))
-        backend.origin = origin  # what its messages name
-        return backend
+        return backend_class(kind)(engines.build(model, origin), origin=origin)
     raise IRevNetError(f"-b {kind} runs the graphs of a bundle; choose one of {', '.join(GRAPH_BACKENDS)} for a "
                        f"graph outside one")

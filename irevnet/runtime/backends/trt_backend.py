@@ -46,7 +46,8 @@ class TrtBackend(Backend):
             raise IRevNetError(f"{bundle.path} has no TensorRT engine for {graph}; build them with `irevnet build {bundle.path}`")
         return cls(bundle.engine_bytes(graph), bundle=bundle)
 
-    def __init__(self, engine: bytes | str | Path, *, bundle: Bundle | None = None):
+    def __init__(self, engine: bytes | str | Path, *, bundle: Bundle | None = None, origin: str = "the graph"):
+        self.origin = origin  # what its messages name
         trt = import_tensorrt()
         self.trt = trt
         self.cuda = gpu.cuda_api()
