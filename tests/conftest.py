@@ -107,12 +107,35 @@ def trained_tiny_bijective(tmp_path_factory):
     return _train_digits(tmp_path_factory.mktemp("runs"), "irevnet-tiny-bijective")
 
 
-def export_tiny(run, out, precision=Precision.fp32, **kw):
+# the graphs traced for export_tiny in this test session, by checkpoint and precision traced
+_TRACED: dict[tuple[str, str], object] = {}
+
+
+def export_tiny(run, out, precision=Precision.fp32, retrace=False, **kw):
+    """Exports run/best.pt on the digits. The graphs traced for an earlier export of the same
+    checkpoint in this session are given to export_bundle (which traces anew where they are not
+    what it would trace): tracing is most of a tiny model's export. `retrace`: trace, as a
+    user's first export does."""
     from irevnet.export.bundle import ExportOptions, export_bundle
 
-    export_bundle(ExportOptions(checkpoint=str(run / "best.pt"), out=str(out), precision=precision, dataset="digits",
-                                max_batch=8, **kw))
+    opts = ExportOptions(checkpoint=str(run / "best.pt"), out=str(out), precision=precision, dataset="digits",
+                         max_batch=8, **kw)
+    export_bundle(opts, traced=None if retrace else traced_once(opts))
     return out
+
+
+def traced_once(opts):
+    """The graphs an export of `opts` traces, traced once in this session for each checkpoint and
+    precision traced (again where an export wants the debug graphs the first did not)."""
+    from irevnet.export.bundle import trace, traced_precision
+    from irevnet.io.checkpoint import load_checkpoint
+
+    key = (opts.checkpoint, traced_precision(opts.precision).value)
+    ckpt = load_checkpoint(opts.checkpoint)
+    traced = _TRACED.get(key)
+    if traced is None or traced.unusable_for(ckpt, opts):
+        traced = _TRACED[key] = trace(ckpt, opts)
+    return traced
 
 
 @pytest.fixture(scope="session")

@@ -69,7 +69,7 @@ def export(
     search_batch: Annotated[int, typer.Option(
         help="--precision auto: the batch plans are timed and evaluated at.")] = ExportOptions.search_batch,
     search_bench_s: Annotated[float, typer.Option(
-        help="--precision auto: seconds each plan's forward is timed for, over 5 rounds.")] = ExportOptions.search_bench_s,
+        help="--precision auto: seconds each plan's forward is timed for, over 3 rounds.")] = ExportOptions.search_bench_s,
     frontier: Annotated[str | None, typer.Option(
         help="--precision auto: write the speed/agreement frontier of the plans tried to this PNG.")
     ] = ExportOptions.frontier,

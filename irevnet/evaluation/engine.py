@@ -27,6 +27,7 @@ from ..metrics import rel_l2
 from .records import RunIdentity, chunk_table
 
 if TYPE_CHECKING:
+    from ..io.checkpoint import Checkpoint
     from ..runtime.backends import BackendOptions
 
 
@@ -69,19 +70,26 @@ def bundle_target(path: str, backend: str, options: BackendOptions) -> Target:
 
 
 def checkpoint_target(path: str, *, image_size: int | None = None, device: str = "auto",
-                      threads: int | None = None, projection: bool = True) -> Target:
-    """A checkpoint's model on torch (PyTorch fp32): the reference an exported bundle is judged by."""
+                      threads: int | None = None, projection: bool = True, loaded: Checkpoint | None = None,
+                      sha256: str | None = None) -> Target:
+    """A checkpoint's model on torch (PyTorch fp32): the reference an exported bundle is judged by.
+
+    Args:
+        loaded, sha256: the checkpoint as loaded from `path` already and its file's digest (an
+            export's search): its model runs, nothing is read again.
+    """
     from ..io.checkpoint import load_checkpoint, weights_sha256
     from ..io.files import sha256_file
     from ..model.graphs import prepare
     from ..runtime.backends.torch_backend import TorchBackend
 
-    ckpt = load_checkpoint(path, image_size=image_size)
+    ckpt = loaded or load_checkpoint(path, image_size=image_size)
     cfg = ckpt.config
-    digest = sha256_file(path)
+    digest = sha256 or sha256_file(path)
 
     def open_graphs(round_trip: bool):
-        kw = {"image_size": cfg.in_shape[1], "device": device, "threads": threads, "projection": projection}
+        kw = {"image_size": cfg.in_shape[1], "device": device, "threads": threads, "projection": projection,
+              "model": ckpt.model if loaded else None}
         forward = TorchBackend(path, FORWARD, **kw)
         return forward, TorchBackend(path, INVERSE, **kw) if round_trip else None
 

@@ -8,8 +8,10 @@ graph policy); a failed or interrupted export leaves any previous bundle untouch
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
+import json
 import math
 import platform
 import time
@@ -104,7 +106,8 @@ class ExportResult:
                 "manifest": self.manifest.to_dict(), **({"search": self.search.to_dict()} if self.search is not None else {})}
 
 
-def export_bundle(opts: ExportOptions, log=lambda msg: None, planner: Planner | None = None) -> ExportResult:
+def export_bundle(opts: ExportOptions, log=lambda msg: None, planner: Planner | None = None,
+                  traced: Traced | None = None) -> ExportResult:
     """Exports, verifies and writes a bundle, in four steps: trace the graphs once; measure what
     reduced precision needs once (int8 ranges, the exact coupling's grid); choose the plan (the
     precision's uniform one, the one given, or the planner's); write the bundle of that plan.
@@ -112,6 +115,9 @@ def export_bundle(opts: ExportOptions, log=lambda msg: None, planner: Planner | 
     Args:
         planner: chooses the plan of `--precision auto` and judges the bundle written before it
             is put in place (irevnet.search: the search under a budget).
+        traced: graphs `trace` made already, for exports of one checkpoint in several
+            precisions or plans (tracing is most of a small model's export): used where they are
+            what this export would trace (`Traced.unusable_for`), traced anew otherwise.
     Raises:
         CheckFailed: the verification missed a tolerance, or the planner's judgement failed (and
             allow_mismatch is off); no bundle is written.
@@ -123,7 +129,10 @@ def export_bundle(opts: ExportOptions, log=lambda msg: None, planner: Planner | 
     if opts.precision == AUTO and planner is None:
         raise IRevNetError("--precision auto is chosen by the search: irevnet.search.export_searched(opts)")
     samples = _samples(ckpt, opts.dataset, min(opts.samples, opts.max_batch))
-    traced = trace(ckpt, opts, log)
+    if traced is not None and (why := traced.unusable_for(ckpt, opts)):
+        log(f"tracing anew: the graphs given {why}")
+        traced = None
+    traced = traced or trace(ckpt, opts, log)
     lowering = measure_lowering(ckpt, opts, traced, samples, plan, log)
     try:
         if planner is not None:
@@ -183,11 +192,45 @@ class Traced:
     graphs: Mapping[str, tuple[onnx.ModelProto, bool, float]]  # name -> (graph, strict check, seconds to trace)
     precision: Precision  # fp32, or fp16
     weights_sha256: str  # of the weights every graph derives from: folded, in `precision`
+    key: TraceKey  # what the graphs were traced from
 
     def copy(self, name: str) -> onnx.ModelProto:
         proto = onnx.ModelProto()
         proto.CopyFrom(self.graphs[name][0])
         return proto
+
+    def unusable_for(self, ckpt: Checkpoint, opts: ExportOptions) -> str | None:
+        """Why these graphs are not what an export of `opts` would trace (None: they are)."""
+        key = TraceKey.of(ckpt, opts, weights_sha256(prepare(ckpt.model, traced_precision(opts.precision))))
+        differ = [f.name for f in dataclasses.fields(TraceKey) if getattr(key, f.name) != getattr(self.key, f.name)]
+        if differ:
+            return f"were traced with another {', '.join(differ)}"
+        if missing := [n for n in graph_names(opts) if n not in self.graphs]:
+            return f"have no {', '.join(missing)} graph"
+        return None
+
+
+@dataclass(frozen=True)
+class TraceKey:
+    """What `trace` makes its graphs from: the folded weights and the model's configuration, the
+    precision traced, the inverse's range projection, the batch bound and the opset."""
+
+    weights: str
+    config: str
+    precision: str
+    projection: bool
+    max_batch: int
+    opset: int
+
+    @classmethod
+    def of(cls, ckpt: Checkpoint, opts: ExportOptions, weights: str) -> TraceKey:
+        return cls(weights, json.dumps(ckpt.config.to_dict(), sort_keys=True), traced_precision(opts.precision).value,
+                   bool(opts.projection), opts.max_batch, opts.opset)
+
+
+def graph_names(opts: ExportOptions) -> tuple[str, ...]:
+    """The graphs an export of `opts` writes."""
+    return (FORWARD, INVERSE, FORWARD_BLOCKS, INVERSE_BLOCKS) if opts.debug_graphs else (FORWARD, INVERSE)
 
 
 @dataclass(frozen=True)
@@ -215,16 +258,16 @@ def trace(ckpt: Checkpoint, opts: ExportOptions, log=lambda msg: None) -> Traced
         FORWARD_BLOCKS: (lambda: ForwardBlocksGraph(prepare(model, precision)), cfg.in_shape, False),
         INVERSE_BLOCKS: (lambda: InverseBlocksGraph(prepare(model, precision), opts.projection), cfg.z_shape, False),
     }
-    names = (FORWARD, INVERSE, FORWARD_BLOCKS, INVERSE_BLOCKS) if opts.debug_graphs else (FORWARD, INVERSE)
     graphs = {}
-    for name in names:
+    for name in graph_names(opts):
         module, shape, strict = modules[name]
         log(f"exporting the {name} graph")
         start = time.perf_counter()
         example = torch.zeros(min(2, opts.max_batch), *shape)
         graphs[name] = (export_graph(module(), example, max_batch=opts.max_batch, opset=opts.opset), strict,
                         time.perf_counter() - start)
-    return Traced(MappingProxyType(graphs), precision, weights_sha256(net))
+    weights = weights_sha256(net)
+    return Traced(MappingProxyType(graphs), precision, weights, TraceKey.of(ckpt, opts, weights))
 
 
 def measure_lowering(ckpt: Checkpoint, opts: ExportOptions, traced: Traced, samples: Samples,
@@ -291,7 +334,7 @@ def write_bundle(tmp: Path, out: Path, ckpt: Checkpoint, traced: Traced, lowerin
 def _write_graphs(tmp: Path, traced: Traced, lowering: Lowering, plan: PrecisionPlan | None, opts: ExportOptions,
                   log) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Each graph of the plan, checked and saved, its weights in the bundle's one weights file."""
-    names = (FORWARD, INVERSE, FORWARD_BLOCKS, INVERSE_BLOCKS) if opts.debug_graphs else (FORWARD, INVERSE)
+    names = graph_names(opts)
     graphs: dict[str, dict[str, Any]] = {}
     shared = SharedWeights(tmp / WEIGHTS)  # every graph's weights, each tensor once
     for name in (n for n in traced.graphs if n in names):

@@ -46,7 +46,7 @@ class ExportOptions:
     search_images: int = 256  # training images after the calibration's that the search decides on
     held_out: int | None = None  # the first N images of the held-out split that judge (default: all)
     search_batch: int = 8  # the batch plans are timed and evaluated at
-    search_bench_s: float = 1.0  # seconds each plan is timed for, over 5 alternating rounds (one run each at least)
+    search_bench_s: float = 1.0  # seconds each plan is timed for, over 3 alternating rounds (one run each at least)
     frontier: str | None = None  # a PNG of the plans tried: latency against agreement and logits drift
 
     def __post_init__(self) -> None:

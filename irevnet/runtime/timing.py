@@ -48,7 +48,8 @@ def alternate(runners: dict[K, Backend], feeds: dict[str, np.ndarray], *, warmup
               counts: list[int | None], on_round: Callable[[K, int], None] = lambda key, r: None,
               ) -> dict[K, list[tuple[list[float], list[float]]]]:
     """Times each runner on the same feeds in alternating rounds, so that all of them see the same
-    machine: each is warmed up for `warmup_s` first, then round r runs every runner in turn (the
+    machine: each is warmed up for `warmup_s` first (one call at least; none where it is 0: a
+    runner that has run already), then round r runs every runner in turn (the
     order rotated by r: none is always first) for `counts[r]` calls, or, where that is None, as
     many as fit in duration_s / len(counts) seconds (at least one).
 
@@ -59,7 +60,8 @@ def alternate(runners: dict[K, Backend], feeds: dict[str, np.ndarray], *, warmup
     calls = {key: functools.partial(b.infer, feeds) for key, b in runners.items()}
     for run in calls.values():
         deadline = time.perf_counter() + warmup_s
-        run()
+        if warmup_s > 0:
+            run()
         while time.perf_counter() < deadline:
             run()
     keys = list(calls)

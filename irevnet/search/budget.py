@@ -12,6 +12,8 @@ import math
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..contract import LOGITS
 from ..errors import IRevNetError
 
@@ -52,6 +54,20 @@ class Budget:
 
     def met(self, agreement: float, logits: float) -> bool:
         return (self.agreement is None or agreement >= self.agreement) and (self.logits is None or logits <= self.logits)
+
+    def margin(self, agreement: float, logits: float, images: int) -> float:
+        """How far figures are past the budget, relative to each bound (the largest over the bounds
+        given): at most 0 where the budget is met, above 0 where it is missed. `1 - agreement` is
+        measured against the share of flips allowed, or one image's where the bound allows none.
+        What the climb interpolates between plans (search.climb)."""
+        terms = []
+        if self.agreement is not None:
+            allowed = 1.0 - self.agreement
+            terms.append((1.0 - agreement - allowed) / max(allowed, 1.0 / max(images, 1)))
+        if self.logits is not None:
+            terms.append((logits - self.logits) / max(self.logits, np.finfo(np.float64).tiny))
+        m = max(terms, default=0.0)
+        return min(m, 0.0) if self.met(agreement, logits) else max(m, np.finfo(np.float64).eps)
 
     def __str__(self) -> str:
         terms = [f"agreement>={self.agreement:g}" if self.agreement is not None else None,

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import shutil
 from collections import Counter
@@ -33,7 +34,7 @@ from irevnet.io.files import sha256_file
 from irevnet.metrics import rel_l2
 from irevnet.runtime.backends.ort_backend import OrtBackend
 from irevnet.runtime.comparison import TOLERANCES, tolerance_for
-from tests.conftest import export_tiny, small_model
+from tests.conftest import export_tiny, small_model, traced_once
 from tests.reference import reference_state_dict, write_reference_t7
 
 
@@ -243,7 +244,7 @@ def test_an_operator_the_readers_refuse_is_never_written(trained_tiny, bundles, 
     if gate != "each graph as exported":
         monkeypatch.setattr(export_module, "check_graph", lambda *args, **kwargs: None)
     with pytest.raises(IRevNetError, match=r"forward\.onnx uses operator 'Neg' \(node 'extra/Neg'\)") as err:
-        export_tiny(trained_tiny, out, debug_graphs=False)
+        export_tiny(trained_tiny, out, retrace=True, debug_graphs=False)
     assert "\n" not in str(err.value) and "export bug" in str(err.value)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"], "no temporary folder left behind"
@@ -314,3 +315,49 @@ def test_a_bundle_for_batch_one_exports(trained_tiny, tmp_path):
         assert fwd.infer({IMAGE: x[:1]})[Z].shape[0] == 1
         with pytest.raises(InputError, match="batch 2 is outside the exported range 1..1"):
             fwd.infer({IMAGE: np.concatenate([x[:1]] * 2)})
+
+
+def test_graphs_traced_already_give_the_bundle_tracing_gives_and_others_are_traced_anew(trained_tiny, tmp_path,
+                                                                                        monkeypatch):
+    """export_bundle(traced=) takes the graphs `trace` made for the same checkpoint and trace
+    options, traces nothing, and writes the files a traced export writes, byte for byte (the
+    manifest aside: its date and seconds); graphs traced with another batch bound, or without the
+    debug graphs an export wants, are not used: it traces anew and says why."""
+    from types import MappingProxyType
+
+    from irevnet.export import bundle as export_module
+    from irevnet.io.checkpoint import load_checkpoint
+
+    opts = ExportOptions(checkpoint=str(trained_tiny / "best.pt"), out=str(tmp_path / "traced"), dataset="digits",
+                         max_batch=8, debug_graphs=False)
+    export_bundle(opts)
+    traced = traced_once(opts)  # this session's trace of the checkpoint, made for another export
+    calls = []
+    export_graph = export_module.export_graph
+    monkeypatch.setattr(export_module, "export_graph", lambda *a, **k: calls.append(1) or export_graph(*a, **k))
+    given = tmp_path / "given"
+    export_bundle(dataclasses.replace(opts, out=str(given)), traced=traced)
+    assert calls == [], "nothing traced"
+    files = sorted(p.name for p in (tmp_path / "traced").iterdir())
+    assert files == sorted(p.name for p in given.iterdir())
+    for name in files:
+        if name != MANIFEST:
+            assert sha256_file(given / name) == sha256_file(tmp_path / "traced" / name), name
+
+    class Traced(Exception):
+        pass
+
+    def trace(*args, **kwargs):
+        raise Traced
+
+    monkeypatch.setattr(export_module, "trace", trace)
+    plain = dataclasses.replace(traced, graphs=MappingProxyType({k: traced.graphs[k] for k in (FORWARD, INVERSE)}))
+    ckpt = load_checkpoint(opts.checkpoint)
+    for change, graphs, why in (({"max_batch": 4}, traced, "were traced with another max_batch"),
+                                ({"debug_graphs": True}, plain, "have no forward_blocks, inverse_blocks graph")):
+        changed = dataclasses.replace(opts, out=str(tmp_path / "other"), **change)
+        assert graphs.unusable_for(ckpt, changed) == why
+        said: list[str] = []
+        with pytest.raises(Traced):
+            export_bundle(changed, said.append, traced=graphs)
+        assert said[-1] == f"tracing anew: the graphs given {why}"

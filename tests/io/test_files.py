@@ -102,7 +102,8 @@ def test_a_folder_that_is_not_ours_is_refused_before_the_block_runs(tmp_path):
 def test_sigterm_during_export_exits_143_in_one_line_and_leaves_the_old_bundle(tmp_path, trained_tiny, bundles):
     """SIGTERM is handled like Ctrl-C: the temporary bundle is removed, the previous one stays."""
     out = shutil.copytree(bundles[Precision.fp32], tmp_path / "bundle")  # an export of this checkpoint
-    args = [sys.executable, "-m", "irevnet", "export", "-c", str(trained_tiny / "best.pt"), "-o", str(out), "--max-batch", "2"]
+    args = [sys.executable, "-m", "irevnet", "export", "-c", str(trained_tiny / "best.pt"), "-o", str(out), "--max-batch", "2",
+            "--no-debug"]
     before = (out / MANIFEST).read_bytes()
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120

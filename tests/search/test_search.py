@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import math
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -15,6 +16,7 @@ from irevnet.export.plan import PrecisionPlan
 from irevnet.runtime import Bundle
 from irevnet.search import Budget
 from irevnet.search.search import climb
+from tests.conftest import traced_once
 
 runner = CliRunner()
 # Measured on the held-out digits (p99 of the logits' rel. L2 to PyTorch fp32): uniform int8 3.9e-2, int8
@@ -49,7 +51,7 @@ def searched(trained_tiny, tmp_path_factory):
     with MonkeyPatch.context() as patch:
         patch.setattr(search_module, "OPEN_AT_ONCE", 3)
         patch.setattr(search_module._Context, "time", counted)
-        return export_searched(opts), out, opts
+        return export_searched(opts, traced=traced_once(opts)), out, opts
 
 
 def test_the_search_meets_a_budget_that_uniform_int8_misses_and_names_the_blocks_it_kept(searched):
@@ -174,29 +176,34 @@ def test_search_options_are_checked_before_any_work(trained_tiny, tmp_path, args
 @pytest.mark.parametrize("blocks", [*range(1, 41), 63, 64, 65, 100, 127, 128])  # irevnet-301 has 100
 def test_the_climb_finds_the_fewest_blocks_to_raise_within_b_plus_2_plans(blocks):
     """For a budget met once the t most sensitive blocks are raised (any t) and any guess of t,
-    the climb judges at most B + 1 plans (the search adds the fp32 plan: B + 2), at most
-    2 ceil(log2 B) + 2 however wrong the guess, 3 where the guess is t, and ends on the plan
-    with exactly t."""
+    the climb ends on the plan with exactly t and never judges more than B + 1 plans (the search
+    adds the fp32 plan: B + 2). Where the margins fall on a line in the count, it judges at most
+    4 (3 where the guess is t: uniform int8, t and t - 1); where only their signs are right (random
+    sizes), at most 4 ceil(log2 B) + 2 however wrong the guess."""
     order = list(range(blocks))[::-1]
-    log_bound = 2 * math.ceil(math.log2(blocks)) + 2 if blocks > 1 else 2
+    log_bound = 4 * math.ceil(math.log2(blocks)) + 2 if blocks > 1 else 2
+    rng = np.random.default_rng(blocks)
     for t in range(blocks + 1):
-        for guess in sorted({1, max(t, 1), blocks, max(t - 5, 1), min(t + 5, blocks), (t + blocks) // 2 + 1}):
-            judged: list[PrecisionPlan] = []
-            ranked: list[bool] = []
+        sizes = rng.uniform(1e-3, 1e3, blocks + 1)
+        on_a_line = [t - 0.5 - k for k in range(blocks + 1)]
+        random_sizes = [sizes[k] * (1 if k < t else -1) for k in range(blocks + 1)]
+        for margins in (on_a_line, random_sizes):
+            for guess in sorted({1, max(t, 1), blocks, max(t - 5, 1), min(t + 5, blocks), (t + blocks) // 2 + 1}):
+                judged: list[int] = []
+                ranked: list[bool] = []
 
-            def judge(plan: PrecisionPlan, label: str, judged=judged, t=t) -> bool:
-                judged.append(plan)
-                return sum(p is BlockPrecision.fp32 for p in plan.blocks) >= t
+                def judge(plan: PrecisionPlan, label: str, judged=judged, margins=margins) -> float:
+                    k = sum(p is BlockPrecision.fp32 for p in plan.blocks)
+                    assert set(plan.blocks_in(BlockPrecision.fp32)) == set(order[:k]), "the most sensitive ones first"
+                    judged.append(k)
+                    return margins[k]
 
-            climb(blocks, lambda ranked=ranked: ranked.append(True) or order, judge, lambda order, g=guess: g)
-            assert len(judged) <= min(blocks + 1, log_bound + 1), (t, guess, len(judged))
-            if guess == t:
-                assert len(judged) <= 3, "an exact guess: uniform int8, t, and t - 1"
-            assert ranked == ([True] if t else []), "the blocks are ranked once, and only when uniform int8 misses"
-            fewest = min((p for p in judged if sum(q is BlockPrecision.fp32 for q in p.blocks) >= t),
-                         key=lambda p: sum(q is BlockPrecision.fp32 for q in p.blocks))
-            assert sum(q is BlockPrecision.fp32 for q in fewest.blocks) == t
-            assert set(fewest.blocks_in(BlockPrecision.fp32)) == set(order[:t]), "the most sensitive ones first"
+                climb(blocks, lambda ranked=ranked: ranked.append(True) or order, judge, lambda order, g=guess: g)
+                assert len(judged) == len(set(judged)) <= min(blocks + 1, log_bound + 1), (t, guess, judged)
+                if margins is on_a_line:
+                    assert len(judged) <= (3 if guess == t else 4), (t, guess, judged)
+                assert ranked == ([True] if t else []), "the blocks are ranked once, and only when uniform int8 misses"
+                assert min(k for k in judged if k >= t) == t and (t == 0 or t - 1 in judged), (t, guess, judged)
 
 
 def test_the_predicted_count_scales_int8s_drift_by_the_squared_drifts_left():
@@ -214,6 +221,21 @@ def test_the_predicted_count_scales_int8s_drift_by_the_squared_drifts_left():
     # 1 - agreement: 0.02 for int8; 0.01 allowed: (0.5)^2 = 0.25 of 30 = 7.5: two raised (5 left)
     assert predicted(order, sensitivity, int8, Budget(agreement=0.99)) == 2
     assert predicted(order, sensitivity, int8, Budget(agreement=0.99, logits=1e-9)) == 4
+
+
+def test_a_margin_is_at_most_zero_exactly_where_the_budget_is_met():
+    """The climb interpolates margins: past each bound relative to it, the largest over the bounds,
+    and on the right side of 0 whenever met() says so, even at the bound itself."""
+    both = Budget(agreement=0.99, logits=1e-2)
+    assert both.margin(0.98, 5e-3, 100) == pytest.approx(1.0), "2 flips in 100 where 1 is allowed"
+    assert both.margin(1.0, 2e-2, 100) == pytest.approx(1.0), "twice the logits bound"
+    assert both.margin(1.0, 5e-3, 100) == pytest.approx(-0.5), "met: the nearer bound's room (logits, half)"
+    assert Budget(agreement=1.0).margin(0.99, 0.0, 200) == pytest.approx(2.0), "2 images flip where none may: 2 units"
+    for budget, agreement, logits in ((Budget(logits=3e-3), 1.0, 3e-3), (Budget(agreement=0.9), 0.9, 1.0)):
+        m = budget.margin(agreement, logits, 10)
+        assert (m <= 0) == budget.met(agreement, logits)
+    missed = Budget(logits=0.1)
+    assert missed.margin(1.0, np.nextafter(0.1, 1.0), 10) > 0, "missed by one rounding step: still above 0"
 
 
 def test_a_budget_parses_and_bad_ones_say_how_to_write_it():
@@ -239,7 +261,7 @@ def test_the_search_builds_judges_and_times_each_plan_on_tensorrt(trained_tiny, 
     out = tmp_path / "auto"
     opts = ExportOptions(checkpoint=str(trained_tiny / "best.pt"), out=str(out), dataset="digits", precision="auto",
                          budget=BUDGET, debug_graphs=False, search_backend="tensorrt", **SMALL)
-    search = export_searched(opts).search
+    search = export_searched(opts, traced=traced_once(opts)).search
     assert search and search.backend == "tensorrt" and search.judged.images == 120
     plans = {id(c) for c in [*search.tried, *search.uniform]}
     assert len(trt.calls) == len(plans) + 1, "one engine per plan, and one of the written bundle's forward graph"
@@ -266,9 +288,9 @@ def test_a_second_climb_to_fp32_where_fp16_blocks_cannot_meet_the_budget():
     order = [2, 0, 1]
     judged: list[tuple] = []
 
-    def judge(plan: PrecisionPlan, label: str) -> bool:  # fp16 blocks never meet it; two fp32 blocks do
+    def judge(plan: PrecisionPlan, label: str) -> float:  # fp16 blocks never meet it; two fp32 blocks do
         judged.append(plan.blocks)
-        return sum(p is BlockPrecision.fp32 for p in plan.blocks) >= 2
+        return -1.0 if sum(p is BlockPrecision.fp32 for p in plan.blocks) >= 2 else 1.0
 
     assert rungs("tensorrt") == (BlockPrecision.fp16, BlockPrecision.fp32) and rungs("openvino") == (BlockPrecision.fp32,)
     for rung in rungs("tensorrt"):
@@ -301,5 +323,5 @@ def test_a_search_that_fails_early_leaves_nothing_beside_the_bundle(trained_tiny
     opts = ExportOptions(checkpoint=str(trained_tiny / "best.pt"), out=str(tmp_path / "auto"), dataset="digits",
                          precision="auto", budget=BUDGET, debug_graphs=False, **SMALL)
     with pytest.raises(IRevNetError, match="the dataset went away"):
-        export_searched(opts)
+        export_searched(opts, traced=traced_once(opts))
     assert list(tmp_path.iterdir()) == []

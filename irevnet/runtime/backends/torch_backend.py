@@ -31,6 +31,8 @@ class TorchBackend(Backend):
         device: cpu | cuda | auto.
         threads: torch intra-op threads.
         sha256: the checkpoint's digest in the manifest; another file is refused before loading.
+        model: the checkpoint's model, loaded from it already (by the caller, who hashed it): run
+            instead of loading the file again.
     """
 
     name = "torch"
@@ -67,6 +69,7 @@ class TorchBackend(Backend):
         max_batch: int | None = None,
         sha256: str | None = None,
         grid: int | None = None,
+        model: Any = None,
     ):
         try:
             import torch
@@ -82,7 +85,8 @@ class TorchBackend(Backend):
             torch.set_num_threads(threads)
         self.torch = torch
         self.device = resolve_device(device)
-        model = load_checkpoint(checkpoint, image_size=image_size, sha256=sha256).model
+        if model is None:
+            model = load_checkpoint(checkpoint, image_size=image_size, sha256=sha256).model
         net = g.prepare(model, precision, fold_bn=False)
         self.grid, self.to_grid = grid, g.to_grid
         if grid is not None:  # the bundle's exact coupling: F's outputs (and below, the input image) on its grid
