@@ -107,35 +107,49 @@ def trained_tiny_bijective(tmp_path_factory):
     return _train_digits(tmp_path_factory.mktemp("runs"), "irevnet-tiny-bijective")
 
 
-# the graphs traced for export_tiny in this test session, by checkpoint and precision traced
-_TRACED: dict[tuple[str, str], object] = {}
-
-
-def export_tiny(run, out, precision=Precision.fp32, retrace=False, **kw):
-    """Exports run/best.pt on the digits. The graphs traced for an earlier export of the same
-    checkpoint in this session are given to export_bundle (which traces anew where they are not
-    what it would trace): tracing is most of a tiny model's export. `retrace`: trace, as a
-    user's first export does."""
+def export_tiny(run, out, precision=Precision.fp32, **kw):
     from irevnet.export.bundle import ExportOptions, export_bundle
 
-    opts = ExportOptions(checkpoint=str(run / "best.pt"), out=str(out), precision=precision, dataset="digits",
-                         max_batch=8, **kw)
-    export_bundle(opts, traced=None if retrace else traced_once(opts))
+    export_bundle(ExportOptions(checkpoint=str(run / "best.pt"), out=str(out), precision=precision, dataset="digits",
+                                max_batch=8, **kw))
     return out
 
 
-def traced_once(opts):
-    """The graphs an export of `opts` traces, traced once in this session for each checkpoint and
-    precision traced (again where an export wants the debug graphs the first did not)."""
-    from irevnet.export.bundle import trace, traced_precision
-    from irevnet.io.checkpoint import load_checkpoint
+# every export's trace in this session (export.bundle.trace), by what it was traced from
+_TRACED: dict[object, object] = {}
+REAL_TRACE = None  # export.bundle.trace itself, for a test that must trace
 
-    key = (opts.checkpoint, traced_precision(opts.precision).value)
-    ckpt = load_checkpoint(opts.checkpoint)
-    traced = _TRACED.get(key)
-    if traced is None or traced.unusable_for(ckpt, opts):
-        traced = _TRACED[key] = trace(ckpt, opts)
-    return traced
+
+@pytest.fixture(autouse=True, scope="session")
+def _trace_each_model_once():
+    """Tracing is most of a tiny model's export, and the tests export the same checkpoints again
+    and again (other precisions, plans, outputs, failures): every export in this session takes
+    the graphs traced for the first export of the same model and trace options (TraceKey), as
+    export_bundle(traced=) does for a caller; an export that wants graphs the first did not trace
+    (the debug graphs) traces again. A test that patches the exporter (export_graph) traces with
+    it; tests/export/test_export.py checks that graphs traced once give the files tracing gives."""
+    from _pytest.monkeypatch import MonkeyPatch
+
+    from irevnet.export import bundle
+
+    global REAL_TRACE
+    real = REAL_TRACE = bundle.trace
+    exporter = bundle.export_graph
+
+    def trace(ckpt, opts, log=lambda msg: None):
+        if bundle.export_graph is not exporter:
+            return real(ckpt, opts, log)
+        key = bundle.TraceKey.of(ckpt, opts, bundle.weights_sha256(
+            bundle.prepare(ckpt.model, bundle.traced_precision(opts.precision))))
+        traced = _TRACED.get(key)
+        if traced is None or traced.unusable_for(ckpt, opts):
+            traced = _TRACED[key] = real(ckpt, opts, log)
+        return traced
+
+    patch = MonkeyPatch()
+    patch.setattr(bundle, "trace", trace)
+    yield
+    patch.undo()
 
 
 @pytest.fixture(scope="session")

@@ -15,10 +15,10 @@
    most B + 2 plans for B blocks, 4 ceil(log2 B) + 3 whatever the guess and the margins, 4 when
    the guess is right and the margins fall on a line.
 4. Each plan is judged by its forward graph, derived in memory and opened on the target backend
-   (no bundle is written for it): checked against PyTorch fp32 on the export's verification
-   samples with the plan's tolerances (one that misses them is never chosen), judged by the
-   whole-dataset evaluation against PyTorch fp32 on the search images, and measured on the
-   held-out split for the report. The plans' forwards are timed side by side on that backend
+   (no bundle is written for it): judged by the whole-dataset evaluation against PyTorch fp32
+   on the search images, checked against PyTorch fp32 on the export's verification samples with
+   the plan's tolerances where it met the budget there (one that misses them is never chosen),
+   and measured on the held-out split for the report. The plans' forwards are timed side by side on that backend
    (alternating rounds, as `irevnet bench` times bundles; up to OPEN_AT_ONCE together, whose
    sessions are then closed), and the fastest plan that met the budget on the search images is
    chosen. The export then writes and verifies its bundle (the
@@ -93,7 +93,9 @@ class Candidate:
     search: Measured | None = None  # on the search images (what the search decided on)
     held_out: Measured | None = None  # on the held-out split (what the report shows)
     median_ms: float | None = None  # the forward at the bench batch on the target backend
-    verified: bool = True  # its forward met the plan's verification tolerances (one that did not is never chosen)
+    # its forward met the plan's verification tolerances (one that did not is never chosen); None:
+    # not checked, as it cannot be chosen (it missed the budget on the search images, or is shown only)
+    verified: bool | None = None
 
     @property
     def kept(self) -> list[str]:
@@ -343,13 +345,14 @@ class _Context:
         finally:
             backend.close()
 
-    def candidate(self, label: str, plan: PrecisionPlan, *, decide: bool) -> Candidate:
-        """Opens the plan's forward graph on the target backend, checks its logits and z against
-        PyTorch fp32 on the export's verification samples with the plan's tolerances (the forward
-        half of the export's verification, on the target backend; the chosen bundle's own
-        verification adds the round trip and batch 1), judges it on the search images when it is
-        one of the search's decisions, and measures it on the held-out split; `time` then times
-        the candidates together."""
+    def candidate(self, label: str, plan: PrecisionPlan, *, budget: Budget | None) -> Candidate:
+        """Opens the plan's forward graph on the target backend, judges it on the search images
+        when it is one of the search's decisions (`budget` given), checks its logits and z against
+        PyTorch fp32 on the export's verification samples with the plan's tolerances where it met
+        the budget there (the forward half of the export's verification, on the target backend;
+        the chosen bundle's own verification adds the round trip and batch 1: a plan that missed
+        cannot be chosen), and measures it on the held-out split; `time` then times the
+        candidates together."""
         from ..contract import FORWARD, IMAGE, LOGITS, Z
         from ..export.bundle import lower
         from ..runtime.backends import open_graph
@@ -365,13 +368,14 @@ class _Context:
                              engines=self.engines)
         found = Candidate(label, plan)
         self.graphs[id(found)] = (found, backend)  # from now on close() closes it, whatever fails next
-        x, logits, z = self.verification
-        grid = self.lowering.grid and self.lowering.grid["exponent"]
-        found.verified = bool(Parity.measure(plan.precision.value, backend.name, backend.infer({IMAGE: x}), logits, z,
-                                             tolerance_for(plan.tolerance_precision, grid)))
         graph = self._target(backend, origin, hashlib.sha256(model).hexdigest())
-        if decide:
+        if budget is not None:
             found.search = self.measure(graph, self.search_split)
+            if budget.met(found.search.agreement, found.search.logits_p99):
+                x, logits, z = self.verification
+                grid = self.lowering.grid and self.lowering.grid["exponent"]
+                found.verified = bool(Parity.measure(plan.precision.value, backend.name, backend.infer({IMAGE: x}),
+                                                     logits, z, tolerance_for(plan.tolerance_precision, grid)))
         found.held_out = self.measure(graph, self.held_out)
         if len(self.graphs) >= OPEN_AT_ONCE:
             self.time()
@@ -468,12 +472,12 @@ def _search(context: _Context) -> PlanSearch:
         budget on the search images (infinite where it missed its verification tolerances)."""
         c = next((c for c in tried if c.plan == plan), None)
         if c is None:
-            c = context.candidate(label, plan, decide=True)
+            c = context.candidate(label, plan, budget=budget)
             tried.append(c)
-        return budget.margin(c.search.agreement, c.search.logits_p99, c.search.images) if c.verified else np.inf
+        return np.inf if c.verified is False else budget.margin(c.search.agreement, c.search.logits_p99, c.search.images)
 
     def meets(c: Candidate) -> bool:
-        return c.verified and budget.met(c.search.agreement, c.search.logits_p99)
+        return c.verified is True and budget.met(c.search.agreement, c.search.logits_p99)
 
     for rung in rungs(opts.search_backend):  # fp32 after fp16 only where no plan of fp16 blocks met it
         climb(b, ranked, judge, lambda order: predicted(order, sensitivity, tried[0].search, budget), rung)
@@ -491,7 +495,7 @@ def _search(context: _Context) -> PlanSearch:
     uniform = [next(c for c in tried if c.plan == fp32)]
     for precision, label in ((BlockPrecision.fp16, Precision.mixed.value), (BlockPrecision.int8, Precision.int8.value)):
         plan = PrecisionPlan.uniform(precision, b)
-        uniform.append(next((c for c in tried if c.plan == plan), None) or context.candidate(label, plan, decide=False))
+        uniform.append(next((c for c in tried if c.plan == plan), None) or context.candidate(label, plan, budget=None))
     context.time()  # those not timed yet
     chosen = min(meeting, key=lambda c: c.median_ms)  # the fastest of those that meet it
     first, searched = len(calibration), len(context.search_split)

@@ -151,7 +151,7 @@ def test_train_resume_takes_the_run_options_and_the_flags_given(tmp_path):
 
 def test_export_verify_bench_happy_paths(tmp_path, trained_tiny, bundles):
     out = tmp_path / "bundle"
-    result = runner.invoke(app, ["export", "-c", str(trained_tiny / "best.pt"), "-o", str(out), "--max-batch", "4",
+    result = runner.invoke(app, ["export", "-c", str(trained_tiny / "best.pt"), "-o", str(out), "--max-batch", "8",
                                  "--no-debug", "--precision", Precision.fp16])
     assert result.exit_code == 0, result.output
     assert (out / MANIFEST).is_file() and "bundle written to" in result.output

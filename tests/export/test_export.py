@@ -34,7 +34,8 @@ from irevnet.io.files import sha256_file
 from irevnet.metrics import rel_l2
 from irevnet.runtime.backends.ort_backend import OrtBackend
 from irevnet.runtime.comparison import TOLERANCES, tolerance_for
-from tests.conftest import export_tiny, small_model, traced_once
+from tests import conftest
+from tests.conftest import export_tiny, small_model
 from tests.reference import reference_state_dict, write_reference_t7
 
 
@@ -244,7 +245,7 @@ def test_an_operator_the_readers_refuse_is_never_written(trained_tiny, bundles, 
     if gate != "each graph as exported":
         monkeypatch.setattr(export_module, "check_graph", lambda *args, **kwargs: None)
     with pytest.raises(IRevNetError, match=r"forward\.onnx uses operator 'Neg' \(node 'extra/Neg'\)") as err:
-        export_tiny(trained_tiny, out, retrace=True, debug_graphs=False)
+        export_tiny(trained_tiny, out, debug_graphs=False)
     assert "\n" not in str(err.value) and "export bug" in str(err.value)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"], "no temporary folder left behind"
@@ -330,8 +331,11 @@ def test_graphs_traced_already_give_the_bundle_tracing_gives_and_others_are_trac
 
     opts = ExportOptions(checkpoint=str(trained_tiny / "best.pt"), out=str(tmp_path / "traced"), dataset="digits",
                          max_batch=8, debug_graphs=False)
-    export_bundle(opts)
-    traced = traced_once(opts)  # this session's trace of the checkpoint, made for another export
+    ckpt = load_checkpoint(opts.checkpoint)
+    traced = export_module.trace(ckpt, opts)  # this session's trace of the checkpoint (tests/conftest.py)
+    with monkeypatch.context() as patch:  # an export that traces for itself
+        patch.setattr(export_module, "trace", conftest.REAL_TRACE)
+        export_bundle(opts)
     calls = []
     export_graph = export_module.export_graph
     monkeypatch.setattr(export_module, "export_graph", lambda *a, **k: calls.append(1) or export_graph(*a, **k))
@@ -352,7 +356,6 @@ def test_graphs_traced_already_give_the_bundle_tracing_gives_and_others_are_trac
 
     monkeypatch.setattr(export_module, "trace", trace)
     plain = dataclasses.replace(traced, graphs=MappingProxyType({k: traced.graphs[k] for k in (FORWARD, INVERSE)}))
-    ckpt = load_checkpoint(opts.checkpoint)
     for change, graphs, why in (({"max_batch": 4}, traced, "were traced with another max_batch"),
                                 ({"debug_graphs": True}, plain, "have no forward_blocks, inverse_blocks graph")):
         changed = dataclasses.replace(opts, out=str(tmp_path / "other"), **change)

@@ -226,17 +226,24 @@ def _peak_loading(root) -> tuple[int, str]:
     ],
     ids=["label-tower", "image-tower", "object-array"],
 )
-def test_a_few_kilobytes_of_cifar_cannot_allocate_gigabytes(tmp_path, batch):
+@pytest.fixture(scope="module")
+def intact_cifar_peak(tmp_path_factory) -> int:
+    """Peak resident bytes of a fresh process loading an intact 6-image CIFAR folder."""
+    intact = tmp_path_factory.mktemp("intact")
+    _write_cifar_py(intact, n_train=5, n_test=1)
+    peak, line = _peak_loading(intact)
+    assert line == "loaded"
+    return peak
+
+
+def test_a_few_kilobytes_of_cifar_cannot_allocate_gigabytes(tmp_path, batch, intact_cifar_peak):
     """The issue's 3.6 KB CIFAR folder made `evaluate` use 2.4 GB: batch files are read by a
     restricted unpickler and only arrays whose bytes are in the file become images."""
-    intact = tmp_path / "intact"
-    _write_cifar_py(intact, n_train=5, n_test=1)
     hostile = tmp_path / "hostile"
     _write_cifar_py(hostile, n_train=5, n_test=1)
     (hostile / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
     assert sum(f.stat().st_size for f in (hostile / "cifar-10-batches-py").iterdir()) < 40_000
-    intact_peak, line = _peak_loading(intact)
-    assert line == "loaded"
+    intact_peak = intact_cifar_peak
     peak, line = _peak_loading(hostile)
     assert "test_batch" in line and "re-download it" in line, line
     assert peak < intact_peak + (64 << 20), (peak, intact_peak)

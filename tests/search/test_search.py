@@ -16,7 +16,6 @@ from irevnet.export.plan import PrecisionPlan
 from irevnet.runtime import Bundle
 from irevnet.search import Budget
 from irevnet.search.search import climb
-from tests.conftest import traced_once
 
 runner = CliRunner()
 # Measured on the held-out digits (p99 of the logits' rel. L2 to PyTorch fp32): uniform int8 3.9e-2, int8
@@ -51,7 +50,7 @@ def searched(trained_tiny, tmp_path_factory):
     with MonkeyPatch.context() as patch:
         patch.setattr(search_module, "OPEN_AT_ONCE", 3)
         patch.setattr(search_module._Context, "time", counted)
-        return export_searched(opts, traced=traced_once(opts)), out, opts
+        return export_searched(opts), out, opts
 
 
 def test_the_search_meets_a_budget_that_uniform_int8_misses_and_names_the_blocks_it_kept(searched):
@@ -261,7 +260,7 @@ def test_the_search_builds_judges_and_times_each_plan_on_tensorrt(trained_tiny, 
     out = tmp_path / "auto"
     opts = ExportOptions(checkpoint=str(trained_tiny / "best.pt"), out=str(out), dataset="digits", precision="auto",
                          budget=BUDGET, debug_graphs=False, search_backend="tensorrt", **SMALL)
-    search = export_searched(opts, traced=traced_once(opts)).search
+    search = export_searched(opts).search
     assert search and search.backend == "tensorrt" and search.judged.images == 120
     plans = {id(c) for c in [*search.tried, *search.uniform]}
     assert len(trt.calls) == len(plans) + 1, "one engine per plan, and one of the written bundle's forward graph"
@@ -323,5 +322,5 @@ def test_a_search_that_fails_early_leaves_nothing_beside_the_bundle(trained_tiny
     opts = ExportOptions(checkpoint=str(trained_tiny / "best.pt"), out=str(tmp_path / "auto"), dataset="digits",
                          precision="auto", budget=BUDGET, debug_graphs=False, **SMALL)
     with pytest.raises(IRevNetError, match="the dataset went away"):
-        export_searched(opts, traced=traced_once(opts))
+        export_searched(opts)
     assert list(tmp_path.iterdir()) == []
