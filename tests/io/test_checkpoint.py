@@ -288,16 +288,16 @@ def test_malformed_and_oversized_irevnet_files_are_one_line(tmp_path, changes, m
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("changes", [
-    {"config": {**_TINY, "channels": [4096, 16384, 65536]}},  # ~40 GB of weights
-    {"config": {**_TINY, "num_classes": 10**12}},  # a 10^12-row classifier
-], ids=["channels", "classes"])
 @pytest.fixture(scope="module")
 def intact_info_peak(tmp_path_factory) -> int:
     """Peak resident bytes of a fresh `irevnet info` of an intact checkpoint."""
     return peak_of_cli(["info", "-c", str(_irevnet_file(tmp_path_factory.mktemp("intact"), "intact"))], expect_exit=0)
 
 
+@pytest.mark.parametrize("changes", [
+    {"config": {**_TINY, "channels": [4096, 16384, 65536]}},  # ~40 GB of weights
+    {"config": {**_TINY, "num_classes": 10**12}},  # a 10^12-row classifier
+], ids=["channels", "classes"])
 def test_oversized_configs_are_refused_before_allocating(tmp_path, changes, intact_info_peak):
     """Peak memory of a fresh `irevnet info` (this process's own peak would hide an allocation):
     within 64 MiB of the same command on the intact file."""

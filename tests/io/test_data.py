@@ -217,15 +217,6 @@ def _peak_loading(root) -> tuple[int, str]:
     return int(peak), line
 
 
-@pytest.mark.parametrize(
-    "batch",
-    [
-        {b"data": np.zeros((1, 3072), np.uint8), b"labels": _tower(0, 26)},  # 2^26 labels: 512 MB as int64
-        {b"data": _tower([0] * 3072, 17), b"labels": [0]},  # 2^17 images of nested lists: 400 MB+
-        {b"data": np.zeros((1, 3072), np.uint8), b"labels": np.zeros(1, dtype=object)},  # object arrays run pickles
-    ],
-    ids=["label-tower", "image-tower", "object-array"],
-)
 @pytest.fixture(scope="module")
 def intact_cifar_peak(tmp_path_factory) -> int:
     """Peak resident bytes of a fresh process loading an intact 6-image CIFAR folder."""
@@ -236,6 +227,15 @@ def intact_cifar_peak(tmp_path_factory) -> int:
     return peak
 
 
+@pytest.mark.parametrize(
+    "batch",
+    [
+        {b"data": np.zeros((1, 3072), np.uint8), b"labels": _tower(0, 26)},  # 2^26 labels: 512 MB as int64
+        {b"data": _tower([0] * 3072, 17), b"labels": [0]},  # 2^17 images of nested lists: 400 MB+
+        {b"data": np.zeros((1, 3072), np.uint8), b"labels": np.zeros(1, dtype=object)},  # object arrays run pickles
+    ],
+    ids=["label-tower", "image-tower", "object-array"],
+)
 def test_a_few_kilobytes_of_cifar_cannot_allocate_gigabytes(tmp_path, batch, intact_cifar_peak):
     """The issue's 3.6 KB CIFAR folder made `evaluate` use 2.4 GB: batch files are read by a
     restricted unpickler and only arrays whose bytes are in the file become images."""
