@@ -124,22 +124,19 @@ REAL_TRACE = None  # export.bundle.trace itself, for a test that must trace
 def _trace_each_model_once():
     """Tracing is most of a tiny model's export, and the tests export the same checkpoints again
     and again (other precisions, plans, outputs, failures): every export in this session takes
-    the graphs traced for the first export of the same model and trace options (TraceKey), as
-    export_bundle(traced=) does for a caller; an export that wants graphs the first did not trace
-    (the debug graphs) traces again. A test that patches the exporter (export_graph) traces with
-    it; tests/export/test_export.py checks that graphs traced once give the files tracing gives."""
+    the graphs traced for the first export of the same model and trace options (TraceKey) with
+    the same exporter (export_graph, which a test may patch), as export_bundle(traced=) does for
+    a caller; an export that wants graphs the first did not trace (the debug graphs) traces again.
+    tests/export/test_export.py checks that graphs traced once give the files tracing gives."""
     from _pytest.monkeypatch import MonkeyPatch
 
     from irevnet.export import bundle
 
     global REAL_TRACE
     real = REAL_TRACE = bundle.trace
-    exporter = bundle.export_graph
 
     def trace(ckpt, opts, log=lambda msg: None):
-        if bundle.export_graph is not exporter:
-            return real(ckpt, opts, log)
-        key = bundle.TraceKey.of(ckpt, opts, bundle.weights_sha256(
+        key = bundle.export_graph, bundle.TraceKey.of(ckpt, opts, bundle.weights_sha256(
             bundle.prepare(ckpt.model, bundle.traced_precision(opts.precision))))
         traced = _TRACED.get(key)
         if traced is None or traced.unusable_for(ckpt, opts):

@@ -223,6 +223,15 @@ def test_reference_format_checkpoints_export(tmp_path):
     assert m.checkpoint.format == "reference-cifar" and m.verification.passed
 
 
+def _with_a_neg(*args, **kwargs):
+    """export_graph, and a Neg beside the graph."""
+    from irevnet.export.onnx_export import export_graph
+
+    model = export_graph(*args, **kwargs)
+    model.graph.node.append(onnx.helper.make_node("Neg", [model.graph.input[0].name], ["unused"], name="extra/Neg"))
+    return model
+
+
 @pytest.mark.parametrize("gate", ["each graph as exported", "the finished bundle, opened as a reader opens it"])
 def test_an_operator_the_readers_refuse_is_never_written(trained_tiny, bundles, tmp_path, monkeypatch, gate):
     """A graph with an operator outside the graph policy (a Neg beside the graph, as a torch
@@ -234,14 +243,7 @@ def test_an_operator_the_readers_refuse_is_never_written(trained_tiny, bundles, 
 
     out = shutil.copytree(bundles[Precision.fp32], tmp_path / "bundle")  # an export of trained_tiny
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    export_graph = export_module.export_graph
-
-    def with_a_neg(*args, **kwargs):
-        model = export_graph(*args, **kwargs)
-        model.graph.node.append(onnx.helper.make_node("Neg", [model.graph.input[0].name], ["unused"], name="extra/Neg"))
-        return model
-
-    monkeypatch.setattr(export_module, "export_graph", with_a_neg)
+    monkeypatch.setattr(export_module, "export_graph", _with_a_neg)  # one function: both cases share its trace
     if gate != "each graph as exported":
         monkeypatch.setattr(export_module, "check_graph", lambda *args, **kwargs: None)
     with pytest.raises(IRevNetError, match=r"forward\.onnx uses operator 'Neg' \(node 'extra/Neg'\)") as err:
