@@ -47,7 +47,7 @@ Report = Callable[[str, Any], None]
 
 def run_demo(opts: DemoOptions, report: Report = lambda step, result: None, observer=None) -> dict[str, Any]:
     """Runs every stage into `opts.out`; `report(step, result)` is called as each one finishes."""
-    from .export.bundle import ExportOptions, export_bundle, trace, traced_precision
+    from .export.bundle import ExportOptions, export_bundle, trace
     from .io.checkpoint import load_checkpoint
     from .io.images import save_inversion
     from .runtime.bench import BenchOptions, bench
@@ -71,13 +71,13 @@ def run_demo(opts: DemoOptions, report: Report = lambda step, result: None, obse
     report("train", trained)
     checkpoint = out / "run" / "best.pt"
 
-    bundles, ckpt, traced = {}, load_checkpoint(checkpoint), {}
+    bundles, ckpt, traced = {}, load_checkpoint(checkpoint), None
     for precision in opts.precisions:
         export = ExportOptions(checkpoint=str(checkpoint), out=str(out / f"bundle-{precision}"), precision=precision,
                                dataset="digits", max_batch=32)
-        if (kind := traced_precision(precision)) not in traced:  # fp32 and mixed are traced alike: once
-            traced[kind] = trace(ckpt, export)
-        bundles[precision] = export_bundle(export, traced=traced[kind])
+        if traced is None or traced.unusable_for(ckpt, export):  # fp32 and mixed are traced alike: once
+            traced = trace(ckpt, export)
+        bundles[precision] = export_bundle(export, traced=traced)
         report(f"export {precision}", bundles[precision])
 
     accuracy = _accuracy(checkpoint, out / "bundle-fp32")

@@ -139,7 +139,7 @@ def _trace_each_model_once():
         key = bundle.export_graph, bundle.TraceKey.of(ckpt, opts, bundle.weights_sha256(
             bundle.prepare(ckpt.model, bundle.traced_precision(opts.precision))))
         traced = _TRACED.get(key)
-        if traced is None or traced.unusable_for(ckpt, opts):
+        if traced is None or any(name not in traced.graphs for name in bundle.graph_names(opts)):
             traced = _TRACED[key] = real(ckpt, opts, log)
         return traced
 

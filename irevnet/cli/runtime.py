@@ -79,7 +79,8 @@ def bench(
     batch_sizes: Annotated[
         str | None, typer.Option(help="Comma-separated batch sizes (default: 1 and 8, within the bundle's --max-batch).")
     ] = BenchOptions.batch_sizes,
-    warmup_s: Annotated[float, typer.Option(help="Warm-up seconds per measurement (one call at least; 0: none).")] = BenchOptions.warmup_s,
+    warmup_s: Annotated[float, typer.Option(
+        help="Warm-up seconds per measurement (one call at least; 0: none).")] = BenchOptions.warmup_s,
     duration_s: Annotated[float, typer.Option(help="Measured seconds per measurement.")] = BenchOptions.duration_s,
     iterations: Annotated[
         int | None, typer.Option(help="Measure this many runs instead of --duration-s.")

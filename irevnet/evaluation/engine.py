@@ -71,12 +71,13 @@ def bundle_target(path: str, backend: str, options: BackendOptions) -> Target:
 
 def checkpoint_target(path: str, *, image_size: int | None = None, device: str = "auto",
                       threads: int | None = None, projection: bool = True, loaded: Checkpoint | None = None,
-                      sha256: str | None = None) -> Target:
+                      sha256: str | None = None, weights: str | None = None) -> Target:
     """A checkpoint's model on torch (PyTorch fp32): the reference an exported bundle is judged by.
 
     Args:
-        loaded, sha256: the checkpoint as loaded from `path` already and its file's digest (an
-            export's search): its model runs, nothing is read again.
+        loaded, sha256, weights: the checkpoint as loaded from `path` already, its file's digest
+            and its folded fp32 weights' (an export's search, which traced them): its model runs,
+            nothing is read, folded or hashed again.
     """
     from ..io.checkpoint import load_checkpoint, weights_sha256
     from ..io.files import sha256_file
@@ -93,8 +94,9 @@ def checkpoint_target(path: str, *, image_size: int | None = None, device: str =
         forward = TorchBackend(path, FORWARD, **kw)
         return forward, TorchBackend(path, INVERSE, **kw) if round_trip else None
 
-    return Target("checkpoint", path, digest, digest, weights_sha256(prepare(ckpt.model, Precision.fp32)), Precision.fp32,
-                  tuple(cfg.in_shape), cfg.num_classes, None, open_graphs)
+    weights = weights or weights_sha256(prepare(ckpt.model, Precision.fp32))
+    return Target("checkpoint", path, digest, digest, weights, Precision.fp32, tuple(cfg.in_shape), cfg.num_classes,
+                  None, open_graphs)
 
 
 def open_target(opts: Any) -> Target:

@@ -18,8 +18,8 @@
    (no bundle is written for it): judged by the whole-dataset evaluation against PyTorch fp32
    on the search images, checked against PyTorch fp32 on the export's verification samples with
    the plan's tolerances where it met the budget there (one that misses them is never chosen),
-   and measured on the held-out split for the report. The plans' forwards are timed side by side on that backend
-   (alternating rounds, as `irevnet bench` times bundles; up to OPEN_AT_ONCE together, whose
+   and measured on the held-out split for the report. The plans' forwards are timed side by
+   side on that backend (alternating rounds, as `irevnet bench` times bundles; up to OPEN_AT_ONCE together, whose
    sessions are then closed), and the fastest plan that met the budget on the search images is
    chosen. The export then writes and verifies its bundle (the
    round trip included) as any export does, and the bundle, as written, is judged on the held-out
@@ -284,10 +284,10 @@ class _Context:
 
                 self.engines = GraphEngines(opts.max_batch, self.batch)
             log(f"PyTorch fp32 on {len(self.search_split)} search and {len(self.held_out)} held-out images")
-            # the checkpoint as the export loaded it: not read, hashed or folded again for each split
+            # the checkpoint as the export loaded and traced it: not read, folded or hashed again
             self.reference_target = checkpoint_target(str(opts.checkpoint), image_size=opts.image_size,
                                                       projection=opts.projection, loaded=ckpt,
-                                                      sha256=self.checkpoint_sha256)
+                                                      sha256=self.checkpoint_sha256, weights=traced.weights_sha256)
             self.reference = {"search": self._records(None, self.search_split, "reference-search"),
                               "held_out": self._records(None, self.held_out, "reference-held-out")}
             with torch.no_grad():  # what each plan's forward is checked against, as the export's verification does
@@ -474,7 +474,9 @@ def _search(context: _Context) -> PlanSearch:
         if c is None:
             c = context.candidate(label, plan, budget=budget)
             tried.append(c)
-        return np.inf if c.verified is False else budget.margin(c.search.agreement, c.search.logits_p99, c.search.images)
+        if c.verified is False:
+            return np.inf
+        return budget.margin(c.search.agreement, c.search.logits_p99, c.search.images)
 
     def meets(c: Candidate) -> bool:
         return c.verified is True and budget.met(c.search.agreement, c.search.logits_p99)
@@ -526,8 +528,8 @@ def climb(num_blocks: int, rank: Callable[[], list[int]], judge: Callable[[Preci
     or one that did not and whose outcome the line got wrong.
 
     Plans judged, uniform int8 included: 3 where the guess is right and the margins fall on a
-    line, 4 for any guess there, at most 4 ceil(log2 B) + 2 whatever the guess and the margins, and never more than
-    B + 1, as no count is judged twice (tests/search checks B = 1..40, 63-65, 100, 127 and 128,
+    line, 4 for any guess there, at most 4 ceil(log2 B) + 2 whatever the guess and the margins,
+    and never more than B + 1, as no count is judged twice (tests/search checks B = 1..40, 63-65, 100, 127 and 128,
     for every count, six guesses each, with margins on a line and with margins of random sizes).
     """
     order: list[int] = []
