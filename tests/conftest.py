@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
 import subprocess
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -126,8 +128,9 @@ def _trace_each_model_once():
     and again (other precisions, plans, outputs, failures): every export in this session takes
     the graphs traced for the first export of the same model and trace options (TraceKey) with
     the same exporter (export_graph, which a test may patch), as export_bundle(traced=) does for
-    a caller; an export that wants graphs the first did not trace (the debug graphs) traces again.
-    tests/export/test_export.py checks that graphs traced once give the files tracing gives."""
+    a caller. The memo keeps the debug graphs, which every trace makes (an export without them
+    writes the same forward and inverse graphs). tests/export/test_export.py checks that graphs
+    traced once give the files tracing gives."""
     from _pytest.monkeypatch import MonkeyPatch
 
     from irevnet.export import bundle
@@ -138,10 +141,9 @@ def _trace_each_model_once():
     def trace(ckpt, opts, log=lambda msg: None):
         key = bundle.export_graph, bundle.TraceKey.of(ckpt, opts, bundle.weights_sha256(
             bundle.prepare(ckpt.model, bundle.traced_precision(opts.precision))))
-        traced = _TRACED.get(key)
-        if traced is None or any(name not in traced.graphs for name in bundle.graph_names(opts)):
-            traced = _TRACED[key] = real(ckpt, opts, log)
-        return traced
+        if key not in _TRACED:
+            _TRACED[key] = real(ckpt, dataclasses.replace(opts, debug_graphs=True), log)
+        return _TRACED[key]
 
     patch = MonkeyPatch()
     patch.setattr(bundle, "trace", trace)
@@ -196,6 +198,14 @@ def peak_of_cli(args: list[str], expect_exit: int = 2, timeout: float = 120) -> 
     _, peak, code = line.split()
     assert code == str(expect_exit), proc.stdout[-2000:] + proc.stderr[-2000:]
     return int(peak)
+
+
+def peaks_of_cli(runs: dict[str, tuple[list[str], int]], timeout: float = 120) -> dict[str, int]:
+    """peak_of_cli of each run (name -> (args, expected exit code)), as many side by side as this
+    machine has cores: each is its own fresh process, so each peak is its own."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        futures = {name: pool.submit(peak_of_cli, args, code, timeout) for name, (args, code) in runs.items()}
+        return {name: future.result() for name, future in futures.items()}
 
 
 def edit_manifest(bundle: Path, change: Callable[[dict], object]) -> Path:

@@ -65,7 +65,7 @@ from ..training.data import load_datasets
 from ..training.invert import first_images
 from .coupling import MANTISSA_BITS, grid_exponent, snap_coupling
 from .fidelity import diagnose
-from .onnx_export import branch_signatures, check_graph, export_graph, graph_summary
+from .onnx_export import branch_signatures, check_graph, export_graph, graph_summary, only_outputs
 from .options import AUTO, ExportOptions
 from .plan import PrecisionPlan, apply_plan
 from .quantize import CALIBRATION_METHODS, calibrate
@@ -213,19 +213,19 @@ class Traced:
 @dataclass(frozen=True)
 class TraceKey:
     """What `trace` makes its graphs from: the folded weights and the model's configuration, the
-    precision traced, the inverse's range projection, the batch bound and the opset."""
+    precision traced, the inverse's range projection and the opset (not the batch bound: the
+    graphs serve every one)."""
 
     weights: str
     config: str
     precision: str
     projection: bool
-    max_batch: int
     opset: int
 
     @classmethod
     def of(cls, ckpt: Checkpoint, opts: ExportOptions, weights: str) -> TraceKey:
         return cls(weights, json.dumps(ckpt.config.to_dict(), sort_keys=True), traced_precision(opts.precision).value,
-                   bool(opts.projection), opts.max_batch, opts.opset)
+                   bool(opts.projection), opts.opset)
 
 
 def graph_names(opts: ExportOptions) -> tuple[str, ...]:
@@ -248,26 +248,34 @@ class Lowering:
 
 def trace(ckpt: Checkpoint, opts: ExportOptions, log=lambda msg: None) -> Traced:
     """The graphs traced from the model: the forward and inverse graphs, and the per-block debug
-    graphs with `debug_graphs`."""
-    model, cfg = ckpt.model, ckpt.config
+    graphs with `debug_graphs`.
+
+    Only the debug graphs are traced: the forward and inverse graphs are theirs with the block
+    outputs left out (only_outputs), so an export traces two graphs, with or without debug
+    graphs, and a bundle's forward and inverse are the same either way."""
+    cfg = ckpt.config
     precision = traced_precision(opts.precision)
-    net = prepare(model, precision)  # the forward and the inverse share it; the debug graphs tap their own
-    modules = {
-        FORWARD: (lambda: ForwardGraph(net), cfg.in_shape, True),
-        INVERSE: (lambda: InverseGraph(net, opts.projection), cfg.z_shape, True),
-        FORWARD_BLOCKS: (lambda: ForwardBlocksGraph(prepare(model, precision)), cfg.in_shape, False),
-        INVERSE_BLOCKS: (lambda: InverseBlocksGraph(prepare(model, precision), opts.projection), cfg.z_shape, False),
-    }
+    net = prepare(ckpt.model, precision)  # every graph's weights
+    directions = (
+        (FORWARD, FORWARD_BLOCKS, lambda: ForwardBlocksGraph(net), ForwardGraph.output_names, cfg.in_shape),
+        (INVERSE, INVERSE_BLOCKS, lambda: InverseBlocksGraph(net, opts.projection), InverseGraph.output_names,
+         cfg.z_shape),
+    )
     graphs = {}
-    for name in graph_names(opts):
-        module, shape, strict = modules[name]
-        log(f"exporting the {name} graph")
+    for name, debug, module, outputs, shape in directions:
+        log(f"exporting the {name} graph" + (f" and its debug twin {debug}" if opts.debug_graphs else ""))
         start = time.perf_counter()
-        example = torch.zeros(min(2, opts.max_batch), *shape)
-        graphs[name] = (export_graph(module(), example, max_batch=opts.max_batch, opset=opts.opset), strict,
-                        time.perf_counter() - start)
+        tapped = module()
+        try:
+            proto = export_graph(tapped, torch.zeros(2, *shape), opset=opts.opset)
+        finally:
+            tapped.taps.remove()  # the next direction taps the same network
+        graphs[name] = (only_outputs(proto, outputs), True, time.perf_counter() - start)  # the trace's seconds
+        if opts.debug_graphs:
+            graphs[debug] = (proto, False, 0.0)
     weights = weights_sha256(net)
-    return Traced(MappingProxyType(graphs), precision, weights, TraceKey.of(ckpt, opts, weights))
+    return Traced(MappingProxyType({name: graphs[name] for name in graph_names(opts)}), precision, weights,
+                  TraceKey.of(ckpt, opts, weights))
 
 
 def measure_lowering(ckpt: Checkpoint, opts: ExportOptions, traced: Traced, samples: Samples,

@@ -19,6 +19,7 @@ import io
 import re
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import onnx
@@ -28,6 +29,7 @@ from onnx import numpy_helper
 from ..contract import BATCH_DIM
 from ..errors import IRevNetError
 from ..runtime.graph_policy import check_graph_policy
+from ..validation import MAX_BATCH
 from .options import DEFAULT_OPSET
 
 # Nodes of a block's bottleneck F are named block{i}/F/... identically in the forward and inverse graphs.
@@ -53,16 +55,18 @@ def _translations() -> dict:
     }
 
 
-def export_graph(
-    module: torch.nn.Module, example: torch.Tensor, *, max_batch: int, opset: int = DEFAULT_OPSET
-) -> onnx.ModelProto:
-    """Exports `module(example)` with a dynamic batch dimension N in [1, max_batch].
+def export_graph(module: torch.nn.Module, example: torch.Tensor, *, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """Exports `module(example)` with a dynamic batch dimension N.
 
-    The module declares `input_names` and `output_names`.
+    The module declares `input_names` and `output_names`. The graph does not depend on a batch
+    bound (the manifest states the bundle's), so N is traced over every batch a bundle may declare
+    and one trace serves every --max-batch. It carries no exporter metadata: torch's stack traces
+    name files of the machine that exported, and its range constraints the traced range, not the
+    bundle's; so a graph is the same bytes wherever it is exported with the same torch.
     """
     # torch.export needs a range (min < max) and an example batch inside it above 1 (it
-    # specializes sizes 0 and 1): the graph does not depend on N, the manifest bounds it
-    batch = torch.export.Dim(BATCH_DIM, min=1, max=max(max_batch, 3))
+    # specializes sizes 0 and 1)
+    batch = torch.export.Dim(BATCH_DIM, min=1, max=MAX_BATCH)
     if example.shape[0] < 2:
         example = example.expand(2, *example.shape[1:]).contiguous()
     sink = io.StringIO()
@@ -74,7 +78,10 @@ def export_graph(
             output_names=list(module.output_names), opset_version=opset, optimize=True, verbose=False,
         )
     model = program.model_proto
-    _canonical_names(model)
+    _canonical_names(model)  # from the exporter's module scopes, before they go
+    for node in model.graph.node:
+        del node.metadata_props[:]
+    del model.graph.metadata_props[:]
     model.producer_name = "irevnet"
     return model
 
@@ -107,6 +114,30 @@ def _canonical_names(model: onnx.ModelProto) -> None:
         base = f"block{block}/F/{rest.replace('.', '/') + '/' if rest else ''}{node.op_type}"
         node.name = base if not seen[base] else f"{base}_{seen[base]}"
         seen[base] += 1
+
+
+def only_outputs(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelProto:
+    """A copy of `model` that computes only `outputs`: the nodes, initializers and value infos
+    nothing of theirs needs are dropped. How the forward and inverse graphs come from their
+    debug twins: one trace gives both, and the graph a bundle runs is the same with debug graphs
+    or without."""
+    source = model.graph
+    needed, nodes = set(outputs), []
+    for node in reversed(source.node):
+        if needed.intersection(node.output):
+            nodes.append(node)
+            needed.update(name for name in node.input if name)
+    made = {name for node in nodes for name in node.output}
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model)
+    graph = proto.graph
+    for field, keep in ((graph.node, nodes[::-1]),
+                        (graph.output, [next(o for o in source.output if o.name == name) for name in outputs]),
+                        (graph.initializer, [t for t in source.initializer if t.name in needed]),
+                        (graph.value_info, [v for v in source.value_info if v.name in made])):
+        del field[:]
+        field.extend(keep)  # copies of the source's messages
+    return proto
 
 
 def check_graph(model: onnx.ModelProto, what: str, strict: bool = True) -> None:

@@ -125,8 +125,12 @@ class _BranchTaps:
 
     def __init__(self, net: IRevNet):
         self.outputs: dict[int, torch.Tensor] = {}
-        for i, block in enumerate(net.stack):
-            block.bottleneck_block.register_forward_hook(self._hook(i))
+        self.handles = [block.bottleneck_block.register_forward_hook(self._hook(i)) for i, block in enumerate(net.stack)]
+
+    def remove(self) -> None:
+        """Takes the hooks off the network (which another graph module may then tap)."""
+        for handle in self.handles:
+            handle.remove()
 
     def _hook(self, i: int):
         def record(module, args, output):

@@ -224,18 +224,22 @@ def test_reference_format_checkpoints_export(tmp_path):
 
 
 def _with_a_neg(*args, **kwargs):
-    """export_graph, and a Neg beside the graph."""
+    """export_graph, its first output negated twice (exact, so only the graph policy can tell)."""
     from irevnet.export.onnx_export import export_graph
 
     model = export_graph(*args, **kwargs)
-    model.graph.node.append(onnx.helper.make_node("Neg", [model.graph.input[0].name], ["unused"], name="extra/Neg"))
+    out = model.graph.output[0].name
+    producer = next(n for n in model.graph.node if out in n.output)
+    producer.output[list(producer.output).index(out)] = f"{out}/raw"
+    model.graph.node.extend([onnx.helper.make_node("Neg", [f"{out}/raw"], [f"{out}/neg"], name="extra/Neg"),
+                             onnx.helper.make_node("Neg", [f"{out}/neg"], [out], name="extra/Neg_1")])
     return model
 
 
 @pytest.mark.parametrize("gate", ["each graph as exported", "the finished bundle, opened as a reader opens it"])
 def test_an_operator_the_readers_refuse_is_never_written(trained_tiny, bundles, tmp_path, monkeypatch, gate):
-    """A graph with an operator outside the graph policy (a Neg beside the graph, as a torch
-    release could emit one) fails the export in one line, and the bundle already there stays:
+    """A graph with an operator outside the graph policy (a Neg, as a torch release could emit
+    one) fails the export in one line, and the bundle already there stays:
     export checks every graph with the readers' policy, and before the swap it opens the finished
     folder with Bundle.open and the readers' graph checks, which hold with the first bypassed."""
     from irevnet.errors import IRevNetError
@@ -299,15 +303,24 @@ def test_a_folder_irevnet_no_longer_writes_is_not_taken_for_its_own(trained_tiny
     assert (out / "ort_trt_cache" / "notes.txt").read_text() == "mine"
 
 
-def test_a_bundle_for_batch_one_exports(trained_tiny, tmp_path):
+def test_a_bundle_for_batch_one_exports(trained_tiny, bundles, tmp_path, monkeypatch):
     """--max-batch 1 was a traceback: torch.export refuses a dynamic dimension whose range is a
-    single value (and specializes an example batch of 1). The bundle serves batch 1 only."""
+    single value (and specializes an example batch of 1). The bundle serves batch 1 only, and its
+    graphs, traced here, are those of the session's bundle of --max-batch 8, byte for byte: the
+    batch bound is the manifest's, so one trace serves every bound (and no exporter metadata, which
+    names the traced range and the files of the machine, is left in them)."""
+    from irevnet.export import bundle as export_module
     from irevnet.export.bundle import ExportOptions, export_bundle
     from irevnet.runtime import Bundle, InputError, open_backend
 
     out = tmp_path / "b1"
+    monkeypatch.setattr(export_module, "trace", conftest.REAL_TRACE)
     result = export_bundle(ExportOptions(checkpoint=str(trained_tiny / "best.pt"), out=str(out), max_batch=1,
                                          debug_graphs=False))
+    for name in (graph_file(FORWARD), graph_file(INVERSE), WEIGHTS):
+        assert sha256_file(out / name) == sha256_file(bundles[Precision.fp32] / name), name
+    model = onnx.load(str(out / graph_file(FORWARD)), load_external_data=False)
+    assert not model.graph.metadata_props and not any(n.metadata_props for n in model.graph.node)
     assert result and result.manifest.batch.max == 1 and result.manifest.verification.passed
     assert result.to_dict()["passed"] is True and result.to_dict()["bytes_on_disk"] == sum(
         p.stat().st_size for p in out.rglob("*") if p.is_file()), "--json: every file of the bundle counted"
@@ -335,20 +348,22 @@ def test_graphs_traced_already_give_the_bundle_tracing_gives_and_others_are_trac
                          max_batch=8, debug_graphs=False)
     ckpt = load_checkpoint(opts.checkpoint)
     traced = export_module.trace(ckpt, opts)  # this session's trace of the checkpoint (tests/conftest.py)
-    with monkeypatch.context() as patch:  # an export that traces for itself
+    with monkeypatch.context() as patch:  # an export that traces for itself, with debug graphs
         patch.setattr(export_module, "trace", conftest.REAL_TRACE)
-        export_bundle(opts)
+        export_bundle(dataclasses.replace(opts, debug_graphs=True))
     calls = []
     export_graph = export_module.export_graph
     monkeypatch.setattr(export_module, "export_graph", lambda *a, **k: calls.append(1) or export_graph(*a, **k))
     given = tmp_path / "given"
     export_bundle(dataclasses.replace(opts, out=str(given)), traced=traced)
     assert calls == [], "nothing traced"
-    files = sorted(p.name for p in (tmp_path / "traced").iterdir())
-    assert files == sorted(p.name for p in given.iterdir())
-    for name in files:
-        if name != MANIFEST:
-            assert sha256_file(given / name) == sha256_file(tmp_path / "traced" / name), name
+    # the same files, byte for byte, but the debug graphs: a bundle's forward and inverse graphs
+    # are the same whether its export wrote debug graphs or not
+    files = {p.name for p in given.iterdir()}
+    assert {p.name for p in (tmp_path / "traced").iterdir()} - files == {graph_file(FORWARD_BLOCKS),
+                                                                         graph_file(INVERSE_BLOCKS)}
+    for name in files - {MANIFEST}:
+        assert sha256_file(given / name) == sha256_file(tmp_path / "traced" / name), name
 
     class Traced(Exception):
         pass
@@ -358,7 +373,7 @@ def test_graphs_traced_already_give_the_bundle_tracing_gives_and_others_are_trac
 
     monkeypatch.setattr(export_module, "trace", trace)
     plain = dataclasses.replace(traced, graphs=MappingProxyType({k: traced.graphs[k] for k in (FORWARD, INVERSE)}))
-    for change, graphs, why in (({"max_batch": 4}, traced, "were traced with another max_batch"),
+    for change, graphs, why in (({"projection": False}, traced, "were traced with another projection"),
                                 ({"debug_graphs": True}, plain, "have no forward_blocks, inverse_blocks graph")):
         changed = dataclasses.replace(opts, out=str(tmp_path / "other"), **change)
         assert graphs.unusable_for(ckpt, changed) == why
@@ -366,3 +381,32 @@ def test_graphs_traced_already_give_the_bundle_tracing_gives_and_others_are_trac
         with pytest.raises(Traced):
             export_bundle(changed, said.append, traced=graphs)
         assert said[-1] == f"tracing anew: the graphs given {why}"
+
+
+def test_a_graph_cut_to_some_outputs_keeps_exactly_what_they_need():
+    """only_outputs is how the forward and inverse graphs come from their debug twins: a node, a
+    weight or a value info that no output kept needs is gone, everything else stays in its order,
+    and the source is untouched."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from irevnet.export.onnx_export import only_outputs
+
+    w, v = (numpy_helper.from_array(np.full((1,), k, np.float32), name) for k, name in ((2.0, "w"), (3.0, "v")))
+    nodes = [helper.make_node("Mul", ["x", "w"], ["a"], name="mul"),
+             helper.make_node("Add", ["a", "v"], ["tap"], name="tapped"),  # only the dropped output reads it
+             helper.make_node("Relu", ["a"], ["y"], name="relu"),
+             helper.make_node("Neg", ["tap"], ["t2"], name="after_tap")]
+    def info(name):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, [1])
+
+    source = helper.make_model(helper.make_graph(nodes, "g", [info("x")], [info("y"), info("tap"), info("t2")], [w, v],
+                                                 value_info=[info("a")]))
+    before = source.SerializeToString()
+    cut = only_outputs(source, ["y"])
+    assert [n.name for n in cut.graph.node] == ["mul", "relu"]
+    assert [t.name for t in cut.graph.initializer] == ["w"] and [v.name for v in cut.graph.value_info] == ["a"]
+    assert [o.name for o in cut.graph.output] == ["y"] and [i.name for i in cut.graph.input] == ["x"]
+    onnx.checker.check_model(cut, full_check=True)
+    both = only_outputs(source, ["t2", "y"])  # the order asked for, whatever the source's
+    assert [o.name for o in both.graph.output] == ["t2", "y"] and len(both.graph.node) == 4
+    assert source.SerializeToString() == before

@@ -3,6 +3,7 @@ import pickle
 import random
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -217,34 +218,36 @@ def _peak_loading(root) -> tuple[int, str]:
     return int(peak), line
 
 
+HOSTILE_BATCHES = {
+    "label-tower": {b"data": np.zeros((1, 3072), np.uint8), b"labels": _tower(0, 26)},  # 2^26 labels: 512 MB as int64
+    "image-tower": {b"data": _tower([0] * 3072, 17), b"labels": [0]},  # 2^17 images of nested lists: 400 MB+
+    "object-array": {b"data": np.zeros((1, 3072), np.uint8), b"labels": np.zeros(1, dtype=object)},  # run pickles
+}
+
+
 @pytest.fixture(scope="module")
-def intact_cifar_peak(tmp_path_factory) -> int:
-    """Peak resident bytes of a fresh process loading an intact 6-image CIFAR folder."""
-    intact = tmp_path_factory.mktemp("intact")
-    _write_cifar_py(intact, n_train=5, n_test=1)
-    peak, line = _peak_loading(intact)
-    assert line == "loaded"
-    return peak
+def cifar_peaks(tmp_path_factory) -> dict[str, tuple[int, str]]:
+    """Peak resident bytes and error line of fresh processes loading a 6-image CIFAR folder: an
+    intact one, and one per HOSTILE_BATCHES test batch, side by side."""
+    roots = {}
+    for name in ["intact", *HOSTILE_BATCHES]:
+        root = roots[name] = tmp_path_factory.mktemp(name)
+        _write_cifar_py(root, n_train=5, n_test=1)
+        if name in HOSTILE_BATCHES:
+            (root / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps(HOSTILE_BATCHES[name], protocol=2))
+            assert sum(f.stat().st_size for f in (root / "cifar-10-batches-py").iterdir()) < 40_000
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        futures = {name: pool.submit(_peak_loading, root) for name, root in roots.items()}
+        return {name: future.result() for name, future in futures.items()}
 
 
-@pytest.mark.parametrize(
-    "batch",
-    [
-        {b"data": np.zeros((1, 3072), np.uint8), b"labels": _tower(0, 26)},  # 2^26 labels: 512 MB as int64
-        {b"data": _tower([0] * 3072, 17), b"labels": [0]},  # 2^17 images of nested lists: 400 MB+
-        {b"data": np.zeros((1, 3072), np.uint8), b"labels": np.zeros(1, dtype=object)},  # object arrays run pickles
-    ],
-    ids=["label-tower", "image-tower", "object-array"],
-)
-def test_a_few_kilobytes_of_cifar_cannot_allocate_gigabytes(tmp_path, batch, intact_cifar_peak):
+@pytest.mark.parametrize("name", list(HOSTILE_BATCHES))
+def test_a_few_kilobytes_of_cifar_cannot_allocate_gigabytes(name, cifar_peaks):
     """The issue's 3.6 KB CIFAR folder made `evaluate` use 2.4 GB: batch files are read by a
     restricted unpickler and only arrays whose bytes are in the file become images."""
-    hostile = tmp_path / "hostile"
-    _write_cifar_py(hostile, n_train=5, n_test=1)
-    (hostile / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
-    assert sum(f.stat().st_size for f in (hostile / "cifar-10-batches-py").iterdir()) < 40_000
-    intact_peak = intact_cifar_peak
-    peak, line = _peak_loading(hostile)
+    intact_peak, intact_line = cifar_peaks["intact"]
+    peak, line = cifar_peaks[name]
+    assert intact_line == "loaded"
     assert "test_batch" in line and "re-download it" in line, line
     assert peak < intact_peak + (64 << 20), (peak, intact_peak)
 
