@@ -36,7 +36,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -289,20 +289,26 @@ def _check_staged(record: Record, models: Path, shown: Path) -> Bundle:
 
 
 def _ports(opts: ServeOptions) -> dict[str, int]:
-    ports = {}
-    for name in ("http_port", "grpc_port", "metrics_port"):
-        port = getattr(opts, name) or _free_port(opts.host)
+    """The server's ports: those given, checked free, then for each 0 one the system picks. A
+    port picked stays bound until all three are chosen, so two picks are never the same port
+    (released at once, the system may hand one out again), and a pick is never a port given."""
+    names = ("http_port", "grpc_port", "metrics_port")
+    given = {name: getattr(opts, name) for name in names if getattr(opts, name)}
+    ports: dict[str, int] = {}
+    for name, port in given.items():
         if port in ports.values() or not _port_free(opts.host, port):
             raise IRevNetError(f"port {port} on {opts.host} is in use (--{name.replace('_', '-')}); choose another, "
                                f"or 0 for a free one")
         ports[name] = port
-    return ports
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    with ExitStack() as held:
+        for name in (n for n in names if n not in given):
+            port = 0
+            while not port or port in ports.values():
+                picked = held.enter_context(socket.socket(socket.AF_INET6 if ":" in opts.host else socket.AF_INET))
+                picked.bind((opts.host, 0))
+                port = picked.getsockname()[1]
+            ports[name] = port
+    return {name: ports[name] for name in names}
 
 
 def _port_free(host: str, port: int) -> bool:

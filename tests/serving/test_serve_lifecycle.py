@@ -180,6 +180,35 @@ def test_a_port_in_use_is_one_line(repository, server_install):
             pass
 
 
+def test_ports_picked_for_0_are_three_ports_even_where_the_system_hands_one_out_again(monkeypatch):
+    """serve refused to start, saying a port it had picked itself was in use (a suite run on
+    record): each port asked as 0 was picked and released, and the system handed the same one
+    out for the next. Here the system prefers one port for every pick, as it did then: the picks
+    are held until all three are chosen, so they are three ports."""
+    import types
+
+    from irevnet.serving import server
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        preferred = probe.getsockname()[1]
+
+    class PrefersOnePort(socket.socket):
+        def bind(self, address):
+            if address[1] == 0:
+                try:
+                    return super().bind((address[0], preferred))
+                except OSError:  # held: the system picks another
+                    pass
+            return super().bind(address)
+
+    monkeypatch.setattr(server.socket, "socket", PrefersOnePort)
+    ports = server._ports(types.SimpleNamespace(host="127.0.0.1", http_port=0, grpc_port=0, metrics_port=0))
+    assert ports["http_port"] == preferred and len(set(ports.values())) == 3, ports
+    given = server._ports(types.SimpleNamespace(host="127.0.0.1", http_port=0, grpc_port=preferred, metrics_port=0))
+    assert given["grpc_port"] == preferred and len(set(given.values())) == 3, given
+
+
 def _supervisors() -> set[int]:
     import os
 
