@@ -203,7 +203,7 @@ def peak_of_cli(args: list[str], expect_exit: int = 2, timeout: float = 120) -> 
 def peaks_of_cli(runs: dict[str, tuple[list[str], int]], timeout: float = 120) -> dict[str, int]:
     """peak_of_cli of each run (name -> (args, expected exit code)), as many side by side as this
     machine has cores: each is its own fresh process, so each peak is its own."""
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+    with ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0))) as pool:
         futures = {name: pool.submit(peak_of_cli, args, code, timeout) for name, (args, code) in runs.items()}
         return {name: future.result() for name, future in futures.items()}
 

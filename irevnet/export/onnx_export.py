@@ -79,9 +79,9 @@ def export_graph(module: torch.nn.Module, example: torch.Tensor, *, opset: int =
         )
     model = program.model_proto
     _canonical_names(model)  # from the exporter's module scopes, before they go
-    for node in model.graph.node:
-        del node.metadata_props[:]
-    del model.graph.metadata_props[:]
+    graph = model.graph
+    for entry in (model, graph, *graph.node, *graph.input, *graph.output, *graph.value_info, *graph.initializer):
+        del entry.metadata_props[:]
     model.producer_name = "irevnet"
     return model
 
@@ -122,19 +122,23 @@ def only_outputs(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelPr
     debug twins: one trace gives both, and the graph a bundle runs is the same with debug graphs
     or without."""
     source = model.graph
+    declared = {o.name: o for o in source.output}
+    if missing := [name for name in outputs if name not in declared]:
+        raise IRevNetError(f"the graph has no output {missing[0]!r}; this is an export bug")
     needed, nodes = set(outputs), []
     for node in reversed(source.node):
         if needed.intersection(node.output):
             nodes.append(node)
             needed.update(name for name in node.input if name)
     made = {name for node in nodes for name in node.output}
+    internal = [v for v in source.value_info if v.name in made]
+    internal += [o for o in source.output if o.name in made and o.name not in outputs]  # outputs no more: shapes kept
     proto = onnx.ModelProto()
     proto.CopyFrom(model)
     graph = proto.graph
-    for field, keep in ((graph.node, nodes[::-1]),
-                        (graph.output, [next(o for o in source.output if o.name == name) for name in outputs]),
+    for field, keep in ((graph.node, nodes[::-1]), (graph.output, [declared[name] for name in outputs]),
                         (graph.initializer, [t for t in source.initializer if t.name in needed]),
-                        (graph.value_info, [v for v in source.value_info if v.name in made])):
+                        (graph.value_info, internal)):
         del field[:]
         field.extend(keep)  # copies of the source's messages
     return proto

@@ -319,8 +319,12 @@ def test_a_bundle_for_batch_one_exports(trained_tiny, bundles, tmp_path, monkeyp
                                          debug_graphs=False))
     for name in (graph_file(FORWARD), graph_file(INVERSE), WEIGHTS):
         assert sha256_file(out / name) == sha256_file(bundles[Precision.fp32] / name), name
-    model = onnx.load(str(out / graph_file(FORWARD)), load_external_data=False)
-    assert not model.graph.metadata_props and not any(n.metadata_props for n in model.graph.node)
+    for name in (graph_file(FORWARD), graph_file(INVERSE)):
+        model = onnx.load(str(out / name), load_external_data=False)
+        graph = model.graph
+        tagged = [e for e in (model, graph, *graph.node, *graph.input, *graph.output, *graph.value_info,
+                              *graph.initializer) if e.metadata_props]
+        assert tagged == [], name
     assert result and result.manifest.batch.max == 1 and result.manifest.verification.passed
     assert result.to_dict()["passed"] is True and result.to_dict()["bytes_on_disk"] == sum(
         p.stat().st_size for p in out.rglob("*") if p.is_file()), "--json: every file of the bundle counted"
@@ -372,6 +376,7 @@ def test_graphs_traced_already_give_the_bundle_tracing_gives_and_others_are_trac
         raise Traced
 
     monkeypatch.setattr(export_module, "trace", trace)
+    assert traced.unusable_for(ckpt, dataclasses.replace(opts, max_batch=4)) is None, "one trace serves every bound"
     plain = dataclasses.replace(traced, graphs=MappingProxyType({k: traced.graphs[k] for k in (FORWARD, INVERSE)}))
     for change, graphs, why in (({"projection": False}, traced, "were traced with another projection"),
                                 ({"debug_graphs": True}, plain, "have no forward_blocks, inverse_blocks graph")):
@@ -389,6 +394,7 @@ def test_a_graph_cut_to_some_outputs_keeps_exactly_what_they_need():
     and the source is untouched."""
     from onnx import TensorProto, helper, numpy_helper
 
+    from irevnet.errors import IRevNetError
     from irevnet.export.onnx_export import only_outputs
 
     w, v = (numpy_helper.from_array(np.full((1,), k, np.float32), name) for k, name in ((2.0, "w"), (3.0, "v")))
@@ -409,4 +415,7 @@ def test_a_graph_cut_to_some_outputs_keeps_exactly_what_they_need():
     onnx.checker.check_model(cut, full_check=True)
     both = only_outputs(source, ["t2", "y"])  # the order asked for, whatever the source's
     assert [o.name for o in both.graph.output] == ["t2", "y"] and len(both.graph.node) == 4
+    assert [v.name for v in both.graph.value_info] == ["a", "tap"], "an output no more keeps its shape"
     assert source.SerializeToString() == before
+    with pytest.raises(IRevNetError, match="the graph has no output 'h0'; this is an export bug"):
+        only_outputs(source, ["y", "h0"])

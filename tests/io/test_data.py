@@ -236,7 +236,7 @@ def cifar_peaks(tmp_path_factory) -> dict[str, tuple[int, str]]:
         if name in HOSTILE_BATCHES:
             (root / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps(HOSTILE_BATCHES[name], protocol=2))
             assert sum(f.stat().st_size for f in (root / "cifar-10-batches-py").iterdir()) < 40_000
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+    with ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0))) as pool:
         futures = {name: pool.submit(_peak_loading, root) for name, root in roots.items()}
         return {name: future.result() for name, future in futures.items()}
 
