@@ -177,6 +177,26 @@ def plan_bundle(trained_tiny, tmp_path_factory):
     return export_tiny(trained_tiny, tmp_path_factory.mktemp("plans") / "planned", precision_plan=PLAN)
 
 
+COLOR_CLASSES = 10
+
+
+@pytest.fixture(scope="session")
+def color_bundle(tmp_path_factory):
+    """A small 3-channel, 10-class i-RevNet (random weights, BatchNorm statistics set) exported
+    for 32x32 images: what tests/evaluation's image folder is evaluated with, and a bundle of
+    another model than the digits ones."""
+    import irevnet
+    from irevnet.export.bundle import ExportOptions, export_bundle
+    from irevnet.io.checkpoint import save_checkpoint
+
+    root = tmp_path_factory.mktemp("color")
+    model = randomize_batchnorm(irevnet.create_model("irevnet-cifar", blocks=(1, 1, 1), num_classes=COLOR_CLASSES)).eval()
+    ckpt = save_checkpoint(root / "m.pt", model)
+    export_bundle(ExportOptions(checkpoint=str(ckpt), out=str(root / "bundle"), max_batch=16, samples=4,
+                                debug_graphs=False))
+    return root / "bundle"
+
+
 # Python code for the peak resident bytes of the process running it: VmHWM. Not ru_maxrss, which
 # Linux carries across exec, so a child of a large test process would report the parent's size.
 PEAK_RSS = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) * 1024"

@@ -1,6 +1,6 @@
 """Fixtures of the whole-dataset tests: an ImageNet-style folder as users keep it (real PNG and
 JPEG files in every mode Pillow reads, and the broken ones a real copy holds), and a bundle of a
-3-channel model for it."""
+3-channel model for it (tests/conftest.py's color_bundle)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import io
 import numpy as np
 import pytest
 
-CLASSES = 10
+from tests.conftest import COLOR_CLASSES
+
+CLASSES = COLOR_CLASSES  # the classes of the folder, of the session's color_bundle (tests/conftest.py)
 PER_CLASS = 200  # 2,000 validation images: enough that chunks, shards and workers all matter
 
 
@@ -50,20 +52,3 @@ def image_folder(tmp_path_factory):
     (val / "n00000004" / "again").symlink_to("..")  # val/n00000004/again -> val: a loop
     (val / "n00000005" / "README.txt").write_text("not an image")
     return root
-
-
-@pytest.fixture(scope="session")
-def color_bundle(tmp_path_factory):
-    """A small 3-channel, 10-class i-RevNet (random weights, BatchNorm statistics set) exported
-    for 32x32 images: what the image folder is evaluated with."""
-    import irevnet
-    from irevnet.export.bundle import ExportOptions, export_bundle
-    from irevnet.io.checkpoint import save_checkpoint
-    from tests.conftest import randomize_batchnorm
-
-    root = tmp_path_factory.mktemp("color")
-    model = randomize_batchnorm(irevnet.create_model("irevnet-cifar", blocks=(1, 1, 1), num_classes=CLASSES)).eval()
-    ckpt = save_checkpoint(root / "m.pt", model)
-    export_bundle(ExportOptions(checkpoint=str(ckpt), out=str(root / "bundle"), max_batch=16, samples=4,
-                                debug_graphs=False))
-    return root / "bundle"

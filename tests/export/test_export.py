@@ -1,7 +1,9 @@
+import copy
 import dataclasses
 import json
 import shutil
 from collections import Counter
+from types import MappingProxyType
 
 import numpy as np
 import onnx
@@ -223,11 +225,9 @@ def test_reference_format_checkpoints_export(tmp_path):
     assert m.checkpoint.format == "reference-cifar" and m.verification.passed
 
 
-def _with_a_neg(*args, **kwargs):
-    """export_graph, its first output negated twice (exact, so only the graph policy can tell)."""
-    from irevnet.export.onnx_export import export_graph
-
-    model = export_graph(*args, **kwargs)
+def _negated_twice(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with its first output negated twice (exact, so only the graph policy can tell)."""
+    model = copy.deepcopy(model)
     out = model.graph.output[0].name
     producer = next(n for n in model.graph.node if out in n.output)
     producer.output[list(producer.output).index(out)] = f"{out}/raw"
@@ -239,15 +239,23 @@ def _with_a_neg(*args, **kwargs):
 @pytest.mark.parametrize("gate", ["each graph as exported", "the finished bundle, opened as a reader opens it"])
 def test_an_operator_the_readers_refuse_is_never_written(trained_tiny, bundles, tmp_path, monkeypatch, gate):
     """A graph with an operator outside the graph policy (a Neg, as a torch release could emit
-    one) fails the export in one line, and the bundle already there stays:
-    export checks every graph with the readers' policy, and before the swap it opens the finished
-    folder with Bundle.open and the readers' graph checks, which hold with the first bypassed."""
+    one: here in every graph the session's trace gave) fails the export in one line, and the
+    bundle already there stays: export checks every graph with the readers' policy, and before
+    the swap it opens the finished folder with Bundle.open and the readers' graph checks, which
+    hold with the first bypassed."""
     from irevnet.errors import IRevNetError
     from irevnet.export import bundle as export_module
 
     out = shutil.copytree(bundles[Precision.fp32], tmp_path / "bundle")  # an export of trained_tiny
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    monkeypatch.setattr(export_module, "export_graph", _with_a_neg)  # one function: both cases share its trace
+    trace = export_module.trace
+
+    def with_a_neg(ckpt, opts, log=lambda msg: None):
+        traced = trace(ckpt, opts, log)
+        return dataclasses.replace(traced, graphs=MappingProxyType(
+            {name: (_negated_twice(graph), strict, seconds) for name, (graph, strict, seconds) in traced.graphs.items()}))
+
+    monkeypatch.setattr(export_module, "trace", with_a_neg)
     if gate != "each graph as exported":
         monkeypatch.setattr(export_module, "check_graph", lambda *args, **kwargs: None)
     with pytest.raises(IRevNetError, match=r"forward\.onnx uses operator 'Neg' \(node 'extra/Neg'\)") as err:
@@ -339,8 +347,6 @@ def test_graphs_traced_already_give_the_bundle_tracing_gives_and_others_are_trac
     manifest aside: its date and seconds), whatever batch bound the session's first export of the
     checkpoint had (the trace does not depend on it); graphs traced with another projection, or
     without the debug graphs an export wants, are not used: it traces anew and says why."""
-    from types import MappingProxyType
-
     from irevnet.export import bundle as export_module
     from irevnet.io.checkpoint import load_checkpoint
 
