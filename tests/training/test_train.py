@@ -34,10 +34,10 @@ def test_tiny_model_learns_the_real_digits(trained_tiny):
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     full = tmp_path / "full"
-    train(TrainOptions(dataset="digits", out=str(full), epochs=3, device="cpu"))
+    train(TrainOptions(dataset="digits", out=str(full), epochs=2, device="cpu"))
     split = tmp_path / "split"
-    train(TrainOptions(dataset="digits", out=str(split), epochs=2, device="cpu"))
-    train(TrainOptions(dataset="digits", out=str(split), epochs=3, device="cpu", resume=True))
+    train(TrainOptions(dataset="digits", out=str(split), epochs=1, device="cpu"))
+    train(TrainOptions(dataset="digits", out=str(split), epochs=2, device="cpu", resume=True))
     assert _metrics(split) == _metrics(full), "same seed: identical losses and accuracies, epoch by epoch"
     a = load_checkpoint(full / "last.pt").model.state_dict()
     b = load_checkpoint(split / "last.pt").model.state_dict()
