@@ -71,12 +71,13 @@ def run_demo(opts: DemoOptions, report: Report = lambda step, result: None, obse
     report("train", trained)
     checkpoint = out / "run" / "best.pt"
 
-    bundles, ckpt, traced = {}, load_checkpoint(checkpoint), None
-    for precision in opts.precisions:
-        export = ExportOptions(checkpoint=str(checkpoint), out=str(out / f"bundle-{precision}"), precision=precision,
-                               dataset="digits", max_batch=32)
-        if traced is None or traced.unusable_for(ckpt, export):  # fp32 and mixed are traced alike: once
-            traced = trace(ckpt, export)
+    exports = {precision: ExportOptions(checkpoint=str(checkpoint), out=str(out / f"bundle-{precision}"),
+                                        precision=precision, dataset="digits", max_batch=32)
+               for precision in opts.precisions}
+    # fp32 and mixed are traced alike, once; export_bundle traces fp16 anew (Traced.unusable_for)
+    traced = trace(load_checkpoint(checkpoint), exports[opts.precisions[0]])
+    bundles = {}
+    for precision, export in exports.items():
         bundles[precision] = export_bundle(export, traced=traced)
         report(f"export {precision}", bundles[precision])
 

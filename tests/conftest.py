@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import random
@@ -11,6 +12,7 @@ import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -220,12 +222,20 @@ def peak_of_cli(args: list[str], expect_exit: int = 2, timeout: float = 120) -> 
     return int(peak)
 
 
-def peaks_of_cli(runs: dict[str, tuple[list[str], int]], timeout: float = 120) -> dict[str, int]:
-    """peak_of_cli of each run (name -> (args, expected exit code)), as many side by side as this
-    machine has cores: each is its own fresh process, so each peak is its own."""
+T = TypeVar("T")
+
+
+def side_by_side(calls: dict[str, Callable[[], T]]) -> dict[str, T]:
+    """Each call's result by name, as many running at once as this process has CPUs: for calls
+    that each measure a fresh process of their own (its peak is its own, whatever runs beside it)."""
     with ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0))) as pool:
-        futures = {name: pool.submit(peak_of_cli, args, code, timeout) for name, (args, code) in runs.items()}
+        futures = {name: pool.submit(call) for name, call in calls.items()}
         return {name: future.result() for name, future in futures.items()}
+
+
+def peaks_of_cli(runs: dict[str, tuple[list[str], int]], timeout: float = 120) -> dict[str, int]:
+    """peak_of_cli of each run (name -> (args, expected exit code)), side by side."""
+    return side_by_side({name: functools.partial(peak_of_cli, args, code, timeout) for name, (args, code) in runs.items()})
 
 
 def edit_manifest(bundle: Path, change: Callable[[dict], object]) -> Path:

@@ -62,7 +62,7 @@ def export_graph(module: torch.nn.Module, example: torch.Tensor, *, opset: int =
     bound (the manifest states the bundle's), so N is traced over every batch a bundle may declare
     and one trace serves every --max-batch. It carries no exporter metadata: torch's stack traces
     name files of the machine that exported, and its range constraints the traced range, not the
-    bundle's; so a graph is the same bytes wherever it is exported with the same torch.
+    bundle's.
     """
     # torch.export needs a range (min < max) and an example batch inside it above 1 (it
     # specializes sizes 0 and 1)

@@ -1,9 +1,9 @@
+import functools
 import os
 import pickle
 import random
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -12,7 +12,7 @@ import torch
 from irevnet.errors import DatasetError
 from irevnet.io.datasets import DIGITS_TEST_SIZE, parse_spec
 from irevnet.training.data import load_datasets
-from tests.conftest import PEAK_RSS
+from tests.conftest import PEAK_RSS, side_by_side
 
 
 def test_digits_split_is_fixed_and_real():
@@ -236,9 +236,7 @@ def cifar_peaks(tmp_path_factory) -> dict[str, tuple[int, str]]:
         if name in HOSTILE_BATCHES:
             (root / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps(HOSTILE_BATCHES[name], protocol=2))
             assert sum(f.stat().st_size for f in (root / "cifar-10-batches-py").iterdir()) < 40_000
-    with ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0))) as pool:
-        futures = {name: pool.submit(_peak_loading, root) for name, root in roots.items()}
-        return {name: future.result() for name, future in futures.items()}
+    return side_by_side({name: functools.partial(_peak_loading, root) for name, root in roots.items()})
 
 
 @pytest.mark.parametrize("name", list(HOSTILE_BATCHES))
