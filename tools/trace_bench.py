@@ -17,10 +17,12 @@ from pathlib import Path
 
 from search_bench import cpu  # tools/, this script's folder
 
+from irevnet.model.config import list_presets  # torch-free
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="irevnet-301")
+    parser.add_argument("--preset", default="irevnet-301", choices=list_presets())
     parser.add_argument("--no-debug", dest="debug", action="store_false")
     args = parser.parse_args()
 
